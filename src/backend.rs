@@ -1,0 +1,383 @@
+//! Upstream side: one [`Node`] per Redis server, shared pipelined connections, dedicated connections.
+//!
+//! Many clients share a few pipelined connections per node ([`Shared`]): a client's commands travel as a
+//! [`Job`] (one or more request frames), are written in order with other clients' jobs, and the replies are
+//! cut from the read buffer in the same order. Connections are grouped by [`ConnKey`] (database, protocol,
+//! credentials), so no command ever changes the state of a shared connection. Sessions that need a
+//! connection of their own (MULTI, blocking commands, pub/sub, MONITOR, tracking) take a [`Dedicated`] one.
+
+mod conn;
+mod dedicated;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+pub use conn::Shared;
+pub use dedicated::Dedicated;
+
+use crate::config::{Addr, Credentials};
+use crate::resp::{self, Limits, ReplyScanner};
+use crate::topology::ReplState;
+
+/// Upstream failures. Each says whether the request may have reached the node: a request that was never
+/// sent may be retried anywhere; one that may have been sent must not be re-sent if it can write.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// TCP connect or the greeting failed (node down, refused, timed out). Nothing was sent.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The node.
+        addr: Addr,
+        /// What failed.
+        reason: String,
+    },
+    /// The node answered the greeting (AUTH, HELLO, SELECT) with an error. Nothing was sent. The client's
+    /// own credentials or database may be at fault; the reply is passed on.
+    #[error("{addr} refused the connection: {reply}")]
+    Refused {
+        /// The node.
+        addr: Addr,
+        /// The error reply, without the leading `-`.
+        reply: String,
+    },
+    /// The connection broke after the request was written, or may have been: the node may have run it.
+    #[error("connection to {addr} lost")]
+    Lost {
+        /// The node.
+        addr: Addr,
+    },
+    /// The node sent bytes that are not RESP, or more replies than requests. Treated like a lost connection.
+    #[error("protocol error from {addr}: {source}")]
+    Protocol {
+        /// The node.
+        addr: Addr,
+        /// What was wrong.
+        #[source]
+        source: resp::Error,
+    },
+}
+
+impl Error {
+    /// True if the request may have reached the node (so a write must not be re-sent elsewhere).
+    pub fn maybe_sent(&self) -> bool {
+        matches!(self, Error::Lost { .. } | Error::Protocol { .. })
+    }
+}
+
+/// Replies to one [`Job`], contiguous as the node sent them.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The reply frames.
+    pub bytes: Bytes,
+    /// True if some frame is an error a different node might not give (`LOADING`, `MASTERDOWN`,
+    /// `NOSCRIPT`, `READONLY`): a read that got one may be retried on the primary.
+    pub retryable: bool,
+}
+
+/// Work for a shared connection: request frames written as one unit, answered by `count` replies.
+#[derive(Debug)]
+pub struct Job {
+    /// Request frames, forwarded untouched.
+    pub bytes: Bytes,
+    /// Number of frames in `bytes`, so number of replies.
+    pub count: u32,
+    /// Where the replies go. A dropped receiver just discards them.
+    pub reply: oneshot::Sender<Result<Reply, Error>>,
+}
+
+/// What distinguishes one shared connection's state from another's. Commands that would change it
+/// (SELECT, HELLO, AUTH) are never forwarded on a shared connection; the session moves to another key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ConnKey {
+    /// Selected database.
+    pub db: u32,
+    /// RESP3 (after `HELLO 3`).
+    pub resp3: bool,
+    /// The client's own credentials (after `AUTH`); `None` uses the configured backend credentials.
+    pub auth: Option<Arc<Credentials>>,
+}
+
+/// Settings shared by every upstream connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Shared connections per node and key.
+    pub connections: usize,
+    /// Connect and greeting timeout.
+    pub connect_timeout: Duration,
+    /// Credentials for connections whose key has none.
+    pub credentials: Option<Credentials>,
+    /// Reply scanner limits.
+    pub limits: Limits,
+}
+
+/// Most idle dedicated connections kept per pool for reuse.
+const MAX_IDLE_DEDICATED: usize = 8;
+
+/// One upstream Redis server, shared by every topology generation that includes it.
+#[derive(Debug)]
+pub struct Node {
+    /// Unique per process, for caches keyed by node.
+    pub id: u64,
+    /// Address as configured or discovered.
+    pub addr: Addr,
+    /// Requests sent and not yet answered, for least-outstanding balancing.
+    pub outstanding: AtomicUsize,
+    /// Replication offsets and lag, written by the prober.
+    pub repl: ReplState,
+    settings: Arc<Settings>,
+    pools: Mutex<FxHashMap<ConnKey, Arc<Pool>>>,
+}
+
+impl Node {
+    /// A node with no connections yet.
+    pub fn new(addr: Addr, settings: Arc<Settings>) -> Arc<Node> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Arc::new(Node {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            outstanding: AtomicUsize::new(0),
+            repl: ReplState::default(),
+            settings,
+            pools: Mutex::new(FxHashMap::default()),
+        })
+    }
+
+    /// The connections for `key`, created (without connecting) on first use.
+    pub fn pool(self: &Arc<Node>, key: &ConnKey) -> Arc<Pool> {
+        let mut pools = self
+            .pools
+            .lock()
+            .expect("pool map lock is never poisoned: no panics while held");
+        if let Some(p) = pools.get(key) {
+            return p.clone();
+        }
+        let shared = (0..self.settings.connections)
+            .map(|_| Shared::spawn(self.clone(), key.clone()))
+            .collect();
+        let pool = Arc::new(Pool {
+            key: key.clone(),
+            shared,
+            next: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+        });
+        pools.insert(key.clone(), pool.clone());
+        pool
+    }
+
+    /// Drops pools no session uses any more, except the default key's. Their connection tasks end once the
+    /// last handle is gone.
+    pub fn sweep_pools(&self) {
+        let default = ConnKey::default();
+        let mut pools = self
+            .pools
+            .lock()
+            .expect("pool map lock is never poisoned: no panics while held");
+        pools.retain(|k, p| *k == default || Arc::strong_count(p) > 1);
+    }
+
+    /// Number of pools (distinct connection keys) open on this node.
+    pub fn pool_count(&self) -> usize {
+        self.pools
+            .lock()
+            .expect("pool map lock is never poisoned: no panics while held")
+            .len()
+    }
+
+    /// Settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// The connections of one node for one [`ConnKey`].
+#[derive(Debug)]
+pub struct Pool {
+    key: ConnKey,
+    shared: Vec<Shared>,
+    next: AtomicUsize,
+    idle: Mutex<Vec<Dedicated>>,
+}
+
+impl Pool {
+    /// A shared connection, round robin. A session keeps the one it got, so its commands to this node stay
+    /// in order.
+    pub fn pick(&self) -> Shared {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        self.shared[i].clone()
+    }
+
+    /// A dedicated connection: an idle one if any, else a new one.
+    pub async fn dedicated(&self, node: &Arc<Node>) -> Result<Dedicated, Error> {
+        let idle = self
+            .idle
+            .lock()
+            .expect("idle lock is never poisoned: no panics while held")
+            .pop();
+        match idle {
+            Some(d) => Ok(d),
+            None => Dedicated::open(node.clone(), self.key.clone()).await,
+        }
+    }
+
+    /// Returns a dedicated connection in its initial state (no MULTI, WATCH, subscription, tracking or
+    /// blocked command) for reuse.
+    pub fn give_back(&self, conn: Dedicated) {
+        let mut idle = self
+            .idle
+            .lock()
+            .expect("idle lock is never poisoned: no panics while held");
+        if idle.len() < MAX_IDLE_DEDICATED && conn.is_clean() {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Opens a connection to `addr` and greets it for `key`: AUTH or HELLO, SELECT.
+pub(crate) async fn connect(
+    addr: &Addr,
+    key: &ConnKey,
+    settings: &Settings,
+) -> Result<TcpStream, Error> {
+    let fail = |reason: String| Error::Connect {
+        addr: addr.clone(),
+        reason,
+    };
+    let greet = async {
+        let mut stream = TcpStream::connect(addr.as_str())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        let creds = key.auth.as_deref().or(settings.credentials.as_ref());
+        let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
+        if key.resp3 {
+            let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+            if let Some(c) = creds {
+                hello.extend([
+                    &b"AUTH"[..],
+                    c.username.as_deref().unwrap_or("default").as_bytes(),
+                    c.password.as_bytes(),
+                ]);
+            }
+            cmds.push(hello);
+        } else if let Some(c) = creds {
+            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(u) = &c.username {
+                auth.push(u.as_bytes());
+            }
+            auth.push(c.password.as_bytes());
+            cmds.push(auth);
+        }
+        let db = key.db.to_string();
+        if key.db != 0 {
+            cmds.push(vec![b"SELECT", db.as_bytes()]);
+        }
+        if cmds.is_empty() {
+            return Ok(stream);
+        }
+        let mut out = Vec::new();
+        for cmd in &cmds {
+            encode_command(&mut out, cmd);
+        }
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut scanner = ReplyScanner::new(settings.limits);
+        for _ in 0..cmds.len() {
+            let frame = loop {
+                match scanner.scan(&buf) {
+                    Ok(Some(f)) => break f,
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(Error::Protocol {
+                            addr: addr.clone(),
+                            source: e,
+                        })
+                    }
+                }
+                if stream
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    == 0
+                {
+                    return Err(fail("closed during greeting".into()));
+                }
+            };
+            let reply = buf.split_to(frame.len);
+            if frame.is_error() {
+                let text = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
+                return Err(Error::Refused {
+                    addr: addr.clone(),
+                    reply: text,
+                });
+            }
+        }
+        Ok(stream)
+    };
+    match tokio::time::timeout(settings.connect_timeout, greet).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(format!(
+            "timed out after {} ms",
+            settings.connect_timeout.as_millis()
+        ))),
+    }
+}
+
+/// Appends `args` as a RESP multibulk command.
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Sends `job` on `conn`, counting it as outstanding on `node` until answered.
+pub fn submit(conn: &Shared, bytes: Bytes, count: u32) -> oneshot::Receiver<Result<Reply, Error>> {
+    let (tx, rx) = oneshot::channel();
+    conn.send(Job {
+        bytes,
+        count,
+        reply: tx,
+    });
+    rx
+}
+
+/// Error replies that another node might not give, so a read may be retried on the primary.
+fn retryable_error(frame: &[u8]) -> bool {
+    const PREFIXES: [&[u8]; 4] = [b"-LOADING", b"-MASTERDOWN", b"-NOSCRIPT", b"-READONLY"];
+    PREFIXES.iter().any(|p| frame.starts_with(p))
+}
+
+/// A job sender, kept beside the task that owns the connection.
+type JobTx = mpsc::UnboundedSender<Job>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_command_writes_multibulk() {
+        let mut out = Vec::new();
+        encode_command(&mut out, &[b"SELECT", b"3"]);
+        assert_eq!(out, b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n");
+    }
+
+    #[test]
+    fn only_node_specific_errors_are_retryable() {
+        assert!(retryable_error(b"-NOSCRIPT No matching script.\r\n"));
+        assert!(retryable_error(b"-LOADING Redis is loading\r\n"));
+        assert!(!retryable_error(b"-ERR wrong number of arguments\r\n"));
+        assert!(!retryable_error(b"-WRONGTYPE Operation\r\n"));
+    }
+}

@@ -1,0 +1,283 @@
+//! The shared pipelined connection: many sessions' jobs written in order, replies cut off in order.
+//!
+//! One task per connection owns the socket and the job queue across reconnects:
+//!
+//! ```text
+//!   idle ──job──▶ connecting ──ok──▶ running ──socket error──▶ idle (in-flight jobs fail: Lost)
+//!                     │                  │
+//!                     └──fail──▶ down (queued jobs fail: Connect) ──backoff──▶ idle
+//! ```
+//!
+//! A job is pushed on the in-flight queue before its bytes are written, so a reply always finds its job.
+//! Jobs still queued when a connection dies were never written: they wait for the next connection.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tracing::{debug, warn, Instrument};
+
+use super::{connect, retryable_error, ConnKey, Error, Job, JobTx, Node, Reply};
+use crate::resp::ReplyScanner;
+
+/// Handle to a shared connection task. Cloning is cheap; the task ends when every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    tx: JobTx,
+    /// The node it connects to.
+    pub node: Arc<Node>,
+}
+
+/// Largest batch of queued jobs written with one system call.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most buffers in one vectored write.
+const MAX_IOV: usize = 64;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 * 1024;
+/// Backoff after a failed connect: first and longest.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl Shared {
+    /// Spawns the connection task. It connects when the first job arrives.
+    pub fn spawn(node: Arc<Node>, key: ConnKey) -> Shared {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let span =
+            tracing::debug_span!("upstream", addr = %node.addr, db = key.db, resp3 = key.resp3);
+        tokio::spawn(run(node.clone(), key, rx).instrument(span));
+        Shared { tx, node }
+    }
+
+    /// Queues a job. If the task is gone (it never ends while a handle exists), the job's receiver sees
+    /// the sender dropped.
+    pub fn send(&self, job: Job) {
+        self.node
+            .outstanding
+            .fetch_add(job.count as usize, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            self.node
+                .outstanding
+                .fetch_sub(job.count as usize, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(job) = rx.recv().await else { return };
+        let stream = match connect(&node.addr, &key, node.settings()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(upstream = %node.addr, error = %e, "upstream connect failed");
+                fail(&node, job, &e);
+                // Fail everything queued now, then refuse new jobs until the backoff ends, so a dead node
+                // costs clients an immediate error instead of a connect timeout each.
+                let until = tokio::time::Instant::now() + backoff;
+                while let Ok(Some(j)) = tokio::time::timeout_at(until, rx.recv()).await {
+                    fail(&node, j, &e);
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        debug!(upstream = %node.addr, "upstream connected");
+        let (reader, writer) = stream.into_split();
+        // Jobs written (or being written) and not yet answered, oldest first. Both halves run in this one
+        // task, so the lock is never contended; it only satisfies `Send`.
+        let inflight = Mutex::new(VecDeque::new());
+        let writer_done = AtomicBool::new(false);
+        let error = {
+            let read = read_loop(&node, reader, &inflight, &writer_done);
+            let write = write_loop(writer, &mut rx, &inflight, job);
+            tokio::pin!(read, write);
+            tokio::select! {
+                // The socket failed or the node sent garbage.
+                e = &mut read => e,
+                // The socket refused a write, or every handle is gone.
+                w = &mut write => match w {
+                    Err(e) => Some(Error::Connect { addr: node.addr.clone(), reason: e.to_string() }),
+                    Ok(()) => {
+                        // Let the reader answer what is in flight, then stop.
+                        writer_done.store(true, Ordering::Relaxed);
+                        if lock(&inflight).is_empty() {
+                            return;
+                        }
+                        match read.await {
+                            None => return,
+                            e => e,
+                        }
+                    }
+                },
+            }
+        };
+        let left = std::mem::take(&mut *lock(&inflight));
+        if let Some(e) = &error {
+            warn!(upstream = %node.addr, error = %e, inflight = left.len(), "upstream connection lost");
+        }
+        // Whatever was written may have run: report it lost, never re-send it.
+        let lost = Error::Lost {
+            addr: node.addr.clone(),
+        };
+        for j in left {
+            fail(&node, j, &lost);
+        }
+    }
+}
+
+fn lock(q: &Mutex<VecDeque<Job>>) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+    q.lock()
+        .expect("in-flight lock is never poisoned: nothing panics while holding it")
+}
+
+/// Writes jobs until every handle is dropped (`Ok`) or the socket fails.
+async fn write_loop(
+    mut w: OwnedWriteHalf,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    inflight: &Mutex<VecDeque<Job>>,
+    first: Job,
+) -> std::io::Result<()> {
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut next = Some(first);
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return Ok(()),
+            },
+        };
+        // Batch whatever else is queued: many clients' requests in one write is the point of sharing.
+        let mut size = 0;
+        let mut job = Some(job);
+        {
+            let mut q = lock(inflight);
+            while let Some(j) = job.take() {
+                size += j.bytes.len();
+                chunks.push_back(j.bytes.clone());
+                // Queued for the reader before the bytes go out, so a reply always finds its job.
+                q.push_back(j);
+                if size < MAX_BATCH_BYTES {
+                    job = rx.try_recv().ok();
+                }
+            }
+        }
+        write_all(&mut w, &mut chunks).await?;
+    }
+}
+
+/// Writes every chunk, vectored, copying nothing.
+async fn write_all(w: &mut OwnedWriteHalf, chunks: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+    while !chunks.is_empty() {
+        let n = {
+            let iov: Vec<IoSlice<'_>> = chunks
+                .iter()
+                .take(MAX_IOV)
+                .map(|c| IoSlice::new(c))
+                .collect();
+            w.write_vectored(&iov).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                chunks.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads replies and hands them to their jobs. Returns `None` once drained after the writer finished,
+/// else the error that ended the connection.
+async fn read_loop(
+    node: &Node,
+    mut r: OwnedReadHalf,
+    inflight: &Mutex<VecDeque<Job>>,
+    writer_done: &AtomicBool,
+) -> Option<Error> {
+    let addr = &node.addr;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = ReplyScanner::new(node.settings().limits);
+    let mut answered = 0u32;
+    let mut scanned = 0usize;
+    let mut retryable = false;
+    loop {
+        if writer_done.load(Ordering::Relaxed) && lock(inflight).is_empty() {
+            return None;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Some(Error::Lost { addr: addr.clone() }),
+            Ok(_) => {}
+        }
+        loop {
+            let frame = match scanner.scan(&buf[scanned..]) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(source) => {
+                    return Some(Error::Protocol {
+                        addr: addr.clone(),
+                        source,
+                    })
+                }
+            };
+            if frame.is_push() {
+                // Nothing enables pushes on a shared connection; drop any stray one without losing order.
+                let tail = buf.split_off(scanned);
+                buf.extend_from_slice(&tail[frame.len..]);
+                continue;
+            }
+            if frame.is_error() && retryable_error(&buf[scanned..scanned + frame.len]) {
+                retryable = true;
+            }
+            scanned += frame.len;
+            answered += 1;
+            let mut q = lock(inflight);
+            let Some(front) = q.front() else {
+                warn!(upstream = %addr, "reply without a request");
+                return Some(Error::Protocol {
+                    addr: addr.clone(),
+                    source: crate::resp::Error::UnexpectedReply,
+                });
+            };
+            if front.count == answered {
+                let job = q.pop_front().expect("front exists: checked above");
+                drop(q);
+                let bytes = buf.split_to(scanned).freeze();
+                node.outstanding
+                    .fetch_sub(job.count as usize, Ordering::Relaxed);
+                // A client that went away dropped its receiver; its replies are discarded.
+                let _ = job.reply.send(Ok(Reply { bytes, retryable }));
+                scanned = 0;
+                answered = 0;
+                retryable = false;
+            }
+        }
+    }
+}
+
+fn fail(node: &Node, job: Job, e: &Error) {
+    node.outstanding
+        .fetch_sub(job.count as usize, Ordering::Relaxed);
+    let _ = job.reply.send(Err(e.clone()));
+}

@@ -1,0 +1,96 @@
+//! A connection owned by one session at a time: transactions, blocking commands, pub/sub, MONITOR, tracking.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{connect, ConnKey, Error, Node};
+use crate::resp::{ReplyFrame, ReplyScanner};
+
+/// A greeted connection with its own read buffer. Reads are cancel-safe: a frame half received when a
+/// `select!` drops [`Dedicated::next_frame`] is finished by the next call.
+#[derive(Debug)]
+pub struct Dedicated {
+    stream: TcpStream,
+    buf: BytesMut,
+    scanner: ReplyScanner,
+    /// The node it is connected to.
+    pub node: Arc<Node>,
+    /// The state it was greeted with.
+    pub key: ConnKey,
+    clean: bool,
+}
+
+impl Dedicated {
+    /// Connects and greets.
+    pub async fn open(node: Arc<Node>, key: ConnKey) -> Result<Dedicated, Error> {
+        let stream = connect(&node.addr, &key, node.settings()).await?;
+        let scanner = ReplyScanner::new(node.settings().limits);
+        Ok(Dedicated {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            scanner,
+            node,
+            key,
+            clean: true,
+        })
+    }
+
+    /// Writes request bytes. On failure the connection is unusable and the bytes may have been received.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.clean = false;
+        self.stream.write_all(bytes).await.map_err(|_| Error::Lost {
+            addr: self.node.addr.clone(),
+        })
+    }
+
+    /// The next reply or push frame.
+    pub async fn next_frame(&mut self) -> Result<(Bytes, ReplyFrame), Error> {
+        loop {
+            match self.scanner.scan(&self.buf) {
+                Ok(Some(f)) => return Ok((self.buf.split_to(f.len).freeze(), f)),
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(Error::Protocol {
+                        addr: self.node.addr.clone(),
+                        source,
+                    })
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(16 * 1024);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => {
+                    return Err(Error::Lost {
+                        addr: self.node.addr.clone(),
+                    })
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends one request and waits for its single reply (blocking commands).
+    pub async fn exchange(&mut self, bytes: &[u8]) -> Result<Bytes, Error> {
+        self.send(bytes).await?;
+        loop {
+            let (frame, info) = self.next_frame().await?;
+            if !info.is_push() {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// Declares the connection back in its greeted state, fit for reuse by another session.
+    pub fn mark_clean(&mut self) {
+        self.clean = self.buf.is_empty();
+    }
+
+    /// True if the connection is in its greeted state.
+    pub fn is_clean(&self) -> bool {
+        self.clean
+    }
+}

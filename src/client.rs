@@ -1,0 +1,96 @@
+//! Downstream side: accept clients and run one session per connection.
+
+mod dispatch;
+mod pinned;
+pub mod reply;
+mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{warn, Instrument};
+
+use crate::command::SharedTable;
+use crate::config::{Consistency, Fallback};
+use crate::resp::Limits;
+use crate::topology::Topo;
+
+/// Everything sessions share.
+#[derive(Debug)]
+pub struct Context {
+    /// The live topology.
+    pub topo: Arc<Topo>,
+    /// The live command table.
+    pub table: SharedTable,
+    /// Read consistency.
+    pub consistency: Consistency,
+    /// No-replica behaviour.
+    pub fallback: Fallback,
+    /// Request scanner limits.
+    pub limits: Limits,
+    /// Per-client limit on bytes received and not yet forwarded.
+    pub max_request_bytes: usize,
+    /// Per-client limit on commands awaiting replies.
+    pub max_inflight: usize,
+    next_id: AtomicU64,
+}
+
+impl Context {
+    /// A context; session ids start at 1.
+    pub fn new(
+        topo: Arc<Topo>,
+        table: SharedTable,
+        consistency: Consistency,
+        fallback: Fallback,
+        limits: Limits,
+        max_request_bytes: usize,
+        max_inflight: usize,
+    ) -> Arc<Context> {
+        Arc::new(Context {
+            topo,
+            table,
+            consistency,
+            fallback,
+            limits,
+            max_request_bytes,
+            max_inflight,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Accepts clients until `cancel` fires. Each session runs on `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        tokio::select! {
+            // Shutdown: stop accepting; sessions finish on their own.
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let id = ctx.next_id();
+                    let span = tracing::debug_span!("client", id, peer = %peer);
+                    tracker.spawn(session::run(stream, peer, id, ctx.clone(), cancel.clone()).instrument(span));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}

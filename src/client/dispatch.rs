@@ -1,0 +1,787 @@
+//! Routing each buffered request: batch it to a shared connection, answer it here, or hand it to the
+//! dedicated connection.
+//!
+//! Consecutive requests bound for the same node travel as one job, cut from the input buffer without a
+//! copy. Some requests need every earlier reply first (a *barrier*: SELECT, AUTH, HELLO, RESET, WAIT,
+//! entering MULTI or pub/sub, blocking commands), because they move the session to another upstream
+//! connection and Redis runs a client's commands in order; some also hold later requests until they are
+//! answered (`hold`: the session's state depends on their outcome).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::sync::oneshot;
+
+use super::pinned::Pinned;
+use super::reply::{ClientError, Encoder, OK, PONG, RESET};
+use super::session::{Entry, ReplyMode, Sent, Session, Then, Wait};
+use crate::backend::{self, ConnKey, Node, Pool};
+use crate::command::{classify, Class, Local};
+use crate::config::Credentials;
+use crate::resp::Request;
+use crate::router::ReadTarget;
+use crate::topology::Topology;
+
+/// Requests at the start of the input buffer bound for one shared connection.
+pub(super) struct Batch {
+    node: Arc<Node>,
+    primary: bool,
+    len: usize,
+    count: u32,
+}
+
+/// Whether to go on with the next request.
+pub(super) enum Step {
+    Next,
+    Stop,
+}
+
+impl Session {
+    /// Dispatches buffered requests until the buffer is empty or something must wait.
+    pub(super) async fn dispatch(&mut self) {
+        let table = self.ctx.table.load_full();
+        let topo = self.ctx.topo.snapshot();
+        let mut batch: Option<Batch> = None;
+        loop {
+            if self.hold {
+                if self.queue.is_empty() && batch.is_none() {
+                    self.hold = false;
+                } else {
+                    break;
+                }
+            }
+            let pending = batch.as_ref().map_or(0, |b| b.count as usize);
+            if self.closing && self.inbuf.is_empty()
+                || self.inflight + pending >= self.ctx.max_inflight
+            {
+                break;
+            }
+            let start = batch.as_ref().map_or(0, |b| b.len);
+            if start >= self.inbuf.len() {
+                break;
+            }
+            let req = match self.scanner.scan(&self.inbuf[start..]) {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    if self.inbuf.len() - start >= self.ctx.max_request_bytes {
+                        self.flush(&mut batch);
+                        self.fatal(
+                            ClientError::RequestTooLarge(self.ctx.max_request_bytes).frame(),
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.flush(&mut batch);
+                    self.fatal(ClientError::Protocol(&e).frame());
+                    break;
+                }
+            };
+            if req.argc == 0 {
+                // `*0`, `*-1` and blank inline lines: Redis ignores them without a reply.
+                self.flush(&mut batch);
+                self.inbuf.advance(req.len);
+                continue;
+            }
+            let (class, _kind) = {
+                let src = &self.inbuf[start..];
+                let scanner = &self.scanner;
+                classify(&table, req.argc, |i| scanner.arg(&req, src, i))
+            };
+            let step = if self.pinned.is_some() {
+                self.flush(&mut batch);
+                let args = self.kept_args(&req, 0);
+                self.pinned_request(class, &req, &args)
+            } else {
+                self.route(class, &req, &topo, &mut batch).await
+            };
+            if let Step::Stop = step {
+                break;
+            }
+        }
+        self.flush(&mut batch);
+        self.flush_pinned().await;
+    }
+
+    async fn route(
+        &mut self,
+        class: Class,
+        req: &Request,
+        topo: &Arc<Topology>,
+        batch: &mut Option<Batch>,
+    ) -> Step {
+        let primary = topo.primary.clone();
+        match class {
+            Class::Read => match self
+                .reads
+                .route(topo, self.ctx.consistency, self.ctx.fallback)
+            {
+                ReadTarget::Replica(n) => self.add(batch, n, false, req),
+                ReadTarget::Primary(_) => match primary {
+                    Some(p) => self.add(batch, p, true, req),
+                    None => self.reply_local(batch, req, ClientError::NoPrimary.frame()),
+                },
+                ReadTarget::Refuse(reason) => {
+                    self.reply_local(batch, req, ClientError::NoReplica(reason).frame())
+                }
+            },
+            Class::Primary => match primary {
+                Some(p) => self.add(batch, p, true, req),
+                None => self.reply_local(batch, req, ClientError::NoPrimary.frame()),
+            },
+            Class::Broadcast => {
+                let Some(p) = primary else {
+                    return self.reply_local(batch, req, ClientError::NoPrimary.frame());
+                };
+                self.flush(batch);
+                let bytes = self.take_frame(req);
+                // Same connection as this session's later reads, so an EVALSHA_RO sent next finds the script.
+                for r in &topo.replicas {
+                    let conn = self.conn_for(r);
+                    drop(backend::submit(&conn, bytes.clone(), 1));
+                }
+                self.reads.sent(p.id, true, 1);
+                self.submit(p, true, bytes, 1);
+                Step::Next
+            }
+            Class::Blocking => {
+                if self.barrier(batch) {
+                    return Step::Stop;
+                }
+                let Some(p) = primary else {
+                    return self.reply_local(batch, req, ClientError::NoPrimary.frame());
+                };
+                let bytes = self.take_frame(req);
+                let (tx, rx) = oneshot::channel();
+                tokio::spawn(blocking_call(p.pool(&self.key), p.clone(), bytes, tx));
+                self.reads.sent(p.id, true, 1);
+                self.push(
+                    Wait::Task(rx),
+                    Some(Sent {
+                        node: p,
+                        primary: true,
+                        retry: None,
+                    }),
+                    Then::Nothing,
+                );
+                self.hold = true;
+                Step::Next
+            }
+            Class::Pin(_) => {
+                if self.barrier(batch) {
+                    return Step::Stop;
+                }
+                let Some(p) = primary else {
+                    return self.reply_local(batch, req, ClientError::NoPrimary.frame());
+                };
+                match p.pool(&self.key).dedicated(&p).await {
+                    // The request stays buffered and is forwarded by the pinned path on the next turn.
+                    Ok(conn) => {
+                        self.pinned = Some(Pinned::new(conn));
+                        Step::Next
+                    }
+                    Err(e) => self.reply_local(batch, req, ClientError::Pin(&e).frame()),
+                }
+            }
+            Class::Local(local) => {
+                let args = self.kept_args(req, batch.as_ref().map_or(0, |b| b.len));
+                self.local(local, req, &args, topo, batch)
+            }
+        }
+    }
+
+    /// Commands the proxy answers or handles itself.
+    pub(super) fn local(
+        &mut self,
+        local: Local,
+        req: &Request,
+        args: &[Vec<u8>],
+        topo: &Arc<Topology>,
+        batch: &mut Option<Batch>,
+    ) -> Step {
+        let enc = Encoder {
+            resp3: self.key.resp3,
+        };
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        let mut b = bytes::BytesMut::new();
+        let reply: Bytes = match local {
+            Local::Ping => match args.len() {
+                1 => Bytes::from_static(PONG),
+                2 => {
+                    enc.bulk(&mut b, &args[1]);
+                    b.freeze()
+                }
+                _ => ClientError::Arity(&name).frame(),
+            },
+            Local::Echo => match args.len() {
+                2 => {
+                    enc.bulk(&mut b, &args[1]);
+                    b.freeze()
+                }
+                _ => ClientError::Arity(&name).frame(),
+            },
+            Local::Quit => {
+                self.reply_local(batch, req, Bytes::from_static(OK));
+                // Nothing after QUIT runs.
+                self.inbuf.clear();
+                self.closing = true;
+                return Step::Stop;
+            }
+            Local::Reset => {
+                if self.barrier(batch) {
+                    return Step::Stop;
+                }
+                self.reset();
+                Bytes::from_static(RESET)
+            }
+            Local::Select => {
+                if args.len() != 2 {
+                    ClientError::Arity(&name).frame()
+                } else {
+                    match std::str::from_utf8(&args[1])
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
+                        None => ClientError::BadDb.frame(),
+                        Some(db) if db < 0 || db > i64::from(u32::MAX) => {
+                            Bytes::from_static(b"-ERR DB index is out of range\r\n")
+                        }
+                        Some(db) if db as u32 == self.key.db => Bytes::from_static(OK),
+                        Some(db) => {
+                            let key = ConnKey {
+                                db: db as u32,
+                                ..self.key.clone()
+                            };
+                            return self.switch_key(batch, req, topo, key, None);
+                        }
+                    }
+                }
+            }
+            Local::Auth => {
+                if args.len() != 2 && args.len() != 3 {
+                    ClientError::Arity(&name).frame()
+                } else {
+                    let creds = Credentials {
+                        username: (args.len() == 3)
+                            .then(|| String::from_utf8_lossy(&args[1]).into_owned()),
+                        password: String::from_utf8_lossy(&args[args.len() - 1]).into_owned(),
+                    };
+                    let key = ConnKey {
+                        auth: Some(Arc::new(creds)),
+                        ..self.key.clone()
+                    };
+                    return self.switch_key(batch, req, topo, key, None);
+                }
+            }
+            Local::Hello => return self.hello(req, args, topo, batch),
+            Local::ClientId => {
+                enc.int(&mut b, self.id as i64);
+                b.freeze()
+            }
+            Local::ClientSetName => match args.get(2) {
+                Some(n) if args.len() == 3 => {
+                    if n.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                        ClientError::BadName.frame()
+                    } else {
+                        self.name = (!n.is_empty()).then(|| Bytes::copy_from_slice(n));
+                        Bytes::from_static(OK)
+                    }
+                }
+                _ => ClientError::Arity("client|setname").frame(),
+            },
+            Local::ClientGetName => {
+                match &self.name {
+                    Some(n) => enc.bulk(&mut b, n),
+                    None => enc.null(&mut b),
+                }
+                b.freeze()
+            }
+            Local::ClientInfo => {
+                enc.bulk(&mut b, self.client_info().as_bytes());
+                b.freeze()
+            }
+            Local::ClientReply => {
+                let mode = args.get(2).map(|a| a.to_ascii_uppercase());
+                match mode.as_deref() {
+                    Some(b"ON") if args.len() == 3 => {
+                        self.reply_mode = ReplyMode::On;
+                        Bytes::from_static(OK)
+                    }
+                    Some(m @ (b"OFF" | b"SKIP")) if args.len() == 3 => {
+                        // These commands have no reply of their own.
+                        self.flush(batch);
+                        self.inbuf.advance(req.len);
+                        self.reply_mode = if m == b"OFF" {
+                            ReplyMode::Off
+                        } else {
+                            ReplyMode::Skip
+                        };
+                        return Step::Next;
+                    }
+                    _ => ClientError::Syntax.frame(),
+                }
+            }
+            Local::ClientAck | Local::TrackingOff | Local::Unwatch => Bytes::from_static(OK),
+            Local::WithoutMulti => ClientError::WithoutMulti(&name.to_ascii_uppercase()).frame(),
+            Local::Unsubscribe => {
+                // Not subscribed to anything: one confirmation per name, or one with a null name.
+                let kind = name.as_bytes();
+                let names: Vec<Option<&[u8]>> = if args.len() > 1 {
+                    args[1..].iter().map(|a| Some(&a[..])).collect()
+                } else {
+                    vec![None]
+                };
+                for n in names {
+                    enc.push(&mut b, 3);
+                    enc.bulk(&mut b, kind);
+                    match n {
+                        Some(n) => enc.bulk(&mut b, n),
+                        None => enc.null(&mut b),
+                    }
+                    enc.int(&mut b, 0);
+                }
+                b.freeze()
+            }
+            Local::Wait => return self.wait(req, args, topo, batch),
+            Local::Refuse => ClientError::Unsupported(&name.to_ascii_uppercase()).frame(),
+        };
+        self.reply_local(batch, req, reply)
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    fn hello(
+        &mut self,
+        req: &Request,
+        args: &[Vec<u8>],
+        topo: &Arc<Topology>,
+        batch: &mut Option<Batch>,
+    ) -> Step {
+        if args.len() == 1 {
+            let reply = self.hello_reply();
+            return self.reply_local(batch, req, reply);
+        }
+        let proto = match std::str::from_utf8(&args[1])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+        {
+            Some(p @ (2 | 3)) => p,
+            Some(_) => return self.reply_local(batch, req, ClientError::NoProto.frame()),
+            None => {
+                return self.reply_local(
+                    batch,
+                    req,
+                    Bytes::from_static(
+                        b"-ERR Protocol version is not an integer or out of range\r\n",
+                    ),
+                )
+            }
+        };
+        let (mut auth, mut name) = (None, None);
+        let mut i = 2;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            if opt == b"AUTH" && i + 2 < args.len() {
+                auth = Some(Credentials {
+                    username: Some(String::from_utf8_lossy(&args[i + 1]).into_owned()),
+                    password: String::from_utf8_lossy(&args[i + 2]).into_owned(),
+                });
+                i += 3;
+            } else if opt == b"SETNAME" && i + 1 < args.len() {
+                name = Some(Bytes::copy_from_slice(&args[i + 1]));
+                i += 2;
+            } else {
+                let msg = format!(
+                    "-ERR Syntax error in HELLO option '{}'\r\n",
+                    String::from_utf8_lossy(&args[i])
+                );
+                return self.reply_local(batch, req, Bytes::from(msg));
+            }
+        }
+        if self.barrier(batch) {
+            return Step::Stop;
+        }
+        let key = ConnKey {
+            resp3: proto == 3,
+            auth: auth.clone().map(Arc::new).or_else(|| self.key.auth.clone()),
+            ..self.key.clone()
+        };
+        match auth {
+            // Credentials are checked by the primary: AUTH on a connection greeted with them.
+            Some(c) => {
+                let mut cmd = Vec::new();
+                let user = c.username.as_deref().unwrap_or("default");
+                backend::encode_command(
+                    &mut cmd,
+                    &[b"AUTH", user.as_bytes(), c.password.as_bytes()],
+                );
+                self.inbuf.advance(req.len);
+                self.switch_key_with(Bytes::from(cmd), topo, key, Some(name))
+            }
+            None => {
+                self.set_key(key);
+                if name.is_some() {
+                    self.name = name;
+                }
+                let reply = self.hello_reply();
+                self.reply_local(batch, req, reply)
+            }
+        }
+    }
+
+    /// `WAIT numreplicas timeout`: on shared connections Redis's own WAIT would count other clients' writes
+    /// and block them all, so the proxy answers from the replicas' offsets: it takes the primary's offset
+    /// after this session's writes, then counts the replicas that reach it.
+    fn wait(
+        &mut self,
+        req: &Request,
+        args: &[Vec<u8>],
+        topo: &Arc<Topology>,
+        batch: &mut Option<Batch>,
+    ) -> Step {
+        if args.len() != 3 {
+            return self.reply_local(batch, req, ClientError::Arity("wait").frame());
+        }
+        let int = |a: &[u8]| {
+            std::str::from_utf8(a)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+        };
+        let (Some(want), Some(timeout)) = (int(&args[1]), int(&args[2])) else {
+            return self.reply_local(batch, req, ClientError::BadDb.frame());
+        };
+        if timeout < 0 {
+            return self.reply_local(
+                batch,
+                req,
+                Bytes::from_static(b"-ERR timeout is negative\r\n"),
+            );
+        }
+        if self.barrier(batch) {
+            return Step::Stop;
+        }
+        let Some(p) = topo.primary.clone() else {
+            return self.reply_local(batch, req, ClientError::NoPrimary.frame());
+        };
+        self.inbuf.advance(req.len);
+        // ROLE on this session's own primary connection runs after its writes, so its offset covers them.
+        let conn = self.conn_for(&p);
+        let mut role = Vec::new();
+        backend::encode_command(&mut role, &[b"ROLE"]);
+        let role_rx = backend::submit(&conn, Bytes::from(role), 1);
+        let (tx, rx) = oneshot::channel();
+        let topo_handle = self.ctx.topo.clone();
+        let timeout = (timeout > 0).then(|| Duration::from_millis(timeout as u64));
+        tokio::spawn(wait_for_replicas(
+            topo_handle,
+            role_rx,
+            want.max(0) as usize,
+            timeout,
+            tx,
+        ));
+        self.push(Wait::Task(rx), None, Then::Nothing);
+        Step::Next
+    }
+
+    /// Moves the session to `key` once the primary accepts it: the request itself is sent on a connection
+    /// greeted for `key`, and the switch happens only if it succeeds.
+    fn switch_key(
+        &mut self,
+        batch: &mut Option<Batch>,
+        req: &Request,
+        topo: &Arc<Topology>,
+        key: ConnKey,
+        hello: Option<Option<Bytes>>,
+    ) -> Step {
+        if self.barrier(batch) {
+            return Step::Stop;
+        }
+        let bytes = self.take_frame(req);
+        self.switch_key_with(bytes, topo, key, hello)
+    }
+
+    fn switch_key_with(
+        &mut self,
+        bytes: Bytes,
+        topo: &Arc<Topology>,
+        key: ConnKey,
+        hello: Option<Option<Bytes>>,
+    ) -> Step {
+        let Some(p) = topo.primary.clone() else {
+            self.push(
+                Wait::Ready(ClientError::NoPrimary.frame()),
+                None,
+                Then::Nothing,
+            );
+            return Step::Next;
+        };
+        let conn = p.pool(&key).pick();
+        let rx = backend::submit(&conn, bytes, 1);
+        self.reads.sent(p.id, true, 1);
+        self.push(
+            Wait::Upstream(rx),
+            Some(Sent {
+                node: p,
+                primary: true,
+                retry: None,
+            }),
+            Then::SwitchKey { key, hello },
+        );
+        self.hold = true;
+        Step::Next
+    }
+
+    /// Back to a fresh connection's state (RESET).
+    pub(super) fn reset(&mut self) {
+        self.set_key(ConnKey::default());
+        self.name = None;
+        self.reply_mode = ReplyMode::On;
+        self.reads.clear();
+    }
+
+    /// Adds a request to the batch for `node`, starting a new batch if it goes elsewhere.
+    fn add(
+        &mut self,
+        batch: &mut Option<Batch>,
+        node: Arc<Node>,
+        primary: bool,
+        req: &Request,
+    ) -> Step {
+        self.reads.sent(node.id, primary, 1);
+        if req.inline {
+            self.flush(batch);
+            let bytes = self.take_frame(req);
+            self.submit(node, primary, bytes, 1);
+            return Step::Next;
+        }
+        match batch {
+            Some(b) if b.node.id == node.id && self.reply_mode == ReplyMode::On => {
+                b.len += req.len;
+                b.count += 1;
+            }
+            _ => {
+                self.flush(batch);
+                *batch = Some(Batch {
+                    node,
+                    primary,
+                    len: req.len,
+                    count: 1,
+                });
+            }
+        }
+        // `CLIENT REPLY OFF/SKIP` silence whole entries, so each command gets its own.
+        if self.reply_mode != ReplyMode::On {
+            self.flush(batch);
+        }
+        Step::Next
+    }
+
+    /// Sends the batch, if any.
+    fn flush(&mut self, batch: &mut Option<Batch>) {
+        if let Some(b) = batch.take() {
+            let bytes = self.inbuf.split_to(b.len).freeze();
+            self.submit(b.node, b.primary, bytes, b.count);
+        }
+    }
+
+    fn submit(&mut self, node: Arc<Node>, primary: bool, bytes: Bytes, count: u32) {
+        let conn = self.conn_for(&node);
+        let retry = (!primary).then(|| bytes.clone());
+        let rx = backend::submit(&conn, bytes, count);
+        let silent = self.take_silent();
+        self.queue.push_back(Entry {
+            wait: Wait::Upstream(rx),
+            count,
+            silent,
+            sent: Some(Sent {
+                node,
+                primary,
+                retry,
+            }),
+            then: Then::Nothing,
+        });
+        self.inflight += count as usize;
+    }
+
+    /// Queues a one-command entry.
+    pub(super) fn push(&mut self, wait: Wait, sent: Option<Sent>, then: Then) {
+        let silent = self.take_silent();
+        self.queue.push_back(Entry {
+            wait,
+            count: 1,
+            silent,
+            sent,
+            then,
+        });
+        self.inflight += 1;
+    }
+
+    /// Answers a request locally, in order with everything before it.
+    pub(super) fn reply_local(
+        &mut self,
+        batch: &mut Option<Batch>,
+        req: &Request,
+        reply: Bytes,
+    ) -> Step {
+        self.flush(batch);
+        self.inbuf.advance(req.len);
+        self.push(Wait::Ready(reply), None, Then::Nothing);
+        Step::Next
+    }
+
+    /// True if earlier requests are still unanswered: the caller stops, leaving the request buffered.
+    fn barrier(&mut self, batch: &mut Option<Batch>) -> bool {
+        if batch.is_some() || !self.queue.is_empty() {
+            self.flush(batch);
+            return true;
+        }
+        false
+    }
+
+    /// Removes the request from the input and returns the bytes to forward.
+    pub(super) fn take_frame(&mut self, req: &Request) -> Bytes {
+        if req.inline {
+            let bytes = Bytes::copy_from_slice(self.scanner.frame(req, &[]));
+            self.inbuf.advance(req.len);
+            bytes
+        } else {
+            self.inbuf.split_to(req.len).freeze()
+        }
+    }
+
+    /// Copies of the kept arguments of the request starting at `start` in the input, for commands handled
+    /// here.
+    pub(super) fn kept_args(&self, req: &Request, start: usize) -> Vec<Vec<u8>> {
+        let src = &self.inbuf[start..];
+        (0..req.argc.min(crate::resp::request::KEPT_ARGS))
+            .map_while(|i| self.scanner.arg(req, src, i).map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    /// Whether the next entry's reply is dropped (`CLIENT REPLY`).
+    fn take_silent(&mut self) -> bool {
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        }
+    }
+
+    /// Reports a fatal client error: the error is the last reply, then the connection closes.
+    fn fatal(&mut self, frame: Bytes) {
+        self.inbuf.clear();
+        self.reply_mode = ReplyMode::On;
+        self.push(Wait::Ready(frame), None, Then::Nothing);
+        self.closing = true;
+    }
+
+    /// `CLIENT INFO` for this session, in Redis's format (fields the proxy knows).
+    fn client_info(&self) -> String {
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let laddr = self.local.map(|a| a.to_string()).unwrap_or_default();
+        let multi = self
+            .pinned
+            .as_ref()
+            .map_or(-1, |p| if p.multi { 0 } else { -1 });
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={} db={} multi={} resp={} lib-name=redsplit\n",
+            self.id,
+            self.peer,
+            laddr,
+            name,
+            self.key.db,
+            multi,
+            if self.key.resp3 { 3 } else { 2 },
+        )
+    }
+}
+
+/// Runs a blocking command on a dedicated connection, which goes back to the pool afterwards.
+async fn blocking_call(
+    pool: Arc<Pool>,
+    node: Arc<Node>,
+    bytes: Bytes,
+    mut tx: oneshot::Sender<Bytes>,
+) {
+    let mut conn = match pool.dedicated(&node).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(ClientError::Pin(&e).frame());
+            return;
+        }
+    };
+    let reply = tokio::select! {
+        r = conn.exchange(&bytes) => r,
+        // The client went away: dropping the connection makes Redis unblock without serving (and so
+        // losing) an element nobody will read.
+        _ = tx.closed() => return,
+    };
+    match reply {
+        Ok(reply) => {
+            let _ = tx.send(reply);
+            conn.mark_clean();
+            pool.give_back(conn);
+        }
+        Err(e) => {
+            let _ = tx.send(ClientError::Upstream(&e).frame());
+        }
+    }
+}
+
+/// Counts replicas at or past the primary offset that `role` reports, until `want` or the timeout.
+async fn wait_for_replicas(
+    topo: Arc<crate::topology::Topo>,
+    role: oneshot::Receiver<Result<backend::Reply, backend::Error>>,
+    want: usize,
+    timeout: Option<Duration>,
+    mut tx: oneshot::Sender<Bytes>,
+) {
+    let target = match role.await {
+        Ok(Ok(r)) => match redis_protocol::resp2::decode::decode(&r.bytes) {
+            Ok(Some((frame, _))) => match crate::topology::probe::Role::parse(&frame) {
+                Some(crate::topology::probe::Role::Master { offset }) => offset,
+                _ => {
+                    let _ = tx.send(Bytes::from_static(
+                        b"-ERR redsplit: WAIT needs a primary\r\n",
+                    ));
+                    return;
+                }
+            },
+            _ => {
+                let _ = tx.send(r.bytes);
+                return;
+            }
+        },
+        Ok(Err(e)) => {
+            let _ = tx.send(ClientError::Upstream(&e).frame());
+            return;
+        }
+        Err(_) => return,
+    };
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let acked = loop {
+        let snapshot = topo.snapshot();
+        let acked = snapshot
+            .replicas
+            .iter()
+            .filter(|r| r.repl.offset() >= target)
+            .count();
+        if acked >= want || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break acked;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            // The client went away.
+            _ = tx.closed() => return,
+        }
+    };
+    let _ = tx.send(Bytes::from(format!(":{acked}\r\n")));
+}

@@ -1,0 +1,204 @@
+//! Every reply the proxy makes itself: the `-ERR` texts clients can see, and RESP2/RESP3 encoders for
+//! locally answered commands. These replies are small and few, so they are written directly rather than
+//! through `redis-protocol`'s frame types.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::backend;
+use crate::router::PrimaryReason;
+
+/// `+OK`
+pub const OK: &[u8] = b"+OK\r\n";
+/// `+PONG`
+pub const PONG: &[u8] = b"+PONG\r\n";
+/// `+RESET`
+pub const RESET: &[u8] = b"+RESET\r\n";
+
+/// Errors the proxy itself reports to clients.
+#[derive(Debug, Clone)]
+pub enum ClientError<'a> {
+    /// The client sent malformed RESP; its connection closes after this.
+    Protocol(&'a crate::resp::Error),
+    /// A request larger than `max_request_bytes`; the connection closes after this.
+    RequestTooLarge(usize),
+    /// The upstream failed before or after the command was sent.
+    Upstream(&'a backend::Error),
+    /// A read with `fallback = "error"` and no replica to serve it.
+    NoReplica(PrimaryReason),
+    /// No primary is known.
+    NoPrimary,
+    /// A command the proxy does not pass on.
+    Unsupported(&'a str),
+    /// Wrong number of arguments for a locally handled command.
+    Arity(&'a str),
+    /// A syntax error in a locally handled command.
+    Syntax,
+    /// `SELECT` with something other than a database number.
+    BadDb,
+    /// `HELLO` with a protocol other than 2 or 3.
+    NoProto,
+    /// `CLIENT SETNAME` with spaces or special characters.
+    BadName,
+    /// `EXEC` or `DISCARD` without `MULTI`.
+    WithoutMulti(&'a str),
+    /// A connection of the client's own could not be opened for a transaction, pub/sub or blocking command.
+    Pin(&'a backend::Error),
+}
+
+impl ClientError<'_> {
+    /// The error as one RESP error frame.
+    pub fn frame(&self) -> Bytes {
+        let text = match self {
+            ClientError::Protocol(e) => format!("ERR Protocol error: {e}"),
+            ClientError::RequestTooLarge(limit) => {
+                format!("ERR Protocol error: request larger than {limit} bytes")
+            }
+            ClientError::Upstream(backend::Error::Refused { reply, .. }) => reply.clone(),
+            ClientError::Upstream(
+                e @ (backend::Error::Lost { .. } | backend::Error::Protocol { .. }),
+            ) => {
+                format!("ERR redsplit: {e}; the command may have run")
+            }
+            ClientError::Upstream(e) => format!("ERR redsplit: {e}"),
+            ClientError::NoReplica(reason) => {
+                format!("ERR redsplit: no replica can serve this read ({reason:?}) and fallback is \"error\"")
+            }
+            ClientError::NoPrimary => "MASTERDOWN redsplit: no primary is known".into(),
+            ClientError::Unsupported(cmd) => {
+                format!("ERR redsplit: {cmd} is not supported through the proxy")
+            }
+            ClientError::Arity(cmd) => format!("ERR wrong number of arguments for '{cmd}' command"),
+            ClientError::Syntax => "ERR syntax error".into(),
+            ClientError::BadDb => "ERR value is not an integer or out of range".into(),
+            ClientError::NoProto => "NOPROTO unsupported protocol version".into(),
+            ClientError::BadName => {
+                "ERR Client names cannot contain spaces, newlines or special characters.".into()
+            }
+            ClientError::WithoutMulti(cmd) => format!("ERR {cmd} without MULTI"),
+            ClientError::Pin(e) => {
+                format!("ERR redsplit: cannot open a dedicated upstream connection: {e}")
+            }
+        };
+        let text = text.replace(['\r', '\n'], " ");
+        let mut b = BytesMut::with_capacity(text.len() + 3);
+        b.put_u8(b'-');
+        b.put_slice(text.as_bytes());
+        b.put_slice(b"\r\n");
+        b.freeze()
+    }
+
+    /// `n` copies of the error, one per command of a failed batch.
+    pub fn frames(&self, n: u32) -> Bytes {
+        let one = self.frame();
+        if n == 1 {
+            return one;
+        }
+        let mut b = BytesMut::with_capacity(one.len() * n as usize);
+        for _ in 0..n {
+            b.put_slice(&one);
+        }
+        b.freeze()
+    }
+}
+
+/// Encoder for replies in the session's protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoder {
+    /// RESP3 session.
+    pub resp3: bool,
+}
+
+impl Encoder {
+    /// A bulk string.
+    pub fn bulk(&self, out: &mut BytesMut, s: &[u8]) {
+        out.put_slice(format!("${}\r\n", s.len()).as_bytes());
+        out.put_slice(s);
+        out.put_slice(b"\r\n");
+    }
+
+    /// A null bulk string (`$-1` or `_`).
+    pub fn null(&self, out: &mut BytesMut) {
+        out.put_slice(if self.resp3 { b"_\r\n" } else { b"$-1\r\n" });
+    }
+
+    /// An integer.
+    pub fn int(&self, out: &mut BytesMut, n: i64) {
+        out.put_slice(format!(":{n}\r\n").as_bytes());
+    }
+
+    /// An array header.
+    pub fn array(&self, out: &mut BytesMut, n: usize) {
+        out.put_slice(format!("*{n}\r\n").as_bytes());
+    }
+
+    /// A map header (`%n` in RESP3, a flat array of `2n` in RESP2).
+    pub fn map(&self, out: &mut BytesMut, n: usize) {
+        if self.resp3 {
+            out.put_slice(format!("%{n}\r\n").as_bytes());
+        } else {
+            self.array(out, n * 2);
+        }
+    }
+
+    /// A push header (RESP3), or an array header (RESP2), for pub/sub confirmations.
+    pub fn push(&self, out: &mut BytesMut, n: usize) {
+        if self.resp3 {
+            out.put_slice(format!(">{n}\r\n").as_bytes());
+        } else {
+            self.array(out, n);
+        }
+    }
+
+    /// The reply to `HELLO`, as Redis 7 shapes it.
+    pub fn hello(&self, id: u64, version: &str) -> Bytes {
+        let mut b = BytesMut::with_capacity(160);
+        self.map(&mut b, 7);
+        self.bulk(&mut b, b"server");
+        self.bulk(&mut b, b"redis");
+        self.bulk(&mut b, b"version");
+        self.bulk(&mut b, version.as_bytes());
+        self.bulk(&mut b, b"proto");
+        self.int(&mut b, if self.resp3 { 3 } else { 2 });
+        self.bulk(&mut b, b"id");
+        self.int(&mut b, id as i64);
+        self.bulk(&mut b, b"mode");
+        self.bulk(&mut b, b"standalone");
+        self.bulk(&mut b, b"role");
+        self.bulk(&mut b, b"master");
+        self.bulk(&mut b, b"modules");
+        self.array(&mut b, 0);
+        b.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_reply_is_a_map_in_resp3_and_an_array_in_resp2() {
+        let r3 = Encoder { resp3: true }.hello(5, "7.0.15");
+        assert!(r3.starts_with(b"%7\r\n$6\r\nserver\r\n"));
+        let r2 = Encoder { resp3: false }.hello(5, "7.0.15");
+        assert!(r2.starts_with(b"*14\r\n"));
+        let (frame, len) = redis_protocol::resp2::decode::decode(&r2)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(len, r2.len());
+        assert!(
+            matches!(frame, redis_protocol::resp2::types::OwnedFrame::Array(a) if a.len() == 14)
+        );
+    }
+
+    #[test]
+    fn error_frames_are_single_lines() {
+        let e = crate::resp::Error::ExpectedBulk('\n');
+        let f = ClientError::Protocol(&e).frame();
+        assert!(f.starts_with(b"-ERR Protocol error: expected '$'"));
+        assert_eq!(f.iter().filter(|&&c| c == b'\n').count(), 1);
+        assert_eq!(
+            ClientError::Syntax.frames(3),
+            Bytes::from_static(b"-ERR syntax error\r\n-ERR syntax error\r\n-ERR syntax error\r\n")
+        );
+    }
+}

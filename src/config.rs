@@ -1,0 +1,517 @@
+//! Configuration: a TOML file, overridden option by option by command-line flags of the same name.
+//!
+//! Every option is declared once, in [`options!`], which generates the file's fields, the flags
+//! (`max_lag_ms` is `--max-lag-ms`) and the list of names the tests compare with
+//! `conf/redsplit.example.toml`. [`Config::load`] turns file and flags into a checked [`Config`], reporting
+//! every problem at once; nothing checks the values again after that.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::resp::Limits;
+
+/// How reads are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Read-your-writes and monotonic reads per client session, within the lag limit.
+    Session,
+    /// Any replica within the lag limit.
+    Eventual,
+    /// Every read goes to the primary.
+    Primary,
+}
+
+/// What a read does when no replica is eligible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Read from the primary.
+    Primary,
+    /// Fail the read with an error.
+    Error,
+}
+
+/// Where the topology comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologyKind {
+    /// `primary` and `replica` name the nodes.
+    Static,
+    /// The proxy starts a local primary and replicas itself (for trying it out).
+    Embedded,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+macro_rules! options {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ; )*) => {
+        /// The TOML file, as written. Every field is optional; defaults apply after flags.
+        #[derive(Debug, Default, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct File {
+            $( $(#[doc = $doc])* pub $name: Option<$ty>, )*
+        }
+
+        /// One flag per file option, same name in kebab case; a flag overrides the file.
+        #[derive(Debug, Default, Clone, clap::Args)]
+        pub struct Flags {
+            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        }
+
+        /// The name of every option, as written in the file.
+        pub const OPTION_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        /// Option values after merging file, flags and defaults, not yet checked.
+        #[derive(Debug, Clone)]
+        struct Raw { $( $name: $ty, )* }
+
+        impl File {
+            /// Reads one TOML document option by option, so that every bad option is reported, not
+            /// only the first.
+            pub fn parse(text: &str, problems: &mut Vec<String>) -> File {
+                let table: toml::Table = match text.parse() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        problems.push(format!("config is not valid TOML: {e}"));
+                        return File::default();
+                    }
+                };
+                let mut file = File::default();
+                for (key, value) in table {
+                    match key.as_str() {
+                        $( stringify!($name) => match value.try_into() {
+                            Ok(v) => file.$name = Some(v),
+                            Err(e) => problems.push(format!("option `{key}`: {e}")),
+                        }, )*
+                        _ => problems.push(format!("unknown option `{key}`")),
+                    }
+                }
+                file
+            }
+
+            fn merge(self, flags: Flags) -> Raw {
+                Raw { $( $name: flags.$name.or(self.$name).unwrap_or_else(|| $default), )* }
+            }
+        }
+    };
+}
+
+options! {
+    /// Client listener address. Default "127.0.0.1:6380".
+    listen: String = "127.0.0.1:6380".into();
+    /// Admin HTTP listener (`/live`) address. Default "127.0.0.1:9121".
+    admin_listen: String = "127.0.0.1:9121".into();
+    /// Where the topology comes from: "static" (primary and replica) or "embedded" (start local Redis
+    /// servers). Default: "static" when `primary` is set, else "embedded".
+    topology: Option<TopologyKind> = None;
+    /// Primary address, host:port. Static topology only. No default.
+    primary: Option<String> = None;
+    /// Replica addresses, host:port, repeatable. Static topology only. Default none.
+    replica: Vec<String> = Vec::new();
+    /// Replicas the embedded topology starts. Default 2.
+    embedded_replicas: u32 = 2;
+    /// Read consistency: "session" (read-your-writes, monotonic reads), "eventual" (lag limit only),
+    /// "primary" (all reads to the primary). Default "session".
+    consistency: Consistency = Consistency::Session;
+    /// Largest replication lag, in milliseconds, at which a replica still gets reads. Default 1000.
+    max_lag_ms: u64 = 1000;
+    /// Largest replication lag, in bytes of replication stream, at which a replica still gets reads; 0
+    /// disables the byte limit. Default 0.
+    max_lag_bytes: u64 = 0;
+    /// Where reads go when no replica is eligible: "primary" or "error". Default "primary".
+    fallback: Fallback = Fallback::Primary;
+    /// Interval between replication offset probes (ROLE) of every node, in milliseconds. Default 100.
+    probe_interval_ms: u64 = 100;
+    /// Shared pipelined connections per upstream node (per database and protocol in use). Default 2.
+    backend_connections: u32 = 2;
+    /// Timeout for connecting to and greeting an upstream node, in milliseconds. Default 1000.
+    connect_timeout_ms: u64 = 1000;
+    /// Username for upstream connections (Redis ACL). Default none (the `default` user).
+    backend_username: Option<String> = None;
+    /// Password for upstream connections. Default none.
+    backend_password: Option<String> = None;
+    /// Refresh the command table from the primary's COMMAND reply: true or false. Default true.
+    refresh_commands: bool = true;
+    /// Largest bulk string in a request or reply, in bytes. Default 536870912 (512 MiB, as Redis).
+    max_bulk_bytes: u64 = 512 * 1024 * 1024;
+    /// Most arguments in one request. Default 1048576.
+    max_array_len: u64 = 1024 * 1024;
+    /// Longest inline (telnet-style) command line, in bytes. Default 65536.
+    max_inline_bytes: u64 = 64 * 1024;
+    /// Deepest nesting of aggregate replies. Default 128.
+    max_nesting_depth: u64 = 128;
+    /// Most bytes a client may have sent that are not yet forwarded (one request must fit), in bytes.
+    /// Default 1073741824 (1 GiB, as Redis's client-query-buffer-limit).
+    max_request_bytes: u64 = 1024 * 1024 * 1024;
+    /// Most commands of one client awaiting replies; past it the proxy stops reading from that client.
+    /// Default 4096.
+    max_client_inflight: u64 = 4096;
+    /// Time allowed for in-flight replies after SIGTERM, in milliseconds. Default 5000.
+    shutdown_grace_ms: u64 = 5000;
+    /// Log level or filter (RUST_LOG syntax), used when RUST_LOG is unset. Default "info".
+    log_level: String = "info".into();
+    /// Log format: "text" or "json". Default "text".
+    log_format: LogFormat = LogFormat::Text;
+}
+
+/// An upstream address as configured: `host:port`, resolved when connecting (hosts may be names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr(String);
+
+impl Addr {
+    /// Checks that `s` is `host:port` with a numeric port.
+    pub fn parse(s: &str) -> Result<Addr, String> {
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+                Ok(Addr(s.to_string()))
+            }
+            _ => Err(format!("`{s}` is not host:port")),
+        }
+    }
+
+    /// The address as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Host part, without brackets.
+    pub fn host(&self) -> &str {
+        let host = self.0.rsplit_once(':').map_or("", |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// Port part.
+    pub fn port(&self) -> u16 {
+        self.0
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the topology comes from, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Named nodes.
+    Static {
+        /// The primary.
+        primary: Addr,
+        /// Its replicas.
+        replicas: Vec<Addr>,
+    },
+    /// Local servers the proxy starts.
+    Embedded {
+        /// How many replicas.
+        replicas: u32,
+    },
+}
+
+/// Credentials for upstream connections.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// ACL user; `None` for the default user.
+    pub username: Option<String>,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Admin HTTP listener.
+    pub admin_listen: SocketAddr,
+    /// Topology source.
+    pub source: Source,
+    /// Read consistency.
+    pub consistency: Consistency,
+    /// Lag limit in time.
+    pub max_lag: Duration,
+    /// Lag limit in bytes, if any.
+    pub max_lag_bytes: Option<u64>,
+    /// No-replica fallback.
+    pub fallback: Fallback,
+    /// Offset probe interval.
+    pub probe_interval: Duration,
+    /// Shared connections per node and key.
+    pub backend_connections: usize,
+    /// Connect and greeting timeout.
+    pub connect_timeout: Duration,
+    /// Upstream credentials, if any.
+    pub backend_credentials: Option<Credentials>,
+    /// Refresh the command table from the primary.
+    pub refresh_commands: bool,
+    /// Scanner limits.
+    pub limits: Limits,
+    /// Per-client unforwarded input limit.
+    pub max_request_bytes: usize,
+    /// Per-client in-flight command limit.
+    pub max_client_inflight: usize,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `flags`, and checks everything, returning every problem found.
+    pub fn load(file: Option<&Path>, flags: Flags) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let parsed = match file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => File::parse(&text, &mut problems),
+                Err(e) => {
+                    problems.push(format!("cannot read config file {}: {e}", path.display()));
+                    File::default()
+                }
+            },
+            None => File::default(),
+        };
+        let config = Config::check(parsed.merge(flags), &mut problems);
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(problems),
+        }
+    }
+
+    fn check(raw: Raw, problems: &mut Vec<String>) -> Option<Config> {
+        let mut sock = |name: &str, v: &str| match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!("option `{name}`: `{v}` is not ip:port"));
+                None
+            }
+        };
+        let listen = sock("listen", &raw.listen);
+        let admin_listen = sock("admin_listen", &raw.admin_listen);
+        let mut ranged = |name: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                problems.push(format!("option `{name}`: {v} is outside {lo}..={hi}"));
+            }
+            v
+        };
+        let probe = ranged("probe_interval_ms", raw.probe_interval_ms, 10, 60_000);
+        let conns = ranged(
+            "backend_connections",
+            u64::from(raw.backend_connections),
+            1,
+            64,
+        );
+        let connect = ranged("connect_timeout_ms", raw.connect_timeout_ms, 10, 600_000);
+        let max_lag = ranged("max_lag_ms", raw.max_lag_ms, 1, 86_400_000);
+        let bulk = ranged("max_bulk_bytes", raw.max_bulk_bytes, 1024, 4 << 30);
+        let array = ranged("max_array_len", raw.max_array_len, 16, 1 << 31);
+        let inline = ranged("max_inline_bytes", raw.max_inline_bytes, 64, 1 << 30);
+        let depth = ranged("max_nesting_depth", raw.max_nesting_depth, 2, 4096);
+        let request = ranged("max_request_bytes", raw.max_request_bytes, 1024, 8 << 30);
+        let inflight = ranged("max_client_inflight", raw.max_client_inflight, 1, 1 << 20);
+        let grace = ranged("shutdown_grace_ms", raw.shutdown_grace_ms, 0, 3_600_000);
+        ranged("embedded_replicas", u64::from(raw.embedded_replicas), 0, 16);
+        if request < bulk {
+            problems.push(format!(
+                "option `max_request_bytes` ({request}) must be at least `max_bulk_bytes` ({bulk}) so one request fits"
+            ));
+        }
+
+        let mut addr = |name: &str, v: &str| match Addr::parse(v) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(format!("option `{name}`: {e}"));
+                None
+            }
+        };
+        let primary = raw.primary.as_deref().map(|p| addr("primary", p));
+        let replicas: Vec<Option<Addr>> = raw.replica.iter().map(|r| addr("replica", r)).collect();
+        let kind = raw.topology.unwrap_or(if raw.primary.is_some() {
+            TopologyKind::Static
+        } else {
+            TopologyKind::Embedded
+        });
+        let source = match kind {
+            TopologyKind::Static => match primary {
+                None => {
+                    problems.push("topology \"static\" needs `primary`".into());
+                    None
+                }
+                Some(p) => {
+                    let replicas: Vec<Addr> = replicas.into_iter().flatten().collect();
+                    if let Some(p) = &p {
+                        if replicas.contains(p) {
+                            problems.push(format!("option `replica`: {p} is also the primary"));
+                        }
+                    }
+                    let mut dedup = replicas.clone();
+                    dedup.sort();
+                    dedup.dedup();
+                    if dedup.len() != replicas.len() {
+                        problems.push("option `replica`: an address is listed twice".into());
+                    }
+                    p.map(|primary| Source::Static { primary, replicas })
+                }
+            },
+            TopologyKind::Embedded => {
+                if raw.primary.is_some() || !raw.replica.is_empty() {
+                    problems.push("topology \"embedded\" starts its own servers: drop `primary` and `replica`".into());
+                }
+                Some(Source::Embedded {
+                    replicas: raw.embedded_replicas,
+                })
+            }
+        };
+        if raw.backend_username.is_some() && raw.backend_password.is_none() {
+            problems.push("option `backend_username` needs `backend_password`".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
+            problems.push(format!("option `log_level`: {e}"));
+        }
+        let backend_credentials = raw.backend_password.map(|password| Credentials {
+            username: raw.backend_username,
+            password,
+        });
+
+        Some(Config {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            source: source?,
+            consistency: raw.consistency,
+            max_lag: Duration::from_millis(max_lag),
+            max_lag_bytes: (raw.max_lag_bytes > 0).then_some(raw.max_lag_bytes),
+            fallback: raw.fallback,
+            probe_interval: Duration::from_millis(probe),
+            backend_connections: conns as usize,
+            connect_timeout: Duration::from_millis(connect),
+            backend_credentials,
+            refresh_commands: raw.refresh_commands,
+            limits: Limits {
+                max_bulk_bytes: bulk as usize,
+                max_array_len: array as usize,
+                max_inline_bytes: inline as usize,
+                max_depth: depth as usize,
+            },
+            max_request_bytes: request as usize,
+            max_client_inflight: inflight as usize,
+            shutdown_grace: Duration::from_millis(grace),
+            log_level: raw.log_level,
+            log_format: raw.log_format,
+        })
+    }
+}
+
+/// Command line: `--config FILE`, `--check`, and one flag per option.
+#[derive(Debug, clap::Parser)]
+#[command(name = "redsplit", version, about = "Replication-aware Redis proxy")]
+pub struct Cli {
+    /// TOML config file; flags override its options.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Check the configuration, report every problem, and exit without binding anything.
+    #[arg(long)]
+    pub check: bool,
+    /// Options.
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, flags: Flags) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let file = File::parse(text, &mut problems);
+        let c = Config::check(file.merge(flags), &mut problems);
+        match c {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(problems),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = load(
+            "listen = \"nope\"\nprimary = \"x\"\nbogus = 1\nmax_lag_ms = \"ten\"\nprobe_interval_ms = 1\n",
+            Flags::default(),
+        )
+        .expect_err("invalid");
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = Flags {
+            max_lag_ms: Some(5),
+            replica: Some(vec!["b:2".into()]),
+            ..Flags::default()
+        };
+        let c = load(
+            "primary = \"a:1\"\nmax_lag_ms = 300\nreplica = [\"c:3\"]\n",
+            flags,
+        )
+        .expect("valid");
+        assert_eq!(c.max_lag, Duration::from_millis(5));
+        let Source::Static { replicas, .. } = c.source else {
+            panic!("static expected")
+        };
+        assert_eq!(replicas, vec![Addr::parse("b:2").expect("addr")]);
+    }
+
+    #[test]
+    fn no_primary_means_embedded() {
+        let c = load("", Flags::default()).expect("valid");
+        assert_eq!(c.source, Source::Embedded { replicas: 2 });
+        assert_eq!(c.consistency, Consistency::Session);
+    }
+
+    #[test]
+    fn every_option_has_a_flag_of_the_same_name() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for name in OPTION_NAMES {
+            let flag = name.replace('_', "-");
+            assert!(
+                cmd.get_arguments()
+                    .any(|a| a.get_long() == Some(flag.as_str())),
+                "--{flag} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_need_host_and_port() {
+        assert!(Addr::parse("localhost:6379").is_ok());
+        assert!(Addr::parse("[::1]:6379").is_ok());
+        assert_eq!(Addr::parse("[::1]:6379").expect("v6").host(), "::1");
+        assert!(Addr::parse("localhost").is_err());
+        assert!(Addr::parse(":6379").is_err());
+        assert!(Addr::parse("h:0").is_err());
+    }
+}

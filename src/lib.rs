@@ -1,0 +1,178 @@
+//! redsplit: a replication-aware Redis proxy. Writes go to the primary, reads to replicas within a lag
+//! limit, and every client sees its own writes and never reads older data than it has already read.
+//!
+//! Module map, in request order:
+//!
+//! - [`client`]: accept a connection, run its session (order of replies, session state, MULTI, pub/sub)
+//! - [`resp`]: find request and reply frames (hand-written hot path)
+//! - [`command`]: classify a command (read, write, blocking, connection state) from the command table
+//! - [`router`]: choose the node for a read (lag, read-your-writes, monotonic reads, balancing)
+//! - [`backend`]: upstream connections, shared and pipelined or dedicated
+//! - [`topology`]: the immutable topology snapshot, offsets and lag, the prober
+//! - [`client::reply`]: every reply the proxy makes itself
+//!
+//! Around them: [`config`] (file and flags), [`admin`] (HTTP), [`embedded`] (local Redis servers for
+//! trying the proxy out, and for tests), [`io`] (output buffering).
+
+pub mod admin;
+pub mod backend;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod embedded;
+pub mod io;
+pub mod resp;
+pub mod router;
+pub mod topology;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Source};
+use crate::topology::Topo;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address is taken or not ours. The operator's configuration is at fault.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded Redis servers did not start (redis-server missing, no free ports).
+    #[error("cannot start the embedded Redis servers")]
+    Embedded(#[source] std::io::Error),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where the admin HTTP server listens.
+    pub admin: SocketAddr,
+    /// The live topology.
+    pub topo: Arc<Topo>,
+    /// The servers started in embedded mode.
+    pub embedded: Option<embedded::Cluster>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    grace: std::time::Duration,
+}
+
+impl Proxy {
+    /// Binds the listeners, publishes the first topology, and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let settings = Arc::new(backend::Settings {
+            connections: config.backend_connections,
+            connect_timeout: config.connect_timeout,
+            credentials: config.backend_credentials.clone(),
+            limits: config.limits,
+        });
+        let embedded = match &config.source {
+            Source::Embedded { replicas } => Some(
+                embedded::Cluster::builder()
+                    .replicas(*replicas as usize)
+                    .start()
+                    .await
+                    .map_err(StartError::Embedded)?,
+            ),
+            Source::Static { .. } => None,
+        };
+        let (primary, replicas) = match (&config.source, &embedded) {
+            (Source::Static { primary, replicas }, _) => (primary.clone(), replicas.clone()),
+            (Source::Embedded { .. }, Some(c)) => (
+                c.primary().addr(),
+                c.replicas().iter().map(|r| r.addr()).collect(),
+            ),
+            (Source::Embedded { .. }, None) => unreachable!("embedded cluster started above"),
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let listen = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+
+        let topo = Topo::new(settings);
+        topo.publish(Some(&primary), &replicas);
+        let table: command::SharedTable =
+            Arc::new(ArcSwap::from_pointee(command::Table::builtin()));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        topology::probe::spawn(
+            topo.clone(),
+            table.clone(),
+            topology::probe::ProbeConfig {
+                interval: config.probe_interval,
+                max_lag: config.max_lag,
+                max_lag_bytes: config.max_lag_bytes,
+                refresh_commands: config.refresh_commands,
+            },
+            cancel.clone(),
+            &tracker,
+        );
+        let ctx = client::Context::new(
+            topo.clone(),
+            table,
+            config.consistency,
+            config.fallback,
+            config.limits,
+            config.max_request_bytes,
+            config.max_client_inflight,
+        );
+        tracker.spawn(client::serve(
+            listener,
+            ctx,
+            cancel.clone(),
+            tracker.clone(),
+        ));
+        tracker.spawn(admin::serve(admin_listener, cancel.clone()));
+        Ok(Proxy {
+            listen,
+            admin,
+            topo,
+            embedded,
+            cancel,
+            tracker,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// Stops accepting, lets sessions finish their replies for up to the grace period, then returns.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over with sessions still open");
+        }
+    }
+}

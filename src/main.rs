@@ -1,0 +1,78 @@
+//! The `redsplit` binary: parse flags, load the config, run the proxy until SIGINT or SIGTERM.
+
+use anyhow::Context as _;
+use clap::Parser;
+use redsplit::config::{Cli, Config, LogFormat};
+use redsplit::Proxy;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), cli.flags) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("config error: {p}");
+            }
+            eprintln!("{} problem(s) found", problems.len());
+            std::process::exit(2);
+        }
+    };
+    if cli.check {
+        println!("config ok");
+        return Ok(());
+    }
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let proxy = Proxy::start(config).await.context("starting the proxy")?;
+    if let Some(cluster) = &proxy.embedded {
+        let replicas: Vec<String> = cluster
+            .replicas()
+            .iter()
+            .map(|r| r.addr().to_string())
+            .collect();
+        println!(
+            "redsplit: embedded primary {} and replicas {}",
+            cluster.primary().addr(),
+            replicas.join(", ")
+        );
+    }
+    println!(
+        "redsplit: listening on {} (try: redis-cli -p {}); admin on http://{}",
+        proxy.listen,
+        proxy.listen.port(),
+        proxy.admin
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

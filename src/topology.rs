@@ -1,0 +1,291 @@
+//! The topology: which node is the primary, which are replicas, and how far behind each replica is.
+//!
+//! Roles live in an immutable [`Topology`] snapshot with a [`Generation`], replaced whole (arc-swap) when
+//! discovery learns something; a live snapshot is never edited. Measurements that change every probe
+//! (offsets, lag, eligibility) live in each node's [`ReplState`] atomics, so reading them costs no lock and
+//! publishing them costs no snapshot.
+//!
+//! Read-your-writes rests on [`Topo::epoch`]: every probe takes a new epoch number before it sends `ROLE`.
+//! A session that saw the reply of its write while the epoch was `e` knows that any probe of epoch > `e`
+//! was sent after the write ran, so that probe's offset covers the write.
+
+pub mod probe;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
+use tokio::sync::watch;
+
+use crate::backend::{Node, Settings};
+use crate::config::Addr;
+
+/// Topology generation: increases by one with every published snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation(pub u64);
+
+/// One immutable view of the replication topology.
+#[derive(Debug)]
+pub struct Topology {
+    /// Its generation.
+    pub generation: Generation,
+    /// The primary, if one is known. Writes wait while there is none.
+    pub primary: Option<Arc<Node>>,
+    /// Replicas, in discovery order.
+    pub replicas: Vec<Arc<Node>>,
+}
+
+impl Topology {
+    /// Every node, primary first.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.primary.iter().chain(self.replicas.iter())
+    }
+}
+
+/// Replication measurements of one node, written by its prober.
+#[derive(Debug, Default)]
+pub struct ReplState {
+    /// Epoch of the probe that produced `offset`; 0 before the first answer.
+    epoch: AtomicU64,
+    /// Replication offset reported by that probe.
+    offset: AtomicU64,
+    /// Lag behind the primary in bytes, as of the last probe.
+    pub lag_bytes: AtomicU64,
+    /// Lag behind the primary in milliseconds, as of the last probe.
+    pub lag_ms: AtomicU64,
+    /// May serve reads (replicas only): answering, link up, within the lag limits.
+    pub eligible: AtomicBool,
+}
+
+/// The offset a node reported, and the epoch of the probe that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Probe epoch.
+    pub epoch: u64,
+    /// Replication offset.
+    pub offset: u64,
+}
+
+impl ReplState {
+    /// Records a probe answer. The offset is stored before the epoch: a reader that sees the new epoch
+    /// sees this offset or a later, larger one, and a larger offset only makes a floor stricter.
+    pub fn record(&self, epoch: u64, offset: u64) {
+        self.offset.store(offset, Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The latest sample, if any probe has answered.
+    pub fn sample(&self) -> Option<Sample> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        (epoch > 0).then(|| Sample {
+            epoch,
+            offset: self.offset.load(Ordering::Acquire),
+        })
+    }
+
+    /// Offset known to be reached (0 if unknown).
+    pub fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    /// True if it may serve reads.
+    pub fn is_eligible(&self) -> bool {
+        self.eligible.load(Ordering::Relaxed)
+    }
+}
+
+/// How long the primary's offset history reaches back. Lag older than this reads as this.
+const HISTORY_SPAN: Duration = Duration::from_secs(120);
+
+/// The live topology and what goes with it.
+#[derive(Debug)]
+pub struct Topo {
+    current: ArcSwap<Topology>,
+    changed: watch::Sender<Generation>,
+    /// Probe epoch counter; see the module documentation.
+    pub epoch: AtomicU64,
+    /// `(when, primary offset)`, oldest first, for lag in time.
+    history: Mutex<VecDeque<(Instant, u64)>>,
+    /// Redis version of the primary, for proxy-made HELLO replies.
+    pub server_version: ArcSwap<String>,
+    settings: Arc<Settings>,
+    nodes: Mutex<FxHashMap<Addr, Arc<Node>>>,
+}
+
+impl Topo {
+    /// An empty topology (generation 0, no primary).
+    pub fn new(settings: Arc<Settings>) -> Arc<Topo> {
+        let empty = Topology {
+            generation: Generation(0),
+            primary: None,
+            replicas: Vec::new(),
+        };
+        Arc::new(Topo {
+            current: ArcSwap::from_pointee(empty),
+            changed: watch::channel(Generation(0)).0,
+            epoch: AtomicU64::new(1),
+            history: Mutex::new(VecDeque::new()),
+            server_version: ArcSwap::from_pointee("7.0.0".to_string()),
+            settings,
+            nodes: Mutex::new(FxHashMap::default()),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Topology>> {
+        self.current.load()
+    }
+
+    /// The current snapshot, owned.
+    pub fn snapshot(&self) -> Arc<Topology> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new snapshot with these roles. Nodes already known keep their connections and state.
+    pub fn publish(&self, primary: Option<&Addr>, replicas: &[Addr]) -> Arc<Topology> {
+        let next = {
+            let mut nodes = self
+                .nodes
+                .lock()
+                .expect("node registry lock is never poisoned");
+            let mut node = |a: &Addr| {
+                nodes
+                    .entry(a.clone())
+                    .or_insert_with(|| Node::new(a.clone(), self.settings.clone()))
+                    .clone()
+            };
+            let primary = primary.map(&mut node);
+            let replicas = replicas.iter().map(node).collect();
+            let generation = Generation(self.current.load().generation.0 + 1);
+            Arc::new(Topology {
+                generation,
+                primary,
+                replicas,
+            })
+        };
+        self.current.store(next.clone());
+        self.changed.send_replace(next.generation);
+        tracing::info!(
+            generation = next.generation.0,
+            primary = next
+                .primary
+                .as_ref()
+                .map(|n| n.addr.to_string())
+                .unwrap_or_default(),
+            replicas = next.replicas.len(),
+            "topology published"
+        );
+        next
+    }
+
+    /// Watches generation changes.
+    pub fn subscribe(&self) -> watch::Receiver<Generation> {
+        self.changed.subscribe()
+    }
+
+    /// The current probe epoch.
+    pub fn current_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Takes the epoch for a probe about to be sent.
+    pub fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Records the primary's offset at `at`.
+    pub fn record_primary_offset(&self, at: Instant, offset: u64) {
+        let mut h = self.history.lock().expect("history lock is never poisoned");
+        if h.back().is_some_and(|&(_, o)| o > offset) {
+            // The offset went backwards: a different primary or a restart. Old history means nothing now.
+            h.clear();
+        }
+        h.push_back((at, offset));
+        while h
+            .front()
+            .is_some_and(|&(t, _)| at.duration_since(t) > HISTORY_SPAN)
+        {
+            h.pop_front();
+        }
+    }
+
+    /// Lag in time of a replica that reported `offset` at `at`: how long before `at` the primary was last
+    /// known to be at or below that offset (zero if the replica has all the primary is known to have).
+    /// `None` if the history cannot tell (no sample yet).
+    pub fn lag_at(&self, at: Instant, offset: u64) -> Option<Duration> {
+        let h = self.history.lock().expect("history lock is never poisoned");
+        let &(_, newest) = h.back()?;
+        if offset >= newest {
+            return Some(Duration::ZERO);
+        }
+        // The primary passed `offset` after the last sample at or below it: the replica misses writes at
+        // least that old. Conservative by up to one probe interval.
+        match h.iter().rev().find(|&&(_, o)| o <= offset) {
+            Some(&(t, _)) => Some(at.saturating_duration_since(t)),
+            None => h
+                .front()
+                .map(|&(t, _)| at.saturating_duration_since(t).max(HISTORY_SPAN)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::Limits;
+
+    fn topo() -> Arc<Topo> {
+        Topo::new(Arc::new(Settings {
+            connections: 1,
+            connect_timeout: Duration::from_secs(1),
+            credentials: None,
+            limits: Limits::default(),
+        }))
+    }
+
+    #[test]
+    fn publishing_bumps_the_generation_and_keeps_nodes() {
+        let t = topo();
+        let a = Addr::parse("a:1").expect("addr");
+        let b = Addr::parse("b:1").expect("addr");
+        let g1 = t.publish(Some(&a), std::slice::from_ref(&b));
+        let g2 = t.publish(Some(&b), std::slice::from_ref(&a));
+        assert_eq!(g2.generation, Generation(g1.generation.0 + 1));
+        assert_eq!(
+            g1.primary.as_ref().map(|n| n.id),
+            g2.replicas.first().map(|n| n.id)
+        );
+        assert_eq!(*t.subscribe().borrow(), g2.generation);
+    }
+
+    #[test]
+    fn lag_is_how_long_ago_the_primary_was_at_the_replica_offset() {
+        let t = topo();
+        let t0 = Instant::now();
+        for (ms, off) in [(0, 100), (100, 200), (200, 200), (300, 400)] {
+            t.record_primary_offset(t0 + Duration::from_millis(ms), off);
+        }
+        let now = t0 + Duration::from_millis(300);
+        assert_eq!(t.lag_at(now, 400), Some(Duration::ZERO));
+        assert_eq!(t.lag_at(now, 250), Some(Duration::from_millis(100)));
+        assert_eq!(t.lag_at(now, 150), Some(Duration::from_millis(300)));
+        assert!(t.lag_at(now, 50).expect("known") >= HISTORY_SPAN);
+    }
+
+    #[test]
+    fn a_sample_is_visible_only_after_a_probe_answered() {
+        let r = ReplState::default();
+        assert_eq!(r.sample(), None);
+        r.record(7, 1234);
+        assert_eq!(
+            r.sample(),
+            Some(Sample {
+                epoch: 7,
+                offset: 1234
+            })
+        );
+    }
+}

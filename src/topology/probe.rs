@@ -1,0 +1,343 @@
+//! Probes every node with `ROLE` at a fixed interval: replication offsets, lag, read eligibility. On
+//! connecting to the primary it also refreshes the command table (`COMMAND`) and the server version.
+//!
+//! One task per node, so a frozen node delays nobody else's probe. A supervisor starts and stops them as
+//! nodes enter and leave the topology.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::types::OwnedFrame;
+use rustc_hash::FxHashMap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::Topo;
+use crate::backend::{encode_command, ConnKey, Dedicated, Node};
+use crate::command::{SharedTable, Table};
+
+/// What the prober needs to know.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Interval between probes of one node.
+    pub interval: Duration,
+    /// Lag limit in time.
+    pub max_lag: Duration,
+    /// Lag limit in bytes.
+    pub max_lag_bytes: Option<u64>,
+    /// Refresh the command table from the primary.
+    pub refresh_commands: bool,
+}
+
+/// A node's answer to `ROLE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A primary at this replication offset.
+    Master {
+        /// `master_repl_offset`.
+        offset: u64,
+    },
+    /// A replica.
+    Replica {
+        /// Its primary as it announces it.
+        master: String,
+        /// `connected` when the link is up and synced.
+        state: String,
+        /// Offset processed.
+        offset: u64,
+    },
+    /// A sentinel, or anything else.
+    Other,
+}
+
+impl Role {
+    /// Parses a RESP2 `ROLE` reply.
+    pub fn parse(frame: &OwnedFrame) -> Option<Role> {
+        let OwnedFrame::Array(items) = frame else {
+            return None;
+        };
+        let text = |i: usize| match items.get(i) {
+            Some(OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b)) => {
+                Some(String::from_utf8_lossy(b).into_owned())
+            }
+            _ => None,
+        };
+        let int = |i: usize| match items.get(i) {
+            Some(OwnedFrame::Integer(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        match text(0)?.as_str() {
+            "master" => Some(Role::Master { offset: int(1)? }),
+            "slave" => Some(Role::Replica {
+                master: format!("{}:{}", text(1)?, int(2)?),
+                state: text(3)?,
+                offset: u64::try_from(match items.get(4)? {
+                    OwnedFrame::Integer(n) => *n,
+                    _ => return None,
+                })
+                .unwrap_or(0),
+            }),
+            _ => Some(Role::Other),
+        }
+    }
+}
+
+/// Starts the supervisor, which keeps one probe task per node of the current topology.
+pub fn spawn(
+    topo: Arc<Topo>,
+    table: SharedTable,
+    cfg: ProbeConfig,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let t = tracker.clone();
+    tracker.spawn(async move {
+        let mut changes = topo.subscribe();
+        let mut running: FxHashMap<u64, CancellationToken> = FxHashMap::default();
+        let mut sweep = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            let snapshot = topo.snapshot();
+            running.retain(|id, token| {
+                let keep = snapshot.nodes().any(|n| n.id == *id);
+                if !keep {
+                    token.cancel();
+                }
+                keep
+            });
+            for node in snapshot.nodes() {
+                running.entry(node.id).or_insert_with(|| {
+                    let token = cancel.child_token();
+                    t.spawn(probe_node(
+                        node.clone(),
+                        topo.clone(),
+                        table.clone(),
+                        cfg.clone(),
+                        token.clone(),
+                    ));
+                    token
+                });
+            }
+            tokio::select! {
+                // Shutdown.
+                _ = cancel.cancelled() => return,
+                // Membership changed: reconcile the probe tasks.
+                r = changes.changed() => if r.is_err() { return },
+                // Forget connection pools no session uses.
+                _ = sweep.tick() => snapshot.nodes().for_each(|n| n.sweep_pools()),
+            }
+        }
+    });
+}
+
+/// How long a probe may take before the node counts as unresponsive: long enough for a busy server, short
+/// enough that a frozen replica stops getting reads well within the lag limit.
+fn probe_timeout(cfg: &ProbeConfig) -> Duration {
+    (cfg.interval * 5).clamp(Duration::from_millis(250), cfg.max_lag.max(cfg.interval))
+}
+
+async fn probe_node(
+    node: Arc<Node>,
+    topo: Arc<Topo>,
+    table: SharedTable,
+    cfg: ProbeConfig,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<Dedicated> = None;
+    let timeout = probe_timeout(&cfg);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(timeout, Dedicated::open(node.clone(), ConnKey::default()))
+                .await
+            {
+                Ok(Ok(mut c)) => {
+                    let is_primary = topo
+                        .load()
+                        .primary
+                        .as_ref()
+                        .is_some_and(|p| p.id == node.id);
+                    if is_primary {
+                        refresh_primary_info(&mut c, &topo, &table, &cfg, timeout).await;
+                    }
+                    conn = Some(c);
+                }
+                Ok(Err(e)) => {
+                    debug!(upstream = %node.addr, error = %e, "probe connect failed");
+                    node.repl.eligible.store(false, Ordering::Relaxed);
+                    continue;
+                }
+                Err(_) => {
+                    node.repl.eligible.store(false, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let epoch = topo.next_epoch();
+        let role = match tokio::time::timeout(timeout, call(c, &[b"ROLE"])).await {
+            Ok(Some(frame)) => Role::parse(&frame),
+            _ => None,
+        };
+        let at = Instant::now();
+        let Some(role) = role else {
+            // No answer within the timeout (frozen, overloaded, loading) or the link broke: no reads until
+            // it answers again.
+            if node.repl.eligible.swap(false, Ordering::Relaxed) {
+                warn!(upstream = %node.addr, "replica stopped answering probes, taking it out of rotation");
+            }
+            conn = None;
+            continue;
+        };
+        let snapshot = topo.load();
+        let is_primary = snapshot.primary.as_ref().is_some_and(|p| p.id == node.id);
+        match role {
+            Role::Master { offset } => {
+                node.repl.record(epoch, offset);
+                if is_primary {
+                    topo.record_primary_offset(at, offset);
+                } else {
+                    node.repl.eligible.store(false, Ordering::Relaxed);
+                }
+            }
+            Role::Replica { state, offset, .. } => {
+                node.repl.record(epoch, offset);
+                let primary_offset = snapshot.primary.as_ref().map_or(0, |p| p.repl.offset());
+                let lag_bytes = primary_offset.saturating_sub(offset);
+                let lag = topo.lag_at(at, offset);
+                node.repl.lag_bytes.store(lag_bytes, Ordering::Relaxed);
+                node.repl.lag_ms.store(
+                    lag.map_or(u64::MAX, |d| d.as_millis() as u64),
+                    Ordering::Relaxed,
+                );
+                let was = node.repl.is_eligible();
+                let now = eligible(was, state == "connected", lag, lag_bytes, &cfg);
+                if was != now {
+                    info!(upstream = %node.addr, lag_ms = lag.map(|d| d.as_millis() as u64), lag_bytes, state, eligible = now, "replica eligibility changed");
+                }
+                node.repl
+                    .eligible
+                    .store(now && !is_primary, Ordering::Relaxed);
+            }
+            Role::Other => node.repl.eligible.store(false, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Read eligibility with hysteresis: a replica in rotation stays while within the limits; one out of
+/// rotation returns only once within 80% of them, so a replica hovering at the limit does not flap.
+fn eligible(
+    was: bool,
+    link_up: bool,
+    lag: Option<Duration>,
+    lag_bytes: u64,
+    cfg: &ProbeConfig,
+) -> bool {
+    let Some(lag) = lag else { return false };
+    if !link_up {
+        return false;
+    }
+    let (time_limit, byte_limit) = if was {
+        (cfg.max_lag, cfg.max_lag_bytes)
+    } else {
+        (cfg.max_lag * 4 / 5, cfg.max_lag_bytes.map(|b| b / 5 * 4))
+    };
+    lag <= time_limit && byte_limit.is_none_or(|b| lag_bytes <= b)
+}
+
+/// On connecting to the primary: refresh the command table and learn the server version.
+async fn refresh_primary_info(
+    c: &mut Dedicated,
+    topo: &Topo,
+    table: &SharedTable,
+    cfg: &ProbeConfig,
+    timeout: Duration,
+) {
+    if cfg.refresh_commands {
+        match tokio::time::timeout(timeout * 4, call(c, &[b"COMMAND"])).await {
+            Ok(Some(frame)) => match Table::from_command_reply(&frame, c.node.addr.to_string()) {
+                Ok(t) => {
+                    debug!(upstream = %c.node.addr, commands = t.len(), "command table refreshed");
+                    table.store(Arc::new(t));
+                }
+                Err(e) => warn!(upstream = %c.node.addr, error = %e, "command table not refreshed"),
+            },
+            _ => {
+                warn!(upstream = %c.node.addr, "COMMAND failed; keeping the current command table")
+            }
+        }
+    }
+    if let Ok(Some(OwnedFrame::BulkString(info))) =
+        tokio::time::timeout(timeout, call(c, &[b"INFO", b"server"])).await
+    {
+        let info = String::from_utf8_lossy(&info);
+        if let Some(v) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) {
+            topo.server_version.store(Arc::new(v.trim().to_string()));
+        }
+    }
+}
+
+/// Sends one command on a control connection and decodes its reply. `None` on any failure.
+async fn call(c: &mut Dedicated, args: &[&[u8]]) -> Option<OwnedFrame> {
+    let mut out = Vec::new();
+    encode_command(&mut out, args);
+    let bytes = c.exchange(&out).await.ok()?;
+    match decode(&bytes) {
+        Ok(Some((frame, _))) => Some(frame),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> Option<Role> {
+        let (frame, _) = decode(input).expect("valid").expect("complete");
+        Role::parse(&frame)
+    }
+
+    #[test]
+    fn role_replies_are_parsed() {
+        assert_eq!(
+            parse(b"*3\r\n$6\r\nmaster\r\n:3129659\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n9001\r\n$7\r\n3129242\r\n"),
+            Some(Role::Master { offset: 3129659 })
+        );
+        assert_eq!(
+            parse(
+                b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:9000\r\n$9\r\nconnected\r\n:3167038\r\n"
+            ),
+            Some(Role::Replica {
+                master: "127.0.0.1:9000".into(),
+                state: "connected".into(),
+                offset: 3167038
+            })
+        );
+        assert_eq!(parse(b"*2\r\n$8\r\nsentinel\r\n*0\r\n"), Some(Role::Other));
+        assert_eq!(parse(b"-LOADING\r\n"), None);
+    }
+
+    #[test]
+    fn eligibility_has_hysteresis() {
+        let cfg = ProbeConfig {
+            interval: Duration::from_millis(100),
+            max_lag: Duration::from_millis(1000),
+            max_lag_bytes: None,
+            refresh_commands: false,
+        };
+        let ms = Duration::from_millis;
+        assert!(eligible(true, true, Some(ms(900)), 0, &cfg));
+        assert!(!eligible(false, true, Some(ms(900)), 0, &cfg));
+        assert!(eligible(false, true, Some(ms(700)), 0, &cfg));
+        assert!(!eligible(true, true, Some(ms(1100)), 0, &cfg));
+        assert!(!eligible(true, false, Some(ms(0)), 0, &cfg));
+        assert!(!eligible(true, true, None, 0, &cfg));
+    }
+}
