@@ -55,8 +55,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// The merged type of an option: `T` with a default, `Option<T>` without.
+macro_rules! merged_ty {
+    ($ty:ty) => { Option<$ty> };
+    ($ty:ty, $default:expr) => { $ty };
+}
+
+/// The merged value of an option: flag, else file, else default (if it has one).
+macro_rules! merged {
+    ($v:expr) => {
+        $v
+    };
+    ($v:expr, $default:expr) => {
+        $v.unwrap_or_else(|| $default)
+    };
+}
+
 macro_rules! options {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty $(= $default:expr)? ; )*) => {
         /// The TOML file, as written. Every field is optional; defaults apply after flags.
         #[derive(Debug, Default, Clone, Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -75,7 +91,7 @@ macro_rules! options {
 
         /// Option values after merging file, flags and defaults, not yet checked.
         #[derive(Debug, Clone)]
-        struct Raw { $( $name: $ty, )* }
+        struct Raw { $( $name: merged_ty!($ty $(, $default)?), )* }
 
         impl File {
             /// Reads one TOML document option by option, so that every bad option is reported, not
@@ -102,7 +118,7 @@ macro_rules! options {
             }
 
             fn merge(self, flags: Flags) -> Raw {
-                Raw { $( $name: flags.$name.or(self.$name).unwrap_or_else(|| $default), )* }
+                Raw { $( $name: merged!(flags.$name.or(self.$name) $(, $default)?), )* }
             }
         }
     };
@@ -115,9 +131,9 @@ options! {
     admin_listen: String = "127.0.0.1:9121".into();
     /// Where the topology comes from: "static" (primary and replica) or "embedded" (start local Redis
     /// servers). Default: "static" when `primary` is set, else "embedded".
-    topology: Option<TopologyKind> = None;
+    topology: TopologyKind;
     /// Primary address, host:port. Static topology only. No default.
-    primary: Option<String> = None;
+    primary: String;
     /// Replica addresses, host:port, repeatable. Static topology only. Default none.
     replica: Vec<String> = Vec::new();
     /// Replicas the embedded topology starts. Default 2.
@@ -139,9 +155,9 @@ options! {
     /// Timeout for connecting to and greeting an upstream node, in milliseconds. Default 1000.
     connect_timeout_ms: u64 = 1000;
     /// Username for upstream connections (Redis ACL). Default none (the `default` user).
-    backend_username: Option<String> = None;
+    backend_username: String;
     /// Password for upstream connections. Default none.
-    backend_password: Option<String> = None;
+    backend_password: String;
     /// Refresh the command table from the primary's COMMAND reply: true or false. Default true.
     refresh_commands: bool = true;
     /// Largest bulk string in a request or reply, in bytes. Default 536870912 (512 MiB, as Redis).

@@ -28,6 +28,7 @@ pub struct Server {
     pub dir: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    password: Option<String>,
 }
 
 impl Server {
@@ -79,9 +80,9 @@ impl Server {
         Ok(())
     }
 
-    /// Sends one command and returns the decoded reply.
+    /// Sends one command (after AUTH, if the server has a password) and returns the decoded reply.
     pub async fn call(&self, args: &[&str]) -> std::io::Result<OwnedFrame> {
-        call(&self.addr(), args).await
+        call_as(&self.addr(), self.password.as_deref(), args).await
     }
 }
 
@@ -104,6 +105,7 @@ pub struct Cluster {
 pub struct Builder {
     replicas: usize,
     extra: Vec<String>,
+    password: Option<String>,
 }
 
 impl Builder {
@@ -119,10 +121,19 @@ impl Builder {
         self
     }
 
+    /// Protects every server with this password (`requirepass`, and `masterauth` for replication).
+    pub fn password(mut self, password: &str) -> Builder {
+        self.password = Some(password.to_string());
+        self.extra
+            .extend(["--requirepass", password, "--masterauth", password].map(String::from));
+        self
+    }
+
     /// Starts the servers and waits until every replica is synced.
     pub async fn start(self) -> std::io::Result<Cluster> {
         let root = tempfile::Builder::new().prefix("redsplit-").tempdir()?;
-        let primary = start_server(root.path(), "primary", None, &self.extra).await?;
+        let pw = self.password.as_deref();
+        let primary = start_server(root.path(), "primary", None, &self.extra, pw).await?;
         let mut replicas = Vec::new();
         for i in 0..self.replicas {
             replicas.push(
@@ -131,6 +142,7 @@ impl Builder {
                     &format!("replica{i}"),
                     Some(primary.port),
                     &self.extra,
+                    pw,
                 )
                 .await?,
             );
@@ -205,6 +217,7 @@ async fn start_server(
     name: &str,
     primary: Option<u16>,
     extra: &[String],
+    password: Option<&str>,
 ) -> std::io::Result<Server> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
@@ -250,6 +263,7 @@ async fn start_server(
             dir: dir.clone(),
             child: Some(spawn_server(&dir, &args)?),
             args,
+            password: password.map(String::from),
         };
         match wait_answering(&mut server).await {
             Ok(()) => return Ok(server),
@@ -305,16 +319,36 @@ pub async fn wait_synced(replica: &Server) -> std::io::Result<()> {
 
 /// Sends one command to `addr` on a fresh connection and decodes the reply.
 pub async fn call(addr: &Addr, args: &[&str]) -> std::io::Result<OwnedFrame> {
-    let mut s =
-        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr.as_str())).await??;
+    call_as(addr, None, args).await
+}
+
+/// Like [`call`], authenticating first if `password` is set.
+pub async fn call_as(
+    addr: &Addr,
+    password: Option<&str>,
+    args: &[&str],
+) -> std::io::Result<OwnedFrame> {
+    let connect = TcpStream::connect(addr.as_str());
+    let mut s = tokio::time::timeout(Duration::from_secs(2), connect).await??;
     let mut out = Vec::new();
+    if let Some(p) = password {
+        encode_command(&mut out, &[b"AUTH", p.as_bytes()]);
+    }
     let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
     encode_command(&mut out, &args);
     s.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
+    // The AUTH reply, if any, comes first and is not the answer.
+    let mut skip = usize::from(password.is_some());
     loop {
-        if let Some((frame, _)) = decode(&buf).map_err(|e| std::io::Error::other(e.to_string()))? {
-            return Ok(frame);
+        while let Some((frame, len)) =
+            decode(&buf).map_err(|e| std::io::Error::other(e.to_string()))?
+        {
+            let _ = buf.split_to(len);
+            if skip == 0 {
+                return Ok(frame);
+            }
+            skip -= 1;
         }
         if tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf)).await?? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());

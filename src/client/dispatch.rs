@@ -34,20 +34,26 @@ pub(super) struct Batch {
 /// Whether to go on with the next request.
 pub(super) enum Step {
     Next,
+    /// Stop: the session is closing.
     Stop,
+    /// Stop until every earlier reply is out (a barrier); the request stays buffered.
+    Wait,
 }
 
 impl Session {
-    /// Dispatches buffered requests until the buffer is empty or something must wait.
-    pub(super) async fn dispatch(&mut self) {
+    /// Dispatches buffered requests until the buffer is empty or something must wait. Returns true if it
+    /// stopped at a barrier or hold, to be called again once the queue is empty.
+    pub(super) async fn dispatch(&mut self) -> bool {
         let table = self.ctx.table.load_full();
         let topo = self.ctx.topo.snapshot();
         let mut batch: Option<Batch> = None;
+        let mut waiting = false;
         loop {
             if self.hold {
                 if self.queue.is_empty() && batch.is_none() {
                     self.hold = false;
                 } else {
+                    waiting = true;
                     break;
                 }
             }
@@ -96,12 +102,18 @@ impl Session {
             } else {
                 self.route(class, &req, &topo, &mut batch).await
             };
-            if let Step::Stop = step {
-                break;
+            match step {
+                Step::Next => {}
+                Step::Stop => break,
+                Step::Wait => {
+                    waiting = true;
+                    break;
+                }
             }
         }
         self.flush(&mut batch);
         self.flush_pinned().await;
+        waiting
     }
 
     async fn route(
@@ -147,7 +159,7 @@ impl Session {
             }
             Class::Blocking => {
                 if self.barrier(batch) {
-                    return Step::Stop;
+                    return Step::Wait;
                 }
                 let Some(p) = primary else {
                     return self.reply_local(batch, req, ClientError::NoPrimary.frame());
@@ -170,7 +182,7 @@ impl Session {
             }
             Class::Pin(_) => {
                 if self.barrier(batch) {
-                    return Step::Stop;
+                    return Step::Wait;
                 }
                 let Some(p) = primary else {
                     return self.reply_local(batch, req, ClientError::NoPrimary.frame());
@@ -230,7 +242,7 @@ impl Session {
             }
             Local::Reset => {
                 if self.barrier(batch) {
-                    return Step::Stop;
+                    return Step::Wait;
                 }
                 self.reset();
                 Bytes::from_static(RESET)
@@ -399,7 +411,7 @@ impl Session {
             }
         }
         if self.barrier(batch) {
-            return Step::Stop;
+            return Step::Wait;
         }
         let key = ConnKey {
             resp3: proto == 3,
@@ -458,7 +470,7 @@ impl Session {
             );
         }
         if self.barrier(batch) {
-            return Step::Stop;
+            return Step::Wait;
         }
         let Some(p) = topo.primary.clone() else {
             return self.reply_local(batch, req, ClientError::NoPrimary.frame());
@@ -494,7 +506,7 @@ impl Session {
         hello: Option<Option<Bytes>>,
     ) -> Step {
         if self.barrier(batch) {
-            return Step::Stop;
+            return Step::Wait;
         }
         let bytes = self.take_frame(req);
         self.switch_key_with(bytes, topo, key, hello)

@@ -163,7 +163,7 @@ impl Session {
                 // RESP2 pub/sub and MONITOR turn the connection into a stream: everything before must be
                 // answered first.
                 if self.queue_has_pinned() {
-                    return Step::Stop;
+                    return Step::Wait;
                 }
                 if let Some(p) = self.pinned.as_mut() {
                     p.reusable = false;

@@ -159,7 +159,13 @@ impl Session {
         W: tokio::io::AsyncWrite + Unpin,
     {
         loop {
-            self.dispatch().await;
+            // A barrier may clear as soon as local replies are drained: dispatch again then.
+            while self.dispatch().await {
+                self.drain_ready();
+                if !self.queue.is_empty() {
+                    break;
+                }
+            }
             self.drain_ready();
             if !self.out.is_empty() && self.out.write_to(wr).await.is_err() {
                 debug!("client stopped reading");

@@ -1,1 +1,10 @@
-mod placeholder {}
+//! Integration tests: real redis-server processes on loopback, the proxy in-process, real clients.
+
+#[macro_use]
+mod harness;
+
+mod consistency;
+mod pinned;
+mod protocol;
+mod routing;
+mod session;

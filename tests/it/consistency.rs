@@ -1,0 +1,173 @@
+//! Read-your-writes and monotonic reads, against a replica made stale on purpose: `CLIENT PAUSE WRITE` on a
+//! replica stops it applying the replication stream while it keeps serving reads and answering ROLE.
+//! Each test also runs the same workload in `eventual` mode and sees stale reads there, which proves the
+//! workload can catch a violation.
+
+use redis::aio::MultiplexedConnection;
+use redsplit::config::Consistency;
+use redsplit::embedded::Cluster;
+use redsplit::Proxy;
+
+use crate::harness::*;
+
+/// A proxy whose lag limit is far above the test's duration, so a paused replica stays eligible: only
+/// the session guarantees keep reads away from it.
+async fn lenient_proxy(cluster: &Cluster, consistency: Consistency) -> Proxy {
+    let mut f = flags(cluster);
+    f.consistency = Some(consistency);
+    f.max_lag_ms = Some(600_000);
+    let p = proxy_with(f).await;
+    wait_eligible(&p, cluster.replicas().len()).await;
+    p
+}
+
+async fn pause_replication(cluster: &Cluster, replica: usize) {
+    let mut r = direct(&cluster.replicas()[replica]).await;
+    let _: () = q(&mut r, &["CLIENT", "PAUSE", "60000", "WRITE"]).await;
+}
+
+/// Writes then reads back, one command at a time; returns how many reads were stale.
+async fn write_then_read(c: &mut MultiplexedConnection, rounds: usize) -> usize {
+    let mut stale = 0;
+    for i in 0..rounds {
+        let _: () = q(c, &["SET", "ryw", &i.to_string()]).await;
+        let got: Option<String> = q(c, &["GET", "ryw"]).await;
+        if got != Some(i.to_string()) {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+#[tokio::test]
+async fn a_session_reads_its_own_writes_even_from_a_stale_replica_setup() {
+    let cluster = cluster(1).await;
+    let proxy = lenient_proxy(&cluster, Consistency::Session).await;
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "ryw", "start"]).await;
+    pause_replication(&cluster, 0).await;
+    assert_eq!(
+        write_then_read(&mut c, 300).await,
+        0,
+        "no stale read in session mode"
+    );
+    // The session still reads from the replica once it no longer needs fresher data: a new session
+    // that never wrote is served by it.
+    let mut fresh = client(&proxy).await;
+    let before = calls(&cluster.replicas()[0], "get").await;
+    let _: Option<String> = q(&mut fresh, &["GET", "ryw"]).await;
+    assert_eq!(calls(&cluster.replicas()[0], "get").await, before + 1);
+}
+
+#[tokio::test]
+async fn eventual_mode_serves_stale_reads_from_the_same_setup() {
+    let cluster = cluster(1).await;
+    let proxy = lenient_proxy(&cluster, Consistency::Eventual).await;
+    let mut c = client(&proxy).await;
+    pause_replication(&cluster, 0).await;
+    assert!(
+        write_then_read(&mut c, 50).await > 0,
+        "the workload can see stale data"
+    );
+}
+
+/// Another client writes `v2` over `v1`; one replica has it, the other is frozen at `v1`. Returns how
+/// often a session that had already seen `v2` later read `v1`.
+async fn regressions(consistency: Consistency) -> usize {
+    let cluster = cluster(2).await;
+    let proxy = lenient_proxy(&cluster, consistency).await;
+    let mut writer = client(&proxy).await;
+    let _: () = q(&mut writer, &["SET", "mono", "v1"]).await;
+    for r in cluster.replicas() {
+        let mut d = direct(r).await;
+        eventually!(
+            "v1 replicated",
+            q::<Option<String>>(&mut d, &["GET", "mono"])
+                .await
+                .as_deref()
+                == Some("v1")
+        );
+    }
+    pause_replication(&cluster, 1).await;
+    let _: () = q(&mut writer, &["SET", "mono", "v2"]).await;
+    let mut d = direct(&cluster.replicas()[0]).await;
+    eventually!(
+        "v2 on replica 0",
+        q::<Option<String>>(&mut d, &["GET", "mono"])
+            .await
+            .as_deref()
+            == Some("v2")
+    );
+    let mut count = 0;
+    for _ in 0..20 {
+        let mut reader = client(&proxy).await;
+        let mut seen_v2 = false;
+        for _ in 0..30 {
+            let v: Option<String> = q(&mut reader, &["GET", "mono"]).await;
+            match v.as_deref() {
+                Some("v2") => seen_v2 = true,
+                Some("v1") if seen_v2 => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test]
+async fn a_session_never_reads_older_data_than_it_has_read() {
+    assert_eq!(regressions(Consistency::Session).await, 0);
+}
+
+#[tokio::test]
+async fn eventual_mode_can_read_backwards_in_the_same_setup() {
+    assert!(
+        regressions(Consistency::Eventual).await > 0,
+        "the workload can see a regression"
+    );
+}
+
+#[tokio::test]
+async fn ten_thousand_pipelined_write_then_read_pairs_see_no_stale_read() {
+    let cluster = cluster(2).await;
+    let proxy = proxy(&cluster).await;
+    let mut c = client(&proxy).await;
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.cmd("SET").arg("pair").arg(i).ignore();
+        pipe.cmd("GET").arg("pair");
+    }
+    let got: Vec<i64> = pipe.query_async(&mut c).await.expect("pipeline");
+    assert_eq!(got, (0..10_000).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn consistency_primary_sends_every_read_to_the_primary() {
+    let cluster = cluster(1).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(Consistency::Primary);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    let mut c = client(&proxy).await;
+    for _ in 0..30 {
+        let _: Option<String> = q(&mut c, &["GET", "x"]).await;
+    }
+    assert_eq!(calls(cluster.primary(), "get").await, 30);
+    assert_eq!(calls(&cluster.replicas()[0], "get").await, 0);
+}
+
+#[tokio::test]
+async fn session_reads_return_to_replicas_once_they_hold_the_write() {
+    let cluster = cluster(1).await;
+    let proxy = proxy(&cluster).await;
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "k", "v"]).await;
+    let replica = &cluster.replicas()[0];
+    let before = calls(replica, "get").await;
+    // After a probe confirms the replica has the write, this same session's reads go there again.
+    eventually!("reads back on the replica", {
+        let v: Option<String> = q(&mut c, &["GET", "k"]).await;
+        assert_eq!(v.as_deref(), Some("v"));
+        calls(replica, "get").await > before
+    });
+}

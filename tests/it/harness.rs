@@ -1,0 +1,241 @@
+//! Test harness: real redis-server processes on loopback (from `redsplit::embedded`, killed on drop) and the
+//! proxy started in-process on free ports, driven by real clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use redsplit::config::{Config, Flags};
+use redsplit::embedded::{Cluster, Server};
+use redsplit::Proxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Polls a condition (an expression, `.await` allowed) until it holds, failing the test after
+/// [`PATIENCE`].
+macro_rules! eventually {
+    ($what:expr, $cond:expr) => {{
+        let deadline = tokio::time::Instant::now() + $crate::harness::PATIENCE;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {}",
+                $what
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }};
+}
+
+/// How long any condition in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A primary with `replicas` replicas.
+pub async fn cluster(replicas: usize) -> Cluster {
+    Cluster::builder()
+        .replicas(replicas)
+        .start()
+        .await
+        .expect("redis servers start (is redis-server installed?)")
+}
+
+/// Flags for a static topology over `cluster`, on free ports, probing fast.
+pub fn flags(cluster: &Cluster) -> Flags {
+    Flags {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        primary: Some(cluster.primary().addr().to_string()),
+        replica: Some(
+            cluster
+                .replicas()
+                .iter()
+                .map(|r| r.addr().to_string())
+                .collect(),
+        ),
+        probe_interval_ms: Some(20),
+        log_level: Some("warn".into()),
+        ..Flags::default()
+    }
+}
+
+/// Starts a proxy with `flags`.
+pub async fn proxy_with(flags: Flags) -> Proxy {
+    let config = Config::load(None, flags).expect("valid test config");
+    Proxy::start(config).await.expect("proxy starts")
+}
+
+/// Starts a proxy over `cluster` with default settings and waits until every replica is eligible.
+pub async fn proxy(cluster: &Cluster) -> Proxy {
+    let p = proxy_with(flags(cluster)).await;
+    wait_eligible(&p, cluster.replicas().len()).await;
+    p
+}
+
+/// Waits until `n` replicas are eligible for reads.
+pub async fn wait_eligible(p: &Proxy, n: usize) {
+    eventually!(
+        "replicas eligible",
+        p.topo
+            .snapshot()
+            .replicas
+            .iter()
+            .filter(|r| r.repl.is_eligible())
+            .count()
+            >= n
+    );
+}
+
+/// A client connection through the proxy (one TCP connection, pipelined).
+pub async fn client(p: &Proxy) -> MultiplexedConnection {
+    client_at(p.listen).await
+}
+
+/// A client connection to `addr`.
+pub async fn client_at(addr: SocketAddr) -> MultiplexedConnection {
+    let c = redis::Client::open(format!("redis://{addr}/")).expect("valid url");
+    c.get_multiplexed_async_connection()
+        .await
+        .expect("client connects")
+}
+
+/// A client connection straight to a server.
+pub async fn direct(s: &Server) -> MultiplexedConnection {
+    client_at(s.addr().as_str().parse().expect("loopback address")).await
+}
+
+/// Number of calls of `cmd` (lower case, `container|sub` for subcommands) a server has run.
+pub async fn calls(s: &Server, cmd: &str) -> u64 {
+    let mut c = direct(s).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `cmd` and returns its reply.
+pub async fn q<T: redis::FromRedisValue>(c: &mut MultiplexedConnection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(c)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
+/// Sends `cmd` and returns the raw reply or error.
+pub async fn try_q(c: &mut MultiplexedConnection, args: &[&str]) -> redis::RedisResult<Value> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(c).await
+}
+
+/// A raw TCP connection to the proxy, for bytes no client library would send.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects to the proxy.
+    pub async fn connect(p: &Proxy) -> Raw {
+        Raw {
+            stream: TcpStream::connect(p.listen).await.expect("raw connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("raw write");
+    }
+
+    /// Reads until `n` bytes are available, returns them.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 65536];
+            let got = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("reply in time")
+                .expect("read");
+            assert!(
+                got > 0,
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads exactly the bytes `want` and checks them.
+    pub async fn expect(&mut self, want: &[u8]) {
+        let got = self.read_exact(want.len()).await;
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    }
+
+    /// Reads one complete reply frame.
+    pub async fn frame(&mut self) -> Vec<u8> {
+        let mut scanner = redsplit::resp::ReplyScanner::new(redsplit::resp::Limits::default());
+        loop {
+            if let Some(f) = scanner.scan(&self.buf).expect("valid reply") {
+                return self.buf.drain(..f.len).collect();
+            }
+            let mut chunk = [0u8; 65536];
+            let got = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("reply in time")
+                .expect("read");
+            assert!(got > 0, "connection closed mid-reply");
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+
+    /// Waits for the proxy to close the connection, returning whatever arrived before.
+    pub async fn closed(&mut self) -> Vec<u8> {
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("close in time")
+            {
+                Ok(0) | Err(_) => return std::mem::take(&mut self.buf),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// The text of a bulk or simple string reply.
+pub fn text(f: redis_protocol::resp2::types::OwnedFrame) -> String {
+    use redis_protocol::resp2::types::OwnedFrame;
+    match f {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Encodes a command as RESP.
+pub fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    redsplit::backend::encode_command(&mut out, &args);
+    out
+}

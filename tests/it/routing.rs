@@ -1,0 +1,214 @@
+//! Which node each command reaches, checked against what every real server says it ran.
+
+use redis::Value;
+use redsplit::embedded::Server;
+
+use crate::harness::*;
+
+async fn total(servers: &[Server], cmd: &str) -> u64 {
+    let mut n = 0;
+    for s in servers {
+        n += calls(s, cmd).await;
+    }
+    n
+}
+
+#[tokio::test]
+async fn reads_go_to_replicas_and_writes_to_the_primary() {
+    let cluster = cluster(2).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 2).await;
+    let mut c = client(&proxy).await;
+    for i in 0..200 {
+        let _: () = q(&mut c, &["SET", &format!("k{i}"), "v"]).await;
+    }
+    for i in 0..300 {
+        let _: Option<String> = q(&mut c, &["GET", &format!("k{}", i % 200)]).await;
+    }
+    assert_eq!(calls(cluster.primary(), "set").await, 200);
+    assert_eq!(
+        calls(cluster.primary(), "get").await,
+        0,
+        "no read reached the primary"
+    );
+    assert_eq!(total(cluster.replicas(), "get").await, 300);
+    // Both replicas share the load.
+    for r in cluster.replicas() {
+        assert!(
+            calls(r, "get").await >= 50,
+            "reads are balanced over replicas"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scripts_that_may_write_go_to_the_primary_and_read_only_ones_to_replicas() {
+    let cluster = cluster(1).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "k", "1"]).await;
+    let v: String = q(
+        &mut c,
+        &["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"],
+    )
+    .await;
+    assert_eq!(v, "1");
+    let _: String = q(
+        &mut c,
+        &["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "k"],
+    )
+    .await;
+    let _: i64 = q(&mut c, &["PUBLISH", "ch", "m"]).await;
+    let _: Vec<String> = q(&mut c, &["SORT_RO", "nolist"]).await;
+    let _: Vec<String> = q(&mut c, &["SORT", "nolist"]).await;
+    let primary = cluster.primary();
+    let replica = &cluster.replicas()[0];
+    assert_eq!(calls(primary, "eval").await, 1);
+    assert_eq!(calls(primary, "eval_ro").await, 0);
+    assert_eq!(calls(replica, "eval_ro").await, 1);
+    assert_eq!(calls(primary, "publish").await, 1);
+    assert_eq!(calls(replica, "sort_ro").await, 1);
+    assert_eq!(calls(primary, "sort").await, 1);
+}
+
+#[tokio::test]
+async fn script_load_reaches_every_node_so_evalsha_ro_runs_on_replicas() {
+    let cluster = cluster(2).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 2).await;
+    let mut c = client(&proxy).await;
+    let sha: String = q(&mut c, &["SCRIPT", "LOAD", "return 42"]).await;
+    for s in std::iter::once(cluster.primary()).chain(cluster.replicas()) {
+        let mut d = direct(s).await;
+        let exists: Vec<i64> = q(&mut d, &["SCRIPT", "EXISTS", &sha]).await;
+        assert_eq!(exists, vec![1], "script cached on {}", s.addr());
+    }
+    for _ in 0..20 {
+        let v: i64 = q(&mut c, &["EVALSHA_RO", &sha, "0"]).await;
+        assert_eq!(v, 42);
+    }
+    assert_eq!(total(cluster.replicas(), "evalsha_ro").await, 20);
+    assert_eq!(calls(cluster.primary(), "evalsha_ro").await, 0);
+}
+
+#[tokio::test]
+async fn noscript_from_a_replica_is_retried_on_the_primary() {
+    let cluster = cluster(1).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    // Loaded on the primary only, behind the proxy's back.
+    let mut d = direct(cluster.primary()).await;
+    let sha: String = q(&mut d, &["SCRIPT", "LOAD", "return 7"]).await;
+    let mut c = client(&proxy).await;
+    let v: i64 = q(&mut c, &["EVALSHA_RO", &sha, "0"]).await;
+    assert_eq!(v, 7);
+    assert_eq!(
+        calls(&cluster.replicas()[0], "evalsha_ro").await,
+        1,
+        "tried on the replica first"
+    );
+    assert_eq!(
+        calls(cluster.primary(), "evalsha_ro").await,
+        1,
+        "then on the primary"
+    );
+}
+
+#[tokio::test]
+async fn unknown_commands_go_to_the_primary() {
+    let cluster = cluster(1).await;
+    let proxy = proxy(&cluster).await;
+    let mut c = client(&proxy).await;
+    let err = try_q(&mut c, &["NOSUCHCOMMAND", "x"])
+        .await
+        .expect_err("unknown command");
+    assert!(err.to_string().contains("unknown command"), "{err}");
+    // Read with a bare connection: client libraries' own greetings can add errors on Redis 7.0.
+    let on_primary = text(
+        cluster
+            .primary()
+            .call(&["INFO", "errorstats"])
+            .await
+            .expect("INFO"),
+    );
+    assert!(
+        on_primary.contains("errorstat_ERR:count=1"),
+        "primary saw it: {on_primary}"
+    );
+    let on_replica = text(
+        cluster.replicas()[0]
+            .call(&["INFO", "errorstats"])
+            .await
+            .expect("INFO"),
+    );
+    assert!(
+        !on_replica.contains("errorstat_ERR"),
+        "replica did not: {on_replica}"
+    );
+}
+
+#[tokio::test]
+async fn xread_without_block_is_a_read_and_xreadgroup_a_write() {
+    let cluster = cluster(1).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    let mut c = client(&proxy).await;
+    let _: String = q(&mut c, &["XADD", "s", "*", "f", "v"]).await;
+    let _: () = q(&mut c, &["XGROUP", "CREATE", "s", "g", "0"]).await;
+    let _: Value = q(&mut c, &["XREAD", "COUNT", "1", "STREAMS", "s", "0"]).await;
+    let _: Value = q(
+        &mut c,
+        &["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"],
+    )
+    .await;
+    assert_eq!(calls(&cluster.replicas()[0], "xread").await, 1);
+    assert_eq!(calls(cluster.primary(), "xread").await, 0);
+    assert_eq!(calls(cluster.primary(), "xreadgroup").await, 1);
+}
+
+#[tokio::test]
+async fn replies_keep_client_order_across_nodes() {
+    let cluster = cluster(2).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 2).await;
+    let mut setup = client(&proxy).await;
+    for i in 0..50 {
+        let _: () = q(&mut setup, &["SET", &format!("o{i}"), &i.to_string()]).await;
+    }
+    // Let replicas catch up so reads see the values.
+    let mut r0 = direct(&cluster.replicas()[0]).await;
+    let mut r1 = direct(&cluster.replicas()[1]).await;
+    eventually!("replicas synced", {
+        let a: Option<String> = q(&mut r0, &["GET", "o49"]).await;
+        let b: Option<String> = q(&mut r1, &["GET", "o49"]).await;
+        a.is_some() && b.is_some()
+    });
+    // One raw pipeline mixing reads (replicas), writes (primary) and local commands (proxy).
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..50 {
+        let v = i.to_string();
+        out.extend(resp(&["GET", &format!("o{i}")]));
+        want.extend(format!("${}\r\n{}\r\n", v.len(), v).into_bytes());
+        out.extend(resp(&["INCR", &format!("n{i}")]));
+        want.extend(b":1\r\n");
+        out.extend(resp(&["ECHO", &v]));
+        want.extend(format!("${}\r\n{}\r\n", v.len(), v).into_bytes());
+    }
+    raw.send(&out).await;
+    raw.expect(&want).await;
+}
