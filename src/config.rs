@@ -1,6 +1,6 @@
 //! Configuration: a TOML file, overridden option by option by command-line flags of the same name.
 //!
-//! Every option is declared once, in [`options!`], which generates the file's fields, the flags
+//! Every option is declared once, in the `options!` macro, which generates the file's fields, the flags
 //! (`max_lag_ms` is `--max-lag-ms`) and the list of names the tests compare with
 //! `conf/redsplit.example.toml`. [`Config::load`] turns file and flags into a checked [`Config`], reporting
 //! every problem at once; nothing checks the values again after that.

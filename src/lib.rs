@@ -61,6 +61,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     /// The live topology.
     pub topo: Arc<Topo>,
+    /// The live command table.
+    pub table: command::SharedTable,
     /// The servers started in embedded mode.
     pub embedded: Option<embedded::Cluster>,
     cancel: CancellationToken,
@@ -139,7 +141,7 @@ impl Proxy {
         );
         let ctx = client::Context::new(
             topo.clone(),
-            table,
+            table.clone(),
             config.consistency,
             config.fallback,
             config.limits,
@@ -157,6 +159,7 @@ impl Proxy {
             listen,
             admin,
             topo,
+            table,
             embedded,
             cancel,
             tracker,

@@ -161,9 +161,11 @@ impl ReadState {
         self.pending = Some(Pending { node, epoch });
     }
 
-    /// Notes reads sent to replica `node` that will not be answered there (re-sent to the primary).
-    pub fn abandoned(&mut self, node: u64, count: u32) {
-        if let Some((id, n)) = &mut self.sticky {
+    /// Notes reads sent to `node` that will not be answered there (re-sent to the primary).
+    pub fn abandoned(&mut self, node: u64, to_primary: bool, count: u32) {
+        if to_primary {
+            self.unreplied_primary = self.unreplied_primary.saturating_sub(count);
+        } else if let Some((id, n)) = &mut self.sticky {
             if *id == node {
                 *n = n.saturating_sub(count);
                 if *n == 0 {

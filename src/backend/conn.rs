@@ -99,7 +99,9 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
             let read = read_loop(&node, reader, &inflight, &writer_done);
             let write = write_loop(writer, &mut rx, &inflight, job);
             tokio::pin!(read, write);
+            // Reader first: a connection the node closed is noticed before another job is written into it.
             tokio::select! {
+                biased;
                 // The socket failed or the node sent garbage.
                 e = &mut read => e,
                 // The socket refused a write, or every handle is gone.

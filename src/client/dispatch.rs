@@ -27,6 +27,8 @@ use crate::topology::Topology;
 pub(super) struct Batch {
     node: Arc<Node>,
     primary: bool,
+    /// Only reads: safe to run again elsewhere if this node fails them.
+    reads_only: bool,
     len: usize,
     count: u32,
 }
@@ -129,9 +131,9 @@ impl Session {
                 .reads
                 .route(topo, self.ctx.consistency, self.ctx.fallback)
             {
-                ReadTarget::Replica(n) => self.add(batch, n, false, req),
+                ReadTarget::Replica(n) => self.add(batch, n, false, true, req),
                 ReadTarget::Primary(_) => match primary {
-                    Some(p) => self.add(batch, p, true, req),
+                    Some(p) => self.add(batch, p, true, true, req),
                     None => self.reply_local(batch, req, ClientError::NoPrimary.frame()),
                 },
                 ReadTarget::Refuse(reason) => {
@@ -139,7 +141,7 @@ impl Session {
                 }
             },
             Class::Primary => match primary {
-                Some(p) => self.add(batch, p, true, req),
+                Some(p) => self.add(batch, p, true, false, req),
                 None => self.reply_local(batch, req, ClientError::NoPrimary.frame()),
             },
             Class::Broadcast => {
@@ -154,7 +156,7 @@ impl Session {
                     drop(backend::submit(&conn, bytes.clone(), 1));
                 }
                 self.reads.sent(p.id, true, 1);
-                self.submit(p, true, bytes, 1);
+                self.submit(p, true, false, bytes, 1);
                 Step::Next
             }
             Class::Blocking => {
@@ -557,25 +559,28 @@ impl Session {
         batch: &mut Option<Batch>,
         node: Arc<Node>,
         primary: bool,
+        read: bool,
         req: &Request,
     ) -> Step {
         self.reads.sent(node.id, primary, 1);
         if req.inline {
             self.flush(batch);
             let bytes = self.take_frame(req);
-            self.submit(node, primary, bytes, 1);
+            self.submit(node, primary, read, bytes, 1);
             return Step::Next;
         }
         match batch {
             Some(b) if b.node.id == node.id && self.reply_mode == ReplyMode::On => {
                 b.len += req.len;
                 b.count += 1;
+                b.reads_only &= read;
             }
             _ => {
                 self.flush(batch);
                 *batch = Some(Batch {
                     node,
                     primary,
+                    reads_only: read,
                     len: req.len,
                     count: 1,
                 });
@@ -592,13 +597,20 @@ impl Session {
     fn flush(&mut self, batch: &mut Option<Batch>) {
         if let Some(b) = batch.take() {
             let bytes = self.inbuf.split_to(b.len).freeze();
-            self.submit(b.node, b.primary, bytes, b.count);
+            self.submit(b.node, b.primary, b.reads_only, bytes, b.count);
         }
     }
 
-    fn submit(&mut self, node: Arc<Node>, primary: bool, bytes: Bytes, count: u32) {
+    fn submit(
+        &mut self,
+        node: Arc<Node>,
+        primary: bool,
+        reads_only: bool,
+        bytes: Bytes,
+        count: u32,
+    ) {
         let conn = self.conn_for(&node);
-        let retry = (!primary).then(|| bytes.clone());
+        let retry = reads_only.then(|| bytes.clone());
         let rx = backend::submit(&conn, bytes, count);
         let silent = self.take_silent();
         self.queue.push_back(Entry {

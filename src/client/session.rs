@@ -68,7 +68,7 @@ pub(super) enum Wait {
 pub(super) struct Sent {
     pub node: Arc<Node>,
     pub primary: bool,
-    /// The request bytes of a read served by a replica, kept for one retry on the primary.
+    /// The request bytes of a batch of reads only, kept for one retry on the primary.
     pub retry: Option<Bytes>,
 }
 
@@ -239,19 +239,19 @@ impl Session {
         };
         let epoch = self.ctx.topo.current_epoch();
         if let Some(sent) = &mut entry.sent {
-            // A read a replica could not serve (error only that node gives, or a broken connection) is
-            // safe to run again: try the primary once.
+            // Reads a node could not serve (an error only that node gives, or a broken connection) are
+            // safe to run again: try the primary once. Batches holding a write never get here.
             let failed = match &outcome {
-                Outcome::Upstream(Ok(r)) => r.retryable,
+                Outcome::Upstream(Ok(r)) => r.retryable && !sent.primary,
                 Outcome::Upstream(Err(_)) => true,
                 Outcome::Bytes(_) => false,
             };
-            if failed && !sent.primary {
+            if failed {
                 if let Some(bytes) = sent.retry.take() {
-                    let replica = sent.node.id;
+                    let (failed_node, was_primary) = (sent.node.id, sent.primary);
                     let count = entry.count;
                     if let Some(primary) = self.ctx.topo.load().primary.clone() {
-                        self.reads.abandoned(replica, count);
+                        self.reads.abandoned(failed_node, was_primary, count);
                         let conn = self.conn_for(&primary);
                         let rx = backend::submit(&conn, bytes, count);
                         self.reads.sent(primary.id, true, count);

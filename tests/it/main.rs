@@ -3,6 +3,7 @@
 #[macro_use]
 mod harness;
 
+mod cli;
 mod consistency;
 mod pinned;
 mod protocol;

@@ -228,3 +228,24 @@ async fn wait_counts_replicas_that_have_the_sessions_writes() {
     let n: i64 = q(&mut c, &["WAIT", "2", "300"]).await;
     assert_eq!(n, 1);
 }
+
+#[tokio::test]
+async fn client_tracking_delivers_invalidations_in_resp3() {
+    let cluster = cluster(1).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&["HELLO", "3"])).await;
+    let _ = raw.frame().await;
+    raw.send(&resp(&["CLIENT", "TRACKING", "ON"])).await;
+    raw.expect(b"+OK\r\n").await;
+    raw.send(&resp(&["GET", "tracked"])).await;
+    raw.expect(b"_\r\n").await;
+    let mut other = client(&proxy).await;
+    let _: () = q(&mut other, &["SET", "tracked", "1"]).await;
+    raw.expect(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$7\r\ntracked\r\n")
+        .await;
+    raw.send(&resp(&["CLIENT", "TRACKING", "OFF"])).await;
+    raw.expect(b"+OK\r\n").await;
+    raw.send(&resp(&["GET", "tracked"])).await;
+    raw.expect(b"$1\r\n1\r\n").await;
+}

@@ -212,3 +212,71 @@ async fn replies_keep_client_order_across_nodes() {
     raw.send(&out).await;
     raw.expect(&want).await;
 }
+
+#[tokio::test]
+async fn the_command_table_is_refreshed_from_the_primary() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let primary = cluster.primary().addr().to_string();
+    eventually!(
+        "table from the primary",
+        proxy.table.load().source == primary
+    );
+    let count = match cluster
+        .primary()
+        .call(&["COMMAND", "COUNT"])
+        .await
+        .expect("COMMAND COUNT")
+    {
+        redis_protocol::resp2::types::OwnedFrame::Integer(n) => n as usize,
+        other => panic!("{other:?}"),
+    };
+    // Top-level commands plus subcommands.
+    assert!(
+        proxy.table.load().len() > count,
+        "{} entries for {count} commands",
+        proxy.table.load().len()
+    );
+}
+
+#[tokio::test]
+async fn reads_go_on_without_errors_when_a_replica_dies() {
+    let mut cluster = cluster(2).await;
+    let mut f = flags(&cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 2).await;
+    let mut setup = client(&proxy).await;
+    let _: () = q(&mut setup, &["SET", "k", "v"]).await;
+    let addr = proxy.listen;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (done, stop) = (done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut c = client_at(addr).await;
+                let mut errors = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = try_q(&mut c, &["GET", "k"]).await {
+                        errors.push(e.to_string());
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                errors
+            })
+        })
+        .collect();
+    let load = |n: u32| done.load(std::sync::atomic::Ordering::Relaxed) >= n;
+    eventually!("reads flowing", load(200));
+    cluster.replicas_mut()[0].kill();
+    let after_kill = done.load(std::sync::atomic::Ordering::Relaxed);
+    eventually!("reads flowing after the kill", load(after_kill + 2000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        let errors = r.await.expect("reader");
+        assert!(errors.is_empty(), "no read failed: {errors:?}");
+    }
+    let total_ok = done.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(total_ok > 100, "reads kept flowing: {total_ok}");
+}
