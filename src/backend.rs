@@ -213,16 +213,20 @@ impl Pool {
         self.shared[i].clone()
     }
 
-    /// A dedicated connection: an idle one if any, else a new one.
+    /// A dedicated connection: an idle one that is still open, else a new one.
     pub async fn dedicated(&self, node: &Arc<Node>) -> Result<Dedicated, Error> {
-        let idle = self
-            .idle
-            .lock()
-            .expect("idle lock is never poisoned: no panics while held")
-            .pop();
-        match idle {
-            Some(d) => Ok(d),
-            None => Dedicated::open(node.clone(), self.key.clone()).await,
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .expect("idle lock is never poisoned: no panics while held")
+                .pop();
+            match idle {
+                Some(d) if d.is_alive() => return Ok(d),
+                // Closed under us while idle: drop it, try the next.
+                Some(_) => continue,
+                None => return Dedicated::open(node.clone(), self.key.clone()).await,
+            }
         }
     }
 

@@ -328,7 +328,8 @@ pub enum Local {
     Unsubscribe,
     /// `WAIT numreplicas timeout`, answered from the replicas' offsets.
     Wait,
-    /// Refused with an error: replication commands (`SYNC`, `PSYNC`, `REPLCONF`) and `WAITAOF`.
+    /// Refused with an error: replication commands (`SYNC`, `PSYNC`, `REPLCONF`), `WAITAOF`, and commands
+    /// naming client ids (`CLIENT KILL`, `CLIENT UNBLOCK`, `CLIENT TRACKING ... REDIRECT`).
     Refuse,
 }
 
@@ -394,6 +395,15 @@ pub fn classify<'a>(
             Some(b"INFO") => Class::Local(Local::ClientInfo),
             Some(b"REPLY") => Class::Local(Local::ClientReply),
             Some(b"NO-EVICT" | b"NO-TOUCH" | b"SETINFO") => Class::Local(Local::ClientAck),
+            // Client ids are the proxy's, not the server's: forwarding one could redirect, kill or
+            // unblock an unrelated upstream connection, possibly one shared by other clients.
+            Some(b"KILL" | b"UNBLOCK") => Class::Local(Local::Refuse),
+            Some(b"TRACKING")
+                if (3..argc)
+                    .any(|i| arg(i).is_some_and(|a| a.eq_ignore_ascii_case(b"REDIRECT"))) =>
+            {
+                Class::Local(Local::Refuse)
+            }
             Some(b"TRACKING") => match sub(2).as_deref() {
                 Some(b"ON") => Class::Pin(Pin::Tracking),
                 _ => Class::Local(Local::TrackingOff),
@@ -548,6 +558,11 @@ mod tests {
         assert_eq!(class_of("MULTI").0, Class::Pin(Pin::Multi));
         assert_eq!(class_of("SSUBSCRIBE a").0, Class::Pin(Pin::Subscribe));
         assert_eq!(class_of("PSYNC ? -1").0, Class::Local(Local::Refuse));
+        assert_eq!(class_of("CLIENT KILL ID 5").0, Class::Local(Local::Refuse));
+        assert_eq!(
+            class_of("CLIENT TRACKING ON REDIRECT 5").0,
+            Class::Local(Local::Refuse)
+        );
     }
 
     #[test]

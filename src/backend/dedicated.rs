@@ -84,6 +84,13 @@ impl Dedicated {
         }
     }
 
+    /// False if the node closed the connection while it sat idle (timeout, CLIENT KILL, restart), or sent
+    /// something unasked. Never blocks.
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Declares the connection back in its greeted state, fit for reuse by another session.
     pub fn mark_clean(&mut self) {
         self.clean = self.buf.is_empty();

@@ -358,7 +358,7 @@ impl Session {
                 b.freeze()
             }
             Local::Wait => return self.wait(req, args, topo, batch),
-            Local::Refuse => ClientError::Unsupported(&name.to_ascii_uppercase()).frame(),
+            Local::Refuse => ClientError::Unsupported(&command_label(args)).frame(),
         };
         self.reply_local(batch, req, reply)
     }
@@ -724,6 +724,19 @@ impl Session {
             multi,
             if self.key.resp3 { 3 } else { 2 },
         )
+    }
+}
+
+/// `NAME` or, for containers, `NAME SUB`, for error messages.
+pub(super) fn command_label(args: &[Vec<u8>]) -> String {
+    let word = |i: usize| {
+        args.get(i)
+            .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+    };
+    match (word(0), word(1)) {
+        (Some(c), Some(s)) if c == "CLIENT" => format!("{c} {s}"),
+        (Some(c), _) => c,
+        _ => String::new(),
     }
 }
 

@@ -151,8 +151,8 @@ impl Session {
                 return self.local_pinned(l, req, args, &topo);
             }
             Class::Local(Local::Refuse) => {
-                let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-                return self.reply_local_now(req, ClientError::Unsupported(&name).frame());
+                let label = super::dispatch::command_label(args);
+                return self.reply_local_now(req, ClientError::Unsupported(&label).frame());
             }
             Class::Pin(Pin::Subscribe) | Class::Local(Local::Unsubscribe) if resp3 => {
                 // Confirmations are pushes: nothing to match.

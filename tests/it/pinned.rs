@@ -249,3 +249,30 @@ async fn client_tracking_delivers_invalidations_in_resp3() {
     raw.send(&resp(&["GET", "tracked"])).await;
     raw.expect(b"$1\r\n1\r\n").await;
 }
+
+#[tokio::test]
+async fn transactions_survive_idle_dedicated_connections_being_killed() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut c = client(&proxy).await;
+    let _: (i64,) = redis::pipe()
+        .atomic()
+        .incr("n", 1)
+        .query_async(&mut c)
+        .await
+        .expect("first transaction");
+    // The dedicated connection went back to the pool; the server kills every client connection.
+    let mut d = direct(cluster.primary()).await;
+    let _: i64 = q(
+        &mut d,
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+    )
+    .await;
+    let (n,): (i64,) = redis::pipe()
+        .atomic()
+        .incr("n", 1)
+        .query_async(&mut c)
+        .await
+        .expect("second transaction");
+    assert_eq!(n, 2);
+}

@@ -195,3 +195,25 @@ async fn ping_echo_and_inline_commands_work() {
     let v: Value = q(&mut c, &["PING"]).await;
     assert_eq!(v, Value::SimpleString("PONG".into()));
 }
+
+#[tokio::test]
+async fn commands_naming_client_ids_are_refused_not_forwarded() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut c = client(&proxy).await;
+    for cmd in [
+        &["CLIENT", "KILL", "ID", "1"][..],
+        &["CLIENT", "UNBLOCK", "1"],
+        &["CLIENT", "TRACKING", "ON", "REDIRECT", "1"],
+    ] {
+        let err = try_q(&mut c, cmd).await.expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("is not supported through the proxy"),
+            "{err}"
+        );
+    }
+    // The shared upstream connections survived: nothing was killed.
+    let _: () = q(&mut c, &["SET", "still", "here"]).await;
+    assert_eq!(calls(cluster.primary(), "client|kill").await, 0);
+}
