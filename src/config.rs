@@ -345,7 +345,7 @@ impl Config {
         let connect = ranged("connect_timeout_ms", raw.connect_timeout_ms, 10, 600_000);
         let max_lag = ranged("max_lag_ms", raw.max_lag_ms, 1, 86_400_000);
         let bulk = ranged("max_bulk_bytes", raw.max_bulk_bytes, 1024, 4 << 30);
-        let array = ranged("max_array_len", raw.max_array_len, 16, 1 << 31);
+        let array = ranged("max_array_len", raw.max_array_len, 16, i32::MAX as u64);
         let inline = ranged("max_inline_bytes", raw.max_inline_bytes, 64, 1 << 30);
         let depth = ranged("max_nesting_depth", raw.max_nesting_depth, 2, 4096);
         let request = ranged("max_request_bytes", raw.max_request_bytes, 1024, 8 << 30);

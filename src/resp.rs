@@ -6,6 +6,8 @@
 //! 100 MB bulk arriving in 64 KB reads is scanned once, not 1,600 times. `redis-protocol` still parses the
 //! replies of control commands (ROLE, COMMAND) and is the oracle of the property tests.
 
+#[cfg(test)]
+mod props;
 pub mod reply;
 pub mod request;
 
@@ -113,11 +115,17 @@ fn header_end(buf: &[u8], at: usize, what: &'static str) -> Result<Option<usize>
 /// Parses a decimal integer the way Redis's `string2ll` does: optional `-`, digits, no spaces or `+`.
 #[inline]
 fn parse_int(digits: &[u8]) -> Option<i64> {
+    // Exactly Redis's rules, because request bytes are forwarded untouched: a length Redis would reject
+    // (it then closes the connection, shared by other clients) must be rejected here first.
+    if digits == b"0" {
+        return Some(0);
+    }
     let (neg, digits) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if digits.is_empty() || digits.len() > 19 {
+    // No leading zeros, no `-0`.
+    if !matches!(digits.first(), Some(b'1'..=b'9')) || digits.len() > 19 {
         return None;
     }
     let mut n: i64 = 0;
@@ -145,6 +153,9 @@ mod tests {
         assert_eq!(parse_int(b"+1"), None);
         assert_eq!(parse_int(b" 1"), None);
         assert_eq!(parse_int(b"1a"), None);
+        assert_eq!(parse_int(b"007"), None, "Redis rejects leading zeros");
+        assert_eq!(parse_int(b"-0"), None);
+        assert_eq!(parse_int(b"00"), None);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct ReplyScanner {
     open: Vec<u64>,
     /// Type of the current top-level reply, once known.
     kind: Option<u8>,
+    /// No CR in the simple line at `at` before this offset, so that a long line arriving in pieces is
+    /// searched once.
+    searched: usize,
 }
 
 impl ReplyScanner {
@@ -43,6 +46,7 @@ impl ReplyScanner {
             at: 0,
             open: Vec::new(),
             kind: None,
+            searched: 0,
         }
     }
 
@@ -55,7 +59,16 @@ impl ReplyScanner {
             if self.at == 0 {
                 self.kind = Some(t);
             }
-            let Some(end) = header_end(buf, self.at, "reply")? else {
+            let end = match t {
+                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => self.line_end(buf)?,
+                b'$' | b'!' | b'=' | b'*' | b'%' | b'~' | b'>' | b'|' => {
+                    header_end(buf, self.at, "reply")?
+                }
+                // Rejected before looking for CRLF: a CR here would otherwise end an empty line at the
+                // type byte.
+                other => return Err(Error::UnknownType(char::from(other))),
+            };
+            let Some(end) = end else {
                 return Ok(None);
             };
             let line = &buf[self.at + 1..end];
@@ -143,6 +156,43 @@ impl ReplyScanner {
             }
         }
     }
+
+    /// Finds the CRLF ending the simple line (status, error, number) at `self.at`; returns the index of its
+    /// `\r`. Unlike a header, such a line has no natural bound (an error from a script can be long, and Redis
+    /// limits neither), so it may be as long as a bulk string.
+    fn line_end(&mut self, buf: &[u8]) -> Result<Option<usize>, Error> {
+        let from = self.searched.max(self.at + 1);
+        let cr = buf
+            .get(from..)
+            .and_then(|rest| memchr::memchr(b'\r', rest))
+            .map(|i| from + i);
+        let line_len = cr.unwrap_or(buf.len()) - (self.at + 1);
+        if line_len > self.limits.max_bulk_bytes {
+            return Err(Error::TooLong {
+                what: "line",
+                len: line_len as u64,
+                limit: self.limits.max_bulk_bytes,
+            });
+        }
+        match cr {
+            Some(cr) if cr + 1 < buf.len() => {
+                if buf[cr + 1] != b'\n' {
+                    return Err(Error::BadLength { what: "reply" });
+                }
+                self.searched = 0;
+                Ok(Some(cr))
+            }
+            // The CR is the last byte so far; look at it again once its LF may have arrived.
+            Some(cr) => {
+                self.searched = cr;
+                Ok(None)
+            }
+            None => {
+                self.searched = buf.len();
+                Ok(None)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +267,59 @@ mod tests {
         for case in cases {
             let mut s = ReplyScanner::new(limits);
             assert!(s.scan(case).is_err(), "{:?}", String::from_utf8_lossy(case));
+        }
+    }
+
+    /// Found by the property tests: simple lines were held to the 32-byte header limit, so common errors
+    /// such as `-WRONGTYPE Operation against a key holding the wrong kind of value` failed the connection.
+    #[test]
+    fn simple_lines_longer_than_a_header_are_replies() {
+        let error = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+        let status = [&b"+"[..], &[b'x'; 100], b"\r\n"].concat();
+        let input = [
+            &error[..],
+            &status,
+            b"*1\r\n(123456789012345678901234567890123456789\r\n",
+        ]
+        .concat();
+        let got = frames(&input);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].len, error.len());
+        for cut in 0..error.len() {
+            let mut s = ReplyScanner::new(Limits::default());
+            assert_eq!(s.scan(&input[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(s.scan(&input), Ok(Some(got[0])), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn simple_lines_longer_than_the_bulk_limit_are_errors() {
+        let limits = Limits {
+            max_bulk_bytes: 4,
+            ..Limits::default()
+        };
+        for input in [&b"+hello\r\n"[..], b"+hello"] {
+            let mut s = ReplyScanner::new(limits);
+            assert!(
+                s.scan(input).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        assert!(ReplyScanner::new(limits).scan(b"+hell\r\n").is_ok());
+    }
+
+    /// Found by the property tests: a reply starting with CR found its own type byte as the end of the
+    /// line and panicked slicing `buf[1..0]`.
+    #[test]
+    fn reply_starting_with_crlf_is_an_error_not_a_panic() {
+        for input in [&b"\r\n"[..], b"\r", b"\n+OK\r\n"] {
+            let mut s = ReplyScanner::new(Limits::default());
+            assert!(
+                s.scan(input).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct RequestScanner {
     limits: Limits,
     state: State,
     argc: usize,
-    kept: [(u32, u32); KEPT_ARGS],
+    kept: [(usize, usize); KEPT_ARGS],
     /// Multibulk encoding of the last inline command.
     inline: Vec<u8>,
 }
@@ -91,7 +91,7 @@ impl RequestScanner {
         }
         let (s, e) = self.kept[i];
         let src = if req.inline { &self.inline[..] } else { buf };
-        src.get(s as usize..e as usize)
+        src.get(s..e)
     }
 
     fn start_multibulk(&mut self, buf: &[u8]) -> Result<Option<Request>, Error> {
@@ -155,7 +155,7 @@ impl RequestScanner {
                 return Err(Error::MissingCrlf);
             }
             if done < KEPT_ARGS {
-                self.kept[done] = (start as u32, stop as u32);
+                self.kept[done] = (start, stop);
             }
             done += 1;
             at = stop + 2;
@@ -194,7 +194,7 @@ impl RequestScanner {
         let mut args: Vec<Vec<u8>> = Vec::new();
         let mut i = 0;
         loop {
-            while i < line.len() && line[i].is_ascii_whitespace() {
+            while i < line.len() && line[i].is_redis_space() {
                 i += 1;
             }
             if i >= line.len() {
@@ -227,7 +227,7 @@ impl RequestScanner {
                         }
                         Some(b'"') => {
                             // A closing quote must be followed by a space or the end of the line.
-                            if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
+                            if line.get(i + 1).is_some_and(|c| !c.is_redis_space()) {
                                 return Err(Error::UnbalancedQuotes);
                             }
                             in_dq = false;
@@ -244,7 +244,7 @@ impl RequestScanner {
                             arg.push(b'\'');
                         }
                         Some(b'\'') => {
-                            if line.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace()) {
+                            if line.get(i + 1).is_some_and(|c| !c.is_redis_space()) {
                                 return Err(Error::UnbalancedQuotes);
                             }
                             in_sq = false;
@@ -256,7 +256,7 @@ impl RequestScanner {
                 } else {
                     match c {
                         None => break,
-                        Some(c) if c.is_ascii_whitespace() => break,
+                        Some(c) if c.is_redis_space() => break,
                         Some(b'"') => in_dq = true,
                         Some(b'\'') => in_sq = true,
                         Some(c) => arg.push(c),
@@ -283,11 +283,23 @@ impl RequestScanner {
             let start = self.inline.len();
             self.inline.extend_from_slice(arg);
             if n < KEPT_ARGS {
-                self.kept[n] = (start as u32, self.inline.len() as u32);
+                self.kept[n] = (start, self.inline.len());
             }
             self.inline.extend_from_slice(b"\r\n");
         }
         Ok(args.len())
+    }
+}
+
+/// Redis splits inline commands on C's `isspace`, which includes vertical tab (Rust's
+/// `is_ascii_whitespace` does not).
+trait RedisSpace {
+    fn is_redis_space(&self) -> bool;
+}
+
+impl RedisSpace for u8 {
+    fn is_redis_space(&self) -> bool {
+        matches!(self, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
     }
 }
 
@@ -401,6 +413,24 @@ mod tests {
             let mut s = RequestScanner::new(limits);
             assert!(s.scan(case).is_err(), "{:?}", String::from_utf8_lossy(case));
         }
+    }
+
+    #[test]
+    fn lengths_with_leading_zeros_are_errors_as_in_redis() {
+        for case in [
+            &b"*01\r\n$1\r\na\r\n"[..],
+            b"*1\r\n$01\r\na\r\n",
+            b"*1\r\n$-0\r\n",
+        ] {
+            let mut s = RequestScanner::new(Limits::default());
+            assert!(s.scan(case).is_err(), "{:?}", String::from_utf8_lossy(case));
+        }
+    }
+
+    #[test]
+    fn inline_commands_split_on_vertical_tab_like_redis() {
+        let got = scan_all(b"GET\x0bk\r\n");
+        assert_eq!(got[0].1, vec![b"GET".to_vec(), b"k".to_vec()]);
     }
 
     #[test]
