@@ -1,9 +1,10 @@
 //! RESP framing: find where requests and replies end without materialising them.
 //!
-//! This is the hot path, so it is written by hand. Measured when the project started: redis-protocol 6.0
-//! costs 5 to 11 times the CPU per frame of a small scanner, re-parses a partial frame from byte 0 (quadratic
-//! on large frames) and has no size limits. Both scanners here are resumable: state survives `Ok(None)`, so a
-//! 100 MB bulk arriving in 64 KB reads is scanned once, not 1,600 times. `redis-protocol` still parses the
+//! This is the hot path, so it is written by hand. Measured here (`cargo bench --bench scan`): redis-protocol
+//! 6.0's `decode` costs 3.4 to 6.7 times our CPU per frame (small requests, small replies, a large array) and
+//! its copy-free `decode_range` 3 to 3.5 times; fed a large array in 64 KiB reads, it re-parses from byte 0
+//! each time (20 to 23 times our cost), and it has no size limits. Both scanners here are resumable: state
+//! survives `Ok(None)`, so a large frame arriving in pieces is scanned once. `redis-protocol` still parses the
 //! replies of control commands (ROLE, COMMAND) and is the oracle of the property tests.
 
 #[cfg(test)]

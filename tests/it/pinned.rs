@@ -276,3 +276,22 @@ async fn transactions_survive_idle_dedicated_connections_being_killed() {
         .expect("second transaction");
     assert_eq!(n, 2);
 }
+
+#[tokio::test]
+async fn shard_subscribers_receive_messages_and_can_leave() {
+    let cluster = cluster(1).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&["SSUBSCRIBE", "orders"])).await;
+    raw.expect(b"*3\r\n$10\r\nssubscribe\r\n$6\r\norders\r\n:1\r\n")
+        .await;
+    let mut p = client(&proxy).await;
+    assert_eq!(q::<i64>(&mut p, &["SPUBLISH", "orders", "o1"]).await, 1);
+    raw.expect(b"*3\r\n$8\r\nsmessage\r\n$6\r\norders\r\n$2\r\no1\r\n")
+        .await;
+    raw.send(&resp(&["SUNSUBSCRIBE", "orders"])).await;
+    raw.expect(b"*3\r\n$12\r\nsunsubscribe\r\n$6\r\norders\r\n:0\r\n")
+        .await;
+    raw.send(&resp(&["GET", "x"])).await;
+    raw.expect(b"$-1\r\n").await;
+}
