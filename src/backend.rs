@@ -115,6 +115,9 @@ pub struct Settings {
     pub credentials: Option<Credentials>,
     /// Reply scanner limits.
     pub limits: Limits,
+    /// Rung when an upstream misbehaves in a way that may mean the topology changed (a broken connection,
+    /// `READONLY`, `MASTERDOWN`, `LOADING`): discovery looks again at once.
+    pub refresh: Arc<tokio::sync::Notify>,
 }
 
 /// Most idle dedicated connections kept per pool for reuse.

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{warn, Instrument};
 
 use crate::command::SharedTable;
-use crate::config::{Consistency, Fallback};
+use crate::config::{Config, Consistency, Fallback};
 use crate::resp::Limits;
 use crate::topology::Topo;
 
@@ -36,28 +36,26 @@ pub struct Context {
     pub max_request_bytes: usize,
     /// Per-client limit on commands awaiting replies.
     pub max_inflight: usize,
+    /// How long a write waits for a primary.
+    pub write_hold: Duration,
+    /// How long a read may take on one node before a retry elsewhere.
+    pub read_timeout: Duration,
     next_id: AtomicU64,
 }
 
 impl Context {
     /// A context; session ids start at 1.
-    pub fn new(
-        topo: Arc<Topo>,
-        table: SharedTable,
-        consistency: Consistency,
-        fallback: Fallback,
-        limits: Limits,
-        max_request_bytes: usize,
-        max_inflight: usize,
-    ) -> Arc<Context> {
+    pub fn new(topo: Arc<Topo>, table: SharedTable, config: &Config) -> Arc<Context> {
         Arc::new(Context {
             topo,
             table,
-            consistency,
-            fallback,
-            limits,
-            max_request_bytes,
-            max_inflight,
+            consistency: config.consistency,
+            fallback: config.fallback,
+            limits: config.limits,
+            max_request_bytes: config.max_request_bytes,
+            max_inflight: config.max_client_inflight,
+            write_hold: config.write_hold,
+            read_timeout: config.read_timeout,
             next_id: AtomicU64::new(1),
         })
     }

@@ -39,9 +39,11 @@ pub enum Fallback {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TopologyKind {
-    /// `primary` and `replica` name the nodes.
+    /// `primary` and `replica` seed discovery; roles are verified with ROLE and followed as they change.
     Static,
-    /// The proxy starts a local primary and replicas itself (for trying it out).
+    /// Redis Sentinel (`sentinel`, `master_name`) says which node is the primary.
+    Sentinel,
+    /// The proxy starts a local primary, replicas and sentinels itself (for trying it out).
     Embedded,
 }
 
@@ -129,15 +131,33 @@ options! {
     listen: String = "127.0.0.1:6380".into();
     /// Admin HTTP listener (`/live`) address. Default "127.0.0.1:9121".
     admin_listen: String = "127.0.0.1:9121".into();
-    /// Where the topology comes from: "static" (primary and replica) or "embedded" (start local Redis
-    /// servers). Default: "static" when `primary` is set, else "embedded".
+    /// Where the topology comes from: "static" (primary and replica seeds), "sentinel" (sentinel and
+    /// master_name) or "embedded" (start local Redis servers and sentinels). Default: "static" when
+    /// `primary` is set, "sentinel" when `sentinel` is, else "embedded".
     topology: TopologyKind;
-    /// Primary address, host:port. Static topology only. No default.
+    /// Primary address, host:port: a seed of discovery. Static topology only. No default.
     primary: String;
-    /// Replica addresses, host:port, repeatable. Static topology only. Default none.
+    /// Replica addresses, host:port, repeatable: seeds of discovery. Static topology only. Default none.
     replica: Vec<String> = Vec::new();
+    /// Sentinel addresses, host:port, repeatable. Sentinel topology only. Default none.
+    sentinel: Vec<String> = Vec::new();
+    /// Name of the master the sentinels monitor. Sentinel topology only. No default.
+    master_name: String;
+    /// Address mapping, repeatable "announced=reachable" (host:port each): addresses nodes and sentinels
+    /// announce (containers, NAT) are replaced by the reachable ones. Default none.
+    address_map: Vec<String> = Vec::new();
     /// Replicas the embedded topology starts. Default 2.
     embedded_replicas: u32 = 2;
+    /// Sentinels the embedded topology starts. Default 3.
+    embedded_sentinels: u32 = 3;
+    /// Interval between topology discoveries (INFO replication of every node, or the sentinels' view), in
+    /// milliseconds; failures and sentinel events trigger one at once. Default 1000.
+    discovery_interval_ms: u64 = 1000;
+    /// How long a write waits for a primary when none is reachable (failover), in milliseconds; past it
+    /// the write fails. Default 10000.
+    write_hold_ms: u64 = 10_000;
+    /// How long a read may take on one node before it is retried on another, in milliseconds. Default 1000.
+    read_timeout_ms: u64 = 1000;
     /// Read consistency: "session" (read-your-writes, monotonic reads), "eventual" (lag limit only),
     /// "primary" (all reads to the primary). Default "session".
     consistency: Consistency = Consistency::Session;
@@ -226,17 +246,26 @@ impl std::fmt::Display for Addr {
 /// Where the topology comes from, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// Named nodes.
+    /// Seed nodes; roles and replicas are discovered from them.
     Static {
-        /// The primary.
+        /// The primary, as configured.
         primary: Addr,
-        /// Its replicas.
+        /// Replicas, as configured.
         replicas: Vec<Addr>,
     },
-    /// Local servers the proxy starts.
+    /// Sentinels.
+    Sentinel {
+        /// Their addresses.
+        sentinels: Vec<Addr>,
+        /// The monitored master's name.
+        master_name: String,
+    },
+    /// Local servers and sentinels the proxy starts.
     Embedded {
         /// How many replicas.
         replicas: u32,
+        /// How many sentinels.
+        sentinels: u32,
     },
 }
 
@@ -284,6 +313,14 @@ pub struct Config {
     pub backend_credentials: Option<Credentials>,
     /// Refresh the command table from the primary.
     pub refresh_commands: bool,
+    /// Announced address to reachable address.
+    pub address_map: Vec<(Addr, Addr)>,
+    /// Interval between discoveries.
+    pub discovery_interval: Duration,
+    /// How long writes wait for a primary.
+    pub write_hold: Duration,
+    /// How long a read may take on one node before a retry elsewhere.
+    pub read_timeout: Duration,
     /// Scanner limits.
     pub limits: Limits,
     /// Per-client unforwarded input limit.
@@ -352,6 +389,20 @@ impl Config {
         let inflight = ranged("max_client_inflight", raw.max_client_inflight, 1, 1 << 20);
         let grace = ranged("shutdown_grace_ms", raw.shutdown_grace_ms, 0, 3_600_000);
         ranged("embedded_replicas", u64::from(raw.embedded_replicas), 0, 16);
+        ranged(
+            "embedded_sentinels",
+            u64::from(raw.embedded_sentinels),
+            0,
+            9,
+        );
+        let discovery = ranged(
+            "discovery_interval_ms",
+            raw.discovery_interval_ms,
+            10,
+            600_000,
+        );
+        let write_hold = ranged("write_hold_ms", raw.write_hold_ms, 0, 600_000);
+        let read_timeout = ranged("read_timeout_ms", raw.read_timeout_ms, 10, 600_000);
         if request < bulk {
             problems.push(format!(
                 "option `max_request_bytes` ({request}) must be at least `max_bulk_bytes` ({bulk}) so one request fits"
@@ -367,42 +418,113 @@ impl Config {
         };
         let primary = raw.primary.as_deref().map(|p| addr("primary", p));
         let replicas: Vec<Option<Addr>> = raw.replica.iter().map(|r| addr("replica", r)).collect();
+        let sentinels: Vec<Addr> = raw
+            .sentinel
+            .iter()
+            .filter_map(|r| addr("sentinel", r))
+            .collect();
         let kind = raw.topology.unwrap_or(if raw.primary.is_some() {
             TopologyKind::Static
+        } else if !raw.sentinel.is_empty() {
+            TopologyKind::Sentinel
         } else {
             TopologyKind::Embedded
         });
+        let mut exclusive = |kind: &str, set: &[(&str, bool)]| {
+            for (name, is_set) in set {
+                if *is_set {
+                    problems.push(format!("topology \"{kind}\" does not use `{name}`"));
+                }
+            }
+        };
         let source = match kind {
-            TopologyKind::Static => match primary {
-                None => {
-                    problems.push("topology \"static\" needs `primary`".into());
-                    None
-                }
-                Some(p) => {
-                    let replicas: Vec<Addr> = replicas.into_iter().flatten().collect();
-                    if let Some(p) = &p {
-                        if replicas.contains(p) {
-                            problems.push(format!("option `replica`: {p} is also the primary"));
+            TopologyKind::Static => {
+                exclusive(
+                    "static",
+                    &[
+                        ("sentinel", !raw.sentinel.is_empty()),
+                        ("master_name", raw.master_name.is_some()),
+                    ],
+                );
+                match primary {
+                    None => {
+                        problems.push("topology \"static\" needs `primary`".into());
+                        None
+                    }
+                    Some(p) => {
+                        let replicas: Vec<Addr> = replicas.into_iter().flatten().collect();
+                        if let Some(p) = &p {
+                            if replicas.contains(p) {
+                                problems.push(format!("option `replica`: {p} is also the primary"));
+                            }
                         }
+                        if has_duplicates(&replicas) {
+                            problems.push("option `replica`: an address is listed twice".into());
+                        }
+                        p.map(|primary| Source::Static { primary, replicas })
                     }
-                    let mut dedup = replicas.clone();
-                    dedup.sort();
-                    dedup.dedup();
-                    if dedup.len() != replicas.len() {
-                        problems.push("option `replica`: an address is listed twice".into());
-                    }
-                    p.map(|primary| Source::Static { primary, replicas })
                 }
-            },
+            }
+            TopologyKind::Sentinel => {
+                exclusive(
+                    "sentinel",
+                    &[
+                        ("primary", raw.primary.is_some()),
+                        ("replica", !raw.replica.is_empty()),
+                    ],
+                );
+                if raw.sentinel.is_empty() {
+                    problems.push("topology \"sentinel\" needs at least one `sentinel`".into());
+                }
+                if has_duplicates(&sentinels) {
+                    problems.push("option `sentinel`: an address is listed twice".into());
+                }
+                match &raw.master_name {
+                    None => {
+                        problems.push("topology \"sentinel\" needs `master_name`".into());
+                        None
+                    }
+                    Some(name) => Some(Source::Sentinel {
+                        sentinels,
+                        master_name: name.clone(),
+                    }),
+                }
+            }
             TopologyKind::Embedded => {
-                if raw.primary.is_some() || !raw.replica.is_empty() {
-                    problems.push("topology \"embedded\" starts its own servers: drop `primary` and `replica`".into());
-                }
+                exclusive(
+                    "embedded",
+                    &[
+                        ("primary", raw.primary.is_some()),
+                        ("replica", !raw.replica.is_empty()),
+                        ("sentinel", !raw.sentinel.is_empty()),
+                        ("master_name", raw.master_name.is_some()),
+                    ],
+                );
                 Some(Source::Embedded {
                     replicas: raw.embedded_replicas,
+                    sentinels: raw.embedded_sentinels,
                 })
             }
         };
+        let address_map: Vec<(Addr, Addr)> = raw
+            .address_map
+            .iter()
+            .filter_map(|m| match m.split_once('=') {
+                Some((from, to)) => match (Addr::parse(from.trim()), Addr::parse(to.trim())) {
+                    (Ok(f), Ok(t)) => Some((f, t)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        problems.push(format!("option `address_map`: {e}"));
+                        None
+                    }
+                },
+                None => {
+                    problems.push(format!(
+                        "option `address_map`: `{m}` is not announced=reachable"
+                    ));
+                    None
+                }
+            })
+            .collect();
         if raw.backend_username.is_some() && raw.backend_password.is_none() {
             problems.push("option `backend_username` needs `backend_password`".into());
         }
@@ -427,6 +549,10 @@ impl Config {
             connect_timeout: Duration::from_millis(connect),
             backend_credentials,
             refresh_commands: raw.refresh_commands,
+            address_map,
+            discovery_interval: Duration::from_millis(discovery),
+            write_hold: Duration::from_millis(write_hold),
+            read_timeout: Duration::from_millis(read_timeout),
             limits: Limits {
                 max_bulk_bytes: bulk as usize,
                 max_array_len: array as usize,
@@ -440,6 +566,12 @@ impl Config {
             log_format: raw.log_format,
         })
     }
+}
+
+fn has_duplicates(addrs: &[Addr]) -> bool {
+    let mut sorted = addrs.to_vec();
+    sorted.sort();
+    sorted.windows(2).any(|w| w[0] == w[1])
 }
 
 /// Command line: `--config FILE`, `--check`, and one flag per option.
@@ -503,7 +635,13 @@ mod tests {
     #[test]
     fn no_primary_means_embedded() {
         let c = load("", Flags::default()).expect("valid");
-        assert_eq!(c.source, Source::Embedded { replicas: 2 });
+        assert_eq!(
+            c.source,
+            Source::Embedded {
+                replicas: 2,
+                sentinels: 3
+            }
+        );
         assert_eq!(c.consistency, Consistency::Session);
     }
 

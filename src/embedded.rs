@@ -97,13 +97,19 @@ impl Drop for Server {
 pub struct Cluster {
     primary: Server,
     replicas: Vec<Server>,
+    sentinels: Vec<Server>,
     root: tempfile::TempDir,
 }
+
+/// The master name embedded sentinels monitor.
+pub const MASTER_NAME: &str = "mymaster";
 
 /// Options for [`Cluster`].
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
     replicas: usize,
+    sentinels: usize,
+    down_after_ms: Option<u64>,
     extra: Vec<String>,
     password: Option<String>,
 }
@@ -118,6 +124,18 @@ impl Builder {
     /// Extra `redis-server` arguments for every server (`--requirepass`, `x`, ...).
     pub fn server_args(mut self, args: &[&str]) -> Builder {
         self.extra.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Number of sentinels monitoring the primary as [`MASTER_NAME`] (quorum: a majority).
+    pub fn sentinels(mut self, n: usize) -> Builder {
+        self.sentinels = n;
+        self
+    }
+
+    /// How long a primary must be unreachable before sentinels call it down. Default 1000 ms.
+    pub fn down_after_ms(mut self, ms: u64) -> Builder {
+        self.down_after_ms = Some(ms);
         self
     }
 
@@ -147,14 +165,21 @@ impl Builder {
                 .await?,
             );
         }
+        for r in &replicas {
+            wait_synced(r).await?;
+        }
+        let mut sentinels = Vec::new();
+        for i in 0..self.sentinels {
+            let s = start_sentinel(root.path(), i, primary.port, self.sentinels, &self).await?;
+            sentinels.push(s);
+        }
         let cluster = Cluster {
             primary,
             replicas,
+            sentinels,
             root,
         };
-        for r in &cluster.replicas {
-            wait_synced(r).await?;
-        }
+        cluster.wait_sentinels_ready().await?;
         Ok(cluster)
     }
 }
@@ -163,6 +188,46 @@ impl Cluster {
     /// Options.
     pub fn builder() -> Builder {
         Builder::default()
+    }
+
+    /// The sentinels.
+    pub fn sentinels(&self) -> &[Server] {
+        &self.sentinels
+    }
+
+    /// Waits until every sentinel knows the primary, every replica and every other sentinel, so that a
+    /// failover can reach a quorum.
+    pub async fn wait_sentinels_ready(&self) -> std::io::Result<()> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        for s in &self.sentinels {
+            loop {
+                let count = |f: std::io::Result<OwnedFrame>| match f {
+                    Ok(OwnedFrame::Array(a)) => a.len(),
+                    _ => 0,
+                };
+                let replicas = count(s.call(&["SENTINEL", "replicas", MASTER_NAME]).await);
+                let others = count(s.call(&["SENTINEL", "sentinels", MASTER_NAME]).await);
+                if replicas >= self.replicas.len() && others + 1 >= self.sentinels.len() {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "sentinel {} sees {replicas} replicas and {others} sentinels",
+                            s.port
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the replica whose address is `addr`, if any.
+    pub fn replica_at(&self, addr: &Addr) -> Option<usize> {
+        self.replicas.iter().position(|r| r.addr() == *addr)
     }
 
     /// The primary.
@@ -271,6 +336,53 @@ async fn start_server(
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
+}
+
+async fn start_sentinel(
+    root: &Path,
+    index: usize,
+    primary_port: u16,
+    total: usize,
+    opts: &Builder,
+) -> std::io::Result<Server> {
+    let dir = root.join(format!("sentinel{index}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port()?;
+        let quorum = total / 2 + 1;
+        let down_after = opts.down_after_ms.unwrap_or(1000);
+        let mut conf = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile sentinel.log\n\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} {quorum}\n\
+             sentinel down-after-milliseconds {MASTER_NAME} {down_after}\n\
+             sentinel failover-timeout {MASTER_NAME} 10000\n\
+             sentinel parallel-syncs {MASTER_NAME} 1\n",
+            dir = dir.display()
+        );
+        if let Some(p) = &opts.password {
+            conf.push_str(&format!("sentinel auth-pass {MASTER_NAME} {p}\n"));
+        }
+        let path = dir.join("sentinel.conf");
+        std::fs::write(&path, conf)?;
+        let args = vec![
+            path.to_string_lossy().into_owned(),
+            "--sentinel".to_string(),
+        ];
+        let child = Some(spawn_server(&dir, &args)?);
+        let mut server = Server {
+            port,
+            dir: dir.clone(),
+            child,
+            args,
+            password: None,
+        };
+        match wait_answering(&mut server).await {
+            Ok(()) => return Ok(server),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("redis-sentinel did not start")))
 }
 
 /// Waits until the server answers `PING` (any reply, `NOAUTH` included).

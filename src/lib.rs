@@ -73,29 +73,43 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listeners, publishes the first topology, and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let refresh = Arc::new(tokio::sync::Notify::new());
         let settings = Arc::new(backend::Settings {
             connections: config.backend_connections,
             connect_timeout: config.connect_timeout,
             credentials: config.backend_credentials.clone(),
             limits: config.limits,
+            refresh: refresh.clone(),
+        });
+        // Sentinels get no backend credentials: they are not the data nodes.
+        let sentinel_settings = Arc::new(backend::Settings {
+            credentials: None,
+            ..(*settings).clone()
         });
         let embedded = match &config.source {
-            Source::Embedded { replicas } => Some(
+            Source::Embedded {
+                replicas,
+                sentinels,
+            } => Some(
                 embedded::Cluster::builder()
                     .replicas(*replicas as usize)
+                    .sentinels(*sentinels as usize)
                     .start()
                     .await
                     .map_err(StartError::Embedded)?,
             ),
-            Source::Static { .. } => None,
+            _ => None,
         };
-        let (primary, replicas) = match (&config.source, &embedded) {
-            (Source::Static { primary, replicas }, _) => (primary.clone(), replicas.clone()),
-            (Source::Embedded { .. }, Some(c)) => (
-                c.primary().addr(),
-                c.replicas().iter().map(|r| r.addr()).collect(),
-            ),
-            (Source::Embedded { .. }, None) => unreachable!("embedded cluster started above"),
+        let source = match (&config.source, &embedded) {
+            (Source::Embedded { .. }, Some(c)) if !c.sentinels().is_empty() => Source::Sentinel {
+                sentinels: c.sentinels().iter().map(|s| s.addr()).collect(),
+                master_name: embedded::MASTER_NAME.to_string(),
+            },
+            (Source::Embedded { .. }, Some(c)) => Source::Static {
+                primary: c.primary().addr(),
+                replicas: c.replicas().iter().map(|r| r.addr()).collect(),
+            },
+            (source, _) => source.clone(),
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -122,7 +136,7 @@ impl Proxy {
             })?;
 
         let topo = Topo::new(settings);
-        topo.publish(Some(&primary), &replicas);
+        let map = topology::AddressMap::new(config.address_map.clone());
         let table: command::SharedTable =
             Arc::new(ArcSwap::from_pointee(command::Table::builtin()));
         let cancel = CancellationToken::new();
@@ -139,15 +153,46 @@ impl Proxy {
             cancel.clone(),
             &tracker,
         );
-        let ctx = client::Context::new(
-            topo.clone(),
-            table.clone(),
-            config.consistency,
-            config.fallback,
-            config.limits,
-            config.max_request_bytes,
-            config.max_client_inflight,
-        );
+        let mut first = topo.subscribe();
+        match source {
+            Source::Static { primary, replicas } => {
+                let seeds = std::iter::once(primary).chain(replicas).collect();
+                tracker.spawn(topology::discovery::run(
+                    topo.clone(),
+                    seeds,
+                    map,
+                    config.discovery_interval,
+                    cancel.clone(),
+                ));
+            }
+            Source::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                tracker.spawn(topology::sentinel::run(
+                    topo.clone(),
+                    sentinels,
+                    master_name,
+                    map,
+                    config.discovery_interval,
+                    sentinel_settings,
+                    cancel.clone(),
+                    tracker.clone(),
+                ));
+            }
+            Source::Embedded { .. } => {
+                unreachable!("embedded resolved to static or sentinel above")
+            }
+        }
+        // Serve once the first topology is known, or after a while regardless: writes wait for a primary
+        // (write_hold_ms) rather than fail.
+        if tokio::time::timeout(config.connect_timeout * 3, first.changed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("no topology yet; serving anyway");
+        }
+        let ctx = client::Context::new(topo.clone(), table.clone(), &config);
         tracker.spawn(client::serve(
             listener,
             ctx,

@@ -242,6 +242,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             credentials: None,
             limits: Limits::default(),
+            refresh: Default::default(),
         }));
         let addr = |s: &str| Addr::parse(s).expect("addr");
         let t = topo.publish(Some(&addr("p:1")), &[addr("r:1"), addr("r:2")]);

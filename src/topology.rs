@@ -9,7 +9,10 @@
 //! A session that saw the reply of its write while the epoch was `e` knows that any probe of epoch > `e`
 //! was sent after the write ran, so that probe's offset covers the write.
 
+pub mod control;
+pub mod discovery;
 pub mod probe;
+pub mod sentinel;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +39,8 @@ pub struct Topology {
     pub primary: Option<Arc<Node>>,
     /// Replicas, in discovery order.
     pub replicas: Vec<Arc<Node>>,
+    /// The master each replica follows (the primary, or another replica), index for index.
+    pub parents: Vec<Addr>,
 }
 
 impl Topology {
@@ -97,6 +102,25 @@ impl ReplState {
     }
 }
 
+/// Replaces announced addresses (containers, NAT) with reachable ones.
+#[derive(Debug, Clone, Default)]
+pub struct AddressMap(Vec<(Addr, Addr)>);
+
+impl AddressMap {
+    /// A map from `(announced, reachable)` pairs.
+    pub fn new(pairs: Vec<(Addr, Addr)>) -> AddressMap {
+        AddressMap(pairs)
+    }
+
+    /// The reachable address for `announced` (itself if unmapped).
+    pub fn map(&self, announced: Addr) -> Addr {
+        self.0
+            .iter()
+            .find(|(from, _)| *from == announced)
+            .map_or(announced, |(_, to)| to.clone())
+    }
+}
+
 /// How long the primary's offset history reaches back. Lag older than this reads as this.
 const HISTORY_SPAN: Duration = Duration::from_secs(120);
 
@@ -113,6 +137,7 @@ pub struct Topo {
     pub server_version: ArcSwap<String>,
     settings: Arc<Settings>,
     nodes: Mutex<FxHashMap<Addr, Arc<Node>>>,
+    failovers: AtomicU64,
 }
 
 impl Topo {
@@ -122,6 +147,7 @@ impl Topo {
             generation: Generation(0),
             primary: None,
             replicas: Vec::new(),
+            parents: Vec::new(),
         };
         Arc::new(Topo {
             current: ArcSwap::from_pointee(empty),
@@ -131,6 +157,7 @@ impl Topo {
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             settings,
             nodes: Mutex::new(FxHashMap::default()),
+            failovers: AtomicU64::new(0),
         })
     }
 
@@ -144,41 +171,93 @@ impl Topo {
         self.current.load_full()
     }
 
-    /// Publishes a new snapshot with these roles. Nodes already known keep their connections and state.
+    /// Publishes a snapshot with `primary` and `replicas` following it directly.
     pub fn publish(&self, primary: Option<&Addr>, replicas: &[Addr]) -> Arc<Topology> {
+        let tree: Vec<(Addr, Addr)> = match primary {
+            Some(p) => replicas.iter().map(|r| (r.clone(), p.clone())).collect(),
+            None => Vec::new(),
+        };
+        self.publish_tree(&discovery::Decision {
+            primary: primary.cloned(),
+            replicas: tree,
+        })
+    }
+
+    /// Publishes `decision` unless the current snapshot already says the same. Returns the new snapshot.
+    pub fn publish_if_changed(&self, decision: &discovery::Decision) -> Option<Arc<Topology>> {
+        let cur = self.current.load();
+        let same = cur.primary.as_ref().map(|n| &n.addr) == decision.primary.as_ref()
+            && cur.replicas.len() == decision.replicas.len()
+            && cur
+                .replicas
+                .iter()
+                .zip(&cur.parents)
+                .zip(&decision.replicas)
+                .all(|((n, parent), (addr, want))| n.addr == *addr && parent == want);
+        (!same).then(|| self.publish_tree(decision))
+    }
+
+    /// Publishes a new snapshot. Nodes already known keep their connections and measurements.
+    pub fn publish_tree(&self, decision: &discovery::Decision) -> Arc<Topology> {
         let next = {
-            let mut nodes = self
-                .nodes
-                .lock()
-                .expect("node registry lock is never poisoned");
-            let mut node = |a: &Addr| {
-                nodes
-                    .entry(a.clone())
-                    .or_insert_with(|| Node::new(a.clone(), self.settings.clone()))
-                    .clone()
-            };
-            let primary = primary.map(&mut node);
-            let replicas = replicas.iter().map(node).collect();
+            let primary = decision.primary.as_ref().map(|a| self.node(a));
+            let replicas = decision
+                .replicas
+                .iter()
+                .map(|(a, _)| self.node(a))
+                .collect();
+            let parents = decision.replicas.iter().map(|(_, p)| p.clone()).collect();
             let generation = Generation(self.current.load().generation.0 + 1);
             Arc::new(Topology {
                 generation,
                 primary,
                 replicas,
+                parents,
             })
         };
-        self.current.store(next.clone());
+        let old = self.current.swap(next.clone());
+        if let (Some(a), Some(b)) = (&old.primary, &next.primary) {
+            if a.id != b.id {
+                self.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.changed.send_replace(next.generation);
+        let replicas: Vec<String> = next.replicas.iter().map(|n| n.addr.to_string()).collect();
         tracing::info!(
             generation = next.generation.0,
-            primary = next
-                .primary
-                .as_ref()
-                .map(|n| n.addr.to_string())
-                .unwrap_or_default(),
-            replicas = next.replicas.len(),
+            primary = next.primary.as_ref().map(|n| n.addr.to_string()).unwrap_or_else(|| "none".into()),
+            replicas = %replicas.join(","),
             "topology published"
         );
         next
+    }
+
+    /// The node at `addr`, created on first mention. One `Node` per address for the life of the proxy,
+    /// so connections and measurements survive topology changes.
+    pub fn node(&self, addr: &Addr) -> Arc<Node> {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .expect("node registry lock is never poisoned");
+        nodes
+            .entry(addr.clone())
+            .or_insert_with(|| Node::new(addr.clone(), self.settings.clone()))
+            .clone()
+    }
+
+    /// Asks the topology source to look again now (a failure on the data path).
+    pub fn request_refresh(&self) {
+        self.settings.refresh.notify_one();
+    }
+
+    /// Resolves when a refresh was requested.
+    pub async fn refresh_requested(&self) {
+        self.settings.refresh.notified().await
+    }
+
+    /// Primary changes seen since start.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
     }
 
     /// Watches generation changes.
@@ -243,6 +322,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             credentials: None,
             limits: Limits::default(),
+            refresh: Default::default(),
         }))
     }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::Topo;
-use crate::backend::{encode_command, ConnKey, Dedicated, Node};
+use crate::backend::{ConnKey, Dedicated, Node};
 use crate::command::{SharedTable, Table};
 
 /// What the prober needs to know.
@@ -284,20 +283,15 @@ async fn refresh_primary_info(
     }
 }
 
-/// Sends one command on a control connection and decodes its reply. `None` on any failure.
 async fn call(c: &mut Dedicated, args: &[&[u8]]) -> Option<OwnedFrame> {
-    let mut out = Vec::new();
-    encode_command(&mut out, args);
-    let bytes = c.exchange(&out).await.ok()?;
-    match decode(&bytes) {
-        Ok(Some((frame, _))) => Some(frame),
-        _ => None,
-    }
+    super::control::exchange(c, args).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use redis_protocol::resp2::decode::decode;
 
     fn parse(input: &[u8]) -> Option<Role> {
         let (frame, _) = decode(input).expect("valid").expect("complete");

@@ -58,6 +58,12 @@ async fn scripts_that_may_write_go_to_the_primary_and_read_only_ones_to_replicas
     )
     .await;
     assert_eq!(v, "1");
+    // Eventual mode promises no read-your-writes: let the replica catch up first.
+    let mut r = direct(&cluster.replicas()[0]).await;
+    eventually!(
+        "k replicated",
+        q::<Option<String>>(&mut r, &["GET", "k"]).await.is_some()
+    );
     let _: String = q(
         &mut c,
         &["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "k"],

@@ -1,0 +1,273 @@
+//! Sentinel mode: the sentinels say which node is the primary; the proxy confirms it with `ROLE` before
+//! switching (a peer proxy stayed on a demoted primary for ten minutes because it did not).
+//!
+//! Every sentinel is asked (`SENTINEL get-master-addr-by-name`, `SENTINEL replicas`) at each discovery
+//! interval, and at once when a sentinel publishes an event about the master (`+switch-master`, `+sdown`,
+//! `-sdown`, `+odown`, `+slave`, `+reboot`, `+convert-to-slave`, ...) or the data path reports a failure.
+//! The address most sentinels give wins. Replicas flagged `s_down`, `o_down` or `disconnected` are left out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::control::{call, Control};
+use super::discovery::Decision;
+use super::probe::Role;
+use super::{AddressMap, Topo};
+use crate::backend::{encode_command, ConnKey, Dedicated, Node, Settings};
+use crate::config::Addr;
+
+/// Events that may change the master or its replicas.
+const EVENTS: &[&str] = &[
+    "+switch-master",
+    "+sdown",
+    "-sdown",
+    "+odown",
+    "-odown",
+    "+slave",
+    "+reboot",
+    "+convert-to-slave",
+    "+failover-end",
+    "+promoted-slave",
+    "+role-change",
+];
+
+/// How soon to look again when the sentinels name a primary that does not yet confirm it is one.
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// Runs sentinel discovery until `cancel` fires.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    topo: Arc<Topo>,
+    sentinels: Vec<Addr>,
+    master_name: String,
+    map: AddressMap,
+    interval: Duration,
+    settings: Arc<Settings>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let nodes: Vec<Arc<Node>> = sentinels
+        .iter()
+        .map(|a| Node::new(a.clone(), settings.clone()))
+        .collect();
+    for node in &nodes {
+        tracker.spawn(listen(
+            node.clone(),
+            master_name.clone(),
+            topo.clone(),
+            cancel.clone(),
+        ));
+    }
+    let mut controls: Vec<Control> = nodes.into_iter().map(Control::new).collect();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let settled = look(&topo, &mut controls, &master_name, &map).await;
+        let again = if settled { interval } else { RECHECK };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick(), if settled => {}
+            _ = tokio::time::sleep(again), if !settled => {}
+            // A sentinel event or a failure on the data path.
+            _ = topo.refresh_requested() => debug!("topology refresh requested"),
+        }
+    }
+}
+
+/// Asks the sentinels and publishes what they agree on. False if the answer is not settled yet (the
+/// named primary does not confirm, or no sentinel answered).
+async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &AddressMap) -> bool {
+    let name = master_name.as_bytes();
+    let mut answers: BTreeMap<Addr, usize> = BTreeMap::new();
+    let mut first_for: BTreeMap<Addr, usize> = BTreeMap::new();
+    for (i, c) in controls.iter_mut().enumerate() {
+        let Some(frame) = call(c, &[b"SENTINEL", b"get-master-addr-by-name", name]).await else {
+            continue;
+        };
+        let Some(addr) = addr_of(&frame).map(|a| map.map(a)) else {
+            continue;
+        };
+        *answers.entry(addr.clone()).or_default() += 1;
+        first_for.entry(addr).or_insert(i);
+    }
+    let current = topo.snapshot().primary.as_ref().map(|n| n.addr.clone());
+    let Some(candidate) = answers
+        .iter()
+        .max_by_key(|(a, n)| (**n, Some(*a) == current.as_ref()))
+        .map(|(a, _)| a.clone())
+    else {
+        warn!("no sentinel answered; keeping the current topology");
+        return false;
+    };
+    if Some(&candidate) != current.as_ref() {
+        let mut check = Control::new(topo.node(&candidate));
+        let role = call(&mut check, &[b"ROLE"])
+            .await
+            .as_ref()
+            .and_then(Role::parse);
+        if !matches!(role, Some(Role::Master { .. })) {
+            info!(candidate = %candidate, "sentinels name a primary that does not confirm yet");
+            return false;
+        }
+    }
+    let source = &mut controls[first_for[&candidate]];
+    let replicas = match call(source, &[b"SENTINEL", b"replicas", name]).await {
+        Some(OwnedFrame::Array(items)) => items
+            .iter()
+            .filter_map(replica_of)
+            .map(|a| map.map(a))
+            .filter(|a| *a != candidate)
+            .map(|a| (a, candidate.clone()))
+            .collect(),
+        _ => topo
+            .snapshot()
+            .replicas
+            .iter()
+            .zip(&topo.snapshot().parents)
+            .map(|(n, p)| (n.addr.clone(), p.clone()))
+            .collect(),
+    };
+    topo.publish_if_changed(&Decision {
+        primary: Some(candidate),
+        replicas,
+    });
+    true
+}
+
+/// `[ip, port]` from `get-master-addr-by-name`.
+fn addr_of(frame: &OwnedFrame) -> Option<Addr> {
+    let OwnedFrame::Array(parts) = frame else {
+        return None;
+    };
+    let text = |f: &OwnedFrame| match f {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
+            Some(String::from_utf8_lossy(b).into_owned())
+        }
+        _ => None,
+    };
+    Addr::parse(&format!(
+        "{}:{}",
+        text(parts.first()?)?,
+        text(parts.get(1)?)?
+    ))
+    .ok()
+}
+
+/// A usable replica from one `SENTINEL replicas` entry (a flat field/value array).
+fn replica_of(entry: &OwnedFrame) -> Option<Addr> {
+    let OwnedFrame::Array(kv) = entry else {
+        return None;
+    };
+    let field = |name: &str| {
+        kv.chunks(2).find_map(|pair| match pair {
+            [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == name.as_bytes() => {
+                Some(String::from_utf8_lossy(v).into_owned())
+            }
+            _ => None,
+        })
+    };
+    let flags = field("flags")?;
+    if flags
+        .split(',')
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+    {
+        return None;
+    }
+    Addr::parse(&format!("{}:{}", field("ip")?, field("port")?)).ok()
+}
+
+/// Listens to one sentinel's events and asks for a refresh on those about our master.
+async fn listen(node: Arc<Node>, master_name: String, topo: Arc<Topo>, cancel: CancellationToken) {
+    loop {
+        let subscribed = async {
+            let mut conn = Dedicated::open(node.clone(), ConnKey::default())
+                .await
+                .ok()?;
+            let mut cmd = Vec::new();
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(EVENTS.iter().map(|e| e.as_bytes()));
+            encode_command(&mut cmd, &args);
+            conn.send(&cmd).await.ok()?;
+            // The connection may have been down during an event: look again now that it is up.
+            topo.request_refresh();
+            loop {
+                let (frame, _) = conn.next_frame().await.ok()?;
+                if let Ok(Some((OwnedFrame::Array(parts), _))) = decode(&frame) {
+                    if let [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(channel), OwnedFrame::BulkString(payload)] =
+                        parts.as_slice()
+                    {
+                        if kind == b"message"
+                            && about(&String::from_utf8_lossy(payload), &master_name)
+                        {
+                            info!(sentinel = %node.addr, event = %String::from_utf8_lossy(channel), "sentinel event");
+                            topo.request_refresh();
+                        }
+                    }
+                }
+            }
+            #[allow(unreachable_code)]
+            Some(())
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = subscribed => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// True if a sentinel event payload concerns `master`: `<name> ...` (`+switch-master`), `master <name> ...`
+/// (events about the master itself) or `... @ <name> ...` (events about its replicas and sentinels).
+fn about(payload: &str, master: &str) -> bool {
+    let mut words = payload.split(' ');
+    let (first, second) = (words.next(), words.next());
+    first == Some(master)
+        || (first == Some("master") && second == Some(master))
+        || payload.contains(&format!("@ {master} "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_matched_to_the_master_name() {
+        assert!(about("mymaster 127.0.0.1 6379 127.0.0.1 6380", "mymaster"));
+        assert!(about(
+            "slave 127.0.0.1:6381 127.0.0.1 6381 @ mymaster 127.0.0.1 6379",
+            "mymaster"
+        ));
+        assert!(about("master mymaster 127.0.0.1 6379", "mymaster"));
+        assert!(!about("master other 127.0.0.1 6379", "mymaster"));
+        assert!(!about("other 127.0.0.1 1 127.0.0.1 2", "mymaster"));
+        assert!(!about("slave 1:2 1 2 @ mymaster2 1 2", "mymaster"));
+    }
+
+    #[test]
+    fn replicas_marked_down_are_left_out() {
+        let entry = |flags: &str| {
+            OwnedFrame::Array(
+                ["ip", "127.0.0.1", "port", "7001", "flags", flags]
+                    .iter()
+                    .map(|s| OwnedFrame::BulkString(s.as_bytes().to_vec()))
+                    .collect(),
+            )
+        };
+        assert_eq!(
+            replica_of(&entry("slave")),
+            Addr::parse("127.0.0.1:7001").ok()
+        );
+        assert_eq!(replica_of(&entry("slave,s_down")), None);
+        assert_eq!(replica_of(&entry("slave,disconnected")), None);
+    }
+}
