@@ -79,6 +79,9 @@ pub struct Reply {
     /// True if some frame is an error a different node might not give (`LOADING`, `MASTERDOWN`,
     /// `NOSCRIPT`, `READONLY`): a read that got one may be retried on the primary.
     pub retryable: bool,
+    /// How many frames are `READONLY` errors. When every frame is one, the node rejected the whole job
+    /// (it is a replica now) and the job may be sent to the new primary.
+    pub readonly: u32,
 }
 
 /// Work for a shared connection: request frames written as one unit, answered by `count` replies.
@@ -120,6 +123,9 @@ pub struct Settings {
     pub refresh: Arc<tokio::sync::Notify>,
 }
 
+/// Consecutive data-path failures that take a node out of read rotation.
+pub const TRIP_AFTER: u32 = 3;
+
 /// Most idle dedicated connections kept per pool for reuse.
 const MAX_IDLE_DEDICATED: usize = 8;
 
@@ -134,6 +140,9 @@ pub struct Node {
     pub outstanding: AtomicUsize,
     /// Replication offsets and lag, written by the prober.
     pub repl: ReplState,
+    /// Consecutive failures seen on the data path; past [`TRIP_AFTER`] the node gets no reads until its
+    /// prober finds it healthy and caught up again (the half-open probe of a circuit breaker).
+    failures: std::sync::atomic::AtomicU32,
     settings: Arc<Settings>,
     pools: Mutex<FxHashMap<ConnKey, Arc<Pool>>>,
 }
@@ -147,9 +156,31 @@ impl Node {
             addr,
             outstanding: AtomicUsize::new(0),
             repl: ReplState::default(),
+            failures: std::sync::atomic::AtomicU32::new(0),
             settings,
             pools: Mutex::new(FxHashMap::default()),
         })
+    }
+
+    /// Counts a failure (broken connection, timeout) of a request to this node; takes it out of read
+    /// rotation after [`TRIP_AFTER`] in a row.
+    pub fn record_failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= TRIP_AFTER && self.repl.eligible.swap(false, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.addr, failures = n, "node keeps failing, taking it out of rotation");
+        }
+    }
+
+    /// Counts a success: the failure streak is over.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// The connections for `key`, created (without connecting) on first use.
@@ -360,10 +391,31 @@ pub fn submit(conn: &Shared, bytes: Bytes, count: u32) -> oneshot::Receiver<Resu
     rx
 }
 
-/// Error replies that another node might not give, so a read may be retried on the primary.
-fn retryable_error(frame: &[u8]) -> bool {
-    const PREFIXES: [&[u8]; 4] = [b"-LOADING", b"-MASTERDOWN", b"-NOSCRIPT", b"-READONLY"];
-    PREFIXES.iter().any(|p| frame.starts_with(p))
+/// What an error reply says about the node that sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeError {
+    /// An error about the command, not the node.
+    None,
+    /// The node cannot serve this now but another might: `NOSCRIPT` (script cache is per node).
+    Retry,
+    /// The node's role or state changed (`READONLY`: demoted; `MASTERDOWN`, `LOADING`): retry elsewhere,
+    /// and look at the topology again.
+    Topology,
+    /// `READONLY` specifically: the command was rejected, not run.
+    ReadOnly,
+}
+
+/// Classifies an error reply frame.
+fn node_error(frame: &[u8]) -> NodeError {
+    if frame.starts_with(b"-READONLY") {
+        NodeError::ReadOnly
+    } else if frame.starts_with(b"-LOADING") || frame.starts_with(b"-MASTERDOWN") {
+        NodeError::Topology
+    } else if frame.starts_with(b"-NOSCRIPT") {
+        NodeError::Retry
+    } else {
+        NodeError::None
+    }
 }
 
 /// A job sender, kept beside the task that owns the connection.
@@ -382,9 +434,22 @@ mod tests {
 
     #[test]
     fn only_node_specific_errors_are_retryable() {
-        assert!(retryable_error(b"-NOSCRIPT No matching script.\r\n"));
-        assert!(retryable_error(b"-LOADING Redis is loading\r\n"));
-        assert!(!retryable_error(b"-ERR wrong number of arguments\r\n"));
-        assert!(!retryable_error(b"-WRONGTYPE Operation\r\n"));
+        assert_eq!(
+            node_error(b"-NOSCRIPT No matching script.\r\n"),
+            NodeError::Retry
+        );
+        assert_eq!(
+            node_error(b"-LOADING Redis is loading\r\n"),
+            NodeError::Topology
+        );
+        assert_eq!(
+            node_error(b"-READONLY You can't write against a read only replica.\r\n"),
+            NodeError::ReadOnly
+        );
+        assert_eq!(
+            node_error(b"-ERR wrong number of arguments\r\n"),
+            NodeError::None
+        );
+        assert_eq!(node_error(b"-WRONGTYPE Operation\r\n"), NodeError::None);
     }
 }

@@ -79,8 +79,20 @@ impl ReadState {
         consistency: Consistency,
         fallback: Fallback,
     ) -> ReadTarget {
+        self.route_avoiding(topo, consistency, fallback, None)
+    }
+
+    /// Chooses the node for a read, never the replica `avoid` (it just failed this read).
+    pub fn route_avoiding(
+        &mut self,
+        topo: &Topology,
+        consistency: Consistency,
+        fallback: Fallback,
+        avoid: Option<u64>,
+    ) -> ReadTarget {
         let primary_id = topo.primary.as_ref().map(|p| p.id);
-        let eligible = |n: &Arc<Node>| n.repl.is_eligible() && Some(n.id) != primary_id;
+        let eligible =
+            |n: &Arc<Node>| n.repl.is_eligible() && Some(n.id) != primary_id && Some(n.id) != avoid;
         let target = match consistency {
             Consistency::Primary => return ReadTarget::Primary(PrimaryReason::Policy),
             Consistency::Eventual => {
@@ -159,6 +171,11 @@ impl ReadState {
             }
         }
         self.pending = Some(Pending { node, epoch });
+    }
+
+    /// Commands sent to the primary and not yet answered.
+    pub fn unreplied_primary(&self) -> u32 {
+        self.unreplied_primary
     }
 
     /// Notes reads sent to `node` that will not be answered there (re-sent to the primary).

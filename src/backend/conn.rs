@@ -24,7 +24,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
-use super::{connect, retryable_error, ConnKey, Error, Job, JobTx, Node, Reply};
+use super::{connect, node_error, ConnKey, Error, Job, JobTx, Node, NodeError, Reply};
 use crate::resp::ReplyScanner;
 
 /// Handle to a shared connection task. Cloning is cheap; the task ends when every handle is dropped.
@@ -77,6 +77,7 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
             Ok(s) => s,
             Err(e) => {
                 warn!(upstream = %node.addr, error = %e, "upstream connect failed");
+                node.settings().refresh.notify_one();
                 fail(&node, job, &e);
                 // Fail everything queued now, then refuse new jobs until the backoff ends, so a dead node
                 // costs clients an immediate error instead of a connect timeout each.
@@ -124,6 +125,7 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
         let left = std::mem::take(&mut *lock(&inflight));
         if let Some(e) = &error {
             warn!(upstream = %node.addr, error = %e, inflight = left.len(), "upstream connection lost");
+            node.settings().refresh.notify_one();
         }
         // Whatever was written may have run: report it lost, never re-send it.
         let lost = Error::Lost {
@@ -221,6 +223,7 @@ async fn read_loop(
     let mut answered = 0u32;
     let mut scanned = 0usize;
     let mut retryable = false;
+    let mut readonly = 0u32;
     loop {
         if writer_done.load(Ordering::Relaxed) && lock(inflight).is_empty() {
             return None;
@@ -249,8 +252,16 @@ async fn read_loop(
                 buf.extend_from_slice(&tail[frame.len..]);
                 continue;
             }
-            if frame.is_error() && retryable_error(&buf[scanned..scanned + frame.len]) {
-                retryable = true;
+            if frame.is_error() {
+                match node_error(&buf[scanned..scanned + frame.len]) {
+                    NodeError::None => {}
+                    NodeError::Retry => retryable = true,
+                    kind @ (NodeError::Topology | NodeError::ReadOnly) => {
+                        retryable = true;
+                        readonly += u32::from(kind == NodeError::ReadOnly);
+                        node.settings().refresh.notify_one();
+                    }
+                }
             }
             scanned += frame.len;
             answered += 1;
@@ -269,10 +280,15 @@ async fn read_loop(
                 node.outstanding
                     .fetch_sub(job.count as usize, Ordering::Relaxed);
                 // A client that went away dropped its receiver; its replies are discarded.
-                let _ = job.reply.send(Ok(Reply { bytes, retryable }));
+                let _ = job.reply.send(Ok(Reply {
+                    bytes,
+                    retryable,
+                    readonly,
+                }));
                 scanned = 0;
                 answered = 0;
                 retryable = false;
+                readonly = 0;
             }
         }
     }

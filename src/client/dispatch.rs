@@ -8,7 +8,7 @@
 //! answered (`hold`: the session's state depends on their outcome).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::sync::oneshot;
@@ -134,7 +134,7 @@ impl Session {
                 ReadTarget::Replica(n) => self.add(batch, n, false, true, req),
                 ReadTarget::Primary(_) => match primary {
                     Some(p) => self.add(batch, p, true, true, req),
-                    None => self.reply_local(batch, req, ClientError::NoPrimary.frame()),
+                    None => self.hold_new(batch, req, true),
                 },
                 ReadTarget::Refuse(reason) => {
                     self.reply_local(batch, req, ClientError::NoReplica(reason).frame())
@@ -142,7 +142,8 @@ impl Session {
             },
             Class::Primary => match primary {
                 Some(p) => self.add(batch, p, true, false, req),
-                None => self.reply_local(batch, req, ClientError::NoPrimary.frame()),
+                // Failover under way: the command waits for the next primary (write_hold_ms).
+                None => self.hold_new(batch, req, false),
             },
             Class::Broadcast => {
                 let Some(p) = primary else {
@@ -170,15 +171,7 @@ impl Session {
                 let (tx, rx) = oneshot::channel();
                 tokio::spawn(blocking_call(p.pool(&self.key), p.clone(), bytes, tx));
                 self.reads.sent(p.id, true, 1);
-                self.push(
-                    Wait::Task(rx),
-                    Some(Sent {
-                        node: p,
-                        primary: true,
-                        retry: None,
-                    }),
-                    Then::Nothing,
-                );
+                self.push(Wait::Task(rx), Some(Sent::once(p, true)), Then::Nothing);
                 self.hold = true;
                 Step::Next
             }
@@ -534,11 +527,7 @@ impl Session {
         self.reads.sent(p.id, true, 1);
         self.push(
             Wait::Upstream(rx),
-            Some(Sent {
-                node: p,
-                primary: true,
-                retry: None,
-            }),
+            Some(Sent::once(p, true)),
             Then::SwitchKey { key, hello },
         );
         self.hold = true;
@@ -562,7 +551,16 @@ impl Session {
         read: bool,
         req: &Request,
     ) -> Step {
+        // Commands for a new primary wait until the old one has answered this session's commands: a
+        // failover must not let a later write overtake an earlier one.
+        if primary && self.reads.unreplied_primary() > 0 && self.last_primary != node.id {
+            self.flush(batch);
+            return Step::Wait;
+        }
         self.reads.sent(node.id, primary, 1);
+        if primary {
+            self.last_primary = node.id;
+        }
         if req.inline {
             self.flush(batch);
             let bytes = self.take_frame(req);
@@ -610,21 +608,56 @@ impl Session {
         count: u32,
     ) {
         let conn = self.conn_for(&node);
-        let retry = reads_only.then(|| bytes.clone());
-        let rx = backend::submit(&conn, bytes, count);
+        let rx = backend::submit(&conn, bytes.clone(), count);
         let silent = self.take_silent();
+        let deadline = reads_only.then(|| Instant::now() + self.ctx.read_timeout);
+        if primary {
+            self.last_primary = node.id;
+        }
+        let sent = Sent {
+            node: Some(node),
+            primary,
+            bytes: Some(bytes),
+            reads_only,
+            attempts: 1,
+            held_since: None,
+            deadline,
+        };
         self.queue.push_back(Entry {
             wait: Wait::Upstream(rx),
             count,
             silent,
-            sent: Some(Sent {
-                node,
-                primary,
-                retry,
-            }),
+            sent: Some(sent),
             then: Then::Nothing,
         });
         self.inflight += count as usize;
+    }
+
+    /// Queues a request with nowhere to go yet (no primary): it is sent once there is one, and nothing
+    /// after it is dispatched before.
+    fn hold_new(&mut self, batch: &mut Option<Batch>, req: &Request, reads_only: bool) -> Step {
+        self.flush(batch);
+        let bytes = self.take_frame(req);
+        let silent = self.take_silent();
+        let sent = Sent {
+            node: None,
+            primary: true,
+            bytes: Some(bytes),
+            reads_only,
+            attempts: 0,
+            held_since: Some(Instant::now()),
+            deadline: None,
+        };
+        self.queue.push_back(Entry {
+            wait: Wait::Held,
+            count: 1,
+            silent,
+            sent: Some(sent),
+            then: Then::Nothing,
+        });
+        self.inflight += 1;
+        self.hold = true;
+        Step::Next
     }
 
     /// Queues a one-command entry.

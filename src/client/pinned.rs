@@ -425,14 +425,10 @@ impl Session {
 
     fn push_pinned(&mut self, count: u32, effect: Effect) {
         let node = self.pinned.as_ref().map(|p| p.conn.node.clone());
-        let sent = node.map(|node| Sent {
-            node,
-            primary: true,
-            retry: None,
-        });
-        if let Some(s) = &sent {
-            self.reads.sent(s.node.id, true, count);
+        if let Some(n) = &node {
+            self.reads.sent(n.id, true, count);
         }
+        let sent = node.map(|n| Sent::once(n, true));
         self.push(Wait::Pinned, sent, Then::Effect(effect));
         if let Some(e) = self.queue.back_mut() {
             self.inflight += count as usize - 1;

@@ -27,6 +27,8 @@ pub enum ClientError<'a> {
     NoReplica(PrimaryReason),
     /// No primary is known.
     NoPrimary,
+    /// No primary reachable within the hold (`write_hold_ms`); the command never ran.
+    NoPrimaryAfter(u64),
     /// A command the proxy does not pass on.
     Unsupported(&'a str),
     /// Wrong number of arguments for a locally handled command.
@@ -64,6 +66,9 @@ impl ClientError<'_> {
                 format!("ERR redsplit: no replica can serve this read ({reason:?}) and fallback is \"error\"")
             }
             ClientError::NoPrimary => "MASTERDOWN redsplit: no primary is known".into(),
+            ClientError::NoPrimaryAfter(ms) => {
+                format!("MASTERDOWN redsplit: no primary reachable for {ms} ms (write_hold_ms); the command was not run")
+            }
             ClientError::Unsupported(cmd) => {
                 format!("ERR redsplit: {cmd} is not supported through the proxy")
             }

@@ -12,11 +12,12 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -26,7 +27,8 @@ use super::Context;
 use crate::backend::{self, ConnKey, Node, Reply, Shared};
 use crate::io::OutBuf;
 use crate::resp::RequestScanner;
-use crate::router::ReadState;
+use crate::router::{ReadState, ReadTarget};
+use crate::topology::Generation;
 
 /// Runs a session to its end.
 pub(super) async fn run(
@@ -62,14 +64,42 @@ pub(super) enum Wait {
     Task(oneshot::Receiver<Bytes>),
     /// One reply from the session's dedicated connection.
     Pinned,
+    /// Not sent anywhere now: waiting for a node to send it to (no primary during a failover). Later
+    /// requests wait too, so order is kept.
+    Held,
 }
 
-/// Where an entry's commands went, for consistency bookkeeping and read retries.
+/// Where an entry's commands went, for consistency bookkeeping, and what is needed to send them again.
 pub(super) struct Sent {
-    pub node: Arc<Node>,
+    /// The node they were last sent to; `None` if never sent (no primary at the time).
+    pub node: Option<Arc<Node>>,
+    /// That node was the primary.
     pub primary: bool,
-    /// The request bytes of a batch of reads only, kept for one retry on the primary.
-    pub retry: Option<Bytes>,
+    /// The request bytes, kept while they may need sending again (shared-connection batches only).
+    pub bytes: Option<Bytes>,
+    /// Only reads: they may run again anywhere, even if they reached a node.
+    pub reads_only: bool,
+    /// Sends so far.
+    pub attempts: u8,
+    /// When the entry first could not be delivered: the start of its hold.
+    pub held_since: Option<Instant>,
+    /// A read still unanswered then is sent elsewhere.
+    pub deadline: Option<Instant>,
+}
+
+impl Sent {
+    /// Commands sent once to `node`, never to be re-sent.
+    pub fn once(node: Arc<Node>, primary: bool) -> Sent {
+        Sent {
+            node: Some(node),
+            primary,
+            bytes: None,
+            reads_only: false,
+            attempts: 1,
+            held_since: None,
+            deadline: None,
+        }
+    }
 }
 
 /// What to do once an entry's reply is known.
@@ -98,7 +128,27 @@ pub(super) struct Entry {
 pub(super) enum Outcome {
     Upstream(Result<Reply, backend::Error>),
     Bytes(Bytes),
+    /// A read's deadline passed without a reply.
+    TimedOut,
+    /// A held entry may try again (the topology changed, or a moment passed).
+    Wake,
 }
+
+/// What became of an entry that could not be delivered as it was.
+enum Resend {
+    /// Sent again; keep waiting.
+    Sent,
+    /// Waiting for a node to send it to.
+    Held,
+    /// No more tries: deliver the failure.
+    GiveUp,
+}
+
+/// How often a held entry tries the current primary again when the topology has not changed (its
+/// connection may just have been down for a moment).
+const HOLD_POLL: Duration = Duration::from_millis(50);
+/// Most sends of one read batch before its failure is delivered.
+const MAX_READ_ATTEMPTS: u8 = 4;
 
 /// Per-connection state.
 pub(super) struct Session {
@@ -126,11 +176,17 @@ pub(super) struct Session {
     pub inbuf: BytesMut,
     pub scanner: RequestScanner,
     pub out: OutBuf,
+    /// Topology changes, to wake held entries.
+    pub topo_rx: watch::Receiver<Generation>,
+    /// The primary this session last sent to: commands for a new primary wait until the old one has
+    /// answered everything, so a failover never reorders a session's writes.
+    pub last_primary: u64,
 }
 
 impl Session {
     fn new(id: u64, peer: SocketAddr, local: Option<SocketAddr>, ctx: Arc<Context>) -> Session {
         let scanner = RequestScanner::new(ctx.limits);
+        let topo_rx = ctx.topo.subscribe();
         Session {
             id,
             peer,
@@ -150,6 +206,8 @@ impl Session {
             inbuf: BytesMut::new(),
             scanner,
             out: OutBuf::default(),
+            topo_rx,
+            last_primary: 0,
         }
     }
 
@@ -185,7 +243,7 @@ impl Session {
                 // Shutdown: take no new commands, finish the replies owed.
                 _ = cancel.cancelled(), if !self.closing => self.closing = true,
                 // The oldest reply owed.
-                outcome = front(&mut self.queue) => self.complete_front(outcome),
+                outcome = front(&mut self.queue, &mut self.topo_rx) => self.complete_front(outcome),
                 // A reply or push on the dedicated connection.
                 frame = next_pinned(&mut self.pinned) => self.on_pinned_frame(frame),
                 // More requests.
@@ -226,55 +284,72 @@ impl Session {
                         Outcome::Upstream(Err(lost(front)))
                     }
                 },
-                Wait::Pinned => return,
+                Wait::Pinned | Wait::Held => return,
             };
             self.complete_front(outcome);
         }
     }
 
-    /// Handles the reply of the front entry and pops it, or re-sends a failed read to the primary.
+    /// Handles the reply of the front entry and pops it; or sends it again if it failed in a way that allows
+    /// that (reads that failed anywhere, writes that never ran), or holds it for a primary.
     pub(super) fn complete_front(&mut self, outcome: Outcome) {
         let Some(entry) = self.queue.front_mut() else {
             return;
         };
-        let epoch = self.ctx.topo.current_epoch();
-        if let Some(sent) = &mut entry.sent {
-            // Reads a node could not serve (an error only that node gives, or a broken connection) are
-            // safe to run again: try the primary once. Batches holding a write never get here.
-            let failed = match &outcome {
-                Outcome::Upstream(Ok(r)) => r.retryable && !sent.primary,
-                Outcome::Upstream(Err(_)) => true,
-                Outcome::Bytes(_) => false,
-            };
-            if failed {
-                if let Some(bytes) = sent.retry.take() {
-                    let (failed_node, was_primary) = (sent.node.id, sent.primary);
-                    let count = entry.count;
-                    if let Some(primary) = self.ctx.topo.load().primary.clone() {
-                        self.reads.abandoned(failed_node, was_primary, count);
-                        let conn = self.conn_for(&primary);
-                        let rx = backend::submit(&conn, bytes, count);
-                        self.reads.sent(primary.id, true, count);
-                        let entry = self.queue.front_mut().expect("front exists: we hold it");
-                        entry.wait = Wait::Upstream(rx);
-                        entry.sent = Some(Sent {
-                            node: primary,
-                            primary: true,
-                            retry: None,
-                        });
-                        return;
+        let count = entry.count;
+        let mut outcome = outcome;
+        if let Some(sent) = &entry.sent {
+            if let Some(node) = &sent.node {
+                match &outcome {
+                    Outcome::Upstream(Ok(_)) => node.record_success(),
+                    Outcome::Upstream(Err(_)) | Outcome::TimedOut => node.record_failure(),
+                    Outcome::Bytes(_) | Outcome::Wake => {}
+                }
+            }
+            let again = sent.bytes.is_some()
+                && match &outcome {
+                    Outcome::Wake | Outcome::TimedOut => true,
+                    // A read is safe to run again wherever it got; a write only if it never left us.
+                    Outcome::Upstream(Err(e)) => {
+                        sent.reads_only || matches!(e, backend::Error::Connect { .. })
+                    }
+                    // Every reply READONLY: a demoted primary rejected the whole batch, nothing ran.
+                    Outcome::Upstream(Ok(r)) => {
+                        (sent.reads_only && r.retryable) || (r.readonly == count && count > 0)
+                    }
+                    Outcome::Bytes(_) => false,
+                };
+            if again {
+                match self.resend_front() {
+                    Resend::Sent | Resend::Held => return,
+                    Resend::GiveUp => {
+                        if matches!(outcome, Outcome::Wake | Outcome::TimedOut) {
+                            let held = self.ctx.write_hold.as_millis() as u64;
+                            outcome =
+                                Outcome::Bytes(ClientError::NoPrimaryAfter(held).frames(count));
+                        }
                     }
                 }
             }
-            self.reads
-                .replied(sent.node.id, sent.primary, entry.count, epoch);
         }
+        let epoch = self.ctx.topo.current_epoch();
         let entry = self.queue.pop_front().expect("front exists: checked above");
-        self.inflight -= entry.count as usize;
+        if let Some(Sent {
+            node: Some(node),
+            primary,
+            ..
+        }) = &entry.sent
+        {
+            if !matches!(entry.wait, Wait::Held) {
+                self.reads.replied(node.id, *primary, count, epoch);
+            }
+        }
+        self.inflight -= count as usize;
         let bytes = match outcome {
             Outcome::Bytes(b) => b,
             Outcome::Upstream(Ok(r)) => r.bytes,
-            Outcome::Upstream(Err(e)) => ClientError::Upstream(&e).frames(entry.count),
+            Outcome::Upstream(Err(e)) => ClientError::Upstream(&e).frames(count),
+            Outcome::TimedOut | Outcome::Wake => ClientError::NoPrimaryAfter(0).frames(count),
         };
         let bytes = match entry.then {
             Then::Nothing => bytes,
@@ -302,6 +377,74 @@ impl Session {
         if !entry.silent {
             self.out.push(bytes);
         }
+    }
+
+    /// Sends the front entry again: reads to any node the router allows but the one that failed them,
+    /// writes to the current primary. With nowhere to send, the entry is held until the topology changes
+    /// or a moment passes, for at most `write_hold_ms` from its first failure.
+    fn resend_front(&mut self) -> Resend {
+        let now = Instant::now();
+        let topo = self.ctx.topo.snapshot();
+        let (consistency, fallback, hold, read_timeout) = (
+            self.ctx.consistency,
+            self.ctx.fallback,
+            self.ctx.write_hold,
+            self.ctx.read_timeout,
+        );
+        let entry = self.queue.front_mut().expect("called with a front entry");
+        let count = entry.count;
+        let was_held = matches!(entry.wait, Wait::Held);
+        let sent = entry
+            .sent
+            .as_mut()
+            .expect("called for an entry with a send record");
+        let failed = if was_held { None } else { sent.node.clone() };
+        if let Some(node) = &failed {
+            // The failed attempt is over for consistency bookkeeping.
+            self.reads.abandoned(node.id, sent.primary, count);
+        }
+        let since = *sent.held_since.get_or_insert(now);
+        if now.duration_since(since) > hold
+            || (sent.reads_only && sent.attempts >= MAX_READ_ATTEMPTS)
+        {
+            entry.wait = Wait::Held;
+            return Resend::GiveUp;
+        }
+        let target = if sent.reads_only {
+            let avoid = failed.as_ref().map(|n| n.id);
+            match self
+                .reads
+                .route_avoiding(&topo, consistency, fallback, avoid)
+            {
+                ReadTarget::Replica(n) => Some((n, false)),
+                ReadTarget::Primary(_) => topo.primary.clone().map(|p| (p, true)),
+                ReadTarget::Refuse(_) => None,
+            }
+        } else {
+            topo.primary.clone().map(|p| (p, true))
+        };
+        // The node that just failed gets another try only after a pause (as a held entry), so a dead
+        // primary is not hammered while the failover runs.
+        let target = target.filter(|(n, _)| failed.as_ref().is_none_or(|f| f.id != n.id));
+        let Some((node, primary)) = target else {
+            entry.wait = Wait::Held;
+            self.hold = true;
+            return Resend::Held;
+        };
+        let bytes = sent.bytes.clone().expect("resent entries keep their bytes");
+        sent.attempts = sent.attempts.saturating_add(1);
+        sent.deadline = sent.reads_only.then(|| now + read_timeout);
+        sent.node = Some(node.clone());
+        sent.primary = primary;
+        let conn = self.conn_for(&node);
+        let rx = backend::submit(&conn, bytes, count);
+        let entry = self.queue.front_mut().expect("front exists: we hold it");
+        entry.wait = Wait::Upstream(rx);
+        self.reads.sent(node.id, primary, count);
+        if primary {
+            self.last_primary = node.id;
+        }
+        Resend::Sent
     }
 
     /// Moves the session to another connection key; the cached connections belong to the old one.
@@ -334,7 +477,11 @@ impl Session {
 
 /// The error for an entry whose reply channel closed without an answer.
 fn lost(entry: &Entry) -> backend::Error {
-    let addr = entry.sent.as_ref().map(|s| s.node.addr.clone());
+    let addr = entry
+        .sent
+        .as_ref()
+        .and_then(|s| s.node.as_ref())
+        .map(|n| n.addr.clone());
     backend::Error::Lost {
         addr: addr
             .unwrap_or_else(|| crate::config::Addr::parse("unknown:1").expect("valid literal")),
@@ -342,20 +489,37 @@ fn lost(entry: &Entry) -> backend::Error {
 }
 
 /// Waits for the front entry's reply; never resolves if there is none to wait for here.
-async fn front(queue: &mut VecDeque<Entry>) -> Outcome {
+async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generation>) -> Outcome {
     let Some(entry) = queue.front_mut() else {
         return std::future::pending().await;
     };
+    let deadline = entry.sent.as_ref().and_then(|s| s.deadline);
     match &mut entry.wait {
         Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
-        Wait::Upstream(rx) => match rx.await {
-            Ok(r) => Outcome::Upstream(r),
-            Err(_) => Outcome::Upstream(Err(lost(entry))),
-        },
+        Wait::Upstream(rx) => {
+            let reply = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
+                    Ok(r) => r,
+                    Err(_) => return Outcome::TimedOut,
+                },
+                None => rx.await,
+            };
+            match reply {
+                Ok(r) => Outcome::Upstream(r),
+                Err(_) => Outcome::Upstream(Err(lost(entry))),
+            }
+        }
         Wait::Task(rx) => match rx.await {
             Ok(b) => Outcome::Bytes(b),
             Err(_) => Outcome::Upstream(Err(lost(entry))),
         },
+        Wait::Held => {
+            tokio::select! {
+                _ = topo.changed() => {}
+                _ = tokio::time::sleep(HOLD_POLL) => {}
+            }
+            Outcome::Wake
+        }
         Wait::Pinned => std::future::pending().await,
     }
 }
