@@ -63,6 +63,8 @@ pub struct ReplState {
     pub lag_ms: AtomicU64,
     /// May serve reads (replicas only): answering, link up, within the lag limits.
     pub eligible: AtomicBool,
+    /// When a probe last got an answer, in milliseconds since the process started (0: never).
+    last_answer_ms: AtomicU64,
 }
 
 /// The offset a node reported, and the epoch of the probe that asked.
@@ -96,10 +98,34 @@ impl ReplState {
         self.offset.load(Ordering::Acquire)
     }
 
+    /// Notes that a probe got an answer now.
+    pub fn answered(&self) -> u64 {
+        let now = since_start_ms();
+        self.last_answer_ms.store(now, Ordering::Relaxed);
+        now
+    }
+
+    /// Notes that a probe failed: the node no longer counts as answering.
+    pub fn unanswered(&self) {
+        self.last_answer_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// True if a probe got an answer within `window`.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        last != 0 && since_start_ms().saturating_sub(last) <= window.as_millis() as u64
+    }
+
     /// True if it may serve reads.
     pub fn is_eligible(&self) -> bool {
         self.eligible.load(Ordering::Relaxed)
     }
+}
+
+/// Milliseconds since the first call (at least 1, so 0 can mean never).
+fn since_start_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Replaces announced addresses (containers, NAT) with reachable ones.
@@ -289,6 +315,19 @@ impl Topo {
         {
             h.pop_front();
         }
+    }
+
+    /// How far in time `offset` trails `reference` in the primary's history: the lag of a replica
+    /// measured against the freshest one while the primary is gone.
+    pub fn lag_behind(&self, offset: u64, reference: u64) -> Option<Duration> {
+        let at = {
+            let h = self.history.lock().expect("history lock is never poisoned");
+            let &(newest, _) = h.back()?;
+            h.iter()
+                .find(|&&(_, o)| o >= reference)
+                .map_or(newest, |&(t, _)| t)
+        };
+        self.lag_at(at, offset)
     }
 
     /// Lag in time of a replica that reported `offset` at `at`: how long before `at` the primary was last

@@ -620,6 +620,7 @@ impl Session {
             bytes: Some(bytes),
             reads_only,
             attempts: 1,
+            failures: 0,
             held_since: None,
             deadline,
         };
@@ -645,6 +646,7 @@ impl Session {
             bytes: Some(bytes),
             reads_only,
             attempts: 0,
+            failures: 0,
             held_since: Some(Instant::now()),
             deadline: None,
         };

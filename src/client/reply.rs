@@ -27,6 +27,8 @@ pub enum ClientError<'a> {
     NoReplica(PrimaryReason),
     /// No primary is known.
     NoPrimary,
+    /// A read timed out on every node it was tried on.
+    ReadTimedOut,
     /// No primary reachable within the hold (`write_hold_ms`); the command never ran.
     NoPrimaryAfter(u64),
     /// A command the proxy does not pass on.
@@ -66,6 +68,9 @@ impl ClientError<'_> {
                 format!("ERR redsplit: no replica can serve this read ({reason:?}) and fallback is \"error\"")
             }
             ClientError::NoPrimary => "MASTERDOWN redsplit: no primary is known".into(),
+            ClientError::ReadTimedOut => {
+                "ERR redsplit: read timed out on every node tried (read_timeout_ms)".into()
+            }
             ClientError::NoPrimaryAfter(ms) => {
                 format!("MASTERDOWN redsplit: no primary reachable for {ms} ms (write_hold_ms); the command was not run")
             }

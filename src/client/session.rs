@@ -81,6 +81,8 @@ pub(super) struct Sent {
     pub reads_only: bool,
     /// Sends so far.
     pub attempts: u8,
+    /// Failures on nodes the request reached (timeouts, broken connections, node errors).
+    pub failures: u8,
     /// When the entry first could not be delivered: the start of its hold.
     pub held_since: Option<Instant>,
     /// A read still unanswered then is sent elsewhere.
@@ -96,6 +98,7 @@ impl Sent {
             bytes: None,
             reads_only: false,
             attempts: 1,
+            failures: 0,
             held_since: None,
             deadline: None,
         }
@@ -147,8 +150,8 @@ enum Resend {
 /// How often a held entry tries the current primary again when the topology has not changed (its
 /// connection may just have been down for a moment).
 const HOLD_POLL: Duration = Duration::from_millis(50);
-/// Most sends of one read batch before its failure is delivered.
-const MAX_READ_ATTEMPTS: u8 = 4;
+/// Most failures of one read batch on nodes it reached before its failure is delivered.
+const MAX_READ_FAILURES: u8 = 3;
 
 /// Per-connection state.
 pub(super) struct Session {
@@ -320,15 +323,26 @@ impl Session {
                     Outcome::Bytes(_) => false,
                 };
             if again {
-                match self.resend_front() {
+                // Failures of a request that reached a node count toward the cap on read retries;
+                // requests that never left the proxy wait for a node within the hold.
+                let reached = match &outcome {
+                    Outcome::Wake => false,
+                    Outcome::Upstream(Err(e)) => e.maybe_sent(),
+                    _ => true,
+                };
+                match self.resend_front(reached) {
                     Resend::Sent | Resend::Held => return,
-                    Resend::GiveUp => {
-                        if matches!(outcome, Outcome::Wake | Outcome::TimedOut) {
+                    Resend::GiveUp => match outcome {
+                        Outcome::Wake => {
                             let held = self.ctx.write_hold.as_millis() as u64;
                             outcome =
                                 Outcome::Bytes(ClientError::NoPrimaryAfter(held).frames(count));
                         }
-                    }
+                        Outcome::TimedOut => {
+                            outcome = Outcome::Bytes(ClientError::ReadTimedOut.frames(count));
+                        }
+                        _ => {}
+                    },
                 }
             }
         }
@@ -382,7 +396,7 @@ impl Session {
     /// Sends the front entry again: reads to any node the router allows but the one that failed them,
     /// writes to the current primary. With nowhere to send, the entry is held until the topology changes
     /// or a moment passes, for at most `write_hold_ms` from its first failure.
-    fn resend_front(&mut self) -> Resend {
+    fn resend_front(&mut self, reached: bool) -> Resend {
         let now = Instant::now();
         let topo = self.ctx.topo.snapshot();
         let (consistency, fallback, hold, read_timeout) = (
@@ -404,8 +418,9 @@ impl Session {
             self.reads.abandoned(node.id, sent.primary, count);
         }
         let since = *sent.held_since.get_or_insert(now);
+        sent.failures += u8::from(reached);
         if now.duration_since(since) > hold
-            || (sent.reads_only && sent.attempts >= MAX_READ_ATTEMPTS)
+            || (sent.reads_only && sent.failures >= MAX_READ_FAILURES)
         {
             entry.wait = Wait::Held;
             return Resend::GiveUp;

@@ -45,8 +45,8 @@ pub enum Role {
         master: String,
         /// `connected` when the link is up and synced.
         state: String,
-        /// Offset processed.
-        offset: u64,
+        /// Offset processed; `None` while the link is down (Redis reports -1 then).
+        offset: Option<u64>,
     },
     /// A sentinel, or anything else.
     Other,
@@ -73,11 +73,10 @@ impl Role {
             "slave" => Some(Role::Replica {
                 master: format!("{}:{}", text(1)?, int(2)?),
                 state: text(3)?,
-                offset: u64::try_from(match items.get(4)? {
-                    OwnedFrame::Integer(n) => *n,
+                offset: match items.get(4)? {
+                    OwnedFrame::Integer(n) => u64::try_from(*n).ok(),
                     _ => return None,
-                })
-                .unwrap_or(0),
+                },
             }),
             _ => Some(Role::Other),
         }
@@ -171,10 +170,12 @@ async fn probe_node(
                 Ok(Err(e)) => {
                     debug!(upstream = %node.addr, error = %e, "probe connect failed");
                     node.repl.eligible.store(false, Ordering::Relaxed);
+                    node.repl.unanswered();
                     continue;
                 }
                 Err(_) => {
                     node.repl.eligible.store(false, Ordering::Relaxed);
+                    node.repl.unanswered();
                     continue;
                 }
             }
@@ -192,9 +193,11 @@ async fn probe_node(
             if node.repl.eligible.swap(false, Ordering::Relaxed) {
                 warn!(upstream = %node.addr, "replica stopped answering probes, taking it out of rotation");
             }
+            node.repl.unanswered();
             conn = None;
             continue;
         };
+        node.repl.answered();
         let snapshot = topo.load();
         let is_primary = snapshot.primary.as_ref().is_some_and(|p| p.id == node.id);
         match role {
@@ -207,17 +210,51 @@ async fn probe_node(
                 }
             }
             Role::Replica { state, offset, .. } => {
-                node.repl.record(epoch, offset);
-                let primary_offset = snapshot.primary.as_ref().map_or(0, |p| p.repl.offset());
-                let lag_bytes = primary_offset.saturating_sub(offset);
-                let lag = topo.lag_at(at, offset);
+                // With its link down a replica reports no offset; its data has not moved since the
+                // last probe, so that offset stands (but no new sample: it cannot vouch for this epoch).
+                let offset = match offset {
+                    Some(o) => {
+                        node.repl.record(epoch, o);
+                        o
+                    }
+                    None => node.repl.offset(),
+                };
+                let primary_answers = snapshot
+                    .primary
+                    .as_ref()
+                    .is_some_and(|p| p.id != node.id && p.repl.answered_within(timeout * 2));
+                let (lag, lag_bytes) = if primary_answers || snapshot.primary.is_none() {
+                    let primary_offset = snapshot.primary.as_ref().map_or(0, |p| p.repl.offset());
+                    (
+                        topo.lag_at(at, offset),
+                        primary_offset.saturating_sub(offset),
+                    )
+                } else {
+                    // The primary is unreachable (failover under way): nobody is writing, and the
+                    // freshest reachable replica holds all the data that still exists. Lag is measured
+                    // against it, so reads keep flowing from replicas that have everything.
+                    let freshest = snapshot
+                        .replicas
+                        .iter()
+                        .filter(|r| r.repl.answered_within(timeout * 2))
+                        .map(|r| r.repl.offset())
+                        .fold(offset, u64::max);
+                    (
+                        topo.lag_behind(offset, freshest),
+                        freshest.saturating_sub(offset),
+                    )
+                };
                 node.repl.lag_bytes.store(lag_bytes, Ordering::Relaxed);
                 node.repl.lag_ms.store(
                     lag.map_or(u64::MAX, |d| d.as_millis() as u64),
                     Ordering::Relaxed,
                 );
                 let was = node.repl.is_eligible();
-                let now = eligible(was, state == "connected", lag, lag_bytes, &cfg);
+                // A link down to a primary that still answers us means the replica falls behind while
+                // others write. A link down to a primary nobody reaches (failover under way) means no one
+                // is writing: the replica is as fresh as its lag says, and reads keep flowing.
+                let link_ok = state == "connected" || !primary_answers;
+                let now = eligible(was, link_ok, lag, lag_bytes, &cfg);
                 if was != now {
                     info!(upstream = %node.addr, lag_ms = lag.map(|d| d.as_millis() as u64), lag_bytes, state, eligible = now, "replica eligibility changed");
                 }
@@ -311,7 +348,7 @@ mod tests {
             Some(Role::Replica {
                 master: "127.0.0.1:9000".into(),
                 state: "connected".into(),
-                offset: 3167038
+                offset: Some(3167038)
             })
         );
         assert_eq!(parse(b"*2\r\n$8\r\nsentinel\r\n*0\r\n"), Some(Role::Other));

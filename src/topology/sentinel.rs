@@ -6,7 +6,7 @@
 //! `-sdown`, `+odown`, `+slave`, `+reboot`, `+convert-to-slave`, ...) or the data path reports a failure.
 //! The address most sentinels give wins. Replicas flagged `s_down`, `o_down` or `disconnected` are left out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,7 +86,7 @@ pub async fn run(
 async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &AddressMap) -> bool {
     let name = master_name.as_bytes();
     let mut answers: BTreeMap<Addr, usize> = BTreeMap::new();
-    let mut first_for: BTreeMap<Addr, usize> = BTreeMap::new();
+    let mut named: Vec<Option<Addr>> = vec![None; controls.len()];
     for (i, c) in controls.iter_mut().enumerate() {
         let Some(frame) = call(c, &[b"SENTINEL", b"get-master-addr-by-name", name]).await else {
             continue;
@@ -95,7 +95,7 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
             continue;
         };
         *answers.entry(addr.clone()).or_default() += 1;
-        first_for.entry(addr).or_insert(i);
+        named[i] = Some(addr);
     }
     let current = topo.snapshot().primary.as_ref().map(|n| n.addr.clone());
     let Some(candidate) = answers
@@ -106,6 +106,9 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
         warn!("no sentinel answered; keeping the current topology");
         return false;
     };
+    let agreeing: Vec<usize> = (0..named.len())
+        .filter(|i| named[*i].as_ref() == Some(&candidate))
+        .collect();
     if Some(&candidate) != current.as_ref() {
         let mut check = Control::new(topo.node(&candidate));
         let role = call(&mut check, &[b"ROLE"])
@@ -117,23 +120,36 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
             return false;
         }
     }
-    let source = &mut controls[first_for[&candidate]];
-    let replicas = match call(source, &[b"SENTINEL", b"replicas", name]).await {
-        Some(OwnedFrame::Array(items)) => items
-            .iter()
-            .filter_map(replica_of)
-            .map(|a| map.map(a))
-            .filter(|a| *a != candidate)
-            .map(|a| (a, candidate.clone()))
-            .collect(),
-        _ => topo
-            .snapshot()
-            .replicas
-            .iter()
-            .zip(&topo.snapshot().parents)
-            .map(|(n, p)| (n.addr.clone(), p.clone()))
-            .collect(),
-    };
+    // Sentinels disagree while a failover settles: take every replica any agreeing sentinel reports up.
+    // The prober still checks each one before it gets reads.
+    let mut replicas: BTreeSet<Addr> = BTreeSet::new();
+    let mut answered = false;
+    for (i, c) in controls.iter_mut().enumerate() {
+        if !agreeing.contains(&i) {
+            continue;
+        }
+        if let Some(OwnedFrame::Array(items)) = call(c, &[b"SENTINEL", b"replicas", name]).await {
+            answered = true;
+            replicas.extend(items.iter().filter_map(replica_of).map(|a| map.map(a)));
+        }
+    }
+    replicas.remove(&candidate);
+    let snapshot = topo.snapshot();
+    if !answered || (replicas.is_empty() && Some(&candidate) != current.as_ref()) {
+        // Right after a switch sentinels may not list the new primary's replicas yet: keep the ones we
+        // have (those not following it are kept out of rotation by their probes).
+        replicas.extend(
+            snapshot
+                .replicas
+                .iter()
+                .map(|n| n.addr.clone())
+                .filter(|a| *a != candidate),
+        );
+    }
+    let replicas = replicas
+        .into_iter()
+        .map(|a| (a, candidate.clone()))
+        .collect();
     topo.publish_if_changed(&Decision {
         primary: Some(candidate),
         replicas,

@@ -64,8 +64,14 @@ pub fn flags(cluster: &Cluster) -> Flags {
     }
 }
 
-/// Starts a proxy with `flags`.
+/// Starts a proxy with `flags`. Logs go to the test output, filtered by `RUST_LOG` (default: warnings).
 pub async fn proxy_with(flags: Flags) -> Proxy {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
     let config = Config::load(None, flags).expect("valid test config");
     Proxy::start(config).await.expect("proxy starts")
 }

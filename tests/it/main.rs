@@ -5,7 +5,10 @@ mod harness;
 
 mod cli;
 mod consistency;
+mod failover;
 mod pinned;
 mod protocol;
+mod relay;
 mod routing;
 mod session;
+mod topology;

@@ -1,0 +1,259 @@
+//! Discovery, lag and faults of single nodes, with real servers: replicas of replicas, a promotion in
+//! static mode, a replica frozen with SIGSTOP, a replica whose replication stream is delayed.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redsplit::config::{Consistency, Flags};
+use redsplit::embedded::wait_synced;
+
+use crate::harness::*;
+use crate::relay::Relay;
+
+fn port(addr: &redsplit::config::Addr) -> String {
+    addr.port().to_string()
+}
+
+#[tokio::test]
+async fn replicas_of_replicas_are_discovered_and_their_lag_measured() {
+    let cluster = cluster(2).await;
+    // Replica 1 follows replica 0: a second-level replica, as in a remote site.
+    let mut r1 = direct(&cluster.replicas()[1]).await;
+    let via = cluster.replicas()[0].addr();
+    let _: () = q(&mut r1, &["REPLICAOF", "127.0.0.1", &port(&via)]).await;
+    wait_synced(&cluster.replicas()[1]).await.expect("resynced");
+    // Only the primary is named: the rest is found.
+    let f = Flags {
+        replica: Some(vec![]),
+        consistency: Some(Consistency::Eventual),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    eventually!(
+        "both replicas discovered",
+        proxy.topo.snapshot().replicas.len() == 2
+    );
+    let topo = proxy.topo.snapshot();
+    let second = cluster.replicas()[1].addr();
+    let i = topo
+        .replicas
+        .iter()
+        .position(|n| n.addr == second)
+        .expect("second-level replica in the topology");
+    assert_eq!(
+        topo.parents[i], via,
+        "its parent is the first-level replica"
+    );
+    wait_eligible(&proxy, 2).await;
+    // Its lag is measured against the root primary: writes move the primary's offset, and the
+    // second-level replica's probe reports the same stream's offset.
+    let mut c = client(&proxy).await;
+    for i in 0..50 {
+        let _: () = q(&mut c, &["SET", &format!("k{i}"), "v"]).await;
+    }
+    let primary_offset = match cluster.primary().call(&["ROLE"]).await.expect("ROLE") {
+        redis_protocol::resp2::types::OwnedFrame::Array(a) => match a.get(1) {
+            Some(redis_protocol::resp2::types::OwnedFrame::Integer(n)) => *n as u64,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let node = topo.replicas[i].clone();
+    eventually!(
+        "second-level replica caught up",
+        node.repl.offset() >= primary_offset
+    );
+    assert!(node.repl.lag_ms.load(Ordering::Relaxed) < 1000);
+    // And it serves reads.
+    eventually!("reads reach the second-level replica", {
+        let _: Option<String> = q(&mut c, &["GET", "k1"]).await;
+        calls(&cluster.replicas()[1], "get").await > 0
+    });
+}
+
+#[tokio::test]
+async fn static_mode_follows_a_replicaof_no_one_promotion() {
+    let mut cluster = cluster(2).await;
+    let proxy = proxy(&cluster).await;
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "before", "1"]).await;
+    // Replication is asynchronous: make sure the write reached the replicas before the primary dies.
+    assert_eq!(q::<i64>(&mut c, &["WAIT", "2", "5000"]).await, 2);
+    let new_primary = cluster.replicas()[0].addr();
+    cluster.primary_mut().kill();
+    // A write sent now waits for a primary instead of failing.
+    let addr = proxy.listen;
+    let held = tokio::spawn(async move {
+        let mut w = client_at(addr).await;
+        try_q(&mut w, &["SET", "during", "1"]).await
+    });
+    // The operator (or a managed service) promotes replica 0 and points replica 1 at it.
+    let mut a = direct(&cluster.replicas()[0]).await;
+    let _: () = q(&mut a, &["REPLICAOF", "NO", "ONE"]).await;
+    let mut b = direct(&cluster.replicas()[1]).await;
+    let _: () = q(&mut b, &["REPLICAOF", "127.0.0.1", &port(&new_primary)]).await;
+    eventually!(
+        "the proxy follows the promotion",
+        proxy
+            .topo
+            .snapshot()
+            .primary
+            .as_ref()
+            .map(|n| n.addr.clone())
+            == Some(new_primary.clone())
+    );
+    held.await
+        .expect("task")
+        .expect("the held write succeeded on the new primary");
+    let _: () = q(&mut c, &["SET", "after", "1"]).await;
+    for key in ["before", "during", "after"] {
+        assert_eq!(
+            q::<Option<String>>(&mut a, &["GET", key]).await.as_deref(),
+            Some("1"),
+            "{key} on the new primary"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replica_frozen_with_sigstop_leaves_rotation_without_read_errors_and_returns() {
+    let cluster = cluster(2).await;
+    let f = Flags {
+        consistency: Some(Consistency::Eventual),
+        read_timeout_ms: Some(300),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 2).await;
+    let mut setup = client(&proxy).await;
+    let _: () = q(&mut setup, &["SET", "k", "v"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU32::new(0));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, done, addr) = (stop.clone(), done.clone(), proxy.listen);
+            tokio::spawn(async move {
+                let mut c = client_at(addr).await;
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = try_q(&mut c, &["GET", "k"]).await {
+                        errors.push(e.to_string());
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                errors
+            })
+        })
+        .collect();
+    eventually!("reads flowing", done.load(Ordering::Relaxed) > 200);
+    let frozen = cluster.replicas()[0].addr();
+    let node = proxy
+        .topo
+        .snapshot()
+        .replicas
+        .iter()
+        .find(|n| n.addr == frozen)
+        .cloned()
+        .expect("node");
+    cluster.replicas()[0].signal("STOP").expect("SIGSTOP");
+    let t0 = Instant::now();
+    eventually!("frozen replica out of rotation", !node.repl.is_eligible());
+    let out_after = t0.elapsed();
+    let before = done.load(Ordering::Relaxed);
+    eventually!(
+        "reads flow while it is frozen",
+        done.load(Ordering::Relaxed) > before + 500
+    );
+    cluster.replicas()[0].signal("CONT").expect("SIGCONT");
+    eventually!("thawed replica back in rotation", node.repl.is_eligible());
+    let back = calls(&cluster.replicas()[0], "get").await;
+    eventually!(
+        "reads reach it again",
+        calls(&cluster.replicas()[0], "get").await > back
+    );
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let errors = r.await.expect("reader");
+        assert!(errors.is_empty(), "no read failed: {errors:?}");
+    }
+    eprintln!(
+        "MEASURED frozen replica out of rotation after {} ms",
+        out_after.as_millis()
+    );
+}
+
+/// Starts a primary and one replica that replicates through a relay delaying every byte by 600 ms,
+/// keeps writing, and counts the reads that reached the replica through a proxy with `max_lag_ms`.
+async fn reads_on_delayed_replica(max_lag_ms: u64) -> (u64, u64) {
+    let cluster = cluster(1).await;
+    let primary: std::net::SocketAddr = cluster.primary().addr().as_str().parse().expect("addr");
+    let relay = Relay::start(primary, Duration::from_millis(600)).await;
+    let mut r = direct(&cluster.replicas()[0]).await;
+    let _: () = q(
+        &mut r,
+        &["REPLICAOF", "127.0.0.1", &relay.addr.port().to_string()],
+    )
+    .await;
+    wait_synced(&cluster.replicas()[0])
+        .await
+        .expect("synced through the relay");
+    // The replica announces the relay as its master: map it back to the primary.
+    let f = Flags {
+        consistency: Some(Consistency::Eventual),
+        max_lag_ms: Some(max_lag_ms),
+        address_map: Some(vec![format!("{}={}", relay.addr, cluster.primary().addr())]),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    eventually!("topology", proxy.topo.snapshot().replicas.len() == 1);
+    // Keep the replication stream moving, as a live primary does.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut w = direct(cluster.primary()).await;
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _: () = q(&mut w, &["SET", "tick", &i.to_string()]).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let node = proxy.topo.snapshot().replicas[0].clone();
+    // Until the primary's offset history reaches back to the replica's offset, its lag reads as very old:
+    // wait for a real measurement, and for the eligibility decided on it.
+    eventually!(
+        "lag measured",
+        node.repl.lag_ms.load(Ordering::Relaxed) < 10_000
+    );
+    if max_lag_ms > 1000 {
+        eventually!("replica eligible", node.repl.is_eligible());
+    }
+    let mut c = client(&proxy).await;
+    let before = calls(&cluster.replicas()[0], "get").await;
+    for _ in 0..300 {
+        let _: Option<String> = q(&mut c, &["GET", "tick"]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.await;
+    let on_replica = calls(&cluster.replicas()[0], "get").await - before;
+    (on_replica, node.repl.lag_ms.load(Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn a_replica_600ms_behind_gets_no_reads_under_a_300ms_limit() {
+    let (reads, lag) = reads_on_delayed_replica(300).await;
+    eprintln!("MEASURED delayed replica lag {lag} ms, reads on it under a 300 ms limit: {reads}");
+    assert!((500..2000).contains(&lag), "lag measured as {lag} ms");
+    assert_eq!(reads, 0);
+}
+
+#[tokio::test]
+async fn a_replica_600ms_behind_gets_reads_under_a_2000ms_limit() {
+    let (reads, lag) = reads_on_delayed_replica(2000).await;
+    eprintln!("MEASURED delayed replica lag {lag} ms, reads on it under a 2000 ms limit: {reads}");
+    assert!(reads > 250, "most of 300 reads on the replica, got {reads}");
+}
