@@ -1,19 +1,312 @@
-//! Admin HTTP server: liveness now; readiness, metrics and the topology view build on it.
+//! Admin HTTP server: liveness, and the manual switchover (`POST /failover`).
+//!
+//! A switchover must not lose an acknowledged write. Static mode uses Redis 7's `FAILOVER TO host port`,
+//! which pauses writes on the primary and waits for the target to catch up before switching; the proxy
+//! also holds new writes so they go straight to the new primary. Sentinel mode asks a sentinel
+//! (`SENTINEL FAILOVER`), which does not pause the old primary: the proxy holds writes first and waits
+//! until every replica has the primary's offset, so whichever replica Sentinel promotes has everything.
 
-use axum::routing::get;
-use axum::Router;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use redis_protocol::resp2::types::OwnedFrame;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
+
+use crate::backend::Node;
+use crate::config::Addr;
+use crate::topology::control::{call, Control};
+use crate::topology::probe::Role;
+use crate::topology::{AddressMap, Topo};
+
+/// How a switchover is done, by topology source.
+#[derive(Debug, Clone)]
+pub enum Switchover {
+    /// `FAILOVER TO` on the primary.
+    Static,
+    /// `SENTINEL FAILOVER` on a sentinel.
+    Sentinel {
+        /// The sentinels.
+        sentinels: Vec<Arc<Node>>,
+        /// The master's name.
+        master_name: String,
+    },
+}
+
+/// What the admin endpoints need.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The live topology.
+    pub topo: Arc<Topo>,
+    /// Switchover method.
+    pub switchover: Switchover,
+    /// Announced-to-reachable address map.
+    pub map: AddressMap,
+    /// How long a switchover may take before it is abandoned (writes released either way).
+    pub timeout: Duration,
+    busy: AtomicBool,
+}
+
+impl AdminState {
+    /// State for the admin server.
+    pub fn new(
+        topo: Arc<Topo>,
+        switchover: Switchover,
+        map: AddressMap,
+        timeout: Duration,
+    ) -> Arc<AdminState> {
+        Arc::new(AdminState {
+            topo,
+            switchover,
+            map,
+            timeout,
+            busy: AtomicBool::new(false),
+        })
+    }
+}
 
 /// Serves the admin endpoints until `cancel` fires.
-pub async fn serve(listener: TcpListener, cancel: CancellationToken) {
-    let app = Router::new().route("/live", get(|| async { "ok\n" }));
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
+    let app = Router::new()
+        .route("/live", get(|| async { "ok\n" }))
+        .route("/failover", post(failover))
+        .with_state(state);
     let shutdown = async move { cancel.cancelled().await };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
         warn!(error = %e, "admin server failed");
+    }
+}
+
+/// Query of `POST /failover`.
+#[derive(Debug, Deserialize)]
+pub struct FailoverQuery {
+    /// The replica to promote (`host:port`); static mode only. Default: the caught-up replica with the
+    /// largest offset.
+    pub to: Option<String>,
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn reply(status: StatusCode, body: Value) -> Reply {
+    (status, Json(body))
+}
+
+async fn failover(State(s): State<Arc<AdminState>>, Query(q): Query<FailoverQuery>) -> Reply {
+    if s.busy.swap(true, Ordering::SeqCst) {
+        return reply(
+            StatusCode::CONFLICT,
+            json!({"error": "a switchover is already running"}),
+        );
+    }
+    let result = switch(&s, q).await;
+    s.topo.hold_writes(false);
+    s.busy.store(false, Ordering::SeqCst);
+    result
+}
+
+async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
+    let started = Instant::now();
+    let snapshot = s.topo.snapshot();
+    let Some(old) = snapshot.primary.clone() else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "no primary is known"}),
+        );
+    };
+    let to = match q.to.as_deref().map(Addr::parse) {
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
+        None => None,
+    };
+    match &s.switchover {
+        Switchover::Static => {
+            let target = match to {
+                Some(a) => snapshot.replicas.iter().find(|n| n.addr == a).cloned(),
+                None => snapshot
+                    .replicas
+                    .iter()
+                    .filter(|n| n.repl.is_eligible())
+                    .max_by_key(|n| n.repl.offset())
+                    .cloned(),
+            };
+            let Some(target) = target else {
+                return reply(
+                    StatusCode::CONFLICT,
+                    json!({"error": "no replica to promote (name one of the topology's replicas, or wait for one to catch up)"}),
+                );
+            };
+            info!(from = %old.addr, to = %target.addr, "switchover requested");
+            s.topo.hold_writes(true);
+            let announced = s.map.announced(&target.addr);
+            let port = announced.port().to_string();
+            let timeout_ms = (s.timeout.as_millis() as u64 / 2).max(1000).to_string();
+            let mut c = Control::with_timeout(old.clone(), s.timeout);
+            let args: [&[u8]; 6] = [
+                b"FAILOVER",
+                b"TO",
+                announced.host().as_bytes(),
+                port.as_bytes(),
+                b"TIMEOUT",
+                timeout_ms.as_bytes(),
+            ];
+            match call(&mut c, &args).await {
+                Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {}
+                Some(OwnedFrame::Error(e)) => {
+                    return reply(
+                        StatusCode::CONFLICT,
+                        json!({"error": format!("primary refused FAILOVER: {e}")}),
+                    )
+                }
+                other => {
+                    return reply(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": format!("FAILOVER failed: {other:?}")}),
+                    )
+                }
+            }
+            let mut t = Control::new(target.clone());
+            let deadline = Instant::now() + s.timeout;
+            let mut promoted = false;
+            while Instant::now() < deadline {
+                if matches!(
+                    call(&mut t, &[b"ROLE"])
+                        .await
+                        .as_ref()
+                        .and_then(Role::parse),
+                    Some(Role::Master { .. })
+                ) {
+                    promoted = true;
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            if !promoted {
+                return reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({"error": "the replica did not become primary in time"}),
+                );
+            }
+            finish(s, &old, started).await
+        }
+        Switchover::Sentinel {
+            sentinels,
+            master_name,
+        } => {
+            if to.is_some() {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "in sentinel mode Sentinel chooses the replica; omit `to`"}),
+                );
+            }
+            info!(from = %old.addr, "switchover requested from sentinel");
+            s.topo.hold_writes(true);
+            // Writes are held: once every replica has the primary's offset, any promoted one has it all.
+            let mut p = Control::new(old.clone());
+            let target = match call(&mut p, &[b"ROLE"])
+                .await
+                .as_ref()
+                .and_then(Role::parse)
+            {
+                Some(Role::Master { offset }) => offset,
+                _ => {
+                    return reply(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": "the primary does not answer ROLE"}),
+                    )
+                }
+            };
+            let caught_up = wait_until(s.timeout / 2, || {
+                snapshot
+                    .replicas
+                    .iter()
+                    .filter(|n| n.repl.is_eligible())
+                    .all(|n| n.repl.offset() >= target)
+            })
+            .await;
+            if !caught_up {
+                return reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({"error": "replicas did not catch up; switchover not started"}),
+                );
+            }
+            let mut asked = None;
+            for sentinel in sentinels {
+                let mut c = Control::new(sentinel.clone());
+                match call(&mut c, &[b"SENTINEL", b"FAILOVER", master_name.as_bytes()]).await {
+                    Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {
+                        asked = Some(sentinel.addr.clone());
+                        break;
+                    }
+                    other => {
+                        warn!(sentinel = %sentinel.addr, reply = ?other, "sentinel refused the failover")
+                    }
+                }
+            }
+            if asked.is_none() {
+                return reply(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"error": "no sentinel accepted SENTINEL FAILOVER"}),
+                );
+            }
+            finish(s, &old, started).await
+        }
+    }
+}
+
+/// Waits for the topology to publish a primary other than `old`.
+async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
+    s.topo.request_refresh();
+    let switched = wait_until(s.timeout, || {
+        s.topo
+            .snapshot()
+            .primary
+            .as_ref()
+            .is_some_and(|n| n.id != old.id)
+    })
+    .await;
+    let now = s
+        .topo
+        .snapshot()
+        .primary
+        .as_ref()
+        .map(|n| n.addr.to_string());
+    if !switched {
+        return reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            json!({"error": "the topology did not switch in time", "primary": now}),
+        );
+    }
+    info!(from = %old.addr, to = now.as_deref().unwrap_or(""), "switchover done");
+    reply(
+        StatusCode::OK,
+        json!({"from": old.addr.to_string(), "to": now, "ms": started.elapsed().as_millis() as u64}),
+    )
+}
+
+/// How often a switchover looks at the state it waits for.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `cond` until it holds or `timeout` passes.
+async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
     }
 }

@@ -154,6 +154,21 @@ impl Proxy {
             &tracker,
         );
         let mut first = topo.subscribe();
+        let switchover = match &source {
+            Source::Sentinel {
+                sentinels,
+                master_name,
+            } => admin::Switchover::Sentinel {
+                sentinels: sentinels
+                    .iter()
+                    .map(|a| backend::Node::new(a.clone(), sentinel_settings.clone()))
+                    .collect(),
+                master_name: master_name.clone(),
+            },
+            _ => admin::Switchover::Static,
+        };
+        let admin_state =
+            admin::AdminState::new(topo.clone(), switchover, map.clone(), config.write_hold);
         match source {
             Source::Static { primary, replicas } => {
                 let seeds = std::iter::once(primary).chain(replicas).collect();
@@ -199,7 +214,7 @@ impl Proxy {
             cancel.clone(),
             tracker.clone(),
         ));
-        tracker.spawn(admin::serve(admin_listener, cancel.clone()));
+        tracker.spawn(admin::serve(admin_listener, admin_state, cancel.clone()));
         Ok(Proxy {
             listen,
             admin,

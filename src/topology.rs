@@ -138,6 +138,14 @@ impl AddressMap {
         AddressMap(pairs)
     }
 
+    /// The address a node announces for `reachable` (itself if unmapped): what its peers call it.
+    pub fn announced(&self, reachable: &Addr) -> Addr {
+        self.0
+            .iter()
+            .find(|(_, to)| to == reachable)
+            .map_or_else(|| reachable.clone(), |(from, _)| from.clone())
+    }
+
     /// The reachable address for `announced` (itself if unmapped).
     pub fn map(&self, announced: Addr) -> Addr {
         self.0
@@ -164,6 +172,8 @@ pub struct Topo {
     settings: Arc<Settings>,
     nodes: Mutex<FxHashMap<Addr, Arc<Node>>>,
     failovers: AtomicU64,
+    /// Set during a manual switchover: writes wait as if there were no primary, reads go on.
+    writes_held: AtomicBool,
 }
 
 impl Topo {
@@ -184,6 +194,7 @@ impl Topo {
             settings,
             nodes: Mutex::new(FxHashMap::default()),
             failovers: AtomicU64::new(0),
+            writes_held: AtomicBool::new(false),
         })
     }
 
@@ -279,6 +290,21 @@ impl Topo {
     /// Resolves when a refresh was requested.
     pub async fn refresh_requested(&self) {
         self.settings.refresh.notified().await
+    }
+
+    /// Holds (true) or releases (false) writes, as during a manual switchover. Releasing wakes held
+    /// commands at once.
+    pub fn hold_writes(&self, hold: bool) {
+        self.writes_held.store(hold, Ordering::SeqCst);
+        if !hold {
+            let generation = self.current.load().generation;
+            self.changed.send_replace(generation);
+        }
+    }
+
+    /// True while writes are held.
+    pub fn writes_held(&self) -> bool {
+        self.writes_held.load(Ordering::Relaxed)
     }
 
     /// Primary changes seen since start.

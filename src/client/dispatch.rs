@@ -125,14 +125,20 @@ impl Session {
         topo: &Arc<Topology>,
         batch: &mut Option<Batch>,
     ) -> Step {
-        let primary = topo.primary.clone();
+        // During a manual switchover writes wait as if there were no primary; reads do not.
+        let read_primary = topo.primary.clone();
+        let primary = if self.ctx.topo.writes_held() {
+            None
+        } else {
+            topo.primary.clone()
+        };
         match class {
             Class::Read => match self
                 .reads
                 .route(topo, self.ctx.consistency, self.ctx.fallback)
             {
                 ReadTarget::Replica(n) => self.add(batch, n, false, true, req),
-                ReadTarget::Primary(_) => match primary {
+                ReadTarget::Primary(_) => match read_primary {
                     Some(p) => self.add(batch, p, true, true, req),
                     None => self.hold_new(batch, req, true),
                 },

@@ -435,6 +435,8 @@ impl Session {
                 ReadTarget::Primary(_) => topo.primary.clone().map(|p| (p, true)),
                 ReadTarget::Refuse(_) => None,
             }
+        } else if self.ctx.topo.writes_held() {
+            None
         } else {
             topo.primary.clone().map(|p| (p, true))
         };

@@ -228,3 +228,160 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         read_errors.len(),
     );
 }
+
+/// Writers that count errors and keep the keys they got acknowledged, until `stop`.
+fn spawn_writers(
+    addr: std::net::SocketAddr,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Writes>> {
+    (0..n)
+        .map(|w| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = client_at(addr).await;
+                let mut seen = Writes::default();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("s{w}:{i}");
+                    i += 1;
+                    match try_q(&mut c, &["SET", &key, "1"]).await {
+                        Ok(_) => {
+                            seen.acked.push(key);
+                            seen.ok_at.push(Instant::now());
+                        }
+                        Err(e) => seen.errors.push((Instant::now(), e.to_string())),
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged key exists on `server`.
+async fn assert_all_present(server: &redsplit::embedded::Server, acked: &[String]) {
+    let mut d = direct(server).await;
+    let mut pipe = redis::pipe();
+    for k in acked {
+        pipe.cmd("EXISTS").arg(k);
+    }
+    let exists: Vec<i64> = pipe.query_async(&mut d).await.expect("EXISTS");
+    let lost = exists.iter().filter(|e| **e == 0).count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} acknowledged writes lost",
+        acked.len()
+    );
+}
+
+#[tokio::test]
+async fn a_manual_switchover_in_static_mode_loses_no_write_and_fails_none() {
+    let cluster = cluster(2).await;
+    let proxy = proxy(&cluster).await;
+    let target = cluster.replicas()[1].addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(proxy.listen, 4, stop.clone());
+    let reads = tokio::spawn({
+        let (stop, addr) = (stop.clone(), proxy.listen);
+        async move {
+            let mut c = client_at(addr).await;
+            let mut errors = 0;
+            while !stop.load(Ordering::Relaxed) {
+                errors += usize::from(try_q(&mut c, &["GET", "s0:0"]).await.is_err());
+            }
+            errors
+        }
+    });
+    eventually!(
+        "writes flowing",
+        calls(cluster.primary(), "set").await > 500
+    );
+    let (status, body) = http(proxy.admin, "POST", &format!("/failover?to={target}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&target.to_string()), "{body}");
+    assert_eq!(
+        proxy
+            .topo
+            .snapshot()
+            .primary
+            .as_ref()
+            .map(|n| n.addr.clone()),
+        Some(target.clone())
+    );
+    let at_switch = calls(&cluster.replicas()[1], "set").await;
+    eventually!(
+        "writes reach the new primary",
+        calls(&cluster.replicas()[1], "set").await > at_switch + 500
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        let seen = w.await.expect("writer");
+        assert!(seen.errors.is_empty(), "no write failed: {:?}", seen.errors);
+        acked.extend(seen.acked);
+    }
+    assert_eq!(reads.await.expect("reader"), 0, "no read failed");
+    assert_all_present(&cluster.replicas()[1], &acked).await;
+    eprintln!(
+        "MEASURED static switchover: {body}; {} writes acknowledged, none failed or lost",
+        acked.len()
+    );
+}
+
+#[tokio::test]
+async fn a_manual_switchover_in_sentinel_mode_loses_no_write_and_fails_none() {
+    let cluster = Cluster::builder()
+        .replicas(2)
+        .sentinels(3)
+        .start()
+        .await
+        .expect("servers and sentinels start");
+    let proxy = proxy_with(sentinel_flags(&cluster)).await;
+    wait_eligible(&proxy, 2).await;
+    let old = cluster.primary().addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(proxy.listen, 4, stop.clone());
+    eventually!(
+        "writes flowing",
+        calls(cluster.primary(), "set").await > 500
+    );
+    let (status, body) = http(proxy.admin, "POST", "/failover").await;
+    assert_eq!(status, 200, "{body}");
+    let new = proxy
+        .topo
+        .snapshot()
+        .primary
+        .as_ref()
+        .map(|n| n.addr.clone())
+        .expect("primary");
+    assert_ne!(new, old);
+    let i = cluster.replica_at(&new).expect("a former replica leads");
+    let at_switch = calls(&cluster.replicas()[i], "set").await;
+    eventually!(
+        "writes reach the new primary",
+        calls(&cluster.replicas()[i], "set").await > at_switch + 500
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    for w in writers {
+        let seen = w.await.expect("writer");
+        errors.extend(seen.errors);
+        acked.extend(seen.acked);
+    }
+    assert!(
+        errors.len() <= 4,
+        "at most one error per connection: {errors:?}"
+    );
+    assert_all_present(&cluster.replicas()[i], &acked).await;
+    eprintln!(
+        "MEASURED sentinel switchover: {body}; {} writes acknowledged, {} failed, none lost",
+        acked.len(),
+        errors.len()
+    );
+    // Naming a replica is for static mode only.
+    let (status, _) = http(proxy.admin, "POST", "/failover?to=127.0.0.1:1").await;
+    assert_eq!(status, 400);
+}
