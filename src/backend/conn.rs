@@ -228,7 +228,11 @@ async fn read_loop(
         if writer_done.load(Ordering::Relaxed) && lock(inflight).is_empty() {
             return None;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            // After a large reply the buffer is the tail of its allocation: let it go with the reply
+            // instead of keeping it alive for as long as this connection reads into it.
+            buf = BytesMut::with_capacity(READ_CHUNK);
+        } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
         match r.read_buf(&mut buf).await {

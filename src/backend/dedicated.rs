@@ -59,7 +59,10 @@ impl Dedicated {
                     })
                 }
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
+            if self.buf.is_empty() && self.buf.capacity() > 256 * 1024 {
+                // Let a large reply's allocation go with the reply.
+                self.buf = BytesMut::with_capacity(16 * 1024);
+            } else if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(16 * 1024);
             }
             match self.stream.read_buf(&mut self.buf).await {

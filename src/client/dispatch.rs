@@ -40,6 +40,9 @@ pub(super) enum Step {
     Stop,
     /// Stop until every earlier reply is out (a barrier); the request stays buffered.
     Wait,
+    /// Stop until something other than the queue emptying happens (a frame on the dedicated
+    /// connection); the request stays buffered.
+    Park,
 }
 
 impl Session {
@@ -106,7 +109,7 @@ impl Session {
             };
             match step {
                 Step::Next => {}
-                Step::Stop => break,
+                Step::Stop | Step::Park => break,
                 Step::Wait => {
                     waiting = true;
                     break;
@@ -162,7 +165,7 @@ impl Session {
                     let conn = self.conn_for(r);
                     drop(backend::submit(&conn, bytes.clone(), 1));
                 }
-                self.reads.sent(p.id, true, 1);
+                self.sent_to_primary(p.id, 1);
                 self.submit(p, true, false, bytes, 1);
                 Step::Next
             }
@@ -176,7 +179,7 @@ impl Session {
                 let bytes = self.take_frame(req);
                 let (tx, rx) = oneshot::channel();
                 tokio::spawn(blocking_call(p.pool(&self.key), p.clone(), bytes, tx));
-                self.reads.sent(p.id, true, 1);
+                self.sent_to_primary(p.id, 1);
                 self.push(Wait::Task(rx), Some(Sent::once(p, true)), Then::Nothing);
                 self.hold = true;
                 Step::Next
@@ -340,8 +343,14 @@ impl Session {
             Local::Unsubscribe => {
                 // Not subscribed to anything: one confirmation per name, or one with a null name.
                 let kind = name.as_bytes();
-                let names: Vec<Option<&[u8]>> = if args.len() > 1 {
-                    args[1..].iter().map(|a| Some(&a[..])).collect()
+                // Past the kept arguments, read every name from the request itself.
+                let all = if req.argc > args.len() {
+                    self.all_args(req, batch.as_ref().map_or(0, |b| b.len))
+                } else {
+                    args.to_vec()
+                };
+                let names: Vec<Option<&[u8]>> = if all.len() > 1 {
+                    all[1..].iter().map(|a| Some(&a[..])).collect()
                 } else {
                     vec![None]
                 };
@@ -530,7 +539,7 @@ impl Session {
         };
         let conn = p.pool(&key).pick();
         let rx = backend::submit(&conn, bytes, 1);
-        self.reads.sent(p.id, true, 1);
+        self.sent_to_primary(p.id, 1);
         self.push(
             Wait::Upstream(rx),
             Some(Sent::once(p, true)),
@@ -559,13 +568,18 @@ impl Session {
     ) -> Step {
         // Commands for a new primary wait until the old one has answered this session's commands: a
         // failover must not let a later write overtake an earlier one.
-        if primary && self.reads.unreplied_primary() > 0 && self.last_primary != node.id {
+        if primary
+            && self.reads.unreplied_primary() > 0
+            && self.last_primary != node.id
+            && !self.queue.is_empty()
+        {
             self.flush(batch);
             return Step::Wait;
         }
-        self.reads.sent(node.id, primary, 1);
         if primary {
-            self.last_primary = node.id;
+            self.sent_to_primary(node.id, 1);
+        } else {
+            self.reads.sent(node.id, false, 1);
         }
         if req.inline {
             self.flush(batch);
@@ -668,6 +682,13 @@ impl Session {
         Step::Next
     }
 
+    /// Counts commands sent to the primary `node` (for read-your-writes, and so that commands for a new
+    /// primary wait until this one has answered).
+    pub(super) fn sent_to_primary(&mut self, node: u64, count: u32) {
+        self.reads.sent(node, true, count);
+        self.last_primary = node;
+    }
+
     /// Queues a one-command entry.
     pub(super) fn push(&mut self, wait: Wait, sent: Option<Sent>, then: Then) {
         let silent = self.take_silent();
@@ -721,6 +742,22 @@ impl Session {
         (0..req.argc.min(crate::resp::request::KEPT_ARGS))
             .map_while(|i| self.scanner.arg(req, src, i).map(<[u8]>::to_vec))
             .collect()
+    }
+
+    /// Every argument of the request starting at `start` in the input (for the rare command that needs
+    /// more than the kept ones).
+    fn all_args(&self, req: &Request, start: usize) -> Vec<Vec<u8>> {
+        let frame = self.scanner.frame(req, &self.inbuf[start..]);
+        match redis_protocol::resp2::decode::decode(frame) {
+            Ok(Some((redis_protocol::resp2::types::OwnedFrame::Array(items), _))) => items
+                .into_iter()
+                .filter_map(|f| match f {
+                    redis_protocol::resp2::types::OwnedFrame::BulkString(b) => Some(b),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether the next entry's reply is dropped (`CLIENT REPLY`).

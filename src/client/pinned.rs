@@ -2,35 +2,43 @@
 //!
 //! ```text
 //!   normal ──MULTI/WATCH/SUBSCRIBE/MONITOR/CLIENT TRACKING ON (after every earlier reply)──▶ pinned
-//!   pinned ──EXEC/DISCARD/UNWATCH, last UNSUBSCRIBE, TRACKING OFF, RESET: nothing left──▶ normal
+//!   pinned ──nothing left (no MULTI, WATCH, subscription, tracking)──▶ [PING marker, if needed] ──▶ normal
 //! ```
 //!
-//! While pinned, requests go to the dedicated connection in order and each (but pub/sub confirmations
-//! in RESP3, which are pushes) expects one reply, matched to its queue entry; pushes pass straight
-//! through. In RESP2 pub/sub mode and MONITOR the stream is a pass-through: Redis decides what answers
-//! what. The proxy watches the replies to know when the connection is back in its greeted state, so it
-//! can be handed back to the pool (MULTI/WATCH) or closed (everything else).
+//! While pinned, requests go to the dedicated connection in order. Each one that Redis answers with
+//! exactly one reply gets a queue entry, matched to that reply; pushes (RESP3) pass straight through. In
+//! RESP2 pub/sub mode and MONITOR the stream passes through untouched: Redis decides what answers what.
+//! Whether the session is inside MULTI is decided as commands are sent (Redis decides it from their
+//! order too), so commands pipelined behind MULTI are known to be queued. What a queued command changes
+//! (database, credentials, protocol, tracking, subscriptions) applies only if EXEC runs it, element by
+//! element of EXEC's reply.
+//!
+//! The connection goes back to the pool only in its greeted state; anything the proxy does not track
+//! exactly (pub/sub, MONITOR, tracking, RESET, connection commands queued in MULTI) closes it instead.
+//! Before leaving after commands whose replies no entry tracks, a `PING` marker is sent and its reply
+//! awaited, so no late reply (or subscription) is left on the connection.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tracing::debug;
+use tracing::{debug, error};
 
 use super::dispatch::Step;
 use super::reply::ClientError;
 use super::session::{Outcome, Sent, Session, Then, Wait};
-use crate::backend::{self, Dedicated};
+use crate::backend::{self, encode_command, Dedicated};
 use crate::command::{Class, Local, Pin};
 use crate::config::Credentials;
-use crate::resp::{ReplyFrame, Request};
+use crate::resp::{Limits, ReplyFrame, ReplyScanner, Request};
 
 /// The dedicated connection and what the proxy knows of its state.
 #[derive(Debug)]
 pub(super) struct Pinned {
     pub conn: Dedicated,
+    /// Inside MULTI, as of the commands sent so far.
     pub multi: bool,
-    /// `SELECT` queued inside MULTI: applies if EXEC succeeds.
-    queued_select: Option<u32>,
+    /// What the commands Redis queued in this MULTI change, in queue order, for EXEC's replies.
+    queued: Vec<Effect>,
     watch: bool,
     /// Channels plus patterns, and shard channels, subscribed (from the confirmations).
     subs: i64,
@@ -40,10 +48,15 @@ pub(super) struct Pinned {
     monitor: bool,
     tracking: bool,
     /// False once the connection's state may differ from a freshly greeted one in ways the proxy does not
-    /// track (pub/sub, MONITOR, tracking, RESET): such a connection is closed, not reused.
+    /// track: such a connection is closed, not reused.
     reusable: bool,
     /// Set by QUIT: the upstream will close.
     quitting: bool,
+    /// Commands were forwarded whose replies no queue entry tracks (pub/sub, MONITOR).
+    untracked: bool,
+    /// The `PING` token awaited before unpinning.
+    marker: Option<Vec<u8>>,
+    markers: u64,
     /// Requests to write.
     out: Vec<Bytes>,
 }
@@ -52,9 +65,12 @@ pub(super) struct Pinned {
 #[derive(Debug)]
 pub(super) enum Effect {
     None,
-    Multi,
-    /// EXEC or DISCARD.
-    EndMulti,
+    /// Queued inside MULTI: the inner effect applies if EXEC runs the command.
+    Queued(Box<Effect>),
+    /// EXEC (`exec`) or DISCARD inside MULTI.
+    EndMulti {
+        exec: bool,
+    },
     Watch,
     Unwatch,
     Select(u32),
@@ -65,6 +81,11 @@ pub(super) enum Effect {
     },
     TrackingOn,
     TrackingOff,
+    /// `CLIENT SETNAME` run by EXEC.
+    SetName(Option<Bytes>),
+    /// Some other connection state changed by a command queued in MULTI (CLIENT NO-EVICT, ...): the
+    /// connection is not reused.
+    Dirty,
     Reset,
     Quit,
 }
@@ -74,7 +95,7 @@ impl Pinned {
         Pinned {
             conn,
             multi: false,
-            queued_select: None,
+            queued: Vec::new(),
             watch: false,
             subs: 0,
             ssubs: 0,
@@ -83,6 +104,9 @@ impl Pinned {
             tracking: false,
             reusable: true,
             quitting: false,
+            untracked: false,
+            marker: None,
+            markers: 0,
             out: Vec::new(),
         }
     }
@@ -90,7 +114,7 @@ impl Pinned {
     /// Forgets all tracked state (after RESET). The connection is no longer fit for reuse.
     fn clear(&mut self) {
         self.multi = false;
-        self.queued_select = None;
+        self.queued.clear();
         self.watch = false;
         self.subs = 0;
         self.ssubs = 0;
@@ -100,9 +124,15 @@ impl Pinned {
         self.reusable = false;
     }
 
-    /// Every frame passes through untouched (RESP2 pub/sub, MONITOR).
+    /// Every frame passes through untouched: MONITOR, RESP2 pub/sub, and in RESP2 the replies of commands
+    /// forwarded in pub/sub mode until the marker confirms they are all in.
     fn passthrough(&self) -> bool {
-        self.monitor || self.subscribed
+        self.monitor || self.subscribed || (!self.conn.key.resp3 && self.untracked)
+    }
+
+    /// Pub/sub or MONITOR: replies may never end, so a client hang-up ends the session at once.
+    pub fn streaming(&self) -> bool {
+        self.monitor || self.subscribed || self.subs > 0 || self.ssubs > 0 || self.tracking
     }
 
     /// Nothing holds the session here any more.
@@ -117,6 +147,61 @@ impl Pinned {
     }
 }
 
+/// What a forwarded command changes, if Redis runs it.
+fn effect_of(class: Class, args: &[Vec<u8>], resp3: bool) -> Effect {
+    let int = |i: usize| {
+        args.get(i)
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|s| s.parse::<i64>().ok())
+    };
+    match class {
+        Class::Pin(Pin::Watch) => Effect::Watch,
+        Class::Local(Local::Unwatch) => Effect::Unwatch,
+        Class::Local(Local::Select) => match int(1) {
+            Some(db) if (0..=i64::from(u32::MAX)).contains(&db) => Effect::Select(db as u32),
+            _ => Effect::None,
+        },
+        Class::Local(Local::Auth) if args.len() == 2 || args.len() == 3 => {
+            Effect::Auth(Arc::new(Credentials {
+                username: (args.len() == 3).then(|| String::from_utf8_lossy(&args[1]).into_owned()),
+                password: String::from_utf8_lossy(&args[args.len() - 1]).into_owned(),
+            }))
+        }
+        Class::Local(Local::Hello) => {
+            let resp3 = match int(1) {
+                Some(3) => true,
+                Some(2) => false,
+                _ => resp3,
+            };
+            let auth = args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"AUTH"))
+                .and_then(|i| {
+                    Some(Arc::new(Credentials {
+                        username: Some(String::from_utf8_lossy(args.get(i + 1)?).into_owned()),
+                        password: String::from_utf8_lossy(args.get(i + 2)?).into_owned(),
+                    }))
+                });
+            Effect::Hello { resp3, auth }
+        }
+        Class::Pin(Pin::Tracking) => Effect::TrackingOn,
+        Class::Local(Local::TrackingOff) => Effect::TrackingOff,
+        Class::Local(Local::ClientSetName) => Effect::SetName(
+            args.get(2)
+                .filter(|n| !n.is_empty())
+                .map(|n| Bytes::copy_from_slice(n)),
+        ),
+        Class::Local(
+            Local::ClientAck
+            | Local::ClientReply
+            | Local::ClientId
+            | Local::ClientGetName
+            | Local::ClientInfo,
+        ) => Effect::Dirty,
+        _ => Effect::None,
+    }
+}
+
 impl Session {
     /// Handles one request while pinned.
     pub(super) fn pinned_request(&mut self, class: Class, req: &Request, args: &[Vec<u8>]) -> Step {
@@ -124,20 +209,60 @@ impl Session {
         let Some(p) = self.pinned.as_mut() else {
             return Step::Stop;
         };
+        if p.marker.is_some() {
+            // Leaving: later requests wait for the marker's reply, then go the normal way.
+            return Step::Park;
+        }
         if p.passthrough() {
             if matches!(class, Class::Local(Local::Quit)) {
                 p.quitting = true;
                 self.closing = true;
             }
+            p.untracked = true;
             self.forward(req);
             return if self.closing { Step::Stop } else { Step::Next };
         }
-        let multi = p.multi;
-        let int = |i: usize| {
-            args.get(i)
-                .and_then(|a| std::str::from_utf8(a).ok())
-                .and_then(|s| s.parse::<i64>().ok())
-        };
+        if p.multi {
+            // Redis queues everything but these, answering +QUEUED (or an error).
+            let effect = match class {
+                Class::Local(Local::Quit) => {
+                    p.quitting = true;
+                    self.closing = true;
+                    Effect::Quit
+                }
+                Class::Local(Local::Reset) => Effect::Reset,
+                Class::Local(Local::WithoutMulti) => {
+                    p.multi = false;
+                    Effect::EndMulti {
+                        exec: args[0].eq_ignore_ascii_case(b"EXEC"),
+                    }
+                }
+                // Nested MULTI, WATCH inside MULTI: Redis answers with an error.
+                Class::Pin(Pin::Multi | Pin::Watch) => Effect::None,
+                // Their replies would arrive inside EXEC's, or as a stream after it: not followed here.
+                Class::Local(Local::ClientReply)
+                | Class::Pin(Pin::Subscribe | Pin::Monitor)
+                | Class::Local(Local::Unsubscribe) => {
+                    let label = super::dispatch::command_label(args);
+                    return self.reply_local_now(req, ClientError::InMulti(&label).frame());
+                }
+                Class::Local(Local::Refuse) => {
+                    let label = super::dispatch::command_label(args);
+                    return self.reply_local_now(req, ClientError::Unsupported(&label).frame());
+                }
+                _ => {
+                    let effect = effect_of(class, args, resp3);
+                    if !matches!(effect, Effect::None) {
+                        // Its effect on the connection is not followed exactly: never reuse it.
+                        p.reusable = false;
+                    }
+                    Effect::Queued(Box::new(effect))
+                }
+            };
+            self.forward(req);
+            self.push_pinned(1, effect);
+            return if self.closing { Step::Stop } else { Step::Next };
+        }
         let effect = match class {
             Class::Local(
                 l @ (Local::ClientId
@@ -146,16 +271,23 @@ impl Session {
                 | Local::ClientInfo
                 | Local::ClientReply
                 | Local::ClientAck),
-            ) if !multi => {
+            ) => {
+                // Answered here from state that replies still in flight (EXEC, SELECT) may change.
+                if self.queue_has_pinned() {
+                    return Step::Wait;
+                }
                 let topo = self.ctx.topo.snapshot();
-                return self.local_pinned(l, req, args, &topo);
+                let mut none = None;
+                return self.local(l, req, args, &topo, &mut none);
             }
             Class::Local(Local::Refuse) => {
                 let label = super::dispatch::command_label(args);
                 return self.reply_local_now(req, ClientError::Unsupported(&label).frame());
             }
             Class::Pin(Pin::Subscribe) | Class::Local(Local::Unsubscribe) if resp3 => {
-                // Confirmations are pushes: nothing to match.
+                // Confirmations are pushes: nothing to match, but the connection is no longer plain.
+                p.untracked = true;
+                p.reusable = false;
                 self.forward(req);
                 return Step::Next;
             }
@@ -167,6 +299,7 @@ impl Session {
                 }
                 if let Some(p) = self.pinned.as_mut() {
                     p.reusable = false;
+                    p.untracked = true;
                     match class {
                         Class::Pin(Pin::Monitor) => p.monitor = true,
                         _ => p.subscribed = true,
@@ -182,49 +315,17 @@ impl Session {
                 self.push_pinned(n, Effect::None);
                 return Step::Next;
             }
-            Class::Pin(Pin::Multi) => Effect::Multi,
-            Class::Local(Local::WithoutMulti) => Effect::EndMulti,
-            Class::Pin(Pin::Watch) => Effect::Watch,
-            Class::Local(Local::Unwatch) => Effect::Unwatch,
-            Class::Local(Local::Select) => match int(1) {
-                Some(db) if (0..=i64::from(u32::MAX)).contains(&db) => Effect::Select(db as u32),
-                _ => Effect::None,
-            },
-            Class::Local(Local::Auth) if args.len() == 2 || args.len() == 3 => {
-                Effect::Auth(Arc::new(Credentials {
-                    username: (args.len() == 3)
-                        .then(|| String::from_utf8_lossy(&args[1]).into_owned()),
-                    password: String::from_utf8_lossy(&args[args.len() - 1]).into_owned(),
-                }))
+            Class::Pin(Pin::Multi) => {
+                p.multi = true;
+                Effect::None
             }
-            Class::Local(Local::Hello) => {
-                let resp3 = match int(1) {
-                    Some(3) => true,
-                    Some(2) => false,
-                    _ => resp3,
-                };
-                let auth = args
-                    .iter()
-                    .position(|a| a.eq_ignore_ascii_case(b"AUTH"))
-                    .and_then(|i| {
-                        Some(Arc::new(Credentials {
-                            username: Some(String::from_utf8_lossy(args.get(i + 1)?).into_owned()),
-                            password: String::from_utf8_lossy(args.get(i + 2)?).into_owned(),
-                        }))
-                    });
-                Effect::Hello { resp3, auth }
-            }
-            Class::Pin(Pin::Tracking) => Effect::TrackingOn,
-            Class::Local(Local::TrackingOff) => Effect::TrackingOff,
             Class::Local(Local::Reset) => Effect::Reset,
             Class::Local(Local::Quit) => {
-                if let Some(p) = self.pinned.as_mut() {
-                    p.quitting = true;
-                }
+                p.quitting = true;
                 self.closing = true;
                 Effect::Quit
             }
-            _ => Effect::None,
+            _ => effect_of(class, args, resp3),
         };
         self.forward(req);
         self.push_pinned(1, effect);
@@ -276,6 +377,15 @@ impl Session {
                 return;
             }
         };
+        if let Some(token) = &p.marker {
+            if is_marker_reply(&bytes, token) {
+                // Every reply sent before the marker is in: nothing untracked is left on the connection.
+                p.marker = None;
+                p.untracked = false;
+                self.maybe_unpin();
+                return;
+            }
+        }
         if p.passthrough() || info.is_push() {
             if bytes.starts_with(b"+RESET\r\n") {
                 self.apply_effect(Effect::Reset, &bytes);
@@ -289,7 +399,7 @@ impl Session {
                 .front_mut()
                 .filter(|e| matches!(e.wait, Wait::Pinned))
             else {
-                debug!("reply on the dedicated connection with nothing awaiting it");
+                error!("reply on the dedicated connection with nothing awaiting it");
                 self.close_now = true;
                 return;
             };
@@ -299,6 +409,9 @@ impl Session {
                 if !front.silent {
                     self.out.push(bytes);
                 }
+                let node = p.conn.node.id;
+                let epoch = self.ctx.topo.current_epoch();
+                self.reads.replied(node, true, 1, epoch);
             } else {
                 self.complete_front(Outcome::Bytes(bytes));
             }
@@ -313,23 +426,32 @@ impl Session {
             return;
         };
         match effect {
-            Effect::None => {}
-            Effect::Multi => p.multi |= ok,
-            Effect::EndMulti => {
-                let committed = reply.first() == Some(&b'*');
-                p.multi = false;
+            Effect::None | Effect::Quit => {}
+            Effect::Queued(inner) => {
+                // Only what Redis queued is run by EXEC (and answered in its reply).
+                if reply.starts_with(b"+QUEUED") {
+                    p.queued.push(*inner);
+                }
+            }
+            Effect::EndMulti { exec } => {
+                // EXEC and DISCARD inside MULTI also end WATCH.
                 p.watch = false;
-                if let Some(db) = p.queued_select.take().filter(|_| committed) {
-                    self.set_pinned_key(|k| k.db = db);
+                let queued = std::mem::take(&mut p.queued);
+                if exec {
+                    if let Some(results) = exec_results(reply, queued.len()) {
+                        for (effect, ran) in queued.into_iter().zip(results) {
+                            if ran {
+                                self.apply_effect(effect, b"+OK\r\n");
+                            }
+                        }
+                    }
                 }
             }
             Effect::Watch => p.watch |= ok,
-            Effect::Unwatch => p.watch = false,
+            Effect::Unwatch => p.watch &= !ok,
             Effect::Select(db) => {
                 if ok {
                     self.set_pinned_key(|k| k.db = db);
-                } else if reply.starts_with(b"+QUEUED") {
-                    p.queued_select = Some(db);
                 }
             }
             Effect::Auth(c) => {
@@ -354,6 +476,13 @@ impl Session {
                 }
             }
             Effect::TrackingOff => p.tracking &= !ok,
+            Effect::SetName(name) => {
+                p.reusable = false;
+                if ok {
+                    self.name = name;
+                }
+            }
+            Effect::Dirty => p.reusable = false,
             Effect::Reset => {
                 if reply.starts_with(b"+RESET") {
                     // RESET also logs the connection out to the default user: it no longer matches any key.
@@ -361,18 +490,27 @@ impl Session {
                     self.reset();
                 }
             }
-            Effect::Quit => {}
         }
     }
 
-    /// Returns the dedicated connection once nothing needs it.
+    /// Leaves pinned mode once nothing needs the dedicated connection: at once if every reply is
+    /// accounted for, else after a `PING` marker's reply.
     fn maybe_unpin(&mut self) {
-        let done = self
-            .pinned
-            .as_ref()
-            .is_some_and(|p| p.idle() && !p.quitting)
-            && !self.queue_has_pinned();
-        if !done {
+        let has_pinned = self.queue_has_pinned();
+        let id = self.id;
+        let Some(p) = self.pinned.as_mut() else {
+            return;
+        };
+        if !p.idle() || p.quitting || has_pinned || p.marker.is_some() {
+            return;
+        }
+        if p.untracked {
+            p.markers += 1;
+            let token = format!("redsplit-unpin-{id}-{}", p.markers).into_bytes();
+            let mut cmd = Vec::new();
+            encode_command(&mut cmd, &[b"PING", &token]);
+            p.out.push(Bytes::from(cmd));
+            p.marker = Some(token);
             return;
         }
         if let Some(mut p) = self.pinned.take() {
@@ -411,9 +549,8 @@ impl Session {
             b"ssubscribe" | b"sunsubscribe" => p.ssubs = count,
             _ => return,
         }
-        if p.subs == 0 && p.ssubs == 0 {
-            p.subscribed = false;
-        }
+        // RESP2 pub/sub mode is on while any subscription is (a SUBSCRIBE may follow the last UNSUBSCRIBE).
+        p.subscribed = !p.conn.key.resp3 && (p.subs > 0 || p.ssubs > 0);
     }
 
     fn forward(&mut self, req: &Request) {
@@ -423,10 +560,11 @@ impl Session {
         }
     }
 
+    /// Queues an entry for `count` replies from the dedicated connection.
     fn push_pinned(&mut self, count: u32, effect: Effect) {
         let node = self.pinned.as_ref().map(|p| p.conn.node.clone());
         if let Some(n) = &node {
-            self.reads.sent(n.id, true, count);
+            self.sent_to_primary(n.id, count);
         }
         let sent = node.map(|n| Sent::once(n, true));
         self.push(Wait::Pinned, sent, Then::Effect(effect));
@@ -436,22 +574,43 @@ impl Session {
         }
     }
 
-    /// A connection-local command while pinned: answered in order with the forwarded ones.
-    fn local_pinned(
-        &mut self,
-        l: Local,
-        req: &Request,
-        args: &[Vec<u8>],
-        topo: &Arc<crate::topology::Topology>,
-    ) -> Step {
-        let mut none = None;
-        self.local(l, req, args, topo, &mut none)
-    }
-
     fn reply_local_now(&mut self, req: &Request, frame: Bytes) -> Step {
         let mut none = None;
         self.reply_local(&mut none, req, frame)
     }
+}
+
+/// Which elements of EXEC's reply are not errors, if it is an array of `n` (a committed transaction).
+fn exec_results(reply: &[u8], n: usize) -> Option<Vec<bool>> {
+    let header_end = memchr::memchr(b'\r', reply)?;
+    if reply.first() != Some(&b'*')
+        || std::str::from_utf8(&reply[1..header_end])
+            .ok()?
+            .parse::<usize>()
+            .ok()?
+            != n
+    {
+        return None;
+    }
+    let mut at = header_end + 2;
+    let mut results = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut scanner = ReplyScanner::new(Limits::default());
+        let frame = scanner.scan(reply.get(at..)?).ok()??;
+        results.push(!frame.is_error());
+        at += frame.len;
+    }
+    Some(results)
+}
+
+/// True if `frame` is the reply to `PING token`: a bulk string, or `pong token` in RESP2 pub/sub mode.
+fn is_marker_reply(frame: &[u8], token: &[u8]) -> bool {
+    let bulk_token = [format!("${}\r\n", token.len()).as_bytes(), token, b"\r\n"].concat();
+    frame == bulk_token.as_slice()
+        || frame
+            == [b"*2\r\n$4\r\npong\r\n".as_slice(), &bulk_token]
+                .concat()
+                .as_slice()
 }
 
 /// `(kind, count)` of a pub/sub confirmation: a 3-element array or push whose first element is the kind

@@ -27,6 +27,8 @@ pub enum ClientError<'a> {
     NoReplica(PrimaryReason),
     /// No primary is known.
     NoPrimary,
+    /// A command the proxy cannot follow inside MULTI.
+    InMulti(&'a str),
     /// A read timed out on every node it was tried on.
     ReadTimedOut,
     /// No primary reachable within the hold (`write_hold_ms`); the command never ran.
@@ -68,6 +70,9 @@ impl ClientError<'_> {
                 format!("ERR redsplit: no replica can serve this read ({reason:?}) and fallback is \"error\"")
             }
             ClientError::NoPrimary => "MASTERDOWN redsplit: no primary is known".into(),
+            ClientError::InMulti(cmd) => {
+                format!("ERR redsplit: {cmd} is not supported inside MULTI")
+            }
             ClientError::ReadTimedOut => {
                 "ERR redsplit: read timed out on every node tried (read_timeout_ms)".into()
             }

@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, error};
 
 use super::pinned::Pinned;
 use super::reply::ClientError;
@@ -67,6 +67,8 @@ pub(super) enum Wait {
     /// Not sent anywhere now: waiting for a node to send it to (no primary during a failover). Later
     /// requests wait too, so order is kept.
     Held,
+    /// A reply already taken from its channel (while looking at what later requests did).
+    Done(Result<Reply, backend::Error>),
 }
 
 /// Where an entry's commands went, for consistency bookkeeping, and what is needed to send them again.
@@ -150,8 +152,9 @@ enum Resend {
 /// How often a held entry tries the current primary again when the topology has not changed (its
 /// connection may just have been down for a moment).
 const HOLD_POLL: Duration = Duration::from_millis(50);
-/// Most failures of one read batch on nodes it reached before its failure is delivered.
-const MAX_READ_FAILURES: u8 = 3;
+/// Failures of one read batch on nodes it reached before its failure is delivered: one retry. A read
+/// that is merely slow would time out again, and every retry runs it once more.
+const MAX_READ_FAILURES: u8 = 2;
 
 /// Per-connection state.
 pub(super) struct Session {
@@ -220,10 +223,17 @@ impl Session {
         W: tokio::io::AsyncWrite + Unpin,
     {
         loop {
-            // A barrier may clear as soon as local replies are drained: dispatch again then.
+            // A barrier may clear as soon as local replies are drained: dispatch again then. A barrier
+            // that holds with nothing queued would never clear; never spin on it.
+            let mut rounds = 0;
             while self.dispatch().await {
                 self.drain_ready();
+                rounds += 1;
                 if !self.queue.is_empty() {
+                    break;
+                }
+                if rounds > 8 {
+                    error!("dispatch waits with nothing in flight");
                     break;
                 }
             }
@@ -258,12 +268,13 @@ impl Session {
         }
     }
 
-    /// The client closed its side. Like Redis, drop anything that would wait indefinitely (blocking
-    /// commands, pub/sub, transactions); otherwise deliver the replies owed and close.
+    /// The client closed its side. Drop anything that would wait indefinitely (blocking commands, pub/sub,
+    /// MONITOR); otherwise deliver the replies owed (a half-closed client still reads), then close.
     fn on_client_eof(&mut self) {
         debug!("client hung up");
         self.closing = true;
-        if self.pinned.is_some() || self.queue.iter().any(|e| matches!(e.wait, Wait::Task(_))) {
+        let streaming = self.pinned.as_ref().is_some_and(|p| p.streaming());
+        if streaming || self.queue.iter().any(|e| matches!(e.wait, Wait::Task(_))) {
             self.close_now = true;
         }
     }
@@ -273,6 +284,12 @@ impl Session {
         while let Some(front) = self.queue.front_mut() {
             let outcome = match &mut front.wait {
                 Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
+                Wait::Done(_) => {
+                    let Wait::Done(r) = std::mem::replace(&mut front.wait, Wait::Held) else {
+                        return;
+                    };
+                    Outcome::Upstream(r)
+                }
                 Wait::Upstream(rx) => match rx.try_recv() {
                     Ok(r) => Outcome::Upstream(r),
                     Err(oneshot::error::TryRecvError::Empty) => return,
@@ -419,12 +436,19 @@ impl Session {
         }
         let since = *sent.held_since.get_or_insert(now);
         sent.failures += u8::from(reached);
-        if now.duration_since(since) > hold
-            || (sent.reads_only && sent.failures >= MAX_READ_FAILURES)
-        {
-            entry.wait = Wait::Held;
+        let spent = now.duration_since(since) > hold
+            || (sent.reads_only && sent.failures >= MAX_READ_FAILURES);
+        entry.wait = Wait::Held;
+        // Sending it again after later commands of this session may have written would let it see (or,
+        // for a write, overtake) them: deliver the failure instead.
+        if spent || self.later_may_have_written() {
             return Resend::GiveUp;
         }
+        let entry = self.queue.front_mut().expect("called with a front entry");
+        let sent = entry
+            .sent
+            .as_mut()
+            .expect("called for an entry with a send record");
         let target = if sent.reads_only {
             let avoid = failed.as_ref().map(|n| n.id);
             match self
@@ -462,6 +486,32 @@ impl Session {
             self.last_primary = node.id;
         }
         Resend::Sent
+    }
+
+    /// True if a request queued after the front one may have changed data: it was sent (or its reply
+    /// says it ran) and is not only reads. Replies already in are taken from their channels to tell.
+    fn later_may_have_written(&mut self) -> bool {
+        for e in self.queue.iter_mut().skip(1) {
+            if let Wait::Upstream(rx) = &mut e.wait {
+                if let Ok(r) = rx.try_recv() {
+                    e.wait = Wait::Done(r);
+                }
+            }
+            let reads_only = e.sent.as_ref().is_some_and(|s| s.reads_only);
+            let may_have_written = match &e.wait {
+                Wait::Ready(_) | Wait::Held => false,
+                // Never reached a node: it ran nowhere.
+                Wait::Done(Err(err)) => err.maybe_sent() && !reads_only,
+                Wait::Done(Ok(_)) | Wait::Upstream(_) => !reads_only,
+                // Blocking commands write; WAIT (no send record) does not.
+                Wait::Task(_) => e.sent.is_some(),
+                Wait::Pinned => true,
+            };
+            if may_have_written {
+                return true;
+            }
+        }
+        false
     }
 
     /// Moves the session to another connection key; the cached connections belong to the old one.
@@ -513,6 +563,12 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
     let deadline = entry.sent.as_ref().and_then(|s| s.deadline);
     match &mut entry.wait {
         Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
+        Wait::Done(_) => {
+            let Wait::Done(r) = std::mem::replace(&mut entry.wait, Wait::Held) else {
+                return std::future::pending().await;
+            };
+            Outcome::Upstream(r)
+        }
         Wait::Upstream(rx) => {
             let reply = match deadline {
                 Some(d) => match tokio::time::timeout_at(d.into(), rx).await {

@@ -8,6 +8,7 @@ mod consistency;
 mod failover;
 mod pinned;
 mod protocol;
+mod regressions;
 mod relay;
 mod routing;
 mod session;

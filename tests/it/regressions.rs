@@ -1,0 +1,324 @@
+//! Bugs found by review, each reproduced against real Redis before it was fixed.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use redsplit::config::{Consistency, Flags};
+
+use crate::harness::*;
+
+/// A client that answers PING within a second: the proxy is not frozen.
+async fn proxy_answers(p: &redsplit::Proxy) {
+    let mut other = client(p).await;
+    let pong = tokio::time::timeout(Duration::from_secs(2), try_q(&mut other, &["PING"])).await;
+    assert!(matches!(pong, Ok(Ok(_))), "another client is still served");
+}
+
+#[tokio::test]
+async fn unsubscribe_with_names_while_watching_does_not_freeze_the_proxy() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["WATCH", "k"]);
+    out.extend(resp(&["UNSUBSCRIBE", "a", "b"]));
+    out.extend(resp(&["UNWATCH"]));
+    out.extend(resp(&["SET", "x", "1"]));
+    raw.send(&out).await;
+    raw.expect(b"+OK\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n+OK\r\n+OK\r\n")
+        .await;
+    proxy_answers(&proxy).await;
+}
+
+#[tokio::test]
+async fn unsubscribe_inside_multi_is_refused_not_miscounted() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["MULTI"]);
+    out.extend(resp(&["UNSUBSCRIBE", "a", "b"]));
+    out.extend(resp(&["SET", "k", "v"]));
+    out.extend(resp(&["EXEC"]));
+    out.extend(resp(&["GET", "k"]));
+    raw.send(&out).await;
+    raw.expect(b"+OK\r\n").await;
+    let refused = raw.frame().await;
+    assert!(refused.starts_with(b"-ERR redsplit: UNSUBSCRIBE is not supported inside MULTI"));
+    raw.expect(b"+QUEUED\r\n*1\r\n+OK\r\n$1\r\nv\r\n").await;
+    proxy_answers(&proxy).await;
+}
+
+#[tokio::test]
+async fn commands_pipelined_after_the_last_unsubscribe_get_their_replies() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&["SUBSCRIBE", "a"])).await;
+    raw.expect(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
+        .await;
+    let mut out = resp(&["UNSUBSCRIBE"]);
+    out.extend(resp(&["SET", "after", "1"]));
+    out.extend(resp(&["GET", "after"]));
+    raw.send(&out).await;
+    raw.expect(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n+OK\r\n$1\r\n1\r\n")
+        .await;
+}
+
+#[tokio::test]
+async fn a_subscription_made_right_after_leaving_another_is_kept() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&["SUBSCRIBE", "a"])).await;
+    raw.expect(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
+        .await;
+    let mut out = resp(&["UNSUBSCRIBE", "a"]);
+    out.extend(resp(&["SUBSCRIBE", "b"]));
+    raw.send(&out).await;
+    raw.expect(
+        b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:1\r\n",
+    )
+    .await;
+    let mut p = client(&proxy).await;
+    assert_eq!(q::<i64>(&mut p, &["PUBLISH", "b", "hello"]).await, 1);
+    raw.expect(b"*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$5\r\nhello\r\n")
+        .await;
+}
+
+#[tokio::test]
+async fn resp3_subscriptions_never_reach_a_pooled_connection() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut a = Raw::connect(&proxy).await;
+    a.send(&resp(&["HELLO", "3"])).await;
+    let _ = a.frame().await;
+    a.send(&resp(&["SUBSCRIBE", "a"])).await;
+    a.expect(b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
+        .await;
+    let mut out = resp(&["UNSUBSCRIBE", "a"]);
+    out.extend(resp(&["SUBSCRIBE", "b"]));
+    a.send(&out).await;
+    a.expect(
+        b">3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:1\r\n",
+    )
+    .await;
+    // Another client takes a dedicated connection; it must not be the one subscribed to b.
+    let mut b = Raw::connect(&proxy).await;
+    b.send(&resp(&["HELLO", "3"])).await;
+    let _ = b.frame().await;
+    b.send(&resp(&["WATCH", "z"])).await;
+    b.expect(b"+OK\r\n").await;
+    let mut p = client(&proxy).await;
+    assert_eq!(q::<i64>(&mut p, &["PUBLISH", "b", "for-a"]).await, 1);
+    a.expect(b">3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$5\r\nfor-a\r\n")
+        .await;
+    b.send(&resp(&["PING"])).await;
+    b.expect(b"+PONG\r\n").await;
+}
+
+#[tokio::test]
+async fn exec_without_multi_keeps_the_watch_and_leaks_nothing() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut a = client(&proxy).await;
+    let _: () = q(&mut a, &["WATCH", "wk"]).await;
+    assert!(
+        try_q(&mut a, &["EXEC"]).await.is_err(),
+        "EXEC without MULTI"
+    );
+    // Someone changes the watched key: A's transaction aborts, as in Redis.
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "wk", "changed"]).await;
+    let _: () = q(&mut a, &["MULTI"]).await;
+    let _: () = q(&mut a, &["SET", "x", "a"]).await;
+    assert_eq!(
+        q::<redis::Value>(&mut a, &["EXEC"]).await,
+        redis::Value::Nil
+    );
+    // Another client's transaction is not aborted by A's watch.
+    let mut b = client(&proxy).await;
+    let (v,): (String,) = redis::pipe()
+        .atomic()
+        .set("y", "b")
+        .ignore()
+        .get("y")
+        .query_async(&mut b)
+        .await
+        .expect("b's transaction");
+    assert_eq!(v, "b");
+}
+
+#[tokio::test]
+async fn an_aborted_transaction_does_not_switch_the_database() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut a = client(&proxy).await;
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut a, &["WATCH", "w"]).await;
+    let _: () = q(&mut c, &["SET", "w", "changed"]).await;
+    let _: () = q(&mut a, &["MULTI"]).await;
+    let _: () = q(&mut a, &["SELECT", "5"]).await;
+    assert_eq!(
+        q::<redis::Value>(&mut a, &["EXEC"]).await,
+        redis::Value::Nil
+    );
+    let _: () = q(&mut a, &["SET", "where", "db0"]).await;
+    let mut d = direct(cluster.primary()).await;
+    assert_eq!(
+        q::<Option<String>>(&mut d, &["GET", "where"])
+            .await
+            .as_deref(),
+        Some("db0")
+    );
+    // A committed SELECT inside MULTI does switch.
+    let _: () = q(&mut a, &["MULTI"]).await;
+    let _: () = q(&mut a, &["SELECT", "5"]).await;
+    let _: redis::Value = q(&mut a, &["EXEC"]).await;
+    let _: () = q(&mut a, &["SET", "where", "db5"]).await;
+    let _: () = q(&mut d, &["SELECT", "5"]).await;
+    assert_eq!(
+        q::<Option<String>>(&mut d, &["GET", "where"])
+            .await
+            .as_deref(),
+        Some("db5")
+    );
+}
+
+#[tokio::test]
+async fn auth_inside_multi_never_lends_its_identity_to_another_client() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut d = direct(cluster.primary()).await;
+    let _: () = q(
+        &mut d,
+        &["ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all"],
+    )
+    .await;
+    let mut a = Raw::connect(&proxy).await;
+    let mut out = resp(&["MULTI"]);
+    out.extend(resp(&["AUTH", "limited", "pw"]));
+    out.extend(resp(&["EXEC"]));
+    a.send(&out).await;
+    a.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").await;
+    for _ in 0..5 {
+        let mut b = Raw::connect(&proxy).await;
+        let mut out = resp(&["MULTI"]);
+        out.extend(resp(&["ACL", "WHOAMI"]));
+        out.extend(resp(&["EXEC"]));
+        b.send(&out).await;
+        b.expect(b"+OK\r\n+QUEUED\r\n*1\r\n$7\r\ndefault\r\n").await;
+    }
+    // A itself is now `limited`.
+    a.send(&resp(&["ACL", "WHOAMI"])).await;
+    a.expect(b"$7\r\nlimited\r\n").await;
+}
+
+#[tokio::test]
+async fn pipelined_multi_queues_connection_commands_too() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["MULTI"]);
+    out.extend(resp(&["SET", "t", "1"]));
+    out.extend(resp(&["CLIENT", "SETNAME", "n1"]));
+    out.extend(resp(&["EXEC"]));
+    out.extend(resp(&["CLIENT", "GETNAME"]));
+    raw.send(&out).await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n+OK\r\n$2\r\nn1\r\n")
+        .await;
+    let mut out = resp(&["MULTI"]);
+    out.extend(resp(&["HELLO", "3"]));
+    out.extend(resp(&["DISCARD"]));
+    out.extend(resp(&["CLIENT", "GETNAME"]));
+    raw.send(&out).await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n+OK\r\n$2\r\nn1\r\n").await;
+}
+
+#[tokio::test]
+async fn a_read_is_not_retried_after_a_later_write_of_the_same_client_ran() {
+    let cluster = cluster(1).await;
+    let f = Flags {
+        read_timeout_ms: Some(300),
+        consistency: Some(Consistency::Eventual),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "k", "old"]).await;
+    let mut r = direct(&cluster.replicas()[0]).await;
+    eventually!(
+        "replicated",
+        q::<Option<String>>(&mut r, &["GET", "k"]).await.as_deref() == Some("old")
+    );
+    // The replica stops answering anything for a while; the read to it times out.
+    let _: () = q(&mut r, &["CLIENT", "PAUSE", "1500", "ALL"]).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["GET", "k"]);
+    out.extend(resp(&["SET", "k", "new"]));
+    raw.send(&out).await;
+    let read = raw.frame().await;
+    assert_ne!(
+        read,
+        b"$3\r\nnew\r\n".to_vec(),
+        "the read must never see the write sent after it"
+    );
+    raw.expect(b"+OK\r\n").await;
+}
+
+#[tokio::test]
+async fn a_slow_read_runs_at_most_twice_and_says_it_timed_out() {
+    let cluster = cluster(2).await;
+    let f = Flags {
+        read_timeout_ms: Some(300),
+        consistency: Some(Consistency::Eventual),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 2).await;
+    let mut c = client(&proxy).await;
+    let busy = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 600000 return 1";
+    let result = try_q(&mut c, &["EVAL_RO", busy, "0"]).await;
+    let mut runs = calls(cluster.primary(), "eval_ro").await;
+    for r in cluster.replicas() {
+        runs += calls(r, "eval_ro").await;
+    }
+    assert!(runs <= 2, "ran {runs} times");
+    if let Err(e) = result {
+        assert!(e.to_string().contains("timed out"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_half_closed_client_gets_its_transaction_replies() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["MULTI"]);
+    out.extend(resp(&["INCR", "hc"]));
+    out.extend(resp(&["EXEC"]));
+    raw.send(&out).await;
+    raw.stream.shutdown().await.expect("half-close");
+    let got = raw.closed().await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "+OK\r\n+QUEUED\r\n*1\r\n:1\r\n"
+    );
+}
+
+#[tokio::test]
+async fn unsubscribe_with_many_names_outside_pubsub_confirms_each() {
+    let cluster = cluster(0).await;
+    let proxy = proxy(&cluster).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    let mut args = vec!["UNSUBSCRIBE"];
+    args.extend(names.iter().map(String::as_str));
+    raw.send(&resp(&args)).await;
+    for n in &names {
+        let want = format!("*3\r\n$11\r\nunsubscribe\r\n${}\r\n{n}\r\n:0\r\n", n.len());
+        raw.expect(want.as_bytes()).await;
+    }
+    raw.send(&resp(&["PING"])).await;
+    raw.expect(b"+PONG\r\n").await;
+}
