@@ -1,4 +1,5 @@
-//! Admin HTTP server: liveness, and the manual switchover (`POST /failover`).
+//! Admin HTTP server: probes (`/live`, `/ready`), Prometheus metrics (`/metrics`), the topology
+//! (`/topology`), and the manual switchover (`POST /failover`).
 //!
 //! A switchover must not lose an acknowledged write. Static mode uses Redis 7's `FAILOVER TO host port`,
 //! which pauses writes on the primary and waits for the target to catch up before switching; the proxy
@@ -52,6 +53,8 @@ pub struct AdminState {
     pub map: AddressMap,
     /// How long a switchover may take before it is abandoned (writes released either way).
     pub timeout: Duration,
+    /// Where metrics are registered.
+    pub registry: prometheus::Registry,
     busy: AtomicBool,
 }
 
@@ -62,12 +65,14 @@ impl AdminState {
         switchover: Switchover,
         map: AddressMap,
         timeout: Duration,
+        registry: prometheus::Registry,
     ) -> Arc<AdminState> {
         Arc::new(AdminState {
             topo,
             switchover,
             map,
             timeout,
+            registry,
             busy: AtomicBool::new(false),
         })
     }
@@ -77,6 +82,9 @@ impl AdminState {
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
     let app = Router::new()
         .route("/live", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/topology", get(topology))
         .route("/failover", post(failover))
         .with_state(state);
     let shutdown = async move { cancel.cancelled().await };
@@ -97,6 +105,70 @@ pub struct FailoverQuery {
 }
 
 type Reply = (StatusCode, Json<Value>);
+
+/// 200 once clients are served and a primary is known; 503 with the reason otherwise. (The client port is
+/// bound before this server starts.)
+async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, String) {
+    let snapshot = s.topo.snapshot();
+    match &snapshot.primary {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no primary is known\n".into(),
+        ),
+        Some(_) if s.topo.writes_held() => (
+            StatusCode::OK,
+            "ready (writes held for a switchover)\n".into(),
+        ),
+        Some(p) => (StatusCode::OK, format!("ready: primary {}\n", p.addr)),
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(
+    State(s): State<Arc<AdminState>>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let mut out = String::new();
+    let status = match prometheus::TextEncoder::new().encode_utf8(&s.registry.gather(), &mut out) {
+        Ok(()) => StatusCode::OK,
+        Err(e) => {
+            out = format!("cannot encode metrics: {e}\n");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    (status, [("content-type", "text/plain; version=0.0.4")], out)
+}
+
+/// The topology: generation, primary, and per replica where it hangs, how far behind it is, and
+/// whether it gets reads (and why not).
+async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
+    let t = s.topo.snapshot();
+    let replicas: Vec<Value> = t
+        .replicas
+        .iter()
+        .zip(&t.parents)
+        .map(|(n, parent)| {
+            let lag_ms = n.repl.lag_ms.load(Ordering::Relaxed);
+            json!({
+                "addr": n.addr.to_string(),
+                "parent": parent.to_string(),
+                "zone": Value::Null,
+                "offset": n.repl.offset(),
+                "lag_bytes": n.repl.lag_bytes.load(Ordering::Relaxed),
+                "lag_ms": (lag_ms != u64::MAX).then_some(lag_ms),
+                "eligible": n.repl.is_eligible(),
+                "why": n.repl.why().label(),
+                "outstanding": n.outstanding.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    Json(json!({
+        "generation": t.generation.0,
+        "primary": t.primary.as_ref().map(|p| json!({"addr": p.addr.to_string(), "offset": p.repl.offset()})),
+        "writes_held": s.topo.writes_held(),
+        "failovers": s.topo.failovers(),
+        "replicas": replicas,
+    }))
+}
 
 fn reply(status: StatusCode, body: Value) -> Reply {
     (status, Json(body))

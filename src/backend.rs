@@ -118,6 +118,8 @@ pub struct Settings {
     pub credentials: Option<Credentials>,
     /// Reply scanner limits.
     pub limits: Limits,
+    /// Where node metrics are registered; `None` for nodes that are not data nodes (sentinels).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Rung when an upstream misbehaves in a way that may mean the topology changed (a broken connection,
     /// `READONLY`, `MASTERDOWN`, `LOADING`): discovery looks again at once.
     pub refresh: Arc<tokio::sync::Notify>,
@@ -140,6 +142,8 @@ pub struct Node {
     pub outstanding: AtomicUsize,
     /// Replication offsets and lag, written by the prober.
     pub repl: ReplState,
+    /// Metric handles; registered while the node is in the topology, detached otherwise.
+    pub metrics: arc_swap::ArcSwap<crate::metrics::NodeMetrics>,
     /// Consecutive failures seen on the data path; past [`TRIP_AFTER`] the node gets no reads until its
     /// prober finds it healthy and caught up again (the half-open probe of a circuit breaker).
     failures: std::sync::atomic::AtomicU32,
@@ -156,6 +160,7 @@ impl Node {
             addr,
             outstanding: AtomicUsize::new(0),
             repl: ReplState::default(),
+            metrics: arc_swap::ArcSwap::from_pointee(crate::metrics::NodeMetrics::detached()),
             failures: std::sync::atomic::AtomicU32::new(0),
             settings,
             pools: Mutex::new(FxHashMap::default()),
@@ -166,9 +171,19 @@ impl Node {
     /// rotation after [`TRIP_AFTER`] in a row.
     pub fn record_failure(&self) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= TRIP_AFTER && self.repl.eligible.swap(false, Ordering::Relaxed) {
+        if n >= TRIP_AFTER && self.repl.is_eligible() {
             tracing::warn!(upstream = %self.addr, failures = n, "node keeps failing, taking it out of rotation");
+            self.set_eligibility(crate::topology::Why::Tripped);
         }
+    }
+
+    /// Sets read eligibility and its reason, and the eligibility gauge.
+    pub fn set_eligibility(&self, why: crate::topology::Why) {
+        self.repl.set(why);
+        self.metrics
+            .load()
+            .eligible
+            .set(i64::from(why == crate::topology::Why::Eligible));
     }
 
     /// Counts a success: the failure streak is over.

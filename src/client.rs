@@ -40,12 +40,19 @@ pub struct Context {
     pub write_hold: Duration,
     /// How long a read may take on one node before a retry elsewhere.
     pub read_timeout: Duration,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     next_id: AtomicU64,
 }
 
 impl Context {
     /// A context; session ids start at 1.
-    pub fn new(topo: Arc<Topo>, table: SharedTable, config: &Config) -> Arc<Context> {
+    pub fn new(
+        topo: Arc<Topo>,
+        table: SharedTable,
+        config: &Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Context> {
         Arc::new(Context {
             topo,
             table,
@@ -56,6 +63,7 @@ impl Context {
             max_inflight: config.max_client_inflight,
             write_hold: config.write_hold,
             read_timeout: config.read_timeout,
+            metrics,
             next_id: AtomicU64::new(1),
         })
     }

@@ -587,6 +587,17 @@ pub struct Cli {
     /// Options.
     #[command(flatten)]
     pub flags: Flags,
+    /// What to do; by default, run the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Ask a running proxy's admin port whether it is ready (GET /ready); exit 0 if so, 1 if not.
+    /// Meant for container health checks: it needs no other tool.
+    Health,
 }
 
 #[cfg(test)]

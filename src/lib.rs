@@ -21,6 +21,7 @@ pub mod command;
 pub mod config;
 pub mod embedded;
 pub mod io;
+pub mod metrics;
 pub mod resp;
 pub mod router;
 pub mod topology;
@@ -51,6 +52,9 @@ pub enum StartError {
     /// The embedded Redis servers did not start (redis-server missing, no free ports).
     #[error("cannot start the embedded Redis servers")]
     Embedded(#[source] std::io::Error),
+    /// A metric could not be registered (a bug: names clash).
+    #[error("cannot register metrics")]
+    Metrics(#[source] prometheus::Error),
 }
 
 /// A running proxy.
@@ -74,7 +78,10 @@ impl Proxy {
     /// Binds the listeners, publishes the first topology, and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let refresh = Arc::new(tokio::sync::Notify::new());
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(metrics::Metrics::new(&registry).map_err(StartError::Metrics)?);
         let settings = Arc::new(backend::Settings {
+            metrics: Some(metrics.clone()),
             connections: config.backend_connections,
             connect_timeout: config.connect_timeout,
             credentials: config.backend_credentials.clone(),
@@ -84,6 +91,7 @@ impl Proxy {
         // Sentinels get no backend credentials: they are not the data nodes.
         let sentinel_settings = Arc::new(backend::Settings {
             credentials: None,
+            metrics: None,
             ..(*settings).clone()
         });
         let embedded = match &config.source {
@@ -167,8 +175,13 @@ impl Proxy {
             },
             _ => admin::Switchover::Static,
         };
-        let admin_state =
-            admin::AdminState::new(topo.clone(), switchover, map.clone(), config.write_hold);
+        let admin_state = admin::AdminState::new(
+            topo.clone(),
+            switchover,
+            map.clone(),
+            config.write_hold,
+            registry,
+        );
         match source {
             Source::Static { primary, replicas } => {
                 let seeds = std::iter::once(primary).chain(replicas).collect();
@@ -207,7 +220,7 @@ impl Proxy {
         {
             tracing::warn!("no topology yet; serving anyway");
         }
-        let ctx = client::Context::new(topo.clone(), table.clone(), &config);
+        let ctx = client::Context::new(topo.clone(), table.clone(), &config, metrics.clone());
         tracker.spawn(client::serve(
             listener,
             ctx,

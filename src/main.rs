@@ -2,7 +2,11 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use redsplit::config::{Cli, Config, LogFormat};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use redsplit::config::{Cli, Command, Config, LogFormat};
 use redsplit::Proxy;
 
 fn main() -> anyhow::Result<()> {
@@ -20,6 +24,9 @@ fn main() -> anyhow::Result<()> {
     if cli.check {
         println!("config ok");
         return Ok(());
+    }
+    if let Some(Command::Health) = cli.command {
+        std::process::exit(health(config.admin_listen));
     }
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -63,6 +70,41 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// `redsplit health`: GET /ready on the admin port; 0 if it answers 200.
+fn health(mut admin: SocketAddr) -> i32 {
+    // A proxy listening on every address is asked on loopback.
+    if admin.ip().is_unspecified() {
+        admin.set_ip(match admin.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let ask = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /ready HTTP/1.1\r\nHost: redsplit\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    };
+    match ask() {
+        Ok(reply) => {
+            let ok = reply.split_whitespace().nth(1) == Some("200");
+            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+            println!("{body}");
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            println!("not ready: cannot ask {admin}: {e}");
+            1
+        }
+    }
 }
 
 fn init_logging(config: &Config) {

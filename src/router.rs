@@ -260,6 +260,7 @@ mod tests {
             credentials: None,
             limits: Limits::default(),
             refresh: Default::default(),
+            metrics: None,
         }));
         let addr = |s: &str| Addr::parse(s).expect("addr");
         let t = topo.publish(Some(&addr("p:1")), &[addr("r:1"), addr("r:2")]);

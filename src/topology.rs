@@ -63,8 +63,72 @@ pub struct ReplState {
     pub lag_ms: AtomicU64,
     /// May serve reads (replicas only): answering, link up, within the lag limits.
     pub eligible: AtomicBool,
+    /// Why it may or may not ([`Why`] as a number).
+    why: std::sync::atomic::AtomicU8,
     /// When a probe last got an answer, in milliseconds since the process started (0: never).
     last_answer_ms: AtomicU64,
+}
+
+/// Why a node may or may not serve reads (for `/topology` and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Why {
+    /// Not probed yet.
+    Unprobed = 0,
+    /// It may.
+    Eligible = 1,
+    /// Lag in time over the limit.
+    Lag = 2,
+    /// Lag in bytes over the limit.
+    LagBytes = 3,
+    /// Its link to the primary is down while the primary answers.
+    LinkDown = 4,
+    /// It does not answer probes within the timeout.
+    NoAnswer = 5,
+    /// It does not report being a replica.
+    NotReplica = 6,
+    /// It is the primary.
+    IsPrimary = 7,
+    /// Requests to it keep failing (circuit breaker open until a probe finds it healthy).
+    Tripped = 8,
+    /// Its lag cannot be measured yet (the primary's offset history does not reach back far enough).
+    Unmeasured = 9,
+}
+
+impl Why {
+    fn from_u8(n: u8) -> Why {
+        [
+            Why::Unprobed,
+            Why::Eligible,
+            Why::Lag,
+            Why::LagBytes,
+            Why::LinkDown,
+            Why::NoAnswer,
+            Why::NotReplica,
+            Why::IsPrimary,
+            Why::Tripped,
+            Why::Unmeasured,
+        ]
+        .get(usize::from(n))
+        .copied()
+        .unwrap_or(Why::Unprobed)
+    }
+
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Why::Unprobed => "not probed yet",
+            Why::Eligible => "eligible",
+            Why::Lag => "lag over max_lag_ms",
+            Why::LagBytes => "lag over max_lag_bytes",
+            Why::LinkDown => "master link down",
+            Why::NoAnswer => "not answering probes",
+            Why::NotReplica => "not a replica",
+            Why::IsPrimary => "primary",
+            Why::Tripped => "requests keep failing",
+            Why::Unmeasured => "lag not measurable yet",
+        }
+    }
 }
 
 /// The offset a node reported, and the epoch of the probe that asked.
@@ -114,6 +178,17 @@ impl ReplState {
     pub fn answered_within(&self, window: Duration) -> bool {
         let last = self.last_answer_ms.load(Ordering::Relaxed);
         last != 0 && since_start_ms().saturating_sub(last) <= window.as_millis() as u64
+    }
+
+    /// Sets eligibility and its reason together.
+    pub fn set(&self, why: Why) {
+        self.why.store(why as u8, Ordering::Relaxed);
+        self.eligible.store(why == Why::Eligible, Ordering::Relaxed);
+    }
+
+    /// Why it may or may not serve reads.
+    pub fn why(&self) -> Why {
+        Why::from_u8(self.why.load(Ordering::Relaxed))
     }
 
     /// True if it may serve reads.
@@ -253,9 +328,23 @@ impl Topo {
             })
         };
         let old = self.current.swap(next.clone());
-        if let (Some(a), Some(b)) = (&old.primary, &next.primary) {
-            if a.id != b.id {
-                self.failovers.fetch_add(1, Ordering::Relaxed);
+        let failover = matches!((&old.primary, &next.primary), (Some(a), Some(b)) if a.id != b.id);
+        if failover {
+            self.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(m) = &self.settings.metrics {
+            m.generation.set(next.generation.0 as i64);
+            if failover {
+                m.failovers.inc();
+            }
+            // Series exist exactly for the nodes in the topology.
+            for n in next.nodes().filter(|n| !old.nodes().any(|o| o.id == n.id)) {
+                n.metrics.store(Arc::new(m.node(n.addr.as_str())));
+            }
+            for n in old.nodes().filter(|o| !next.nodes().any(|n| n.id == o.id)) {
+                m.forget_node(n.addr.as_str());
+                n.metrics
+                    .store(Arc::new(crate::metrics::NodeMetrics::detached()));
             }
         }
         self.changed.send_replace(next.generation);

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
 use super::{connect, node_error, ConnKey, Error, Job, JobTx, Node, NodeError, Reply};
+use crate::metrics::BackendError;
 use crate::resp::ReplyScanner;
 
 /// Handle to a shared connection task. Cloning is cheap; the task ends when every handle is dropped.
@@ -77,6 +78,7 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
             Ok(s) => s,
             Err(e) => {
                 warn!(upstream = %node.addr, error = %e, "upstream connect failed");
+                node.metrics.load().error(BackendError::Connect);
                 node.settings().refresh.notify_one();
                 fail(&node, job, &e);
                 // Fail everything queued now, then refuse new jobs until the backoff ends, so a dead node
@@ -91,6 +93,8 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
         };
         backoff = BACKOFF_MIN;
         debug!(upstream = %node.addr, "upstream connected");
+        let connections = node.metrics.load().connections.clone();
+        connections.inc();
         let (reader, writer) = stream.into_split();
         // Jobs written (or being written) and not yet answered, oldest first. Both halves run in this one
         // task, so the lock is never contended; it only satisfies `Send`.
@@ -122,8 +126,13 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
                 },
             }
         };
+        connections.dec();
         let left = std::mem::take(&mut *lock(&inflight));
         if let Some(e) = &error {
+            node.metrics.load().error(match e {
+                Error::Protocol { .. } => BackendError::Protocol,
+                _ => BackendError::Lost,
+            });
             warn!(upstream = %node.addr, error = %e, inflight = left.len(), "upstream connection lost");
             node.settings().refresh.notify_one();
         }

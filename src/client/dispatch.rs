@@ -19,6 +19,7 @@ use super::session::{Entry, ReplyMode, Sent, Session, Then, Wait};
 use crate::backend::{self, ConnKey, Node, Pool};
 use crate::command::{classify, Class, Local};
 use crate::config::Credentials;
+use crate::metrics::Kind;
 use crate::resp::Request;
 use crate::router::ReadTarget;
 use crate::topology::Topology;
@@ -27,6 +28,8 @@ use crate::topology::Topology;
 pub(super) struct Batch {
     node: Arc<Node>,
     primary: bool,
+    /// Reads, writes, others in the batch.
+    kinds: [u32; 3],
     /// Only reads: safe to run again elsewhere if this node fails them.
     reads_only: bool,
     len: usize,
@@ -95,11 +98,12 @@ impl Session {
                 self.inbuf.advance(req.len);
                 continue;
             }
-            let (class, _kind) = {
+            let (class, kind) = {
                 let src = &self.inbuf[start..];
                 let scanner = &self.scanner;
                 classify(&table, req.argc, |i| scanner.arg(&req, src, i))
             };
+            self.cur_kind = kind.into();
             let step = if self.pinned.is_some() {
                 self.flush(&mut batch);
                 let args = self.kept_args(&req, 0);
@@ -141,8 +145,11 @@ impl Session {
                 .route(topo, self.ctx.consistency, self.ctx.fallback)
             {
                 ReadTarget::Replica(n) => self.add(batch, n, false, true, req),
-                ReadTarget::Primary(_) => match read_primary {
-                    Some(p) => self.add(batch, p, true, true, req),
+                ReadTarget::Primary(reason) => match read_primary {
+                    Some(p) => {
+                        self.ctx.metrics.read_on_primary(reason);
+                        self.add(batch, p, true, true, req)
+                    }
                     None => self.hold_new(batch, req, true),
                 },
                 ReadTarget::Refuse(reason) => {
@@ -163,10 +170,11 @@ impl Session {
                 // Same connection as this session's later reads, so an EVALSHA_RO sent next finds the script.
                 for r in &topo.replicas {
                     let conn = self.conn_for(r);
+                    r.metrics.load().commands(false, Kind::Other, 1);
                     drop(backend::submit(&conn, bytes.clone(), 1));
                 }
                 self.sent_to_primary(p.id, 1);
-                self.submit(p, true, false, bytes, 1);
+                self.submit(p, true, false, bytes, 1, [0, 0, 1]);
                 Step::Next
             }
             Class::Blocking => {
@@ -195,6 +203,7 @@ impl Session {
                     // The request stays buffered and is forwarded by the pinned path on the next turn.
                     Ok(conn) => {
                         self.pinned = Some(Pinned::new(conn));
+                        self.ctx.metrics.pinned_sessions.inc();
                         Step::Next
                     }
                     Err(e) => self.reply_local(batch, req, ClientError::Pin(&e).frame()),
@@ -584,20 +593,26 @@ impl Session {
         if req.inline {
             self.flush(batch);
             let bytes = self.take_frame(req);
-            self.submit(node, primary, read, bytes, 1);
+            let mut kinds = [0; 3];
+            kinds[self.cur_kind as usize] = 1;
+            self.submit(node, primary, read, bytes, 1, kinds);
             return Step::Next;
         }
         match batch {
             Some(b) if b.node.id == node.id && self.reply_mode == ReplyMode::On => {
                 b.len += req.len;
                 b.count += 1;
+                b.kinds[self.cur_kind as usize] += 1;
                 b.reads_only &= read;
             }
             _ => {
                 self.flush(batch);
+                let mut kinds = [0; 3];
+                kinds[self.cur_kind as usize] = 1;
                 *batch = Some(Batch {
                     node,
                     primary,
+                    kinds,
                     reads_only: read,
                     len: req.len,
                     count: 1,
@@ -615,7 +630,7 @@ impl Session {
     fn flush(&mut self, batch: &mut Option<Batch>) {
         if let Some(b) = batch.take() {
             let bytes = self.inbuf.split_to(b.len).freeze();
-            self.submit(b.node, b.primary, b.reads_only, bytes, b.count);
+            self.submit(b.node, b.primary, b.reads_only, bytes, b.count, b.kinds);
         }
     }
 
@@ -626,7 +641,17 @@ impl Session {
         reads_only: bool,
         bytes: Bytes,
         count: u32,
+        kinds: [u32; 3],
     ) {
+        let m = node.metrics.load();
+        for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
+            .into_iter()
+            .zip(kinds)
+        {
+            if n > 0 {
+                m.commands(primary, kind, u64::from(n));
+            }
+        }
         let conn = self.conn_for(&node);
         let rx = backend::submit(&conn, bytes.clone(), count);
         let silent = self.take_silent();
@@ -650,6 +675,8 @@ impl Session {
             silent,
             sent: Some(sent),
             then: Then::Nothing,
+            started: Some(Instant::now()),
+            kinds,
         });
         self.inflight += count as usize;
     }
@@ -670,13 +697,18 @@ impl Session {
             held_since: Some(Instant::now()),
             deadline: None,
         };
+        let mut kinds = [0; 3];
+        kinds[self.cur_kind as usize] = 1;
         self.queue.push_back(Entry {
             wait: Wait::Held,
             count: 1,
             silent,
             sent: Some(sent),
             then: Then::Nothing,
+            started: Some(Instant::now()),
+            kinds,
         });
+        self.ctx.metrics.writes_held.inc();
         self.inflight += 1;
         self.hold = true;
         Step::Next
@@ -689,15 +721,33 @@ impl Session {
         self.last_primary = node;
     }
 
-    /// Queues a one-command entry.
+    /// Queues a one-command entry. One sent upstream is timed for the latency histogram and counted
+    /// on its node.
     pub(super) fn push(&mut self, wait: Wait, sent: Option<Sent>, then: Then) {
         let silent = self.take_silent();
+        let upstream = !matches!(wait, Wait::Ready(_));
+        let mut kinds = [0; 3];
+        if upstream {
+            kinds[self.cur_kind as usize] = 1;
+            if let Some(Sent {
+                node: Some(n),
+                primary,
+                ..
+            }) = &sent
+            {
+                if !matches!(wait, Wait::Pinned) {
+                    n.metrics.load().commands(*primary, self.cur_kind, 1);
+                }
+            }
+        }
         self.queue.push_back(Entry {
             wait,
             count: 1,
             silent,
             sent,
             then,
+            started: upstream.then(Instant::now),
+            kinds,
         });
         self.inflight += 1;
     }
@@ -774,6 +824,7 @@ impl Session {
 
     /// Reports a fatal client error: the error is the last reply, then the connection closes.
     fn fatal(&mut self, frame: Bytes) {
+        self.ctx.metrics.protocol_errors.inc();
         self.inbuf.clear();
         self.reply_mode = ReplyMode::On;
         self.push(Wait::Ready(frame), None, Then::Nothing);

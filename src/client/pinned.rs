@@ -365,6 +365,7 @@ impl Session {
                 }
                 let quitting = p.quitting;
                 self.pinned = None;
+                self.ctx.metrics.pinned_sessions.dec();
                 // Its transaction or subscriptions are gone with it: the client gets an error for each
                 // command in flight, then the connection closes so the client notices.
                 while let Some(entry) = self.queue.pop_front() {
@@ -514,6 +515,7 @@ impl Session {
             return;
         }
         if let Some(mut p) = self.pinned.take() {
+            self.ctx.metrics.pinned_sessions.dec();
             if p.reusable {
                 p.conn.mark_clean();
                 let node = p.conn.node.clone();
@@ -555,7 +557,14 @@ impl Session {
 
     fn forward(&mut self, req: &Request) {
         let bytes = self.take_frame(req);
+        let kind = self.cur_kind;
         if let Some(p) = self.pinned.as_mut() {
+            p.conn.node.metrics.load().commands(true, kind, 1);
+            if kind == crate::metrics::Kind::Read {
+                self.ctx
+                    .metrics
+                    .read_on_primary(crate::router::PrimaryReason::Transaction);
+            }
             p.out.push(bytes);
         }
     }

@@ -26,6 +26,7 @@ use super::reply::ClientError;
 use super::Context;
 use crate::backend::{self, ConnKey, Node, Reply, Shared};
 use crate::io::OutBuf;
+use crate::metrics::{BackendError, Kind};
 use crate::resp::RequestScanner;
 use crate::router::{ReadState, ReadTarget};
 use crate::topology::Generation;
@@ -127,6 +128,10 @@ pub(super) struct Entry {
     pub silent: bool,
     pub sent: Option<Sent>,
     pub then: Then,
+    /// When the proxy received the commands, for the latency histogram (`None`: answered locally).
+    pub started: Option<Instant>,
+    /// How many of the commands are reads, writes, others.
+    pub kinds: [u32; 3],
 }
 
 /// A reply as it arrives at the front of the queue.
@@ -187,12 +192,24 @@ pub(super) struct Session {
     /// The primary this session last sent to: commands for a new primary wait until the old one has
     /// answered everything, so a failover never reorders a session's writes.
     pub last_primary: u64,
+    /// What the request being dispatched does, for metrics.
+    pub cur_kind: Kind,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.metrics.client_connections.dec();
+        if self.pinned.is_some() {
+            self.ctx.metrics.pinned_sessions.dec();
+        }
+    }
 }
 
 impl Session {
     fn new(id: u64, peer: SocketAddr, local: Option<SocketAddr>, ctx: Arc<Context>) -> Session {
         let scanner = RequestScanner::new(ctx.limits);
         let topo_rx = ctx.topo.subscribe();
+        ctx.metrics.client_connections.inc();
         Session {
             id,
             peer,
@@ -214,6 +231,7 @@ impl Session {
             out: OutBuf::default(),
             topo_rx,
             last_primary: 0,
+            cur_kind: Kind::Other,
         }
     }
 
@@ -322,7 +340,11 @@ impl Session {
             if let Some(node) = &sent.node {
                 match &outcome {
                     Outcome::Upstream(Ok(_)) => node.record_success(),
-                    Outcome::Upstream(Err(_)) | Outcome::TimedOut => node.record_failure(),
+                    Outcome::Upstream(Err(_)) => node.record_failure(),
+                    Outcome::TimedOut => {
+                        node.record_failure();
+                        node.metrics.load().error(BackendError::Timeout);
+                    }
                     Outcome::Bytes(_) | Outcome::Wake => {}
                 }
             }
@@ -376,6 +398,17 @@ impl Session {
             }
         }
         self.inflight -= count as usize;
+        if let Some(started) = entry.started {
+            let seconds = started.elapsed().as_secs_f64();
+            for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
+                .into_iter()
+                .zip(entry.kinds)
+            {
+                for _ in 0..n {
+                    self.ctx.metrics.duration(kind, seconds);
+                }
+            }
+        }
         let bytes = match outcome {
             Outcome::Bytes(b) => b,
             Outcome::Upstream(Ok(r)) => r.bytes,
@@ -470,8 +503,20 @@ impl Session {
         let Some((node, primary)) = target else {
             entry.wait = Wait::Held;
             self.hold = true;
+            if !was_held {
+                self.ctx.metrics.writes_held.inc();
+            }
             return Resend::Held;
         };
+        if was_held {
+            self.ctx
+                .metrics
+                .write_hold_seconds
+                .observe(now.duration_since(since).as_secs_f64());
+        }
+        if sent.reads_only && !was_held {
+            self.ctx.metrics.read_retries.inc();
+        }
         let bytes = sent.bytes.clone().expect("resent entries keep their bytes");
         sent.attempts = sent.attempts.saturating_add(1);
         sent.deadline = sent.reads_only.then(|| now + read_timeout);

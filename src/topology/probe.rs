@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::Topo;
+use super::{Topo, Why};
 use crate::backend::{ConnKey, Dedicated, Node};
 use crate::command::{SharedTable, Table};
 
@@ -169,12 +169,12 @@ async fn probe_node(
                 }
                 Ok(Err(e)) => {
                     debug!(upstream = %node.addr, error = %e, "probe connect failed");
-                    node.repl.eligible.store(false, Ordering::Relaxed);
+                    node.set_eligibility(Why::NoAnswer);
                     node.repl.unanswered();
                     continue;
                 }
                 Err(_) => {
-                    node.repl.eligible.store(false, Ordering::Relaxed);
+                    node.set_eligibility(Why::NoAnswer);
                     node.repl.unanswered();
                     continue;
                 }
@@ -190,9 +190,10 @@ async fn probe_node(
         let Some(role) = role else {
             // No answer within the timeout (frozen, overloaded, loading) or the link broke: no reads until
             // it answers again.
-            if node.repl.eligible.swap(false, Ordering::Relaxed) {
+            if node.repl.is_eligible() {
                 warn!(upstream = %node.addr, "replica stopped answering probes, taking it out of rotation");
             }
+            node.set_eligibility(Why::NoAnswer);
             node.repl.unanswered();
             conn = None;
             continue;
@@ -205,8 +206,9 @@ async fn probe_node(
                 node.repl.record(epoch, offset);
                 if is_primary {
                     topo.record_primary_offset(at, offset);
+                    node.set_eligibility(Why::IsPrimary);
                 } else {
-                    node.repl.eligible.store(false, Ordering::Relaxed);
+                    node.set_eligibility(Why::NotReplica);
                 }
             }
             Role::Replica { state, offset, .. } => {
@@ -254,38 +256,53 @@ async fn probe_node(
                 // others write. A link down to a primary nobody reaches (failover under way) means no one
                 // is writing: the replica is as fresh as its lag says, and reads keep flowing.
                 let link_ok = state == "connected" || !primary_answers;
-                let now = eligible(was, link_ok, lag, lag_bytes, &cfg);
+                let why = if is_primary {
+                    Why::IsPrimary
+                } else {
+                    eligibility(was, link_ok, lag, lag_bytes, &cfg)
+                };
+                let m = node.metrics.load();
+                m.lag_bytes.set(lag_bytes as i64);
+                m.lag_seconds
+                    .set(lag.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+                node.set_eligibility(why);
+                let now = why == Why::Eligible;
                 if was != now {
-                    info!(upstream = %node.addr, lag_ms = lag.map(|d| d.as_millis() as u64), lag_bytes, state, eligible = now, "replica eligibility changed");
+                    info!(upstream = %node.addr, lag_ms = lag.map(|d| d.as_millis() as u64), lag_bytes, state, eligible = now, why = why.label(), "replica eligibility changed");
                 }
-                node.repl
-                    .eligible
-                    .store(now && !is_primary, Ordering::Relaxed);
             }
-            Role::Other => node.repl.eligible.store(false, Ordering::Relaxed),
+            Role::Other => node.set_eligibility(Why::NotReplica),
         }
     }
 }
 
 /// Read eligibility with hysteresis: a replica in rotation stays while within the limits; one out of
 /// rotation returns only once within 80% of them, so a replica hovering at the limit does not flap.
-fn eligible(
+fn eligibility(
     was: bool,
     link_up: bool,
     lag: Option<Duration>,
     lag_bytes: u64,
     cfg: &ProbeConfig,
-) -> bool {
-    let Some(lag) = lag else { return false };
+) -> Why {
+    let Some(lag) = lag else {
+        return Why::Unmeasured;
+    };
     if !link_up {
-        return false;
+        return Why::LinkDown;
     }
     let (time_limit, byte_limit) = if was {
         (cfg.max_lag, cfg.max_lag_bytes)
     } else {
         (cfg.max_lag * 4 / 5, cfg.max_lag_bytes.map(|b| b / 5 * 4))
     };
-    lag <= time_limit && byte_limit.is_none_or(|b| lag_bytes <= b)
+    if lag > time_limit {
+        Why::Lag
+    } else if byte_limit.is_some_and(|b| lag_bytes > b) {
+        Why::LagBytes
+    } else {
+        Why::Eligible
+    }
 }
 
 /// On connecting to the primary: refresh the command table and learn the server version.
@@ -364,11 +381,20 @@ mod tests {
             refresh_commands: false,
         };
         let ms = Duration::from_millis;
-        assert!(eligible(true, true, Some(ms(900)), 0, &cfg));
-        assert!(!eligible(false, true, Some(ms(900)), 0, &cfg));
-        assert!(eligible(false, true, Some(ms(700)), 0, &cfg));
-        assert!(!eligible(true, true, Some(ms(1100)), 0, &cfg));
-        assert!(!eligible(true, false, Some(ms(0)), 0, &cfg));
-        assert!(!eligible(true, true, None, 0, &cfg));
+        assert_eq!(
+            eligibility(true, true, Some(ms(900)), 0, &cfg),
+            Why::Eligible
+        );
+        assert_eq!(eligibility(false, true, Some(ms(900)), 0, &cfg), Why::Lag);
+        assert_eq!(
+            eligibility(false, true, Some(ms(700)), 0, &cfg),
+            Why::Eligible
+        );
+        assert_eq!(eligibility(true, true, Some(ms(1100)), 0, &cfg), Why::Lag);
+        assert_eq!(
+            eligibility(true, false, Some(ms(0)), 0, &cfg),
+            Why::LinkDown
+        );
+        assert_eq!(eligibility(true, true, None, 0, &cfg), Why::Unmeasured);
     }
 }

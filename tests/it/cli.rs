@@ -97,9 +97,12 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
             "--admin-listen",
             "127.0.0.1:0",
             "--log-level",
-            "warn",
+            "info",
+            "--log-format",
+            "json",
         ])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("run");
     let stdout = child.stdout.take().expect("stdout");
@@ -113,6 +116,20 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
     .expect("reader")
     .expect("the proxy says where it listens");
     let addr = line.split_whitespace().nth(3).expect("address").to_string();
+    let admin = line
+        .rsplit_once("http://")
+        .map(|(_, a)| a.trim().to_string())
+        .expect("admin address");
+    // The health subcommand, as a container health check runs it.
+    let health = Command::new(BIN)
+        .args(["--admin-listen", &admin, "health"])
+        .output()
+        .expect("run health");
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
     let mut c = client_at(addr.parse().expect("socket address")).await;
     let _: () = q(&mut c, &["SET", "hello", "world"]).await;
     assert_eq!(q::<String>(&mut c, &["GET", "hello"]).await, "world");
@@ -123,9 +140,21 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
     );
     // SIGTERM: the proxy stops and takes its servers with it.
     let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
         .expect("wait");
-    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(
+        out.status.success(),
+        "clean exit on SIGTERM: {}",
+        out.status
+    );
+    // Logs are one JSON object per line, with structured fields.
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let published = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "topology published")
+        .unwrap_or_else(|| panic!("a JSON log line for the topology: {logs}"));
+    assert!(published["fields"]["generation"].as_u64().is_some());
 }

@@ -1,0 +1,366 @@
+//! Prometheus metrics, registered on an injected registry. Handles are resolved once (per node when the
+//! node is created), so counting a command on the hot path is an atomic add. Labels come from closed sets
+//! and node addresses only; a node that leaves the topology has its series removed.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::router::PrimaryReason;
+
+/// What a command does, the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Read-only.
+    Read = 0,
+    /// May write.
+    Write = 1,
+    /// Neither (admin, connection, pub/sub).
+    Other = 2,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Read, Kind::Write, Kind::Other];
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Other => "other",
+        }
+    }
+}
+
+impl From<crate::command::Kind> for Kind {
+    fn from(k: crate::command::Kind) -> Kind {
+        match k {
+            crate::command::Kind::Read => Kind::Read,
+            crate::command::Kind::Write => Kind::Write,
+            crate::command::Kind::Other => Kind::Other,
+        }
+    }
+}
+
+/// Upstream failure kinds, the `kind` label of `redsplit_backend_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendError {
+    /// Connect or greeting failed.
+    Connect = 0,
+    /// Connection lost with requests in flight.
+    Lost = 1,
+    /// Garbage from the node.
+    Protocol = 2,
+    /// A read timed out.
+    Timeout = 3,
+}
+
+impl BackendError {
+    const ALL: [BackendError; 4] = [
+        BackendError::Connect,
+        BackendError::Lost,
+        BackendError::Protocol,
+        BackendError::Timeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            BackendError::Connect => "connect",
+            BackendError::Lost => "lost",
+            BackendError::Protocol => "protocol",
+            BackendError::Timeout => "timeout",
+        }
+    }
+}
+
+/// Every metric of the proxy.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Client connections open.
+    pub client_connections: IntGauge,
+    /// Sessions holding a dedicated upstream connection.
+    pub pinned_sessions: IntGauge,
+    commands: IntCounterVec,
+    durations: [Histogram; 3],
+    reads_on_primary: [IntCounter; 5],
+    lag_bytes: IntGaugeVec,
+    lag_seconds: prometheus::GaugeVec,
+    eligible: IntGaugeVec,
+    /// Primary changes.
+    pub failovers: IntCounter,
+    /// Topology generation.
+    pub generation: IntGauge,
+    /// Requests held for a primary (failover, switchover).
+    pub writes_held: IntCounter,
+    /// How long held requests waited.
+    pub write_hold_seconds: Histogram,
+    backend_errors: IntCounterVec,
+    /// Client protocol errors (malformed RESP, oversized requests).
+    pub protocol_errors: IntCounter,
+    /// Reads sent again to another node.
+    pub read_retries: IntCounter,
+    /// Shared upstream connections open.
+    pub upstream_connections: IntGaugeVec,
+}
+
+/// Metric handles of one node, resolved once.
+#[derive(Debug, Clone)]
+pub struct NodeMetrics {
+    /// `[role][kind]`: role 0 primary, 1 replica.
+    commands: [[IntCounter; 3]; 2],
+    errors: [IntCounter; 4],
+    /// Replica lag in bytes.
+    pub lag_bytes: IntGauge,
+    /// Replica lag in seconds.
+    pub lag_seconds: prometheus::Gauge,
+    /// Replica eligible for reads (1) or not (0).
+    pub eligible: IntGauge,
+    /// Shared upstream connections open to this node.
+    pub connections: IntGauge,
+}
+
+impl NodeMetrics {
+    /// Handles registered nowhere: for nodes outside the topology.
+    pub fn detached() -> NodeMetrics {
+        let counter =
+            || IntCounter::new("detached", "detached").expect("static metric options are valid");
+        let gauge =
+            || IntGauge::new("detached", "detached").expect("static metric options are valid");
+        NodeMetrics {
+            commands: [
+                [counter(), counter(), counter()],
+                [counter(), counter(), counter()],
+            ],
+            errors: [counter(), counter(), counter(), counter()],
+            lag_bytes: gauge(),
+            lag_seconds: prometheus::Gauge::new("detached", "detached")
+                .expect("static metric options are valid"),
+            eligible: gauge(),
+            connections: gauge(),
+        }
+    }
+
+    /// Counts `n` commands of `kind` sent to this node in `primary` or replica role.
+    #[inline]
+    pub fn commands(&self, primary: bool, kind: Kind, n: u64) {
+        self.commands[usize::from(!primary)][kind as usize].inc_by(n);
+    }
+
+    /// Counts an upstream failure.
+    pub fn error(&self, kind: BackendError) {
+        self.errors[kind as usize].inc();
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const HOLD_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Registers every metric on `registry`.
+    pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(
+            r: &Registry,
+            c: C,
+        ) -> Result<C, prometheus::Error> {
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let commands = reg(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "redsplit_commands_total",
+                    "Commands sent to each node, by node role and command kind",
+                ),
+                &["node", "role", "kind"],
+            )?,
+        )?;
+        let durations_vec = reg(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "redsplit_command_duration_seconds",
+                    "Time from receiving a command to having its reply, as the client sees it through the proxy",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["kind"],
+            )?,
+        )?;
+        let reads_vec = reg(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "redsplit_reads_on_primary_total",
+                    "Reads that went to the primary, by reason",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        let reasons = ["session", "lag", "no_replica", "transaction", "policy"];
+        Ok(Metrics {
+            client_connections: reg(
+                registry,
+                IntGauge::new("redsplit_client_connections", "Client connections open")?,
+            )?,
+            pinned_sessions: reg(
+                registry,
+                IntGauge::new(
+                    "redsplit_pinned_sessions",
+                    "Sessions holding a dedicated upstream connection (transactions, pub/sub, MONITOR, tracking)",
+                )?,
+            )?,
+            durations: Kind::ALL.map(|k| durations_vec.with_label_values(&[k.label()])),
+            reads_on_primary: reasons.map(|r| reads_vec.with_label_values(&[r])),
+            commands,
+            lag_bytes: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("redsplit_replica_lag_bytes", "Replica lag behind the primary, in bytes of replication stream"),
+                    &["node"],
+                )?,
+            )?,
+            lag_seconds: reg(
+                registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "redsplit_replica_lag_seconds",
+                        "Replica lag in time: how long ago the primary was at the replica's offset",
+                    ),
+                    &["node"],
+                )?,
+            )?,
+            eligible: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("redsplit_replica_eligible", "1 if the replica gets reads, 0 if not"),
+                    &["node"],
+                )?,
+            )?,
+            failovers: reg(registry, IntCounter::new("redsplit_failovers_total", "Primary changes seen")?)?,
+            generation: reg(
+                registry,
+                IntGauge::new("redsplit_topology_generation", "Generation of the current topology snapshot")?,
+            )?,
+            writes_held: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_writes_held_total",
+                    "Commands held because no primary could take them (failover, switchover)",
+                )?,
+            )?,
+            write_hold_seconds: reg(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("redsplit_write_hold_seconds", "How long held commands waited for a primary")
+                        .buckets(HOLD_BUCKETS.to_vec()),
+                )?,
+            )?,
+            backend_errors: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("redsplit_backend_errors_total", "Upstream failures by node and kind"),
+                    &["node", "kind"],
+                )?,
+            )?,
+            protocol_errors: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_protocol_errors_total",
+                    "Clients closed for malformed or oversized requests",
+                )?,
+            )?,
+            read_retries: reg(
+                registry,
+                IntCounter::new("redsplit_read_retries_total", "Reads sent again to another node after a failure")?,
+            )?,
+            upstream_connections: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("redsplit_upstream_connections", "Shared pipelined upstream connections open"),
+                    &["node"],
+                )?,
+            )?,
+        })
+    }
+
+    /// Handles for a node.
+    pub fn node(&self, addr: &str) -> NodeMetrics {
+        let role =
+            |r: &str| Kind::ALL.map(|k| self.commands.with_label_values(&[addr, r, k.label()]));
+        NodeMetrics {
+            commands: [role("primary"), role("replica")],
+            errors: BackendError::ALL
+                .map(|k| self.backend_errors.with_label_values(&[addr, k.label()])),
+            lag_bytes: self.lag_bytes.with_label_values(&[addr]),
+            lag_seconds: self.lag_seconds.with_label_values(&[addr]),
+            eligible: self.eligible.with_label_values(&[addr]),
+            connections: self.upstream_connections.with_label_values(&[addr]),
+        }
+    }
+
+    /// Removes every series of a node that left the topology.
+    pub fn forget_node(&self, addr: &str) {
+        for role in ["primary", "replica"] {
+            for k in Kind::ALL {
+                let _ = self.commands.remove_label_values(&[addr, role, k.label()]);
+            }
+        }
+        for k in BackendError::ALL {
+            let _ = self.backend_errors.remove_label_values(&[addr, k.label()]);
+        }
+        let _ = self.lag_bytes.remove_label_values(&[addr]);
+        let _ = self.lag_seconds.remove_label_values(&[addr]);
+        let _ = self.eligible.remove_label_values(&[addr]);
+        let _ = self.upstream_connections.remove_label_values(&[addr]);
+    }
+
+    /// Observes one command's latency.
+    #[inline]
+    pub fn duration(&self, kind: Kind, seconds: f64) {
+        self.durations[kind as usize].observe(seconds);
+    }
+
+    /// Counts a read sent to the primary.
+    #[inline]
+    pub fn read_on_primary(&self, reason: PrimaryReason) {
+        let i = match reason {
+            PrimaryReason::Session => 0,
+            PrimaryReason::Lag => 1,
+            PrimaryReason::NoReplica => 2,
+            PrimaryReason::Transaction => 3,
+            PrimaryReason::Policy => 4,
+        };
+        self.reads_on_primary[i].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_node_has_no_series_left() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry).expect("metrics register");
+        let n = m.node("10.0.0.1:6379");
+        n.commands(false, Kind::Read, 3);
+        n.lag_bytes.set(5);
+        let text = |r: &Registry| {
+            let mut out = String::new();
+            prometheus::TextEncoder::new()
+                .encode_utf8(&r.gather(), &mut out)
+                .expect("encode");
+            out
+        };
+        assert!(text(&registry).contains(
+            "redsplit_commands_total{kind=\"read\",node=\"10.0.0.1:6379\",role=\"replica\"} 3"
+        ));
+        m.forget_node("10.0.0.1:6379");
+        assert!(!text(&registry).contains("10.0.0.1:6379"));
+    }
+}
