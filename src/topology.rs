@@ -477,6 +477,7 @@ mod tests {
             credentials: None,
             limits: Limits::default(),
             refresh: Default::default(),
+            metrics: None,
         }))
     }
 
