@@ -125,6 +125,20 @@ pub struct Settings {
     pub refresh: Arc<tokio::sync::Notify>,
 }
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `id`: shared connections it picks belong to it.
+pub fn set_worker_id(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
+/// The calling thread's worker id (0 outside worker threads).
+pub fn worker_id() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 /// Consecutive data-path failures that take a node out of read rotation.
 pub const TRIP_AFTER: u32 = 3;
 
@@ -207,12 +221,9 @@ impl Node {
         if let Some(p) = pools.get(key) {
             return p.clone();
         }
-        let shared = (0..self.settings.connections)
-            .map(|_| Shared::spawn(self.clone(), key.clone()))
-            .collect();
         let pool = Arc::new(Pool {
             key: key.clone(),
-            shared,
+            per_worker: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
         });
@@ -249,17 +260,33 @@ impl Node {
 #[derive(Debug)]
 pub struct Pool {
     key: ConnKey,
-    shared: Vec<Shared>,
+    /// Each worker thread's shared connections, started on that worker's runtime on first use: a
+    /// session's requests and their replies never cross threads, and requests of the sessions of one
+    /// worker batch into one write.
+    per_worker: Mutex<Vec<Option<Arc<[Shared]>>>>,
     next: AtomicUsize,
     idle: Mutex<Vec<Dedicated>>,
 }
 
 impl Pool {
-    /// A shared connection, round robin. A session keeps the one it got, so its commands to this node stay
-    /// in order.
-    pub fn pick(&self) -> Shared {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        self.shared[i].clone()
+    /// A shared connection of the calling worker, round robin. A session keeps the one it got, so its
+    /// commands to this node stay in order.
+    pub fn pick(&self, node: &Arc<Node>) -> Shared {
+        let worker = worker_id();
+        let mut per = self
+            .per_worker
+            .lock()
+            .expect("per-worker lock is never poisoned: no panics while held");
+        if per.len() <= worker {
+            per.resize(worker + 1, None);
+        }
+        let set = per[worker].get_or_insert_with(|| {
+            (0..node.settings.connections.max(1))
+                .map(|_| Shared::spawn(node.clone(), self.key.clone()))
+                .collect()
+        });
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % set.len();
+        set[i].clone()
     }
 
     /// A dedicated connection: an idle one that is still open, else a new one.

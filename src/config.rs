@@ -170,8 +170,12 @@ options! {
     fallback: Fallback = Fallback::Primary;
     /// Interval between replication offset probes (ROLE) of every node, in milliseconds. Default 100.
     probe_interval_ms: u64 = 100;
-    /// Shared pipelined connections per upstream node (per database and protocol in use). Default 2.
-    backend_connections: u32 = 2;
+    /// Threads serving clients, each with its own connections to every node; 0: half the CPU cores, at
+    /// least one. Default 0.
+    worker_threads: u32 = 0;
+    /// Shared pipelined connections per upstream node, per worker thread (and per database and protocol
+    /// in use). Default 1.
+    backend_connections: u32 = 1;
     /// Timeout for connecting to and greeting an upstream node, in milliseconds. Default 1000.
     connect_timeout_ms: u64 = 1000;
     /// Username for upstream connections (Redis ACL). Default none (the `default` user).
@@ -305,7 +309,9 @@ pub struct Config {
     pub fallback: Fallback,
     /// Offset probe interval.
     pub probe_interval: Duration,
-    /// Shared connections per node and key.
+    /// Worker threads (resolved: at least 1).
+    pub worker_threads: usize,
+    /// Shared connections per node, key and worker.
     pub backend_connections: usize,
     /// Connect and greeting timeout.
     pub connect_timeout: Duration,
@@ -379,6 +385,12 @@ impl Config {
             1,
             64,
         );
+        let workers = match ranged("worker_threads", u64::from(raw.worker_threads), 0, 256) {
+            // Half the cores: on a shared host Redis and the clients need the rest (measured on 2 cores:
+            // one worker beats two by 20 to 40% in throughput and CPU per command).
+            0 => std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1)),
+            n => n as usize,
+        };
         let connect = ranged("connect_timeout_ms", raw.connect_timeout_ms, 10, 600_000);
         let max_lag = ranged("max_lag_ms", raw.max_lag_ms, 1, 86_400_000);
         let bulk = ranged("max_bulk_bytes", raw.max_bulk_bytes, 1024, 4 << 30);
@@ -545,6 +557,7 @@ impl Config {
             max_lag_bytes: (raw.max_lag_bytes > 0).then_some(raw.max_lag_bytes),
             fallback: raw.fallback,
             probe_interval: Duration::from_millis(probe),
+            worker_threads: workers,
             backend_connections: conns as usize,
             connect_timeout: Duration::from_millis(connect),
             backend_credentials,

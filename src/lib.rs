@@ -52,6 +52,9 @@ pub enum StartError {
     /// The embedded Redis servers did not start (redis-server missing, no free ports).
     #[error("cannot start the embedded Redis servers")]
     Embedded(#[source] std::io::Error),
+    /// A worker thread could not be started (out of threads or memory).
+    #[error("cannot start a worker thread")]
+    Worker(#[source] std::io::Error),
     /// A metric could not be registered (a bug: names clash).
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
@@ -71,7 +74,16 @@ pub struct Proxy {
     pub embedded: Option<embedded::Cluster>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Each worker thread's sessions.
+    sessions: Vec<TaskTracker>,
     grace: std::time::Duration,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Worker threads stop accepting and end once their sessions have.
+        self.cancel.cancel();
+    }
 }
 
 impl Proxy {
@@ -119,23 +131,24 @@ impl Proxy {
             },
             (source, _) => source.clone(),
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let workers = config.worker_threads;
+        let listeners =
+            bind_workers(config.listen, workers).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|source| StartError::Bind {
                 addr: config.admin_listen,
                 source,
             })?;
-        let listen = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listen = listeners[0]
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let admin = admin_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -221,12 +234,16 @@ impl Proxy {
             tracing::warn!("no topology yet; serving anyway");
         }
         let ctx = client::Context::new(topo.clone(), table.clone(), &config, metrics.clone());
-        tracker.spawn(client::serve(
-            listener,
-            ctx,
-            cancel.clone(),
-            tracker.clone(),
-        ));
+        let mut sessions = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let worker = TaskTracker::new();
+            sessions.push(worker.clone());
+            let (ctx, cancel) = (ctx.clone(), cancel.clone());
+            std::thread::Builder::new()
+                .name(format!("redsplit-worker-{i}"))
+                .spawn(move || run_worker(i, listener, ctx, cancel, worker))
+                .map_err(StartError::Worker)?;
+        }
         tracker.spawn(admin::serve(admin_listener, admin_state, cancel.clone()));
         Ok(Proxy {
             listen,
@@ -236,6 +253,7 @@ impl Proxy {
             embedded,
             cancel,
             tracker,
+            sessions,
             grace: config.shutdown_grace,
         })
     }
@@ -244,11 +262,70 @@ impl Proxy {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let all = async {
+            for s in &self.sessions {
+                s.wait().await;
+            }
+            self.tracker.wait().await;
+        };
+        if tokio::time::timeout(self.grace, all).await.is_err() {
             tracing::warn!("shutdown grace period over with sessions still open");
         }
     }
+}
+
+/// Binds one listener per worker on `addr`, sharing the port (SO_REUSEPORT) so the kernel spreads
+/// connections over the workers. With port 0 the first bind picks the port and the others take it too.
+fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(addr)?;
+        let listener = sock.listen(1024)?;
+        addr = listener.local_addr()?;
+        out.push(listener.into_std()?);
+    }
+    Ok(out)
+}
+
+/// A worker thread: a single-threaded runtime serving the clients of its own listener, with its own
+/// upstream connections. Nothing a session does crosses threads, and requests of its sessions batch
+/// into one write per node. Ends once cancelled and its sessions are done.
+fn run_worker(
+    id: usize,
+    listener: std::net::TcpListener,
+    ctx: Arc<client::Context>,
+    cancel: CancellationToken,
+    sessions: TaskTracker,
+) {
+    backend::set_worker_id(id);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = id, error = %e, "cannot register the listener");
+                return;
+            }
+        };
+        client::serve(listener, ctx, cancel, sessions.clone()).await;
+        sessions.close();
+        sessions.wait().await;
+    });
 }

@@ -168,6 +168,9 @@ async fn write_loop(
                 None => return Ok(()),
             },
         };
+        // Let the other sessions woken in this tick queue their requests first, then write them all in
+        // one system call: Redis answers a pipeline for a fraction of the CPU it spends per lone request.
+        tokio::task::yield_now().await;
         // Batch whatever else is queued: many clients' requests in one write is the point of sharing.
         let mut size = 0;
         let mut job = Some(job);

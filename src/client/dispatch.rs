@@ -546,7 +546,7 @@ impl Session {
             );
             return Step::Next;
         };
-        let conn = p.pool(&key).pick();
+        let conn = p.pool(&key).pick(&p);
         let rx = backend::submit(&conn, bytes, 1);
         self.sent_to_primary(p.id, 1);
         self.push(

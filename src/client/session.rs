@@ -194,6 +194,9 @@ pub(super) struct Session {
     pub last_primary: u64,
     /// What the request being dispatched does, for metrics.
     pub cur_kind: Kind,
+    /// Checks read deadlines. One coarse interval per session instead of a timer per request: arming a
+    /// timer per request costs a wake-up of the runtime (a system call) per command.
+    pub deadline_tick: Option<tokio::time::Interval>,
 }
 
 impl Drop for Session {
@@ -232,6 +235,7 @@ impl Session {
             topo_rx,
             last_primary: 0,
             cur_kind: Kind::Other,
+            deadline_tick: None,
         }
     }
 
@@ -269,12 +273,22 @@ impl Session {
             if can_read && self.inbuf.capacity() - self.inbuf.len() < 1024 {
                 self.inbuf.reserve(16 * 1024);
             }
+            let deadline = self.queue.front().and_then(|e| match e.wait {
+                Wait::Upstream(_) => e.sent.as_ref().and_then(|s| s.deadline),
+                _ => None,
+            });
             tokio::select! {
                 biased;
                 // Shutdown: take no new commands, finish the replies owed.
                 _ = cancel.cancelled(), if !self.closing => self.closing = true,
                 // The oldest reply owed.
                 outcome = front(&mut self.queue, &mut self.topo_rx) => self.complete_front(outcome),
+                // A read is at the front: has it been waiting too long?
+                _ = tick(&mut self.deadline_tick, self.ctx.read_timeout), if deadline.is_some() => {
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        self.complete_front(Outcome::TimedOut);
+                    }
+                }
                 // A reply or push on the dedicated connection.
                 frame = next_pinned(&mut self.pinned) => self.on_pinned_frame(frame),
                 // More requests.
@@ -572,7 +586,7 @@ impl Session {
         if let Some(c) = self.conns.iter().find(|c| c.node.id == node.id) {
             return c.clone();
         }
-        let c = node.pool(&self.key).pick();
+        let c = node.pool(&self.key).pick(node);
         self.conns.push(c.clone());
         c
     }
@@ -605,7 +619,6 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
     let Some(entry) = queue.front_mut() else {
         return std::future::pending().await;
     };
-    let deadline = entry.sent.as_ref().and_then(|s| s.deadline);
     match &mut entry.wait {
         Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
         Wait::Done(_) => {
@@ -614,19 +627,10 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
             };
             Outcome::Upstream(r)
         }
-        Wait::Upstream(rx) => {
-            let reply = match deadline {
-                Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
-                    Ok(r) => r,
-                    Err(_) => return Outcome::TimedOut,
-                },
-                None => rx.await,
-            };
-            match reply {
-                Ok(r) => Outcome::Upstream(r),
-                Err(_) => Outcome::Upstream(Err(lost(entry))),
-            }
-        }
+        Wait::Upstream(rx) => match rx.await {
+            Ok(r) => Outcome::Upstream(r),
+            Err(_) => Outcome::Upstream(Err(lost(entry))),
+        },
         Wait::Task(rx) => match rx.await {
             Ok(b) => Outcome::Bytes(b),
             Err(_) => Outcome::Upstream(Err(lost(entry))),
@@ -640,6 +644,18 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
         }
         Wait::Pinned => std::future::pending().await,
     }
+}
+
+/// The next tick of the session's deadline check, every quarter of the read timeout: a stuck read is
+/// noticed within 1.25 times the timeout.
+async fn tick(interval: &mut Option<tokio::time::Interval>, read_timeout: Duration) {
+    let period = (read_timeout / 4).max(Duration::from_millis(5));
+    let interval = interval.get_or_insert_with(|| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    interval.tick().await;
 }
 
 /// The next frame on the dedicated connection; never resolves without one.
