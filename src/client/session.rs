@@ -271,7 +271,16 @@ impl Session {
                 && self.inbuf.len() < self.ctx.max_request_bytes
                 && self.inflight < self.ctx.max_inflight;
             if can_read && self.inbuf.capacity() - self.inbuf.len() < 1024 {
-                self.inbuf.reserve(16 * 1024);
+                // Idle clients get a small buffer (memory per idle connection is a target); busy ones a
+                // larger one, and a large one is let go once drained.
+                if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
+                    self.inbuf = BytesMut::new();
+                }
+                self.inbuf.reserve(if self.inbuf.is_empty() {
+                    2048
+                } else {
+                    16 * 1024
+                });
             }
             let deadline = self.queue.front().and_then(|e| match e.wait {
                 Wait::Upstream(_) => e.sent.as_ref().and_then(|s| s.deadline),
