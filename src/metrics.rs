@@ -319,6 +319,13 @@ impl Metrics {
         let _ = self.upstream_connections.remove_label_values(&[addr]);
     }
 
+    /// Removes the replica-only series (lag, eligibility) of a node that is the primary now.
+    pub fn forget_replica_series(&self, addr: &str) {
+        let _ = self.lag_bytes.remove_label_values(&[addr]);
+        let _ = self.lag_seconds.remove_label_values(&[addr]);
+        let _ = self.eligible.remove_label_values(&[addr]);
+    }
+
     /// Observes one command's latency.
     #[inline]
     pub fn duration(&self, kind: Kind, seconds: f64) {

@@ -337,9 +337,23 @@ impl Topo {
             if failover {
                 m.failovers.inc();
             }
-            // Series exist exactly for the nodes in the topology.
-            for n in next.nodes().filter(|n| !old.nodes().any(|o| o.id == n.id)) {
-                n.metrics.store(Arc::new(m.node(n.addr.as_str())));
+            // Series exist exactly for the nodes in the topology, and lag and eligibility only for
+            // replicas: handles are resolved again whenever a node joins or changes role.
+            let role = |t: &Topology, id: u64| {
+                if t.primary.as_ref().is_some_and(|p| p.id == id) {
+                    Some(true)
+                } else {
+                    t.replicas.iter().any(|r| r.id == id).then_some(false)
+                }
+            };
+            for n in next.nodes() {
+                let now = role(&next, n.id);
+                if role(&old, n.id) != now {
+                    n.metrics.store(Arc::new(m.node(n.addr.as_str())));
+                    if now == Some(true) {
+                        m.forget_replica_series(n.addr.as_str());
+                    }
+                }
             }
             for n in old.nodes().filter(|o| !next.nodes().any(|n| n.id == o.id)) {
                 m.forget_node(n.addr.as_str());

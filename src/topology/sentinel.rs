@@ -68,8 +68,19 @@ pub async fn run(
     let mut controls: Vec<Control> = nodes.into_iter().map(Control::new).collect();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered = false;
     loop {
-        let settled = look(&topo, &mut controls, &master_name, &map).await;
+        let look = look(&topo, &mut controls, &master_name, &map).await;
+        // Say it once when the sentinels go silent, and once when they are back.
+        match (look, unanswered) {
+            (Look::NoAnswer, false) => warn!("no sentinel answers; keeping the current topology"),
+            (Look::Settled | Look::Recheck, true) => info!("sentinels answer again"),
+            _ => {}
+        }
+        unanswered = look == Look::NoAnswer;
+        // Only a primary that does not confirm yet is looked at again soon; silent sentinels are asked
+        // at the normal interval.
+        let settled = look != Look::Recheck;
         let again = if settled { interval } else { RECHECK };
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -81,9 +92,19 @@ pub async fn run(
     }
 }
 
-/// Asks the sentinels and publishes what they agree on. False if the answer is not settled yet (the
-/// named primary does not confirm, or no sentinel answered).
-async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &AddressMap) -> bool {
+/// What asking the sentinels gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Published (or nothing changed).
+    Settled,
+    /// The named primary does not confirm with ROLE yet: look again soon.
+    Recheck,
+    /// No sentinel answered.
+    NoAnswer,
+}
+
+/// Asks the sentinels and publishes what they agree on.
+async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &AddressMap) -> Look {
     let name = master_name.as_bytes();
     let mut answers: BTreeMap<Addr, usize> = BTreeMap::new();
     let mut named: Vec<Option<Addr>> = vec![None; controls.len()];
@@ -103,8 +124,7 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
         .max_by_key(|(a, n)| (**n, Some(*a) == current.as_ref()))
         .map(|(a, _)| a.clone())
     else {
-        warn!("no sentinel answered; keeping the current topology");
-        return false;
+        return Look::NoAnswer;
     };
     let agreeing: Vec<usize> = (0..named.len())
         .filter(|i| named[*i].as_ref() == Some(&candidate))
@@ -117,35 +137,39 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
             .and_then(Role::parse);
         if !matches!(role, Some(Role::Master { .. })) {
             info!(candidate = %candidate, "sentinels name a primary that does not confirm yet");
-            return false;
+            return Look::Recheck;
         }
     }
     // Sentinels disagree while a failover settles: take every replica any agreeing sentinel reports up.
     // The prober still checks each one before it gets reads.
+    // Sentinels disagree while a failover settles, and may not list the new primary's replicas at once:
+    // take every replica an agreeing sentinel reports up, and keep the ones we have unless one reports
+    // them down. The prober still checks each before it gets reads.
     let mut replicas: BTreeSet<Addr> = BTreeSet::new();
-    let mut answered = false;
+    let mut down: BTreeSet<Addr> = BTreeSet::new();
     for (i, c) in controls.iter_mut().enumerate() {
         if !agreeing.contains(&i) {
             continue;
         }
         if let Some(OwnedFrame::Array(items)) = call(c, &[b"SENTINEL", b"replicas", name]).await {
-            answered = true;
-            replicas.extend(items.iter().filter_map(replica_of).map(|a| map.map(a)));
+            for (addr, up) in items.iter().filter_map(replica_of) {
+                if up {
+                    replicas.insert(map.map(addr));
+                } else {
+                    down.insert(map.map(addr));
+                }
+            }
         }
     }
-    replicas.remove(&candidate);
     let snapshot = topo.snapshot();
-    if !answered || (replicas.is_empty() && Some(&candidate) != current.as_ref()) {
-        // Right after a switch sentinels may not list the new primary's replicas yet: keep the ones we
-        // have (those not following it are kept out of rotation by their probes).
-        replicas.extend(
-            snapshot
-                .replicas
-                .iter()
-                .map(|n| n.addr.clone())
-                .filter(|a| *a != candidate),
-        );
-    }
+    replicas.extend(
+        snapshot
+            .replicas
+            .iter()
+            .map(|n| n.addr.clone())
+            .filter(|a| !down.contains(a)),
+    );
+    replicas.remove(&candidate);
     let replicas = replicas
         .into_iter()
         .map(|a| (a, candidate.clone()))
@@ -154,7 +178,7 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
         primary: Some(candidate),
         replicas,
     });
-    true
+    Look::Settled
 }
 
 /// `[ip, port]` from `get-master-addr-by-name`.
@@ -176,8 +200,9 @@ fn addr_of(frame: &OwnedFrame) -> Option<Addr> {
     .ok()
 }
 
-/// A usable replica from one `SENTINEL replicas` entry (a flat field/value array).
-fn replica_of(entry: &OwnedFrame) -> Option<Addr> {
+/// A replica from one `SENTINEL replicas` entry (a flat field/value array), and whether it is up (not
+/// flagged `s_down`, `o_down` or `disconnected`).
+fn replica_of(entry: &OwnedFrame) -> Option<(Addr, bool)> {
     let OwnedFrame::Array(kv) = entry else {
         return None;
     };
@@ -190,13 +215,11 @@ fn replica_of(entry: &OwnedFrame) -> Option<Addr> {
         })
     };
     let flags = field("flags")?;
-    if flags
+    let up = !flags
         .split(',')
-        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
-    {
-        return None;
-    }
-    Addr::parse(&format!("{}:{}", field("ip")?, field("port")?)).ok()
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+    let addr = Addr::parse(&format!("{}:{}", field("ip")?, field("port")?)).ok()?;
+    Some((addr, up))
 }
 
 /// Listens to one sentinel's events and asks for a refresh on those about our master.
@@ -279,11 +302,9 @@ mod tests {
                     .collect(),
             )
         };
-        assert_eq!(
-            replica_of(&entry("slave")),
-            Addr::parse("127.0.0.1:7001").ok()
-        );
-        assert_eq!(replica_of(&entry("slave,s_down")), None);
-        assert_eq!(replica_of(&entry("slave,disconnected")), None);
+        let a = Addr::parse("127.0.0.1:7001").expect("addr");
+        assert_eq!(replica_of(&entry("slave")), Some((a.clone(), true)));
+        assert_eq!(replica_of(&entry("slave,s_down")), Some((a.clone(), false)));
+        assert_eq!(replica_of(&entry("slave,disconnected")), Some((a, false)));
     }
 }

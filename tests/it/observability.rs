@@ -239,3 +239,28 @@ async fn a_node_that_leaves_the_topology_loses_its_series() {
         "no series left for {gone}"
     );
 }
+
+#[tokio::test]
+async fn the_primary_has_no_replica_series_even_after_a_switchover() {
+    let cluster = cluster(2).await;
+    let proxy = proxy(&cluster).await;
+    let old = cluster.primary().addr().to_string();
+    let m = metrics(&proxy).await;
+    assert!(!m
+        .keys()
+        .any(|k| k.starts_with("redsplit_replica_") && k.contains(&old)));
+    let target = cluster.replicas()[0].addr().to_string();
+    let (status, body) = http(proxy.admin, "POST", &format!("/failover?to={target}")).await;
+    assert_eq!(status, 200, "{body}");
+    eventually!("the old primary is probed as a replica", {
+        let m = metrics(&proxy).await;
+        m.contains_key(&format!("redsplit_replica_eligible{{node=\"{old}\"}}"))
+    });
+    let m = metrics(&proxy).await;
+    assert!(
+        !m.keys()
+            .any(|k| k.starts_with("redsplit_replica_") && k.contains(&target)),
+        "no replica series for the new primary"
+    );
+    assert_eq!(value(&m, "redsplit_failovers_total"), 1.0);
+}
