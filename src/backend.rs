@@ -139,6 +139,19 @@ pub fn worker_id() -> usize {
     WORKER.with(|w| w.get())
 }
 
+/// Settings for unit tests: one connection, one-second timeouts, no credentials, no metrics.
+#[cfg(test)]
+pub(crate) fn test_settings() -> Arc<Settings> {
+    Arc::new(Settings {
+        connections: 1,
+        connect_timeout: Duration::from_secs(1),
+        credentials: None,
+        limits: Limits::default(),
+        refresh: Default::default(),
+        metrics: None,
+    })
+}
+
 /// Consecutive data-path failures that take a node out of read rotation.
 pub const TRIP_AFTER: u32 = 3;
 

@@ -160,16 +160,7 @@ impl ReadState {
 
     /// Notes replies from `node` seen while the probe epoch was `epoch`.
     pub fn replied(&mut self, node: u64, to_primary: bool, count: u32, epoch: u64) {
-        if to_primary {
-            self.unreplied_primary = self.unreplied_primary.saturating_sub(count);
-        } else if let Some((id, n)) = &mut self.sticky {
-            if *id == node {
-                *n = n.saturating_sub(count);
-                if *n == 0 {
-                    self.sticky = None;
-                }
-            }
-        }
+        self.abandoned(node, to_primary, count);
         self.pending = Some(Pending { node, epoch });
     }
 
@@ -178,7 +169,8 @@ impl ReadState {
         self.unreplied_primary
     }
 
-    /// Notes reads sent to `node` that will not be answered there (re-sent to the primary).
+    /// Notes commands sent to `node` that are over without a reply that says anything about the node
+    /// (re-sent elsewhere), or, through [`ReadState::replied`], answered.
     pub fn abandoned(&mut self, node: u64, to_primary: bool, count: u32) {
         if to_primary {
             self.unreplied_primary = self.unreplied_primary.saturating_sub(count);
@@ -245,23 +237,13 @@ fn least_outstanding<'a>(nodes: impl Iterator<Item = &'a Arc<Node>>) -> Option<A
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
-    use crate::backend::Settings;
     use crate::config::Addr;
-    use crate::resp::Limits;
     use crate::topology::Topo;
 
     fn setup() -> (Arc<Topo>, Arc<Topology>) {
-        let topo = Topo::new(Arc::new(Settings {
-            connections: 1,
-            connect_timeout: Duration::from_secs(1),
-            credentials: None,
-            limits: Limits::default(),
-            refresh: Default::default(),
-            metrics: None,
-        }));
+        let topo = Topo::new(crate::backend::test_settings());
         let addr = |s: &str| Addr::parse(s).expect("addr");
         let t = topo.publish(Some(&addr("p:1")), &[addr("r:1"), addr("r:2")]);
         for r in &t.replicas {

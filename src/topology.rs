@@ -482,17 +482,9 @@ impl Topo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::Limits;
 
     fn topo() -> Arc<Topo> {
-        Topo::new(Arc::new(Settings {
-            connections: 1,
-            connect_timeout: Duration::from_secs(1),
-            credentials: None,
-            limits: Limits::default(),
-            refresh: Default::default(),
-            metrics: None,
-        }))
+        Topo::new(crate::backend::test_settings())
     }
 
     #[test]

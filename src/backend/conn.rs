@@ -12,19 +12,19 @@
 //! Jobs still queued when a connection dies were never written: they wait for the next connection.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
 use super::{connect, node_error, ConnKey, Error, Job, JobTx, Node, NodeError, Reply};
+use crate::io::OutBuf;
 use crate::metrics::BackendError;
 use crate::resp::ReplyScanner;
 
@@ -38,8 +38,6 @@ pub struct Shared {
 
 /// Largest batch of queued jobs written with one system call.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// Most buffers in one vectored write.
-const MAX_IOV: usize = 64;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 /// Backoff after a failed connect: first and longest.
@@ -158,7 +156,8 @@ async fn write_loop(
     inflight: &Mutex<VecDeque<Job>>,
     first: Job,
 ) -> std::io::Result<()> {
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    // Small requests are copied together, large ones written in place (vectored).
+    let mut out = OutBuf::default();
     let mut next = Some(first);
     loop {
         let job = match next.take() {
@@ -178,7 +177,7 @@ async fn write_loop(
             let mut q = lock(inflight);
             while let Some(j) = job.take() {
                 size += j.bytes.len();
-                chunks.push_back(j.bytes.clone());
+                out.push(j.bytes.clone());
                 // Queued for the reader before the bytes go out, so a reply always finds its job.
                 q.push_back(j);
                 if size < MAX_BATCH_BYTES {
@@ -186,39 +185,8 @@ async fn write_loop(
                 }
             }
         }
-        write_all(&mut w, &mut chunks).await?;
+        out.write_to(&mut w).await?;
     }
-}
-
-/// Writes every chunk, vectored, copying nothing.
-async fn write_all(w: &mut OwnedWriteHalf, chunks: &mut VecDeque<Bytes>) -> std::io::Result<()> {
-    while !chunks.is_empty() {
-        let n = {
-            let iov: Vec<IoSlice<'_>> = chunks
-                .iter()
-                .take(MAX_IOV)
-                .map(|c| IoSlice::new(c))
-                .collect();
-            w.write_vectored(&iov).await?
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = chunks.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                chunks.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Reads replies and hands them to their jobs. Returns `None` once drained after the writer finished,

@@ -61,28 +61,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (stop, addr) = (stop.clone(), proxy.listen);
-            tokio::spawn(async move {
-                let mut c = client_at(addr).await;
-                let mut seen = Writes::default();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("w{w}:{n}");
-                    n += 1;
-                    match try_q(&mut c, &["SET", &key, "1"]).await {
-                        Ok(_) => {
-                            seen.acked.push(key);
-                            seen.ok_at.push(Instant::now());
-                        }
-                        Err(e) => seen.errors.push((Instant::now(), e.to_string())),
-                    }
-                }
-                seen
-            })
-        })
-        .collect();
+    let writers = spawn_writers(proxy.listen, 4, stop.clone());
     let read_errors = Arc::new(Mutex::new(Vec::new()));
     let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let readers: Vec<_> = (0..4)
@@ -96,7 +75,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
             tokio::spawn(async move {
                 let mut c = client_at(addr).await;
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = try_q(&mut c, &["GET", "w0:0"]).await {
+                    if let Err(e) = try_q(&mut c, &["GET", "s0:0"]).await {
                         errors.lock().expect("lock").push(e.to_string());
                     }
                     reads.fetch_add(1, Ordering::Relaxed);

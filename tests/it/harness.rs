@@ -83,6 +83,16 @@ pub async fn proxy(cluster: &Cluster) -> Proxy {
     p
 }
 
+/// Starts a proxy over `cluster` with `consistency = "eventual"` and waits until every replica is
+/// eligible.
+pub async fn eventual_proxy(cluster: &Cluster) -> Proxy {
+    let mut f = flags(cluster);
+    f.consistency = Some(redsplit::config::Consistency::Eventual);
+    let p = proxy_with(f).await;
+    wait_eligible(&p, cluster.replicas().len()).await;
+    p
+}
+
 /// Waits until `n` replicas are eligible for reads.
 pub async fn wait_eligible(p: &Proxy, n: usize) {
     eventually!(

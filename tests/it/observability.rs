@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redsplit::config::{Consistency, Flags};
-use redsplit::embedded::wait_synced;
 
 use crate::harness::*;
 use crate::relay::Relay;
@@ -164,20 +163,10 @@ async fn ready_flips_to_503_without_a_primary_and_back() {
 #[tokio::test]
 async fn topology_shows_a_delayed_replica_as_lagging() {
     let cluster = cluster(1).await;
-    let primary: std::net::SocketAddr = cluster.primary().addr().as_str().parse().expect("addr");
-    let relay = Relay::start(primary, Duration::from_millis(600)).await;
-    let mut r = direct(&cluster.replicas()[0]).await;
-    let _: () = q(
-        &mut r,
-        &["REPLICAOF", "127.0.0.1", &relay.addr.port().to_string()],
-    )
-    .await;
-    wait_synced(&cluster.replicas()[0])
-        .await
-        .expect("synced through the relay");
+    let relay = Relay::delay_replica(&cluster, 0, Duration::from_millis(600)).await;
     let f = Flags {
         max_lag_ms: Some(300),
-        address_map: Some(vec![format!("{}={}", relay.addr, cluster.primary().addr())]),
+        address_map: Some(vec![relay.mapping(&cluster)]),
         ..flags(&cluster)
     };
     let proxy = proxy_with(f).await;

@@ -187,22 +187,12 @@ async fn a_replica_frozen_with_sigstop_leaves_rotation_without_read_errors_and_r
 /// keeps writing, and counts the reads that reached the replica through a proxy with `max_lag_ms`.
 async fn reads_on_delayed_replica(max_lag_ms: u64) -> (u64, u64) {
     let cluster = cluster(1).await;
-    let primary: std::net::SocketAddr = cluster.primary().addr().as_str().parse().expect("addr");
-    let relay = Relay::start(primary, Duration::from_millis(600)).await;
-    let mut r = direct(&cluster.replicas()[0]).await;
-    let _: () = q(
-        &mut r,
-        &["REPLICAOF", "127.0.0.1", &relay.addr.port().to_string()],
-    )
-    .await;
-    wait_synced(&cluster.replicas()[0])
-        .await
-        .expect("synced through the relay");
+    let relay = Relay::delay_replica(&cluster, 0, Duration::from_millis(600)).await;
     // The replica announces the relay as its master: map it back to the primary.
     let f = Flags {
         consistency: Some(Consistency::Eventual),
         max_lag_ms: Some(max_lag_ms),
-        address_map: Some(vec![format!("{}={}", relay.addr, cluster.primary().addr())]),
+        address_map: Some(vec![relay.mapping(&cluster)]),
         ..flags(&cluster)
     };
     let proxy = proxy_with(f).await;
