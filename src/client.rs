@@ -40,6 +40,14 @@ pub struct Context {
     pub write_hold: Duration,
     /// How long a read may take on one node before a retry elsewhere.
     pub read_timeout: Duration,
+    /// Per-client limit on reply bytes waiting to be written.
+    pub max_output: Option<usize>,
+    /// Idle client timeout.
+    pub idle_timeout: Option<Duration>,
+    /// Most client connections.
+    pub max_clients: usize,
+    /// Client connections open now (across workers).
+    pub clients: std::sync::atomic::AtomicUsize,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     next_id: AtomicU64,
@@ -63,6 +71,10 @@ impl Context {
             max_inflight: config.max_client_inflight,
             write_hold: config.write_hold,
             read_timeout: config.read_timeout,
+            max_output: config.max_client_output_bytes,
+            idle_timeout: config.client_idle_timeout,
+            max_clients: config.max_clients,
+            clients: std::sync::atomic::AtomicUsize::new(0),
             metrics,
             next_id: AtomicU64::new(1),
         })
@@ -85,7 +97,16 @@ pub async fn serve(
             // Shutdown: stop accepting; sessions finish on their own.
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
+                    // Past the limit a client gets Redis's own error and is closed.
+                    if ctx.clients.load(Ordering::Relaxed) >= ctx.max_clients {
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                        });
+                        ctx.metrics.rejected_clients.inc();
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let id = ctx.next_id();
                     let span = tracing::debug_span!("client", id, peer = %peer);

@@ -198,6 +198,15 @@ options! {
     /// Most commands of one client awaiting replies; past it the proxy stops reading from that client.
     /// Default 4096.
     max_client_inflight: u64 = 4096;
+    /// Most reply bytes waiting for a client that does not read them; past it the client is
+    /// disconnected (Redis's client-output-buffer-limit). 0 disables the limit. Default 1073741824 (1 GiB).
+    max_client_output_bytes: u64 = 1024 * 1024 * 1024;
+    /// Most client connections; past it a new client gets "-ERR max number of clients reached" and is
+    /// closed. Default 10000.
+    max_clients: u64 = 10_000;
+    /// Close a client idle this long, in milliseconds (not pub/sub, MONITOR or blocked clients); 0
+    /// disables it. Default 0.
+    client_idle_timeout_ms: u64 = 0;
     /// Time allowed for in-flight replies after SIGTERM, in milliseconds. Default 5000.
     shutdown_grace_ms: u64 = 5000;
     /// Log level or filter (RUST_LOG syntax), used when RUST_LOG is unset. Default "info".
@@ -333,6 +342,12 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Per-client in-flight command limit.
     pub max_client_inflight: usize,
+    /// Per-client limit on reply bytes waiting to be written (`None`: no limit).
+    pub max_client_output_bytes: Option<usize>,
+    /// Most client connections.
+    pub max_clients: usize,
+    /// Idle client timeout, if any.
+    pub client_idle_timeout: Option<Duration>,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Log filter.
@@ -399,6 +414,19 @@ impl Config {
         let depth = ranged("max_nesting_depth", raw.max_nesting_depth, 2, 4096);
         let request = ranged("max_request_bytes", raw.max_request_bytes, 1024, 8 << 30);
         let inflight = ranged("max_client_inflight", raw.max_client_inflight, 1, 1 << 20);
+        let output = ranged(
+            "max_client_output_bytes",
+            raw.max_client_output_bytes,
+            0,
+            1 << 40,
+        );
+        let max_clients = ranged("max_clients", raw.max_clients, 1, 10_000_000);
+        let idle = ranged(
+            "client_idle_timeout_ms",
+            raw.client_idle_timeout_ms,
+            0,
+            86_400_000,
+        );
         let grace = ranged("shutdown_grace_ms", raw.shutdown_grace_ms, 0, 3_600_000);
         ranged("embedded_replicas", u64::from(raw.embedded_replicas), 0, 16);
         ranged(
@@ -574,6 +602,9 @@ impl Config {
             },
             max_request_bytes: request as usize,
             max_client_inflight: inflight as usize,
+            max_client_output_bytes: (output > 0).then_some(output as usize),
+            max_clients: max_clients as usize,
+            client_idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
             shutdown_grace: Duration::from_millis(grace),
             log_level: raw.log_level,
             log_format: raw.log_format,

@@ -56,11 +56,20 @@ impl OutBuf {
 
     /// Writes everything pending.
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        while !self.is_empty() {
+            self.write_some(w).await?;
+        }
+        Ok(())
+    }
+
+    /// One write system call (vectored if several chunks are pending); returns the bytes written.
+    /// Cancel-safe: if the future is dropped before it completes, nothing was written.
+    pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<usize> {
         self.seal();
-        while !self.chunks.is_empty() {
-            let n = if self.chunks.len() == 1 {
-                w.write(&self.chunks[0]).await?
-            } else {
+        let n = match self.chunks.len() {
+            0 => return Ok(0),
+            1 => w.write(&self.chunks[0]).await?,
+            _ => {
                 let iov: Vec<IoSlice<'_>> = self
                     .chunks
                     .iter()
@@ -68,30 +77,30 @@ impl OutBuf {
                     .map(|c| IoSlice::new(c))
                     .collect();
                 w.write_vectored(&iov).await?
-            };
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
             }
-            self.len -= n;
-            let mut left = n;
-            while left > 0 {
-                let Some(front) = self.chunks.front_mut() else {
-                    break;
-                };
-                if front.len() <= left {
-                    left -= front.len();
-                    self.chunks.pop_front();
-                } else {
-                    front.advance(left);
-                    left = 0;
-                }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.len -= n;
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
             }
         }
         // Keep the coalescing buffer's memory only while it is small: an idle client holds little.
-        if self.small.capacity() > 64 * 1024 {
+        if self.chunks.is_empty() && self.small.capacity() > 64 * 1024 {
             self.small = BytesMut::new();
         }
-        Ok(())
+        Ok(n)
     }
 }
 

@@ -99,6 +99,10 @@ pub struct Metrics {
     pub protocol_errors: IntCounter,
     /// Reads sent again to another node.
     pub read_retries: IntCounter,
+    /// Clients turned away at max_clients.
+    pub rejected_clients: IntCounter,
+    /// Clients disconnected for a limit (output buffer, idle timeout).
+    pub clients_closed_by_limit: IntCounter,
     /// Shared upstream connections open.
     pub upstream_connections: IntGaugeVec,
 }
@@ -277,6 +281,17 @@ impl Metrics {
             read_retries: reg(
                 registry,
                 IntCounter::new("redsplit_read_retries_total", "Reads sent again to another node after a failure")?,
+            )?,
+            rejected_clients: reg(
+                registry,
+                IntCounter::new("redsplit_rejected_clients_total", "Clients turned away at max_clients")?,
+            )?,
+            clients_closed_by_limit: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_clients_closed_by_limit_total",
+                    "Clients disconnected for a limit: output buffer over max_client_output_bytes, idle timeout",
+                )?,
             )?,
             upstream_connections: reg(
                 registry,

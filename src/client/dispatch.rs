@@ -52,6 +52,14 @@ impl Session {
     /// Dispatches buffered requests until the buffer is empty or something must wait. Returns true if it
     /// stopped at a barrier or hold, to be called again once the queue is empty.
     pub(super) async fn dispatch(&mut self) -> bool {
+        if self.inbuf.is_empty() {
+            // Nothing to route (most turns of the loop: a reply arrived or went out).
+            if self.hold && self.queue.is_empty() {
+                self.hold = false;
+            }
+            self.flush_pinned().await;
+            return false;
+        }
         let table = self.ctx.table.load_full();
         let topo = self.ctx.topo.snapshot();
         let mut batch: Option<Batch> = None;

@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::pinned::Pinned;
 use super::reply::ClientError;
@@ -197,11 +197,16 @@ pub(super) struct Session {
     /// Checks read deadlines. One coarse interval per session instead of a timer per request: arming a
     /// timer per request costs a wake-up of the runtime (a system call) per command.
     pub deadline_tick: Option<tokio::time::Interval>,
+    /// When the client last sent something (kept only with an idle timeout).
+    pub last_input: Instant,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.ctx.metrics.client_connections.dec();
+        self.ctx
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if self.pinned.is_some() {
             self.ctx.metrics.pinned_sessions.dec();
         }
@@ -213,6 +218,8 @@ impl Session {
         let scanner = RequestScanner::new(ctx.limits);
         let topo_rx = ctx.topo.subscribe();
         ctx.metrics.client_connections.inc();
+        ctx.clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Session {
             id,
             peer,
@@ -236,6 +243,7 @@ impl Session {
             last_primary: 0,
             cur_kind: Kind::Other,
             deadline_tick: None,
+            last_input: Instant::now(),
         }
     }
 
@@ -260,11 +268,21 @@ impl Session {
                 }
             }
             self.drain_ready();
-            if !self.out.is_empty() && self.out.write_to(wr).await.is_err() {
-                debug!("client stopped reading");
-                return;
+            if let Some(limit) = self.ctx.max_output {
+                if self.out.len() > limit {
+                    // The client does not read what it asked for: Redis's client-output-buffer-limit.
+                    warn!(
+                        pending = self.out.len(),
+                        limit, "client output over max_client_output_bytes, closing"
+                    );
+                    self.ctx.metrics.clients_closed_by_limit.inc();
+                    return;
+                }
             }
-            if self.close_now || (self.closing && self.queue.is_empty() && self.pinned.is_none()) {
+            let done = self.closing && self.queue.is_empty() && self.pinned.is_none();
+            if self.close_now || done {
+                // Last replies (an error saying why, QUIT's +OK) go out if the client takes them soon.
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.out.write_to(wr)).await;
                 return;
             }
             let can_read = !self.closing
@@ -286,16 +304,31 @@ impl Session {
                 Wait::Upstream(_) => e.sent.as_ref().and_then(|s| s.deadline),
                 _ => None,
             });
+            let idle =
+                self.ctx.idle_timeout.is_some() && self.queue.is_empty() && self.pinned.is_none();
+            let period = self.tick_period();
             tokio::select! {
                 biased;
+                // Replies owed, as fast as the client takes them. Written from here (not awaited outside
+                // the select) so that replies keep arriving meanwhile and the output limit can be enforced.
+                w = self.out.write_some(wr), if !self.out.is_empty() => if w.is_err() {
+                    debug!("client stopped reading");
+                    return;
+                },
                 // Shutdown: take no new commands, finish the replies owed.
                 _ = cancel.cancelled(), if !self.closing => self.closing = true,
                 // The oldest reply owed.
                 outcome = front(&mut self.queue, &mut self.topo_rx) => self.complete_front(outcome),
-                // A read is at the front: has it been waiting too long?
-                _ = tick(&mut self.deadline_tick, self.ctx.read_timeout), if deadline.is_some() => {
-                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                // A read is at the front (has it been waiting too long?), or the client is idle (for too
+                // long?).
+                _ = tick(&mut self.deadline_tick, period), if deadline.is_some() || idle => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| d <= now) {
                         self.complete_front(Outcome::TimedOut);
+                    } else if idle && self.ctx.idle_timeout.is_some_and(|t| now.duration_since(self.last_input) >= t) {
+                        debug!("client idle past client_idle_timeout_ms, closing");
+                        self.ctx.metrics.clients_closed_by_limit.inc();
+                        return;
                     }
                 }
                 // A reply or push on the dedicated connection.
@@ -303,7 +336,11 @@ impl Session {
                 // More requests.
                 n = rd.read_buf(&mut self.inbuf), if can_read => match n {
                     Ok(0) | Err(_) => self.on_client_eof(),
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if self.ctx.idle_timeout.is_some() {
+                            self.last_input = Instant::now();
+                        }
+                    }
                 },
             }
         }
@@ -600,6 +637,15 @@ impl Session {
         c
     }
 
+    /// Period of the deadline and idle checks.
+    fn tick_period(&self) -> Duration {
+        let shortest = match self.ctx.idle_timeout {
+            Some(idle) => idle.min(self.ctx.read_timeout),
+            None => self.ctx.read_timeout,
+        };
+        (shortest / 4).max(Duration::from_millis(5))
+    }
+
     /// Proxy-made HELLO reply in the session's protocol.
     pub(super) fn hello_reply(&self) -> Bytes {
         let version = self.ctx.topo.server_version.load();
@@ -655,10 +701,9 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
     }
 }
 
-/// The next tick of the session's deadline check, every quarter of the read timeout: a stuck read is
-/// noticed within 1.25 times the timeout.
-async fn tick(interval: &mut Option<tokio::time::Interval>, read_timeout: Duration) {
-    let period = (read_timeout / 4).max(Duration::from_millis(5));
+/// The next tick of the session's deadline check, every quarter of the shortest timeout: a stuck read
+/// (or an idle client) is noticed within 1.25 times the timeout.
+async fn tick(interval: &mut Option<tokio::time::Interval>, period: Duration) {
     let interval = interval.get_or_insert_with(|| {
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

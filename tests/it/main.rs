@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod consistency;
 mod failover;
+mod limits;
 mod observability;
 mod pinned;
 mod protocol;

@@ -1,0 +1,162 @@
+//! Per-client limits: output buffer, number of clients, idle timeout; and a graceful SIGTERM.
+
+use redsplit::config::Flags;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected_at_the_output_limit() {
+    let cluster = cluster(0).await;
+    let f = Flags {
+        max_client_output_bytes: Some(1024 * 1024),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    let mut c = client(&proxy).await;
+    let big = "x".repeat(100_000);
+    let _: () = q(&mut c, &["SET", "big", &big]).await;
+    // 1,000 GETs of 100 KB, never read: 100 MB of replies against a 1 MB limit.
+    let lazy = Raw::connect(&proxy).await;
+    let (mut rd, mut wr) = lazy.stream.into_split();
+    let one = resp(&["GET", "big"]);
+    let writer = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if wr.write_all(&one).await.is_err() {
+                break;
+            }
+        }
+    });
+    eventually!("the lazy client is cut off", {
+        let m = http(proxy.admin, "GET", "/metrics").await.1;
+        m.contains("redsplit_clients_closed_by_limit_total 1")
+    });
+    // What it finally reads ends well short of everything it asked for.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, rd.read_to_end(&mut got))
+        .await
+        .expect("closed in time");
+    assert!(
+        read.is_err() || got.len() < 100 * 100_000,
+        "{} bytes",
+        got.len()
+    );
+    let _ = writer.await;
+    // Everyone else is served.
+    assert_eq!(q::<String>(&mut c, &["GET", "big"]).await.len(), 100_000);
+}
+
+#[tokio::test]
+async fn clients_past_max_clients_get_redis_error_and_are_closed() {
+    let cluster = cluster(0).await;
+    let f = Flags {
+        max_clients: Some(3),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut r = Raw::connect(&proxy).await;
+        r.send(&resp(&["PING"])).await;
+        r.expect(b"+PONG\r\n").await;
+        held.push(r);
+    }
+    let mut extra = Raw::connect(&proxy).await;
+    assert_eq!(
+        extra.closed().await,
+        b"-ERR max number of clients reached\r\n"
+    );
+    drop(held.pop());
+    eventually!("a place is free again", {
+        let mut r = Raw::connect(&proxy).await;
+        r.send(&resp(&["PING"])).await;
+        r.frame().await == b"+PONG\r\n"
+    });
+}
+
+#[tokio::test]
+async fn idle_clients_are_closed_but_blocked_and_subscribed_ones_are_not() {
+    let cluster = cluster(0).await;
+    let f = Flags {
+        client_idle_timeout_ms: Some(300),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    let mut idle = Raw::connect(&proxy).await;
+    idle.send(&resp(&["PING"])).await;
+    idle.expect(b"+PONG\r\n").await;
+    let mut blocked = Raw::connect(&proxy).await;
+    blocked.send(&resp(&["BLPOP", "never", "2"])).await;
+    let mut subscribed = Raw::connect(&proxy).await;
+    subscribed.send(&resp(&["SUBSCRIBE", "ch"])).await;
+    let _ = subscribed.frame().await;
+    assert!(idle.closed().await.is_empty(), "the idle client is closed");
+    // Two seconds later the blocked client gets its (nil) reply, and the subscriber still gets messages.
+    blocked.expect(b"*-1\r\n").await;
+    let mut p = client(&proxy).await;
+    assert_eq!(q::<i64>(&mut p, &["PUBLISH", "ch", "still here"]).await, 1);
+    let _ = subscribed.frame().await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_replies_in_flight_then_exits() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let cluster = cluster(0).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redsplit"))
+        .args([
+            "--primary",
+            cluster.primary().addr().as_str(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-level", "warn", "--shutdown-grace-ms", "5000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the proxy");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening on"))
+    })
+    .await
+    .expect("reader")
+    .expect("listening line");
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("address")
+        .parse()
+        .expect("address");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // A command that takes a while, in flight when SIGTERM arrives.
+    s.write_all(&resp(&["BLPOP", "nothing", "1"]))
+        .await
+        .expect("write");
+    let mut d = direct(cluster.primary()).await;
+    eventually!(
+        "the command is in flight",
+        q::<String>(&mut d, &["INFO", "clients"])
+            .await
+            .contains("blocked_clients:1")
+    );
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(
+        got, b"*-1\r\n",
+        "the reply in flight arrived before the close"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}
