@@ -48,6 +48,8 @@ pub struct Context {
     pub max_clients: usize,
     /// Client connections open now (across workers).
     pub clients: std::sync::atomic::AtomicUsize,
+    /// Proxy-side client authentication, if configured.
+    pub auth: Option<Arc<crate::auth::Auth>>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     next_id: AtomicU64,
@@ -75,6 +77,7 @@ impl Context {
             idle_timeout: config.client_idle_timeout,
             max_clients: config.max_clients,
             clients: std::sync::atomic::AtomicUsize::new(0),
+            auth: crate::auth::Auth::new(config.requirepass.clone(), config.users.clone()),
             metrics,
             next_id: AtomicU64::new(1),
         })

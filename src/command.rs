@@ -432,6 +432,62 @@ pub fn classify<'a>(
     (class, kind)
 }
 
+/// True if a command may change data or server state. Read-only users may run only commands for which
+/// this is false: those flagged `readonly`, and commands about the connection itself, transactions,
+/// subscriptions and server information. (Redis 7.0 does not report `may_replicate`, so EVAL, FCALL
+/// and PUBLISH cannot be told apart by flags: everything not listed here counts as modifying.)
+pub fn may_modify<'a>(table: &Table, argc: usize, arg: impl Fn(usize) -> Option<&'a [u8]>) -> bool {
+    const HARMLESS: &[&[u8]] = &[
+        b"PING",
+        b"ECHO",
+        b"HELLO",
+        b"AUTH",
+        b"SELECT",
+        b"QUIT",
+        b"RESET",
+        b"MULTI",
+        b"EXEC",
+        b"DISCARD",
+        b"WATCH",
+        b"UNWATCH",
+        b"SUBSCRIBE",
+        b"PSUBSCRIBE",
+        b"SSUBSCRIBE",
+        b"UNSUBSCRIBE",
+        b"PUNSUBSCRIBE",
+        b"SUNSUBSCRIBE",
+        b"INFO",
+        b"TIME",
+        b"ROLE",
+        b"LASTSAVE",
+        b"COMMAND",
+    ];
+    const HARMLESS_CLIENT: &[&[u8]] = &[
+        b"ID",
+        b"GETNAME",
+        b"SETNAME",
+        b"INFO",
+        b"REPLY",
+        b"NO-EVICT",
+        b"NO-TOUCH",
+        b"SETINFO",
+    ];
+    let Some(name) = arg(0) else { return true };
+    if HARMLESS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        return false;
+    }
+    if name.eq_ignore_ascii_case(b"CLIENT") {
+        return !arg(1).is_some_and(|s| HARMLESS_CLIENT.iter().any(|h| s.eq_ignore_ascii_case(h)));
+    }
+    let info = match table.get(name) {
+        Some(c) if argc >= 2 && c.flags.has(flag::CONTAINER) => {
+            arg(1).and_then(|s| table.get_sub(name, s)).or(Some(c))
+        }
+        other => other,
+    };
+    !info.is_some_and(|i| i.flags.has(flag::READONLY))
+}
+
 /// `XREAD`/`XREADGROUP` block only with a `BLOCK` option, which precedes `STREAMS`. If neither word is among
 /// the kept arguments, assume it blocks: a dedicated connection is always safe.
 fn stream_read_blocks<'a>(argc: usize, arg: &impl Fn(usize) -> Option<&'a [u8]>) -> bool {
@@ -563,6 +619,38 @@ mod tests {
             class_of("CLIENT TRACKING ON REDIRECT 5").0,
             Class::Local(Local::Refuse)
         );
+    }
+
+    #[test]
+    fn read_only_users_may_not_run_anything_that_can_modify() {
+        let table = Table::builtin();
+        let check = |cmd: &str| {
+            let args: Vec<&[u8]> = cmd.split(' ').map(str::as_bytes).collect();
+            may_modify(&table, args.len(), |i| args.get(i).copied())
+        };
+        for cmd in [
+            "SET k v",
+            "EVAL s 0",
+            "PUBLISH c m",
+            "CONFIG SET a b",
+            "CONFIG GET a",
+            "FLUSHALL",
+            "NOSUCH x",
+        ] {
+            assert!(check(cmd), "{cmd}");
+        }
+        for cmd in [
+            "GET k",
+            "EVAL_RO s 0",
+            "INFO",
+            "SCAN 0",
+            "CLIENT ID",
+            "ping",
+            "OBJECT ENCODING k",
+            "MULTI",
+        ] {
+            assert!(!check(cmd), "{cmd}");
+        }
     }
 
     #[test]

@@ -180,8 +180,17 @@ options! {
     connect_timeout_ms: u64 = 1000;
     /// Username for upstream connections (Redis ACL). Default none (the `default` user).
     backend_username: String;
-    /// Password for upstream connections. Default none.
+    /// Password for upstream connections; "env:NAME" or "file:PATH" reads it from there. Default none.
     backend_password: String;
+    /// Password clients must give (AUTH password) before anything else, independent of the upstream
+    /// credentials; "env:NAME" or "file:PATH" reads it from there. Default none: no proxy-side auth.
+    requirepass: String;
+    /// Named users, repeatable, "name:password" (AUTH name password, HELLO 3 AUTH name password); the
+    /// password may be "env:NAME" or "file:PATH". Default none.
+    user: Vec<String> = Vec::new();
+    /// Read-only users, repeatable, "name:password": they may run only read-only commands; anything else
+    /// gets -NOPERM. Default none.
+    readonly_user: Vec<String> = Vec::new();
     /// Refresh the command table from the primary's COMMAND reply: true or false. Default true.
     refresh_commands: bool = true;
     /// Largest bulk string in a request or reply, in bytes. Default 536870912 (512 MiB, as Redis).
@@ -299,6 +308,40 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// A user clients authenticate as, to the proxy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientUser {
+    /// Name (`default` for requirepass).
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// May run only read-only commands.
+    pub readonly: bool,
+}
+
+impl std::fmt::Debug for ClientUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientUser")
+            .field("name", &self.name)
+            .field("readonly", &self.readonly)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret given as `env:NAME` (an environment variable) or `file:PATH` (a file, trailing newline
+/// dropped), or literally.
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    if let Some(var) = value.strip_prefix("env:") {
+        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| format!("cannot read {path}: {e}"))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -326,6 +369,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Upstream credentials, if any.
     pub backend_credentials: Option<Credentials>,
+    /// The default user's password for clients, if proxy-side auth is on.
+    pub requirepass: Option<String>,
+    /// Named client users.
+    pub users: Vec<ClientUser>,
     /// Refresh the command table from the primary.
     pub refresh_commands: bool,
     /// Announced address to reachable address.
@@ -571,7 +618,54 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
             problems.push(format!("option `log_level`: {e}"));
         }
-        let backend_credentials = raw.backend_password.map(|password| Credentials {
+        fn secret(problems: &mut Vec<String>, name: &str, v: &str) -> Option<String> {
+            match resolve_secret(v) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    problems.push(format!("option `{name}`: {e}"));
+                    None
+                }
+            }
+        }
+        let backend_password = raw
+            .backend_password
+            .as_deref()
+            .and_then(|p| secret(problems, "backend_password", p));
+        let requirepass = raw
+            .requirepass
+            .as_deref()
+            .and_then(|p| secret(problems, "requirepass", p));
+        let mut users = Vec::new();
+        for (option, readonly, entries) in [
+            ("user", false, &raw.user),
+            ("readonly_user", true, &raw.readonly_user),
+        ] {
+            for entry in entries {
+                match entry.split_once(':') {
+                    Some((name, password)) if !name.is_empty() => {
+                        if let Some(password) = secret(problems, option, password) {
+                            users.push(ClientUser {
+                                name: name.to_string(),
+                                password,
+                                readonly,
+                            });
+                        }
+                    }
+                    _ => {
+                        problems.push(format!("option `{option}`: `{entry}` is not name:password"))
+                    }
+                }
+            }
+        }
+        let mut names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            problems.push("options `user`/`readonly_user`: a user is defined twice".into());
+        }
+        if requirepass.is_some() && names.contains(&"default") {
+            problems.push("`requirepass` is the default user's password: do not define a user named default too".into());
+        }
+        let backend_credentials = backend_password.map(|password| Credentials {
             username: raw.backend_username,
             password,
         });
@@ -589,6 +683,8 @@ impl Config {
             backend_connections: conns as usize,
             connect_timeout: Duration::from_millis(connect),
             backend_credentials,
+            requirepass,
+            users,
             refresh_commands: raw.refresh_commands,
             address_map,
             discovery_interval: Duration::from_millis(discovery),
@@ -712,6 +808,33 @@ mod tests {
                 "--{flag} missing"
             );
         }
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_files() {
+        let dir = std::env::temp_dir().join(format!("redsplit-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").expect("write secret");
+        let flags = Flags {
+            requirepass: Some(format!("file:{}", dir.display())),
+            user: Some(vec!["alice:env:PATH".into()]),
+            readonly_user: Some(vec!["bob:plain".into()]),
+            ..Flags::default()
+        };
+        let c = load("", flags).expect("valid");
+        assert_eq!(c.requirepass.as_deref(), Some("s3cret"));
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(
+            c.users[0].password,
+            std::env::var("PATH").expect("PATH is set")
+        );
+        assert!(c.users[1].readonly);
+        let _ = std::fs::remove_file(dir);
+        let bad = Flags {
+            requirepass: Some("env:REDSPLIT_NO_SUCH_VARIABLE".into()),
+            user: Some(vec!["nocolon".into()]),
+            ..Flags::default()
+        };
+        assert_eq!(load("", bad).expect_err("invalid").len(), 2);
     }
 
     #[test]

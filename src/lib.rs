@@ -15,6 +15,7 @@
 //! trying the proxy out, and for tests), [`io`] (output buffering).
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod command;

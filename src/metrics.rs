@@ -101,6 +101,8 @@ pub struct Metrics {
     pub read_retries: IntCounter,
     /// Clients turned away at max_clients.
     pub rejected_clients: IntCounter,
+    /// Failed client authentications.
+    pub auth_failures: IntCounter,
     /// Clients disconnected for a limit (output buffer, idle timeout).
     pub clients_closed_by_limit: IntCounter,
     /// Shared upstream connections open.
@@ -281,6 +283,10 @@ impl Metrics {
             read_retries: reg(
                 registry,
                 IntCounter::new("redsplit_read_retries_total", "Reads sent again to another node after a failure")?,
+            )?,
+            auth_failures: reg(
+                registry,
+                IntCounter::new("redsplit_auth_failures_total", "Failed client AUTH or HELLO AUTH attempts")?,
             )?,
             rejected_clients: reg(
                 registry,

@@ -112,7 +112,10 @@ impl Session {
                 classify(&table, req.argc, |i| scanner.arg(&req, src, i))
             };
             self.cur_kind = kind.into();
-            let step = if self.pinned.is_some() {
+            let gated = self.gate(class, &req, start, &table, &mut batch);
+            let step = if let Some(step) = gated {
+                step
+            } else if self.pinned.is_some() {
                 self.flush(&mut batch);
                 let args = self.kept_args(&req, 0);
                 self.pinned_request(class, &req, &args)
@@ -388,6 +391,119 @@ impl Session {
         self.reply_local(batch, req, reply)
     }
 
+    /// Authentication and authorization before routing; `Some` if the request was answered here.
+    fn gate(
+        &mut self,
+        class: Class,
+        req: &Request,
+        start: usize,
+        table: &crate::command::Table,
+        batch: &mut Option<Batch>,
+    ) -> Option<Step> {
+        let name = self
+            .scanner
+            .arg(req, &self.inbuf[start..], 0)
+            .unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"CONFIG") {
+            // The upstream credentials (and Redis's own secrets) never reach a client through the proxy.
+            let args = self.kept_args(req, start);
+            let get = args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"GET"));
+            if get
+                && args
+                    .iter()
+                    .skip(2)
+                    .any(|p| SECRETS.iter().any(|s| glob_match(p, s.as_bytes())))
+            {
+                let e = Bytes::from_static(
+                    b"-NOPERM redsplit: CONFIG GET of secret parameters is not allowed\r\n",
+                );
+                return Some(self.reply_local(batch, req, e));
+            }
+        }
+        let auth = self.ctx.auth.clone()?;
+        match class {
+            Class::Local(Local::Auth) => {
+                let args = self.kept_args(req, start);
+                if args.len() != 2 && args.len() != 3 {
+                    return Some(self.reply_local(batch, req, ClientError::Arity("auth").frame()));
+                }
+                let user = (args.len() == 3).then(|| args[1].as_slice());
+                let verified = auth.check(user, &args[args.len() - 1]);
+                return Some(self.authenticated(verified, batch, req, Bytes::from_static(OK)));
+            }
+            Class::Local(Local::Hello) => {
+                let args = self.kept_args(req, start);
+                if let Some(i) = args.iter().position(|a| a.eq_ignore_ascii_case(b"AUTH")) {
+                    let (Some(user), Some(password)) = (args.get(i + 1), args.get(i + 2)) else {
+                        return Some(self.reply_local(batch, req, ClientError::Syntax.frame()));
+                    };
+                    match auth.check(Some(user), password) {
+                        Some(u) => {
+                            self.user = Some(u);
+                            self.auth_failures = 0;
+                        }
+                        None => return Some(self.authenticated(None, batch, req, Bytes::new())),
+                    }
+                } else if self.user.is_none() {
+                    let e = Bytes::from_static(b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n");
+                    return Some(self.reply_local(batch, req, e));
+                }
+                return None;
+            }
+            Class::Local(Local::Quit | Local::Reset) => return None,
+            _ => {}
+        }
+        let Some(user) = self.user.clone() else {
+            let e = Bytes::from_static(b"-NOAUTH Authentication required.\r\n");
+            return Some(self.reply_local(batch, req, e));
+        };
+        if user.readonly {
+            let src = &self.inbuf[start..];
+            let scanner = &self.scanner;
+            if crate::command::may_modify(table, req.argc, |i| scanner.arg(req, src, i)) {
+                let cmd = String::from_utf8_lossy(name).to_ascii_lowercase();
+                let e = format!(
+                    "-NOPERM User {} has no permissions to run the '{cmd}' command\r\n",
+                    user.name
+                );
+                return Some(self.reply_local(batch, req, Bytes::from(e)));
+            }
+        }
+        None
+    }
+
+    /// Answers an authentication attempt: `ok` on success; on failure WRONGPASS, later each time (100 ms,
+    /// doubling, at most 5 s), holding the requests behind it, so guessing passwords is slow.
+    fn authenticated(
+        &mut self,
+        user: Option<Arc<crate::config::ClientUser>>,
+        batch: &mut Option<Batch>,
+        req: &Request,
+        ok: Bytes,
+    ) -> Step {
+        if let Some(u) = user {
+            self.user = Some(u);
+            self.auth_failures = 0;
+            return self.reply_local(batch, req, ok);
+        }
+        self.ctx.metrics.auth_failures.inc();
+        self.auth_failures += 1;
+        let delay = (Duration::from_millis(100) * (1 << (self.auth_failures - 1).min(6)))
+            .min(Duration::from_secs(5));
+        self.flush(batch);
+        self.inbuf.advance(req.len);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Bytes::from_static(
+                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+            ));
+        });
+        self.push(Wait::Task(rx), None, Then::Nothing);
+        self.hold = true;
+        Step::Next
+    }
+
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
     fn hello(
         &mut self,
@@ -436,6 +552,10 @@ impl Session {
                 );
                 return self.reply_local(batch, req, Bytes::from(msg));
             }
+        }
+        if self.ctx.auth.is_some() {
+            // Checked by the proxy (gate): the upstream identity stays the proxy's own.
+            auth = None;
         }
         if self.barrier(batch) {
             return Step::Wait;
@@ -566,8 +686,11 @@ impl Session {
         Step::Next
     }
 
-    /// Back to a fresh connection's state (RESET).
+    /// Back to a fresh connection's state (RESET). With proxy-side auth that means unauthenticated.
     pub(super) fn reset(&mut self) {
+        if self.ctx.auth.is_some() {
+            self.user = None;
+        }
         self.set_key(ConnKey::default());
         self.name = None;
         self.reply_mode = ReplyMode::On;
@@ -864,6 +987,89 @@ impl Session {
     }
 }
 
+/// Server parameters holding secrets, refused to `CONFIG GET` through the proxy.
+const SECRETS: &[&str] = &[
+    "requirepass",
+    "masterauth",
+    "masteruser",
+    "tls-key-file-pass",
+    "tls-client-key-file-pass",
+];
+
+/// Redis's glob (`*`, `?`, `[abc]`, `[a-z]`, `[^a]`, `\x`), case-insensitive as CONFIG GET matches.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    let lower = |c: u8| c.to_ascii_lowercase();
+    while t < text.len() {
+        let mut matched = None;
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    star = Some(p);
+                    mark = t;
+                    p += 1;
+                    continue;
+                }
+                b'?' => matched = Some(p + 1),
+                b'[' => {
+                    let mut i = p + 1;
+                    let negate = pattern.get(i) == Some(&b'^');
+                    if negate {
+                        i += 1;
+                    }
+                    let mut hit = false;
+                    while i < pattern.len() && pattern[i] != b']' {
+                        if pattern[i] == b'\\' && i + 1 < pattern.len() {
+                            i += 1;
+                            hit |= lower(pattern[i]) == lower(text[t]);
+                        } else if i + 2 < pattern.len()
+                            && pattern[i + 1] == b'-'
+                            && pattern[i + 2] != b']'
+                        {
+                            let (a, b) = (lower(pattern[i]), lower(pattern[i + 2]));
+                            let (lo, hi) = (a.min(b), a.max(b));
+                            hit |= (lo..=hi).contains(&lower(text[t]));
+                            i += 2;
+                        } else {
+                            hit |= lower(pattern[i]) == lower(text[t]);
+                        }
+                        i += 1;
+                    }
+                    if hit != negate {
+                        matched = Some((i + 1).min(pattern.len()));
+                    }
+                }
+                b'\\' if p + 1 < pattern.len() => {
+                    if lower(pattern[p + 1]) == lower(text[t]) {
+                        matched = Some(p + 2);
+                    }
+                }
+                c => {
+                    if lower(c) == lower(text[t]) {
+                        matched = Some(p + 1);
+                    }
+                }
+            }
+        }
+        match matched {
+            Some(next) => {
+                p = next;
+                t += 1;
+            }
+            None => match star {
+                Some(s) => {
+                    p = s + 1;
+                    mark += 1;
+                    t = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
 /// `NAME` or, for containers, `NAME SUB`, for error messages.
 pub(super) fn command_label(args: &[Vec<u8>]) -> String {
     let word = |i: usize| {
@@ -958,4 +1164,40 @@ async fn wait_for_replicas(
         }
     };
     let _ = tx.send(Bytes::from(format!(":{acked}\r\n")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_config_names_match_every_glob_that_names_them() {
+        let secret = |p: &str| {
+            SECRETS
+                .iter()
+                .any(|s| glob_match(p.as_bytes(), s.as_bytes()))
+        };
+        for p in [
+            "requirepass",
+            "*",
+            "*pass*",
+            "re?uirepass",
+            "re[q]uirepass",
+            "RE[a-z]UIREPASS",
+            "master*",
+            "[^x]equirepass",
+            "tls-*",
+        ] {
+            assert!(secret(p), "{p}");
+        }
+        for p in [
+            "maxmemory",
+            "requirepas",
+            "re[x]uirepass",
+            "[^r]equirepass",
+            "appendonly",
+        ] {
+            assert!(!secret(p), "{p}");
+        }
+    }
 }

@@ -199,6 +199,10 @@ pub(super) struct Session {
     pub deadline_tick: Option<tokio::time::Interval>,
     /// When the client last sent something (kept only with an idle timeout).
     pub last_input: Instant,
+    /// Who the client authenticated as to the proxy (`None` until then, with proxy-side auth on).
+    pub user: Option<Arc<crate::config::ClientUser>>,
+    /// Failed authentications in a row: each one answers slower.
+    pub auth_failures: u32,
 }
 
 impl Drop for Session {
@@ -244,6 +248,8 @@ impl Session {
             cur_kind: Kind::Other,
             deadline_tick: None,
             last_input: Instant::now(),
+            user: None,
+            auth_failures: 0,
         }
     }
 

@@ -3,6 +3,7 @@
 #[macro_use]
 mod harness;
 
+mod auth;
 mod cli;
 mod consistency;
 mod failover;
