@@ -4,10 +4,12 @@
 mod harness;
 
 mod auth;
+mod badinput;
 mod cli;
 mod consistency;
 mod failover;
 mod limits;
+mod mock;
 mod observability;
 mod pinned;
 mod protocol;
