@@ -9,13 +9,16 @@
 mod conn;
 mod dedicated;
 
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -123,6 +126,8 @@ pub struct Settings {
     /// Rung when an upstream misbehaves in a way that may mean the topology changed (a broken connection,
     /// `READONLY`, `MASTERDOWN`, `LOADING`): discovery looks again at once.
     pub refresh: Arc<tokio::sync::Notify>,
+    /// TLS for these connections (`backend_tls`, `sentinel_tls`); `None`: plain TCP.
+    pub tls: Option<Arc<crate::tls::Client>>,
 }
 
 thread_local! {
@@ -149,6 +154,7 @@ pub(crate) fn test_settings() -> Arc<Settings> {
         limits: Limits::default(),
         refresh: Default::default(),
         metrics: None,
+        tls: None,
     })
 }
 
@@ -332,21 +338,111 @@ impl Pool {
     }
 }
 
-/// Opens a connection to `addr` and greets it for `key`: AUTH or HELLO, SELECT.
+/// An upstream connection's bytes: plain TCP, or TLS over TCP (`backend_tls`, `sentinel_tls`).
+///
+/// The shared connection task splits it by variant (`into_split` for TCP, `tokio::io::split` for TLS) and
+/// runs one loop generic over the halves, so plain TCP pays nothing for TLS being possible. TLS keeps
+/// bytes the socket did not take: writers of a [`Stream`] flush after writing.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS (boxed: the session state is large, and plain connections should not carry its size).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens a connection to `addr` (TLS if the settings say so) and greets it for `key`: AUTH or HELLO,
+/// SELECT. The connect timeout covers all of it.
 pub(crate) async fn connect(
     addr: &Addr,
     key: &ConnKey,
     settings: &Settings,
-) -> Result<TcpStream, Error> {
+) -> Result<Stream, Error> {
     let fail = |reason: String| Error::Connect {
         addr: addr.clone(),
         reason,
     };
     let greet = async {
-        let mut stream = TcpStream::connect(addr.as_str())
+        let tcp = TcpStream::connect(addr.as_str())
             .await
             .map_err(|e| fail(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        tcp.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        let mut stream = match &settings.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => Stream::Tls(Box::new(
+                tls.connect(tcp, addr)
+                    .await
+                    .map_err(|e| fail(format!("TLS handshake: {e}")))?,
+            )),
+        };
         let creds = key.auth.as_deref().or(settings.credentials.as_ref());
         let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
         if key.resp3 {
@@ -382,6 +478,7 @@ pub(crate) async fn connect(
             .write_all(&out)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        stream.flush().await.map_err(|e| fail(e.to_string()))?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut scanner = ReplyScanner::new(settings.limits);
         for _ in 0..cmds.len() {

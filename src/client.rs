@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::command::SharedTable;
 use crate::config::{Config, Consistency, Fallback};
@@ -88,9 +89,11 @@ impl Context {
     }
 }
 
-/// Accepts clients until `cancel` fires. Each session runs on `tracker`.
+/// Accepts clients until `cancel` fires. Each session runs on `tracker`. With `tls`, every client does a
+/// TLS handshake first, in its session's task (never in this loop).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<crate::tls::Server>>,
     ctx: Arc<Context>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -103,9 +106,20 @@ pub async fn serve(
                 Ok((mut stream, peer)) => {
                     // Past the limit a client gets Redis's own error and is closed.
                     if ctx.clients.load(Ordering::Relaxed) >= ctx.max_clients {
+                        let tls = tls.clone();
                         tokio::spawn(async move {
-                            use tokio::io::AsyncWriteExt;
-                            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                            const FULL: &[u8] = b"-ERR max number of clients reached\r\n";
+                            match tls {
+                                None => {
+                                    let _ = stream.write_all(FULL).await;
+                                }
+                                Some(tls) => {
+                                    if let Ok(mut s) = tls.accept(stream).await {
+                                        let _ = s.write_all(FULL).await;
+                                        let _ = s.shutdown().await;
+                                    }
+                                }
+                            }
                         });
                         ctx.metrics.rejected_clients.inc();
                         continue;
@@ -113,7 +127,10 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     let id = ctx.next_id();
                     let span = tracing::debug_span!("client", id, peer = %peer);
-                    tracker.spawn(session::run(stream, peer, id, ctx.clone(), cancel.clone()).instrument(span));
+                    match &tls {
+                        None => tracker.spawn(session::run(stream, peer, id, ctx.clone(), cancel.clone()).instrument(span)),
+                        Some(tls) => tracker.spawn(run_tls(stream, peer, id, tls.clone(), ctx.clone(), cancel.clone()).instrument(span)),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -123,4 +140,33 @@ pub async fn serve(
             },
         }
     }
+}
+
+/// A TLS client: the handshake (bounded by the connect timeout, abandoned at shutdown), then its session.
+async fn run_tls(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    id: u64,
+    tls: Arc<crate::tls::Server>,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+) {
+    let local = stream.local_addr().ok();
+    let stream = tokio::select! {
+        // Shutdown: a client still shaking hands has nothing in flight.
+        _ = cancel.cancelled() => return,
+        r = tls.accept(stream) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+    };
+    let (mut rd, wr) = tokio::io::split(stream);
+    // The session writes as to a socket and never flushes: see `WriteThrough`.
+    let mut wr = crate::tls::WriteThrough::new(wr);
+    session::run_io(&mut rd, &mut wr, peer, local, id, ctx, cancel).await;
+    // close_notify, if the client still listens.
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }

@@ -216,6 +216,33 @@ options! {
     /// Close a client idle this long, in milliseconds (not pub/sub, MONITOR or blocked clients); 0
     /// disables it. Default 0.
     client_idle_timeout_ms: u64 = 0;
+    /// TLS client listener address (ip:port), served alongside `listen`; needs `tls_cert_file` and
+    /// `tls_key_file`. A client's handshake must finish within `connect_timeout_ms`. Default none (no TLS
+    /// listener).
+    tls_listen: String;
+    /// Certificate chain (PEM, leaf first) the TLS listener presents; read again on SIGHUP. Default none.
+    tls_cert_file: PathBuf;
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`; read again on SIGHUP. Default none.
+    tls_key_file: PathBuf;
+    /// CA bundle (PEM) for mutual TLS: clients of the TLS listener must present a certificate it signed;
+    /// read again on SIGHUP. Default none (no client certificate asked for).
+    tls_client_ca_file: PathBuf;
+    /// Connect to Redis nodes over TLS: true or false; needs `backend_tls_ca_file`. Default false.
+    backend_tls: bool = false;
+    /// CA bundle (PEM) that upstream certificates (nodes with `backend_tls`, sentinels with `sentinel_tls`)
+    /// must chain to; read again on SIGHUP. Default none.
+    backend_tls_ca_file: PathBuf;
+    /// Name upstream certificates are verified against, and sent as SNI. Default: the host part of each
+    /// address connected to (an IP address is checked against the certificate's IP addresses).
+    backend_tls_server_name: String;
+    /// Client certificate chain (PEM) for upstream servers that ask for one; needs `backend_tls_key_file`;
+    /// read again on SIGHUP. Default none.
+    backend_tls_cert_file: PathBuf;
+    /// Private key (PEM) of `backend_tls_cert_file`; read again on SIGHUP. Default none.
+    backend_tls_key_file: PathBuf;
+    /// Connect to sentinels over TLS, with the `backend_tls_*` CA, name and certificate: true or false.
+    /// Default false.
+    sentinel_tls: bool = false;
     /// Time allowed for in-flight replies after SIGTERM, in milliseconds. Default 5000.
     shutdown_grace_ms: u64 = 5000;
     /// Log level or filter (RUST_LOG syntax), used when RUST_LOG is unset. Default "info".
@@ -395,6 +422,12 @@ pub struct Config {
     pub max_clients: usize,
     /// Idle client timeout, if any.
     pub client_idle_timeout: Option<Duration>,
+    /// TLS client listener and the files of its certificates, if any.
+    pub tls_listen: Option<(SocketAddr, crate::tls::ServerFiles)>,
+    /// TLS for connections to Redis nodes, if on.
+    pub backend_tls: Option<crate::tls::ClientFiles>,
+    /// TLS for connections to sentinels, if on (the same files as `backend_tls`).
+    pub sentinel_tls: Option<crate::tls::ClientFiles>,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Log filter.
@@ -669,6 +702,94 @@ impl Config {
             username: raw.backend_username,
             password,
         });
+        let tls_listen = match (&raw.tls_listen, &raw.tls_cert_file, &raw.tls_key_file) {
+            (Some(listen), Some(cert), Some(key)) => {
+                let addr = listen.parse::<SocketAddr>();
+                if addr.is_err() {
+                    problems.push(format!("option `tls_listen`: `{listen}` is not ip:port"));
+                }
+                let files = crate::tls::ServerFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: raw.tls_client_ca_file.clone(),
+                };
+                for p in crate::tls::check_server(&files) {
+                    problems.push(format!("TLS listener: {p}"));
+                }
+                addr.ok().map(|a| (a, files))
+            }
+            (Some(_), _, _) => {
+                problems
+                    .push("option `tls_listen` needs `tls_cert_file` and `tls_key_file`".into());
+                None
+            }
+            (None, _, _) => {
+                for (name, set) in [
+                    ("tls_cert_file", raw.tls_cert_file.is_some()),
+                    ("tls_key_file", raw.tls_key_file.is_some()),
+                    ("tls_client_ca_file", raw.tls_client_ca_file.is_some()),
+                ] {
+                    if set {
+                        problems.push(format!("option `{name}` needs `tls_listen`"));
+                    }
+                }
+                None
+            }
+        };
+        let upstream_tls = match &raw.backend_tls_ca_file {
+            Some(ca) if raw.backend_tls || raw.sentinel_tls => {
+                let identity = match (&raw.backend_tls_cert_file, &raw.backend_tls_key_file) {
+                    (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                    (None, None) => None,
+                    _ => {
+                        problems.push(
+                            "options `backend_tls_cert_file` and `backend_tls_key_file` go together"
+                                .into(),
+                        );
+                        None
+                    }
+                };
+                let files = crate::tls::ClientFiles {
+                    ca: ca.clone(),
+                    server_name: raw.backend_tls_server_name.clone(),
+                    identity,
+                };
+                for p in crate::tls::check_client(&files) {
+                    problems.push(format!("upstream TLS: {p}"));
+                }
+                Some(files)
+            }
+            None if raw.backend_tls || raw.sentinel_tls => {
+                problems.push(
+                    "options `backend_tls` and `sentinel_tls` need `backend_tls_ca_file`".into(),
+                );
+                None
+            }
+            _ => {
+                for (name, set) in [
+                    ("backend_tls_ca_file", raw.backend_tls_ca_file.is_some()),
+                    (
+                        "backend_tls_server_name",
+                        raw.backend_tls_server_name.is_some(),
+                    ),
+                    ("backend_tls_cert_file", raw.backend_tls_cert_file.is_some()),
+                    ("backend_tls_key_file", raw.backend_tls_key_file.is_some()),
+                ] {
+                    if set {
+                        problems.push(format!(
+                            "option `{name}` needs `backend_tls` or `sentinel_tls`"
+                        ));
+                    }
+                }
+                None
+            }
+        };
+        if raw.backend_tls && kind == TopologyKind::Embedded {
+            problems.push("option `backend_tls`: the embedded servers do not speak TLS".into());
+        }
+        if raw.sentinel_tls && kind != TopologyKind::Sentinel {
+            problems.push("option `sentinel_tls` needs topology \"sentinel\"".into());
+        }
 
         Some(Config {
             listen: listen?,
@@ -701,6 +822,9 @@ impl Config {
             max_client_output_bytes: (output > 0).then_some(output as usize),
             max_clients: max_clients as usize,
             client_idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
+            tls_listen,
+            backend_tls: upstream_tls.clone().filter(|_| raw.backend_tls),
+            sentinel_tls: upstream_tls.filter(|_| raw.sentinel_tls),
             shutdown_grace: Duration::from_millis(grace),
             log_level: raw.log_level,
             log_format: raw.log_format,

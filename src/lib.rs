@@ -12,7 +12,8 @@
 //! - [`client::reply`]: every reply the proxy makes itself
 //!
 //! Around them: [`config`] (file and flags), [`admin`] (HTTP), [`embedded`] (local Redis servers for
-//! trying the proxy out, and for tests), [`io`] (output buffering).
+//! trying the proxy out, and for tests), [`io`] (output buffering), [`tls`] (certificates for both sides,
+//! reloaded on SIGHUP).
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod io;
 pub mod metrics;
 pub mod resp;
 pub mod router;
+pub mod tls;
 pub mod topology;
 
 use std::net::SocketAddr;
@@ -59,12 +61,17 @@ pub enum StartError {
     /// A metric could not be registered (a bug: names clash).
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
+    /// A TLS certificate, key or CA file could not be used. The operator's files are at fault.
+    #[error("cannot set up TLS")]
+    Tls(#[source] tls::Problems),
 }
 
 /// A running proxy.
 pub struct Proxy {
     /// Where clients connect.
     pub listen: SocketAddr,
+    /// Where clients connect over TLS, if configured.
+    pub tls_listen: Option<SocketAddr>,
     /// Where the admin HTTP server listens.
     pub admin: SocketAddr,
     /// The live topology.
@@ -78,6 +85,10 @@ pub struct Proxy {
     /// Each worker thread's sessions.
     sessions: Vec<TaskTracker>,
     grace: std::time::Duration,
+    /// The TLS listener's certificates, if any.
+    tls_server: Option<Arc<tls::Server>>,
+    /// Upstream TLS (nodes and sentinels share it), if any.
+    tls_client: Option<Arc<tls::Client>>,
 }
 
 impl Drop for Proxy {
@@ -93,6 +104,20 @@ impl Proxy {
         let refresh = Arc::new(tokio::sync::Notify::new());
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(metrics::Metrics::new(&registry).map_err(StartError::Metrics)?);
+        let tls_server = match &config.tls_listen {
+            Some((_, files)) => Some(Arc::new(
+                tls::Server::load(files.clone(), config.connect_timeout)
+                    .map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
+        // Nodes and sentinels use the same files: one client configuration, reloaded once.
+        let tls_client = match config.backend_tls.as_ref().or(config.sentinel_tls.as_ref()) {
+            Some(files) => Some(Arc::new(
+                tls::Client::load(files.clone()).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         let settings = Arc::new(backend::Settings {
             metrics: Some(metrics.clone()),
             connections: config.backend_connections,
@@ -100,11 +125,13 @@ impl Proxy {
             credentials: config.backend_credentials.clone(),
             limits: config.limits,
             refresh: refresh.clone(),
+            tls: tls_client.clone().filter(|_| config.backend_tls.is_some()),
         });
         // Sentinels get no backend credentials: they are not the data nodes.
         let sentinel_settings = Arc::new(backend::Settings {
             credentials: None,
             metrics: None,
+            tls: tls_client.clone().filter(|_| config.sentinel_tls.is_some()),
             ..(*settings).clone()
         });
         let embedded = match &config.source {
@@ -138,6 +165,17 @@ impl Proxy {
                 addr: config.listen,
                 source,
             })?;
+        let tls_listeners = match &config.tls_listen {
+            Some((addr, _)) => {
+                Some(
+                    bind_workers(*addr, workers).map_err(|source| StartError::Bind {
+                        addr: *addr,
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -150,6 +188,15 @@ impl Proxy {
                 addr: config.listen,
                 source,
             })?;
+        let tls_listen = match (&tls_listeners, &config.tls_listen) {
+            (Some(l), Some((addr, _))) => {
+                Some(l[0].local_addr().map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?)
+            }
+            _ => None,
+        };
         let admin = admin_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -236,18 +283,24 @@ impl Proxy {
         }
         let ctx = client::Context::new(topo.clone(), table.clone(), &config, metrics.clone());
         let mut sessions = Vec::new();
+        let mut tls_listeners = tls_listeners.map(Vec::into_iter);
         for (i, listener) in listeners.into_iter().enumerate() {
             let worker = TaskTracker::new();
             sessions.push(worker.clone());
             let (ctx, cancel) = (ctx.clone(), cancel.clone());
+            // Each worker also gets its own TLS listener on the shared TLS port.
+            let tls = tls_server
+                .clone()
+                .zip(tls_listeners.as_mut().and_then(Iterator::next));
             std::thread::Builder::new()
                 .name(format!("redsplit-worker-{i}"))
-                .spawn(move || run_worker(i, listener, ctx, cancel, worker))
+                .spawn(move || run_worker(i, listener, tls, ctx, cancel, worker))
                 .map_err(StartError::Worker)?;
         }
         tracker.spawn(admin::serve(admin_listener, admin_state, cancel.clone()));
         Ok(Proxy {
             listen,
+            tls_listen,
             admin,
             topo,
             table,
@@ -256,7 +309,38 @@ impl Proxy {
             tracker,
             sessions,
             grace: config.shutdown_grace,
+            tls_server,
+            tls_client,
         })
+    }
+
+    /// Reads every TLS certificate, key and CA file again (on SIGHUP). New connections use them;
+    /// connections already open go on with what they have. Each side (listener, upstream) changes only if
+    /// all of its files load; otherwise it keeps the running certificates and every problem is logged and
+    /// returned.
+    pub fn reload_tls(&self) -> Result<(), tls::Problems> {
+        let mut problems = Vec::new();
+        let sides = [
+            ("listener", self.tls_server.as_ref().map(|s| s.reload())),
+            ("upstream", self.tls_client.as_ref().map(|c| c.reload())),
+        ];
+        for (side, result) in sides {
+            match result {
+                None => {}
+                Some(Ok(())) => tracing::info!(side, "TLS certificates reloaded"),
+                Some(Err(p)) => {
+                    for line in p.lines() {
+                        tracing::warn!(side, problem = %line, "TLS reload failed, keeping the running certificates");
+                    }
+                    problems.extend(p.0);
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(tls::Problems(problems))
+        }
     }
 
     /// Stops accepting, lets sessions finish their replies for up to the grace period, then returns.
@@ -302,6 +386,7 @@ fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::Tcp
 fn run_worker(
     id: usize,
     listener: std::net::TcpListener,
+    tls: Option<(Arc<tls::Server>, std::net::TcpListener)>,
     ctx: Arc<client::Context>,
     cancel: CancellationToken,
     sessions: TaskTracker,
@@ -325,7 +410,28 @@ fn run_worker(
                 return;
             }
         };
-        client::serve(listener, ctx, cancel, sessions.clone()).await;
+        let tls = match tls.map(|(server, l)| TcpListener::from_std(l).map(|l| (server, l))) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                tracing::error!(worker = id, error = %e, "cannot register the TLS listener");
+                return;
+            }
+        };
+        let plain = client::serve(
+            listener,
+            None,
+            ctx.clone(),
+            cancel.clone(),
+            sessions.clone(),
+        );
+        match tls {
+            None => plain.await,
+            Some((server, l)) => {
+                let secure = client::serve(l, Some(server), ctx, cancel, sessions.clone());
+                tokio::join!(plain, secure);
+            }
+        }
         sessions.close();
         sessions.wait().await;
     });

@@ -1,4 +1,5 @@
-//! The `redsplit` binary: parse flags, load the config, run the proxy until SIGINT or SIGTERM.
+//! The `redsplit` binary: parse flags, load the config, run the proxy until SIGINT or SIGTERM; SIGHUP reloads
+//! the TLS certificates.
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -37,6 +38,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Installed first: from here on SIGHUP no longer ends the process, even while the proxy starts.
+    let signals = Signals::install()?;
     let proxy = Proxy::start(config).await.context("starting the proxy")?;
     if let Some(cluster) = &proxy.embedded {
         let replicas: Vec<String> = cluster
@@ -56,20 +59,46 @@ async fn run(config: Config) -> anyhow::Result<()> {
         proxy.listen.port(),
         proxy.admin
     );
-    wait_for_signal().await?;
+    if let Some(tls) = proxy.tls_listen {
+        println!("redsplit: TLS clients on {tls}");
+    }
+    signals.wait(&proxy).await?;
     tracing::info!("shutting down");
     proxy.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
-        _ = term.recv() => {}
+/// The signals the binary handles: SIGINT and SIGTERM stop it, SIGHUP reloads the TLS certificates.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
     }
-    Ok(())
+
+    /// Waits for SIGINT or SIGTERM, reloading the TLS certificates on each SIGHUP meanwhile.
+    async fn wait(mut self, proxy: &Proxy) -> anyhow::Result<()> {
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                r = &mut ctrl_c => return r.context("waiting for ctrl-c"),
+                _ = self.term.recv() => return Ok(()),
+                // Problems are logged by reload_tls; the running certificates stay.
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    let _ = proxy.reload_tls();
+                }
+            }
+        }
+    }
 }
 
 /// `redsplit health`: GET /ready on the admin port; 0 if it answers 200.

@@ -18,12 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
-use super::{connect, node_error, ConnKey, Error, Job, JobTx, Node, NodeError, Reply};
+use super::{connect, node_error, ConnKey, Error, Job, JobTx, Node, NodeError, Reply, Stream};
 use crate::io::OutBuf;
 use crate::metrics::BackendError;
 use crate::resp::ReplyScanner;
@@ -93,38 +92,22 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
         debug!(upstream = %node.addr, "upstream connected");
         let connections = node.metrics.load().connections.clone();
         connections.inc();
-        let (reader, writer) = stream.into_split();
         // Jobs written (or being written) and not yet answered, oldest first. Both halves run in this one
         // task, so the lock is never contended; it only satisfies `Send`.
         let inflight = Mutex::new(VecDeque::new());
-        let writer_done = AtomicBool::new(false);
-        let error = {
-            let read = read_loop(&node, reader, &inflight, &writer_done);
-            let write = write_loop(writer, &mut rx, &inflight, job);
-            tokio::pin!(read, write);
-            // Reader first: a connection the node closed is noticed before another job is written into it.
-            tokio::select! {
-                biased;
-                // The socket failed or the node sent garbage.
-                e = &mut read => e,
-                // The socket refused a write, or every handle is gone.
-                w = &mut write => match w {
-                    Err(e) => Some(Error::Connect { addr: node.addr.clone(), reason: e.to_string() }),
-                    Ok(()) => {
-                        // Let the reader answer what is in flight, then stop.
-                        writer_done.store(true, Ordering::Relaxed);
-                        if lock(&inflight).is_empty() {
-                            return;
-                        }
-                        match read.await {
-                            None => return,
-                            e => e,
-                        }
-                    }
-                },
+        // One loop, compiled for each kind of halves: plain TCP keeps its lock-free owned halves.
+        let ended = match stream {
+            Stream::Plain(s) => {
+                let (reader, writer) = s.into_split();
+                drive(&node, reader, writer, &mut rx, &inflight, job).await
+            }
+            Stream::Tls(s) => {
+                let (reader, writer) = tokio::io::split(s);
+                drive(&node, reader, writer, &mut rx, &inflight, job).await
             }
         };
         connections.dec();
+        let Ended::Broken(error) = ended else { return };
         let left = std::mem::take(&mut *lock(&inflight));
         if let Some(e) = &error {
             node.metrics.load().error(match e {
@@ -144,14 +127,62 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
     }
 }
 
+/// How a connection's loops ended.
+enum Ended {
+    /// Every handle is gone and every reply delivered: the task ends.
+    Finished,
+    /// The connection broke (why, if known): what is in flight fails, and the next job connects again.
+    Broken(Option<Error>),
+}
+
+/// Runs the reader and the writer of one connection until it breaks or is no longer needed.
+async fn drive<R, W>(
+    node: &Node,
+    reader: R,
+    writer: W,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    inflight: &Mutex<VecDeque<Job>>,
+    first: Job,
+) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let writer_done = AtomicBool::new(false);
+    let read = read_loop(node, reader, inflight, &writer_done);
+    let write = write_loop(writer, rx, inflight, first);
+    tokio::pin!(read, write);
+    // Reader first: a connection the node closed is noticed before another job is written into it.
+    tokio::select! {
+        biased;
+        // The socket failed or the node sent garbage.
+        e = &mut read => Ended::Broken(e),
+        // The socket refused a write, or every handle is gone.
+        w = &mut write => match w {
+            Err(e) => Ended::Broken(Some(Error::Connect { addr: node.addr.clone(), reason: e.to_string() })),
+            Ok(()) => {
+                // Let the reader answer what is in flight, then stop.
+                writer_done.store(true, Ordering::Relaxed);
+                if lock(inflight).is_empty() {
+                    return Ended::Finished;
+                }
+                match read.await {
+                    None => Ended::Finished,
+                    e => Ended::Broken(e),
+                }
+            }
+        },
+    }
+}
+
 fn lock(q: &Mutex<VecDeque<Job>>) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
     q.lock()
         .expect("in-flight lock is never poisoned: nothing panics while holding it")
 }
 
 /// Writes jobs until every handle is dropped (`Ok`) or the socket fails.
-async fn write_loop(
-    mut w: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     inflight: &Mutex<VecDeque<Job>>,
     first: Job,
@@ -186,14 +217,16 @@ async fn write_loop(
             }
         }
         out.write_to(&mut w).await?;
+        // TLS keeps what the socket did not take until flushed; on plain TCP this returns at once.
+        w.flush().await?;
     }
 }
 
 /// Reads replies and hands them to their jobs. Returns `None` once drained after the writer finished,
 /// else the error that ended the connection.
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     node: &Node,
-    mut r: OwnedReadHalf,
+    mut r: R,
     inflight: &Mutex<VecDeque<Job>>,
     writer_done: &AtomicBool,
 ) -> Option<Error> {

@@ -4,16 +4,15 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::{connect, ConnKey, Error, Node};
+use super::{connect, ConnKey, Error, Node, Stream};
 use crate::resp::{ReplyFrame, ReplyScanner};
 
 /// A greeted connection with its own read buffer. Reads are cancel-safe: a frame half received when a
 /// `select!` drops [`Dedicated::next_frame`] is finished by the next call.
 #[derive(Debug)]
 pub struct Dedicated {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     scanner: ReplyScanner,
     /// The node it is connected to.
@@ -41,9 +40,12 @@ impl Dedicated {
     /// Writes request bytes. On failure the connection is unusable and the bytes may have been received.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.clean = false;
-        self.stream.write_all(bytes).await.map_err(|_| Error::Lost {
+        let lost = |_| Error::Lost {
             addr: self.node.addr.clone(),
-        })
+        };
+        self.stream.write_all(bytes).await.map_err(lost)?;
+        // TLS keeps what the socket did not take until flushed (a no-op on plain TCP).
+        self.stream.flush().await.map_err(lost)
     }
 
     /// The next reply or push frame.
@@ -88,10 +90,11 @@ impl Dedicated {
     }
 
     /// False if the node closed the connection while it sat idle (timeout, CLIENT KILL, restart), or sent
-    /// something unasked. Never blocks.
+    /// something unasked (over TLS: any record, a close_notify included). Never blocks. Looks at the socket
+    /// itself: a connection with bytes waiting is not reused, so consuming one does no harm.
     pub fn is_alive(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(self.stream.tcp().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Declares the connection back in its greeted state, fit for reuse by another session.

@@ -41,8 +41,25 @@ pub(super) async fn run(
 ) {
     let local = stream.local_addr().ok();
     let (mut rd, mut wr) = stream.into_split();
+    run_io(&mut rd, &mut wr, peer, local, id, ctx, cancel).await;
+}
+
+/// Runs a session to its end over any byte stream (TLS: the halves of `tokio::io::split`). Bytes
+/// `wr` reports written must be on their way, as on a socket: see `crate::tls::WriteThrough`.
+pub(super) async fn run_io<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    id: u64,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+) where
+    R: AsyncReadExt + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut s = Session::new(id, peer, local, ctx);
-    s.serve(&mut rd, &mut wr, &cancel).await;
+    s.serve(rd, wr, &cancel).await;
     debug!("client closed");
 }
 

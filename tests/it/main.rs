@@ -17,4 +17,5 @@ mod regressions;
 mod relay;
 mod routing;
 mod session;
+mod tls;
 mod topology;
