@@ -146,6 +146,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     stop.store(true, Ordering::Relaxed);
 
     let mut all_acked = Vec::new();
+    let mut acked_at = Vec::new();
     let mut acks: Vec<Instant> = Vec::new();
     let mut per_writer_errors = BTreeMap::new();
     for (i, w) in writers.into_iter().enumerate() {
@@ -158,6 +159,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
             seen.errors
         );
         acks.extend(&seen.ok_at);
+        acked_at.extend(&seen.ok_at);
         all_acked.extend(seen.acked);
     }
     for r in readers {
@@ -165,7 +167,11 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     }
     let read_errors = read_errors.lock().expect("lock").clone();
     assert!(read_errors.is_empty(), "no read failed: {read_errors:?}");
-    // Every acknowledged write is on the new primary: none was lost, none went to the empty old primary.
+    // Every write acknowledged once the primary was gone is on the new primary: none was lost, none went
+    // to the empty old primary. Writes the old primary acknowledged just before kill -9 may not have
+    // reached a replica: Redis replicates asynchronously, and the killed process's unsent replication
+    // stream is discarded. That window is Redis's (closing it takes WAIT); the proxy's part is only to
+    // never send a write anywhere else, so those may be missing, and must be from just before the kill.
     let new_server = if cluster.replicas()[0].addr() == new {
         &cluster.replicas()[0]
     } else {
@@ -177,17 +183,27 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         pipe.cmd("EXISTS").arg(k);
     }
     let exists: Vec<i64> = pipe.query_async(&mut d).await.expect("EXISTS");
-    let missing: Vec<&String> = all_acked
+    let missing: Vec<(&String, Instant)> = all_acked
         .iter()
+        .zip(&acked_at)
         .zip(&exists)
         .filter(|(_, e)| **e == 0)
-        .map(|(k, _)| k)
+        .map(|((k, at), _)| (k, *at))
+        .collect();
+    let window = std::time::Duration::from_millis(500);
+    let lost: Vec<_> = missing
+        .iter()
+        .filter(|(_, at)| *at >= killed || killed.duration_since(*at) > window)
+        .map(|(k, at)| {
+            let ms = |a: Instant, b: Instant| a.saturating_duration_since(b).as_millis() as i128;
+            (k, ms(*at, killed) - ms(killed, *at))
+        })
         .collect();
     assert!(
-        missing.is_empty(),
-        "{} acknowledged writes lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
+        lost.is_empty(),
+        "{} acknowledged writes lost outside the last {window:?} before the kill (key, ms after the kill): {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
     );
     // The write pause: the longest stretch without any acknowledgement, around the failover.
     acks.sort();
@@ -198,11 +214,12 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         .expect("writes acknowledged");
     assert!(first_ok >= switched, "writes resumed on the new primary");
     eprintln!(
-        "MEASURED failover: new primary published {} ms after kill -9 (Sentinel's detection and election); writes paused {} ms (longest time without an acknowledgement), first write acknowledged {} ms after the proxy switched (beyond Sentinel); {} writes acknowledged, none lost; write errors per connection {:?}; read errors {}",
+        "MEASURED failover: new primary published {} ms after kill -9 (Sentinel's detection and election); writes paused {} ms (longest time without an acknowledgement), first write acknowledged {} ms after the proxy switched (beyond Sentinel); {} writes acknowledged, none lost after the kill ({} acknowledged by the old primary just before it did not reach a replica); write errors per connection {:?}; read errors {}",
         switched.duration_since(killed).as_millis(),
         first_ok.duration_since(last_ok).as_millis(),
         first_ok.saturating_duration_since(switched).as_millis(),
         all_acked.len(),
+        missing.len(),
         per_writer_errors.values().map(Vec::len).collect::<Vec<_>>(),
         read_errors.len(),
     );
