@@ -47,8 +47,8 @@ pub enum Switchover {
 pub struct AdminState {
     /// The live topology.
     pub topo: Arc<Topo>,
-    /// Switchover method.
-    pub switchover: Switchover,
+    /// Switchover method; replaced when a config reload changes the topology source.
+    pub switchover: arc_swap::ArcSwap<Switchover>,
     /// Announced-to-reachable address map.
     pub map: AddressMap,
     /// How long a switchover may take before it is abandoned (writes released either way).
@@ -69,7 +69,7 @@ impl AdminState {
     ) -> Arc<AdminState> {
         Arc::new(AdminState {
             topo,
-            switchover,
+            switchover: arc_swap::ArcSwap::from_pointee(switchover),
             map,
             timeout,
             registry,
@@ -201,7 +201,8 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
         Some(Err(e)) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
         None => None,
     };
-    match &s.switchover {
+    let switchover = s.switchover.load_full();
+    match &*switchover {
         Switchover::Static => {
             let target = match to {
                 Some(a) => snapshot.replicas.iter().find(|n| n.addr == a).cloned(),

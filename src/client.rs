@@ -49,8 +49,10 @@ pub struct Context {
     pub max_clients: usize,
     /// Client connections open now (across workers).
     pub clients: std::sync::atomic::AtomicUsize,
-    /// Proxy-side client authentication, if configured.
-    pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Proxy-side client authentication, if configured; replaced by a config reload.
+    pub auth: arc_swap::ArcSwapOption<crate::auth::Auth>,
+    /// The user of connections made while authentication is off: everything allowed.
+    pub open_user: Arc<crate::config::ClientUser>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     next_id: AtomicU64,
@@ -78,7 +80,15 @@ impl Context {
             idle_timeout: config.client_idle_timeout,
             max_clients: config.max_clients,
             clients: std::sync::atomic::AtomicUsize::new(0),
-            auth: crate::auth::Auth::new(config.requirepass.clone(), config.users.clone()),
+            auth: arc_swap::ArcSwapOption::new(crate::auth::Auth::new(
+                config.requirepass.clone(),
+                config.users.clone(),
+            )),
+            open_user: Arc::new(crate::config::ClientUser {
+                name: "default".into(),
+                password: String::new(),
+                readonly: false,
+            }),
             metrics,
             next_id: AtomicU64::new(1),
         })

@@ -437,6 +437,43 @@ pub struct Config {
 }
 
 impl Config {
+    /// The options, other than those a reload applies (see [`crate::reload`]), whose values differ
+    /// between `self` and `new`: they take effect only when the proxy restarts.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        macro_rules! compare {
+            ($($field:ident => $name:literal),* $(,)?) => {
+                $(if self.$field != new.$field { names.push($name); })*
+            };
+        }
+        compare!(
+            listen => "listen",
+            admin_listen => "admin_listen",
+            consistency => "consistency",
+            fallback => "fallback",
+            probe_interval => "probe_interval_ms",
+            worker_threads => "worker_threads",
+            backend_connections => "backend_connections",
+            connect_timeout => "connect_timeout_ms",
+            backend_credentials => "backend_username/backend_password",
+            refresh_commands => "refresh_commands",
+            address_map => "address_map",
+            discovery_interval => "discovery_interval_ms",
+            write_hold => "write_hold_ms",
+            read_timeout => "read_timeout_ms",
+            limits => "max_bulk_bytes/max_array_len/max_inline_bytes/max_nesting_depth",
+            max_request_bytes => "max_request_bytes",
+            max_client_inflight => "max_client_inflight",
+            max_client_output_bytes => "max_client_output_bytes",
+            max_clients => "max_clients",
+            client_idle_timeout => "client_idle_timeout_ms",
+            shutdown_grace => "shutdown_grace_ms",
+            log_level => "log_level",
+            log_format => "log_format",
+        );
+        names
+    }
+
     /// Reads `file` (if any), applies `flags`, and checks everything, returning every problem found.
     pub fn load(file: Option<&Path>, flags: Flags) -> Result<Config, Vec<String>> {
         let mut problems = Vec::new();

@@ -24,6 +24,7 @@ pub mod config;
 pub mod embedded;
 pub mod io;
 pub mod metrics;
+pub mod reload;
 pub mod resp;
 pub mod router;
 pub mod tls;
@@ -85,10 +86,8 @@ pub struct Proxy {
     /// Each worker thread's sessions.
     sessions: Vec<TaskTracker>,
     grace: std::time::Duration,
-    /// The TLS listener's certificates, if any.
-    tls_server: Option<Arc<tls::Server>>,
-    /// Upstream TLS (nodes and sentinels share it), if any.
-    tls_client: Option<Arc<tls::Client>>,
+    /// What a config reload can change.
+    reloader: reload::Reloader,
 }
 
 impl Drop for Proxy {
@@ -210,69 +209,38 @@ impl Proxy {
             Arc::new(ArcSwap::from_pointee(command::Table::builtin()));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let lag = Arc::new(ArcSwap::from_pointee(topology::probe::LagLimits {
+            max_lag: config.max_lag,
+            max_lag_bytes: config.max_lag_bytes,
+        }));
         topology::probe::spawn(
             topo.clone(),
             table.clone(),
             topology::probe::ProbeConfig {
                 interval: config.probe_interval,
-                max_lag: config.max_lag,
-                max_lag_bytes: config.max_lag_bytes,
+                limits: lag.clone(),
                 refresh_commands: config.refresh_commands,
             },
             cancel.clone(),
             &tracker,
         );
         let mut first = topo.subscribe();
-        let switchover = match &source {
-            Source::Sentinel {
-                sentinels,
-                master_name,
-            } => admin::Switchover::Sentinel {
-                sentinels: sentinels
-                    .iter()
-                    .map(|a| backend::Node::new(a.clone(), sentinel_settings.clone()))
-                    .collect(),
-                master_name: master_name.clone(),
-            },
-            _ => admin::Switchover::Static,
+        let runner = reload::SourceRunner {
+            topo: topo.clone(),
+            map: map.clone(),
+            interval: config.discovery_interval,
+            sentinel_settings,
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
         };
         let admin_state = admin::AdminState::new(
             topo.clone(),
-            switchover,
-            map.clone(),
+            runner.switchover(&source),
+            map,
             config.write_hold,
             registry,
         );
-        match source {
-            Source::Static { primary, replicas } => {
-                let seeds = std::iter::once(primary).chain(replicas).collect();
-                tracker.spawn(topology::discovery::run(
-                    topo.clone(),
-                    seeds,
-                    map,
-                    config.discovery_interval,
-                    cancel.clone(),
-                ));
-            }
-            Source::Sentinel {
-                sentinels,
-                master_name,
-            } => {
-                tracker.spawn(topology::sentinel::run(
-                    topo.clone(),
-                    sentinels,
-                    master_name,
-                    map,
-                    config.discovery_interval,
-                    sentinel_settings,
-                    cancel.clone(),
-                    tracker.clone(),
-                ));
-            }
-            Source::Embedded { .. } => {
-                unreachable!("embedded resolved to static or sentinel above")
-            }
-        }
+        let following = runner.spawn(&source);
         // Serve once the first topology is known, or after a while regardless: writes wait for a primary
         // (write_hold_ms) rather than fail.
         if tokio::time::timeout(config.connect_timeout * 3, first.changed())
@@ -297,7 +265,22 @@ impl Proxy {
                 .spawn(move || run_worker(i, listener, tls, ctx, cancel, worker))
                 .map_err(StartError::Worker)?;
         }
-        tracker.spawn(admin::serve(admin_listener, admin_state, cancel.clone()));
+        tracker.spawn(admin::serve(
+            admin_listener,
+            admin_state.clone(),
+            cancel.clone(),
+        ));
+        let grace = config.shutdown_grace;
+        let reloader = reload::Reloader {
+            running: std::sync::Mutex::new(config),
+            lag,
+            ctx,
+            admin: admin_state,
+            source: runner,
+            following: std::sync::Mutex::new((source, following)),
+            tls_server,
+            tls_client,
+        };
         Ok(Proxy {
             listen,
             tls_listen,
@@ -308,21 +291,46 @@ impl Proxy {
             cancel,
             tracker,
             sessions,
-            grace: config.shutdown_grace,
-            tls_server,
-            tls_client,
+            grace,
+            reloader,
         })
     }
 
-    /// Reads every TLS certificate, key and CA file again (on SIGHUP). New connections use them;
+    /// Applies a configuration loaded again (SIGHUP): lag limits, topology source, client users and TLS
+    /// certificates change without dropping a client (see [`reload`]). Logs what changed, each option that
+    /// needs a restart to change, and every problem.
+    pub fn reload(&self, config: &Config) -> reload::Outcome {
+        let out = self.reloader.reload(config);
+        for option in &out.applied {
+            tracing::info!(option, "configuration reloaded");
+        }
+        for option in &out.restart_needed {
+            tracing::warn!(
+                option,
+                "option changed in the configuration; it takes effect on restart"
+            );
+        }
+        for problem in &out.problems {
+            tracing::warn!(%problem, "not reloaded; keeping the running value");
+        }
+        out
+    }
+
+    /// Reads every TLS certificate, key and CA file again. New connections use them;
     /// connections already open go on with what they have. Each side (listener, upstream) changes only if
     /// all of its files load; otherwise it keeps the running certificates and every problem is logged and
     /// returned.
     pub fn reload_tls(&self) -> Result<(), tls::Problems> {
         let mut problems = Vec::new();
         let sides = [
-            ("listener", self.tls_server.as_ref().map(|s| s.reload())),
-            ("upstream", self.tls_client.as_ref().map(|c| c.reload())),
+            (
+                "listener",
+                self.reloader.tls_server.as_ref().map(|s| s.reload(None)),
+            ),
+            (
+                "upstream",
+                self.reloader.tls_client.as_ref().map(|c| c.reload(None)),
+            ),
         ];
         for (side, result) in sides {
             match result {

@@ -1,5 +1,5 @@
 //! The `redsplit` binary: parse flags, load the config, run the proxy until SIGINT or SIGTERM; SIGHUP reloads
-//! the TLS certificates.
+//! the config (the file, with the same flags over it).
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -12,7 +12,7 @@ use redsplit::Proxy;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), cli.flags) {
+    let config = match Config::load(cli.config.as_deref(), cli.flags.clone()) {
         Ok(c) => c,
         Err(problems) => {
             for p in &problems {
@@ -34,10 +34,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(config))
+    let reload = move || Config::load(cli.config.as_deref(), cli.flags.clone());
+    runtime.block_on(run(config, reload))
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config, Vec<String>>,
+) -> anyhow::Result<()> {
     // Installed first: from here on SIGHUP no longer ends the process, even while the proxy starts.
     let signals = Signals::install()?;
     let proxy = Proxy::start(config).await.context("starting the proxy")?;
@@ -62,13 +66,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(tls) = proxy.tls_listen {
         println!("redsplit: TLS clients on {tls}");
     }
-    signals.wait(&proxy).await?;
+    signals.wait(&proxy, reload).await?;
     tracing::info!("shutting down");
     proxy.shutdown().await;
     Ok(())
 }
 
-/// The signals the binary handles: SIGINT and SIGTERM stop it, SIGHUP reloads the TLS certificates.
+/// The signals the binary handles: SIGINT and SIGTERM stop it, SIGHUP reloads the config.
 struct Signals {
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
@@ -83,18 +87,33 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGINT or SIGTERM, reloading the TLS certificates on each SIGHUP meanwhile.
-    async fn wait(mut self, proxy: &Proxy) -> anyhow::Result<()> {
+    /// Waits for SIGINT or SIGTERM, reloading the config on each SIGHUP meanwhile. A config that does not
+    /// load changes nothing: every problem is logged and the running config stays.
+    async fn wait(
+        mut self,
+        proxy: &Proxy,
+        reload: impl Fn() -> Result<Config, Vec<String>>,
+    ) -> anyhow::Result<()> {
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         loop {
             tokio::select! {
                 r = &mut ctrl_c => return r.context("waiting for ctrl-c"),
                 _ = self.term.recv() => return Ok(()),
-                // Problems are logged by reload_tls; the running certificates stay.
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading TLS certificates");
-                    let _ = proxy.reload_tls();
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    match reload() {
+                        // Proxy::reload logs what it did.
+                        Ok(config) => {
+                            let _ = proxy.reload(&config);
+                        }
+                        Err(problems) => {
+                            for problem in &problems {
+                                tracing::error!(%problem, "configuration not reloaded");
+                            }
+                            tracing::error!(count = problems.len(), "configuration has problems; the running configuration stays");
+                        }
+                    }
                 }
             }
         }

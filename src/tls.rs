@@ -16,7 +16,7 @@
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -137,7 +137,7 @@ impl Problems {
 /// The client listener's TLS: a reloadable acceptor configuration.
 #[derive(Debug)]
 pub struct Server {
-    files: ServerFiles,
+    files: Mutex<ServerFiles>,
     config: ArcSwap<ServerConfig>,
     handshake_timeout: Duration,
 }
@@ -147,16 +147,19 @@ impl Server {
     pub fn load(files: ServerFiles, handshake_timeout: Duration) -> Result<Server, Problems> {
         let config = server_config(&files)?;
         Ok(Server {
-            files,
+            files: Mutex::new(files),
             config: ArcSwap::new(config),
             handshake_timeout,
         })
     }
 
-    /// Reads the files again and uses them for new connections, if all of them load; else keeps the
-    /// running configuration.
-    pub fn reload(&self) -> Result<(), Problems> {
-        self.config.store(server_config(&self.files)?);
+    /// Reads the files again (or, with `files`, these instead, from now on) and uses them for new
+    /// connections, if all of them load; else keeps the running configuration and files.
+    pub fn reload(&self, files: Option<&ServerFiles>) -> Result<(), Problems> {
+        let mut current = lock(&self.files);
+        let files = files.unwrap_or(&current).clone();
+        self.config.store(server_config(&files)?);
+        *current = files;
         Ok(())
     }
 
@@ -179,24 +182,28 @@ impl Server {
 /// Upstream TLS: a reloadable connector configuration and the server name to verify.
 #[derive(Debug)]
 pub struct Client {
-    files: ClientFiles,
-    config: ArcSwap<ClientConfig>,
+    files: Mutex<ClientFiles>,
+    loaded: ArcSwap<Connector>,
+}
+
+/// What upstream handshakes use: the rustls configuration and the name to verify.
+#[derive(Debug)]
+struct Connector {
+    config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
 }
 
-impl Client {
-    /// Loads the files.
-    pub fn load(files: ClientFiles) -> Result<Client, Problems> {
+impl Connector {
+    fn load(files: &ClientFiles) -> Result<Connector, Problems> {
         let server_name = match &files.server_name {
             Some(name) => ServerName::try_from(name.clone())
                 .map(Some)
                 .map_err(|_| Error::ServerName { name: name.clone() }),
             None => Ok(None),
         };
-        match (server_name, client_config(&files)) {
-            (Ok(server_name), Ok(config)) => Ok(Client {
-                files,
-                config: ArcSwap::new(config),
+        match (server_name, client_config(files)) {
+            (Ok(server_name), Ok(config)) => Ok(Connector {
+                config,
                 server_name,
             }),
             (name, config) => {
@@ -206,11 +213,25 @@ impl Client {
             }
         }
     }
+}
 
-    /// Reads the files again and uses them for new connections, if all of them load; else keeps the
-    /// running configuration.
-    pub fn reload(&self) -> Result<(), Problems> {
-        self.config.store(client_config(&self.files)?);
+impl Client {
+    /// Loads the files.
+    pub fn load(files: ClientFiles) -> Result<Client, Problems> {
+        let loaded = Connector::load(&files)?;
+        Ok(Client {
+            files: Mutex::new(files),
+            loaded: ArcSwap::from_pointee(loaded),
+        })
+    }
+
+    /// Reads the files again (or, with `files`, these instead, from now on) and uses them for new
+    /// connections, if all of them load; else keeps the running configuration and files.
+    pub fn reload(&self, files: Option<&ClientFiles>) -> Result<(), Problems> {
+        let mut current = lock(&self.files);
+        let files = files.unwrap_or(&current).clone();
+        self.loaded.store(Arc::new(Connector::load(&files)?));
+        *current = files;
         Ok(())
     }
 
@@ -220,7 +241,8 @@ impl Client {
         tcp: TcpStream,
         addr: &Addr,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let name = match &self.server_name {
+        let loaded = self.loaded.load_full();
+        let name = match &loaded.server_name {
             Some(n) => n.clone(),
             None => ServerName::try_from(addr.host().to_string()).map_err(|_| {
                 io::Error::new(
@@ -229,10 +251,15 @@ impl Client {
                 )
             })?,
         };
-        tokio_rustls::TlsConnector::from(self.config.load_full())
+        tokio_rustls::TlsConnector::from(loaded.config.clone())
             .connect(name, tcp)
             .await
     }
+}
+
+/// The files in use; a panic elsewhere while holding the lock cannot leave them half-written.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Checks a listener's files without keeping them: every problem, for `--check`.

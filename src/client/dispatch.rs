@@ -420,7 +420,8 @@ impl Session {
                 return Some(self.reply_local(batch, req, e));
             }
         }
-        let auth = self.ctx.auth.clone()?;
+        // A session made while auth was off keeps its open user if a reload turns auth on.
+        let auth = self.ctx.auth.load_full()?;
         match class {
             Class::Local(Local::Auth) => {
                 let args = self.kept_args(req, start);
@@ -553,7 +554,7 @@ impl Session {
                 return self.reply_local(batch, req, Bytes::from(msg));
             }
         }
-        if self.ctx.auth.is_some() {
+        if self.ctx.auth.load().is_some() {
             // Checked by the proxy (gate): the upstream identity stays the proxy's own.
             auth = None;
         }
@@ -688,9 +689,7 @@ impl Session {
 
     /// Back to a fresh connection's state (RESET). With proxy-side auth that means unauthenticated.
     pub(super) fn reset(&mut self) {
-        if self.ctx.auth.is_some() {
-            self.user = None;
-        }
+        self.user = self.initial_user();
         self.set_key(ConnKey::default());
         self.name = None;
         self.reply_mode = ReplyMode::On;

@@ -235,9 +235,15 @@ impl Drop for Session {
 }
 
 impl Session {
+    /// Who a new (or RESET) connection is: nobody until it authenticates, with auth on; else the open user.
+    pub(super) fn initial_user(&self) -> Option<Arc<crate::config::ClientUser>> {
+        initial_user(&self.ctx)
+    }
+
     fn new(id: u64, peer: SocketAddr, local: Option<SocketAddr>, ctx: Arc<Context>) -> Session {
         let scanner = RequestScanner::new(ctx.limits);
         let topo_rx = ctx.topo.subscribe();
+        let user = initial_user(&ctx);
         ctx.metrics.client_connections.inc();
         ctx.clients
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -265,7 +271,7 @@ impl Session {
             cur_kind: Kind::Other,
             deadline_tick: None,
             last_input: Instant::now(),
-            user: None,
+            user,
             auth_failures: 0,
         }
     }
@@ -743,4 +749,8 @@ async fn next_pinned(
         Some(p) => p.conn.next_frame().await,
         None => std::future::pending().await,
     }
+}
+
+fn initial_user(ctx: &Context) -> Option<Arc<crate::config::ClientUser>> {
+    ctx.auth.load().is_none().then(|| ctx.open_user.clone())
 }

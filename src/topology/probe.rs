@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use arc_swap::ArcSwap;
+
 use super::{Topo, Why};
 use crate::backend::{ConnKey, Dedicated, Node};
 use crate::command::{SharedTable, Table};
@@ -23,12 +25,19 @@ use crate::command::{SharedTable, Table};
 pub struct ProbeConfig {
     /// Interval between probes of one node.
     pub interval: Duration,
+    /// Lag limits, replaced whole when the config is reloaded; each probe reads the current ones.
+    pub limits: Arc<ArcSwap<LagLimits>>,
+    /// Refresh the command table from the primary.
+    pub refresh_commands: bool,
+}
+
+/// How far behind a replica may be and still get reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagLimits {
     /// Lag limit in time.
     pub max_lag: Duration,
     /// Lag limit in bytes.
     pub max_lag_bytes: Option<u64>,
-    /// Refresh the command table from the primary.
-    pub refresh_commands: bool,
 }
 
 /// A node's answer to `ROLE`.
@@ -132,8 +141,8 @@ pub fn spawn(
 
 /// How long a probe may take before the node counts as unresponsive: long enough for a busy server, short
 /// enough that a frozen replica stops getting reads well within the lag limit.
-fn probe_timeout(cfg: &ProbeConfig) -> Duration {
-    (cfg.interval * 5).clamp(Duration::from_millis(250), cfg.max_lag.max(cfg.interval))
+fn probe_timeout(interval: Duration, limits: &LagLimits) -> Duration {
+    (interval * 5).clamp(Duration::from_millis(250), limits.max_lag.max(interval))
 }
 
 async fn probe_node(
@@ -146,12 +155,13 @@ async fn probe_node(
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<Dedicated> = None;
-    let timeout = probe_timeout(&cfg);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let limits = **cfg.limits.load();
+        let timeout = probe_timeout(cfg.interval, &limits);
         if conn.is_none() {
             match tokio::time::timeout(timeout, Dedicated::open(node.clone(), ConnKey::default()))
                 .await
@@ -259,7 +269,7 @@ async fn probe_node(
                 let why = if is_primary {
                     Why::IsPrimary
                 } else {
-                    eligibility(was, link_ok, lag, lag_bytes, &cfg)
+                    eligibility(was, link_ok, lag, lag_bytes, &limits)
                 };
                 let m = node.metrics.load();
                 m.lag_bytes.set(lag_bytes as i64);
@@ -283,7 +293,7 @@ fn eligibility(
     link_up: bool,
     lag: Option<Duration>,
     lag_bytes: u64,
-    cfg: &ProbeConfig,
+    limits: &LagLimits,
 ) -> Why {
     let Some(lag) = lag else {
         return Why::Unmeasured;
@@ -292,9 +302,12 @@ fn eligibility(
         return Why::LinkDown;
     }
     let (time_limit, byte_limit) = if was {
-        (cfg.max_lag, cfg.max_lag_bytes)
+        (limits.max_lag, limits.max_lag_bytes)
     } else {
-        (cfg.max_lag * 4 / 5, cfg.max_lag_bytes.map(|b| b / 5 * 4))
+        (
+            limits.max_lag * 4 / 5,
+            limits.max_lag_bytes.map(|b| b / 5 * 4),
+        )
     };
     if lag > time_limit {
         Why::Lag
@@ -374,11 +387,9 @@ mod tests {
 
     #[test]
     fn eligibility_has_hysteresis() {
-        let cfg = ProbeConfig {
-            interval: Duration::from_millis(100),
+        let cfg = LagLimits {
             max_lag: Duration::from_millis(1000),
             max_lag_bytes: None,
-            refresh_commands: false,
         };
         let ms = Duration::from_millis;
         assert_eq!(

@@ -170,8 +170,13 @@ pub struct Raw {
 impl Raw {
     /// Connects to the proxy.
     pub async fn connect(p: &Proxy) -> Raw {
+        Raw::connect_to(p.listen).await
+    }
+
+    /// Connects to `addr` (a proxy run as a separate process).
+    pub async fn connect_to(addr: SocketAddr) -> Raw {
         Raw {
-            stream: TcpStream::connect(p.listen).await.expect("raw connect"),
+            stream: TcpStream::connect(addr).await.expect("raw connect"),
             buf: Vec::new(),
         }
     }

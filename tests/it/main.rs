@@ -15,6 +15,7 @@ mod pinned;
 mod protocol;
 mod regressions;
 mod relay;
+mod reload;
 mod routing;
 mod session;
 mod tls;

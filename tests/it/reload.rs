@@ -1,0 +1,272 @@
+//! Configuration reload without dropping clients: lag limits, seeds, users (through `Proxy::reload`),
+//! and SIGHUP to the binary, where a file that does not load keeps the running configuration.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redsplit::config::{Config, Consistency, Flags};
+
+use crate::harness::*;
+use crate::relay::Relay;
+
+fn config(flags: Flags) -> Config {
+    Config::load(None, flags).expect("valid config")
+}
+
+#[tokio::test]
+async fn lag_limits_change_on_reload() {
+    let cluster = cluster(1).await;
+    let relay = Relay::delay_replica(&cluster, 0, Duration::from_millis(600)).await;
+    let with_limit = |ms| Flags {
+        consistency: Some(Consistency::Eventual),
+        max_lag_ms: Some(ms),
+        address_map: Some(vec![relay.mapping(&cluster)]),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(with_limit(300)).await;
+    eventually!("topology", proxy.topo.snapshot().replicas.len() == 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut w = direct(cluster.primary()).await;
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _: () = q(&mut w, &["SET", "tick", &i.to_string()]).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let node = proxy.topo.snapshot().replicas[0].clone();
+    eventually!(
+        "lag measured",
+        (500..10_000).contains(&node.repl.lag_ms.load(Ordering::Relaxed))
+    );
+    assert!(!node.repl.is_eligible(), "600 ms behind, limit 300 ms");
+
+    let out = proxy.reload(&config(with_limit(2000)));
+    assert_eq!(out.applied, ["max_lag_ms/max_lag_bytes"]);
+    assert!(out.restart_needed.is_empty(), "{:?}", out.restart_needed);
+    eventually!("eligible under 2000 ms", node.repl.is_eligible());
+    let mut c = client(&proxy).await;
+    let before = calls(&cluster.replicas()[0], "get").await;
+    for _ in 0..20 {
+        let _: Option<String> = q(&mut c, &["GET", "tick"]).await;
+    }
+    assert_eq!(calls(&cluster.replicas()[0], "get").await - before, 20);
+
+    proxy.reload(&config(with_limit(300)));
+    eventually!("out of rotation again", !node.repl.is_eligible());
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.await;
+}
+
+#[tokio::test]
+async fn new_seeds_take_over_while_clients_stay_connected() {
+    let first = cluster(1).await;
+    let second = cluster(0).await;
+    let proxy = proxy(&first).await;
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "before", "1"]).await;
+
+    let out = proxy.reload(&config(flags(&second)));
+    assert_eq!(out.applied, ["topology source"]);
+    eventually!(
+        "the new primary is published",
+        proxy
+            .topo
+            .snapshot()
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.addr == second.primary().addr())
+    );
+    assert!(proxy.topo.snapshot().replicas.is_empty());
+    // The same client connection writes on, now to the new primary.
+    let _: () = q(&mut c, &["SET", "after", "2"]).await;
+    let mut old = direct(first.primary()).await;
+    let mut new = direct(second.primary()).await;
+    assert_eq!(q::<i64>(&mut old, &["EXISTS", "before", "after"]).await, 1);
+    assert_eq!(q::<i64>(&mut new, &["EXISTS", "after"]).await, 1);
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["GET", "after"])
+            .await
+            .as_deref(),
+        Some("2")
+    );
+}
+
+#[tokio::test]
+async fn users_change_on_reload_and_authenticated_clients_go_on() {
+    let cluster = cluster(0).await;
+    let with_auth = |pass: Option<&str>| Flags {
+        requirepass: pass.map(str::to_string),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(with_auth(Some("one"))).await;
+    let mut one = Raw::connect(&proxy).await;
+    one.send(&resp(&["AUTH", "one"])).await;
+    one.expect(b"+OK\r\n").await;
+
+    let out = proxy.reload(&config(with_auth(Some("two"))));
+    assert_eq!(out.applied, ["requirepass/user/readonly_user"]);
+    // Authenticated before the reload: goes on.
+    one.send(&resp(&["SET", "k", "v"])).await;
+    one.expect(b"+OK\r\n").await;
+    // New authentications check the new password.
+    let mut two = Raw::connect(&proxy).await;
+    two.send(&resp(&["AUTH", "one"])).await;
+    assert!(two.frame().await.starts_with(b"-WRONGPASS"));
+    two.send(&resp(&["AUTH", "two"])).await;
+    two.expect(b"+OK\r\n").await;
+
+    // Auth off: new clients need none.
+    proxy.reload(&config(with_auth(None)));
+    let mut open = Raw::connect(&proxy).await;
+    open.send(&resp(&["GET", "k"])).await;
+    open.expect(b"$1\r\nv\r\n").await;
+    // Auth on again: a connection made while it was off stays allowed, as with Redis's CONFIG SET
+    // requirepass; a new one must authenticate.
+    proxy.reload(&config(with_auth(Some("three"))));
+    open.send(&resp(&["GET", "k"])).await;
+    open.expect(b"$1\r\nv\r\n").await;
+    let mut late = Raw::connect(&proxy).await;
+    late.send(&resp(&["GET", "k"])).await;
+    late.expect(b"-NOAUTH Authentication required.\r\n").await;
+    one.send(&resp(&["GET", "k"])).await;
+    one.expect(b"$1\r\nv\r\n").await;
+}
+
+#[tokio::test]
+async fn options_that_need_a_restart_are_reported_and_keep_their_values() {
+    let cluster = cluster(0).await;
+    let proxy = proxy_with(flags(&cluster)).await;
+    let out = proxy.reload(&config(Flags {
+        listen: Some("127.0.0.1:1".into()),
+        max_clients: Some(7),
+        ..flags(&cluster)
+    }));
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+    assert_eq!(out.restart_needed, ["listen", "max_clients"]);
+    let mut c = client(&proxy).await;
+    assert_eq!(q::<String>(&mut c, &["PING"]).await, "PONG");
+}
+
+/// The binary with a config file; its log lines (stderr) are collected.
+struct Running {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    async fn start(file: &std::path::Path) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redsplit"))
+            .arg("--config")
+            .arg(file)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run redsplit");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().expect("log").push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.contains("listening on"))
+        })
+        .await
+        .expect("reader")
+        .expect("the proxy says where it listens");
+        let addr = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.parse().ok())
+            .expect("address");
+        Running { child, addr, log }
+    }
+
+    fn hup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+    }
+
+    fn logged(&self, what: &str) -> usize {
+        let log = self.log.lock().expect("log");
+        log.iter().filter(|l| l.contains(what)).count()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn auth(addr: std::net::SocketAddr, password: &str) -> Vec<u8> {
+    let mut raw = Raw::connect_to(addr).await;
+    raw.send(&resp(&["AUTH", password])).await;
+    raw.frame().await
+}
+
+#[tokio::test]
+async fn sighup_with_an_invalid_file_keeps_the_running_config_and_logs_every_problem() {
+    let cluster = cluster(0).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("redsplit.toml");
+    let write = |text: String| {
+        let mut f = std::fs::File::create(&file).expect("create config");
+        f.write_all(text.as_bytes()).expect("write config");
+    };
+    let primary = cluster.primary().addr().to_string();
+    write(format!(
+        "primary = \"{primary}\"\nrequirepass = \"one\"\nlog_level = \"info\"\n"
+    ));
+    let running = Running::start(&file).await;
+    let mut kept = Raw::connect_to(running.addr).await;
+    kept.send(&resp(&["AUTH", "one"])).await;
+    kept.expect(b"+OK\r\n").await;
+
+    // Two problems: both are logged, and nothing changes.
+    write(format!(
+        "primary = \"{primary}\"\nrequirepass = \"two\"\nmax_lag_ms = \"soon\"\nbogus = 1\n"
+    ));
+    running.hup();
+    eventually!(
+        "the reload is refused",
+        running.logged("the running configuration stays") == 1
+    );
+    assert_eq!(running.logged("configuration not reloaded"), 2);
+    assert_eq!(auth(running.addr, "one").await, b"+OK\r\n");
+    kept.send(&resp(&["PING"])).await;
+    kept.expect(b"+PONG\r\n").await;
+
+    // A valid file applies; the connected client goes on.
+    write(format!(
+        "primary = \"{primary}\"\nrequirepass = \"two\"\nlog_level = \"info\"\n"
+    ));
+    running.hup();
+    eventually!(
+        "the new password is in force",
+        auth(running.addr, "two").await == b"+OK\r\n"
+    );
+    assert!(auth(running.addr, "one").await.starts_with(b"-WRONGPASS"));
+    kept.send(&resp(&["PING"])).await;
+    kept.expect(b"+PONG\r\n").await;
+}
