@@ -117,9 +117,12 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
             warn!(upstream = %node.addr, error = %e, inflight = left.len(), "upstream connection lost");
             node.settings().refresh.notify_one();
         }
-        // Whatever was written may have run: report it lost, never re-send it.
-        let lost = Error::Lost {
-            addr: node.addr.clone(),
+        // Whatever was written may have run: report it lost (or the node's garbage), never re-send it.
+        let lost = match error {
+            Some(e @ Error::Protocol { .. }) => e,
+            _ => Error::Lost {
+                addr: node.addr.clone(),
+            },
         };
         for j in left {
             fail(&node, j, &lost);
