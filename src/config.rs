@@ -182,6 +182,11 @@ options! {
     backend_username: String;
     /// Password for upstream connections; "env:NAME" or "file:PATH" reads it from there. Default none.
     backend_password: String;
+    /// Username for Sentinel connections (Sentinel's own ACL). Default none (the `default` user).
+    sentinel_username: String;
+    /// Password for Sentinel connections (Sentinel's own `requirepass`, not the data nodes'); "env:NAME"
+    /// or "file:PATH" reads it from there. Default none.
+    sentinel_password: String;
     /// Password clients must give (AUTH password) before anything else, independent of the upstream
     /// credentials; "env:NAME" or "file:PATH" reads it from there. Default none: no proxy-side auth.
     requirepass: String;
@@ -396,6 +401,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Upstream credentials, if any.
     pub backend_credentials: Option<Credentials>,
+    /// Credentials for Sentinel connections.
+    pub sentinel_credentials: Option<Credentials>,
     /// The default user's password for clients, if proxy-side auth is on.
     pub requirepass: Option<String>,
     /// Named client users.
@@ -456,6 +463,7 @@ impl Config {
             backend_connections => "backend_connections",
             connect_timeout => "connect_timeout_ms",
             backend_credentials => "backend_username/backend_password",
+            sentinel_credentials => "sentinel_username/sentinel_password",
             refresh_commands => "refresh_commands",
             address_map => "address_map",
             discovery_interval => "discovery_interval_ms",
@@ -685,6 +693,9 @@ impl Config {
         if raw.backend_username.is_some() && raw.backend_password.is_none() {
             problems.push("option `backend_username` needs `backend_password`".into());
         }
+        if raw.sentinel_username.is_some() && raw.sentinel_password.is_none() {
+            problems.push("option `sentinel_username` needs `sentinel_password`".into());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
             problems.push(format!("option `log_level`: {e}"));
         }
@@ -701,6 +712,10 @@ impl Config {
             .backend_password
             .as_deref()
             .and_then(|p| secret(problems, "backend_password", p));
+        let sentinel_password = raw
+            .sentinel_password
+            .as_deref()
+            .and_then(|p| secret(problems, "sentinel_password", p));
         let requirepass = raw
             .requirepass
             .as_deref()
@@ -737,6 +752,10 @@ impl Config {
         }
         let backend_credentials = backend_password.map(|password| Credentials {
             username: raw.backend_username,
+            password,
+        });
+        let sentinel_credentials = sentinel_password.map(|password| Credentials {
+            username: raw.sentinel_username,
             password,
         });
         let tls_listen = match (&raw.tls_listen, &raw.tls_cert_file, &raw.tls_key_file) {
@@ -841,6 +860,7 @@ impl Config {
             backend_connections: conns as usize,
             connect_timeout: Duration::from_millis(connect),
             backend_credentials,
+            sentinel_credentials,
             requirepass,
             users,
             refresh_commands: raw.refresh_commands,

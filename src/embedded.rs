@@ -112,6 +112,7 @@ pub struct Builder {
     down_after_ms: Option<u64>,
     extra: Vec<String>,
     password: Option<String>,
+    sentinel_password: Option<String>,
 }
 
 impl Builder {
@@ -144,6 +145,13 @@ impl Builder {
         self.password = Some(password.to_string());
         self.extra
             .extend(["--requirepass", password, "--masterauth", password].map(String::from));
+        self
+    }
+
+    /// Protects every sentinel with this password (Sentinel's `requirepass`; sentinels use it with each
+    /// other too).
+    pub fn sentinel_password(mut self, password: &str) -> Builder {
+        self.sentinel_password = Some(password.to_string());
         self
     }
 
@@ -363,6 +371,9 @@ async fn start_sentinel(
         if let Some(p) = &opts.password {
             conf.push_str(&format!("sentinel auth-pass {MASTER_NAME} {p}\n"));
         }
+        if let Some(p) = &opts.sentinel_password {
+            conf.push_str(&format!("requirepass {p}\nsentinel sentinel-pass {p}\n"));
+        }
         let path = dir.join("sentinel.conf");
         std::fs::write(&path, conf)?;
         let args = vec![
@@ -375,7 +386,7 @@ async fn start_sentinel(
             dir: dir.clone(),
             child,
             args,
-            password: None,
+            password: opts.sentinel_password.clone(),
         };
         match wait_answering(&mut server).await {
             Ok(()) => return Ok(server),

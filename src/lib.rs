@@ -126,9 +126,9 @@ impl Proxy {
             refresh: refresh.clone(),
             tls: tls_client.clone().filter(|_| config.backend_tls.is_some()),
         });
-        // Sentinels get no backend credentials: they are not the data nodes.
+        // Sentinels get their own credentials, never the data nodes'.
         let sentinel_settings = Arc::new(backend::Settings {
-            credentials: None,
+            credentials: config.sentinel_credentials.clone(),
             metrics: None,
             tls: tls_client.clone().filter(|_| config.sentinel_tls.is_some()),
             ..(*settings).clone()

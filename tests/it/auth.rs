@@ -164,3 +164,43 @@ async fn upstream_secrets_cannot_be_read_through_the_proxy() {
     raw.send(&resp(&["CLIENT", "INFO"])).await;
     assert!(!String::from_utf8_lossy(&raw.frame().await).contains("backendpw"));
 }
+
+#[tokio::test]
+async fn sentinels_get_their_own_credentials_and_never_the_data_nodes() {
+    let cluster = Cluster::builder()
+        .replicas(1)
+        .sentinels(1)
+        .password("nodepw")
+        .sentinel_password("sentinelpw")
+        .start()
+        .await
+        .expect("servers and a sentinel start");
+    // With the sentinel's password, the primary and replica are found through it.
+    let proxy = proxy_with(Flags {
+        backend_password: Some("nodepw".into()),
+        sentinel_password: Some("sentinelpw".into()),
+        ..sentinel_flags(&cluster)
+    })
+    .await;
+    wait_eligible(&proxy, 1).await;
+    assert_eq!(
+        proxy
+            .topo
+            .snapshot()
+            .primary
+            .as_ref()
+            .map(|p| p.addr.clone()),
+        Some(cluster.primary().addr())
+    );
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "k", "v"]).await;
+    // The data nodes' password alone does not open the sentinel: no primary is learned (the proxy
+    // starts once it has a topology or, as here, after waiting three connect timeouts for one).
+    let without = proxy_with(Flags {
+        backend_password: Some("nodepw".into()),
+        connect_timeout_ms: Some(200),
+        ..sentinel_flags(&cluster)
+    })
+    .await;
+    assert!(without.topo.snapshot().primary.is_none());
+}

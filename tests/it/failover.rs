@@ -5,30 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use redsplit::config::{Flags, TopologyKind};
-use redsplit::embedded::{Cluster, MASTER_NAME};
+use redsplit::embedded::Cluster;
 
 use crate::harness::*;
-
-/// Flags for sentinel mode over `cluster`.
-fn sentinel_flags(cluster: &Cluster) -> Flags {
-    Flags {
-        listen: Some("127.0.0.1:0".into()),
-        admin_listen: Some("127.0.0.1:0".into()),
-        topology: Some(TopologyKind::Sentinel),
-        sentinel: Some(
-            cluster
-                .sentinels()
-                .iter()
-                .map(|s| s.addr().to_string())
-                .collect(),
-        ),
-        master_name: Some(MASTER_NAME.into()),
-        probe_interval_ms: Some(20),
-        log_level: Some("warn".into()),
-        ..Flags::default()
-    }
-}
 
 /// What one writer saw: acknowledged keys, errors with when they happened, and when its writes succeeded.
 #[derive(Default)]

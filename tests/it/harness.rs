@@ -64,6 +64,26 @@ pub fn flags(cluster: &Cluster) -> Flags {
     }
 }
 
+/// Flags for sentinel mode over `cluster`.
+pub fn sentinel_flags(cluster: &Cluster) -> Flags {
+    Flags {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        topology: Some(redsplit::config::TopologyKind::Sentinel),
+        sentinel: Some(
+            cluster
+                .sentinels()
+                .iter()
+                .map(|s| s.addr().to_string())
+                .collect(),
+        ),
+        master_name: Some(redsplit::embedded::MASTER_NAME.into()),
+        probe_interval_ms: Some(20),
+        log_level: Some("warn".into()),
+        ..Flags::default()
+    }
+}
+
 /// Starts a proxy with `flags`. Logs go to the test output, filtered by `RUST_LOG` (default: warnings).
 pub async fn proxy_with(flags: Flags) -> Proxy {
     let _ = tracing_subscriber::fmt()
