@@ -161,6 +161,11 @@ impl Table {
         self.map.get(key)
     }
 
+    /// Looks up a command by its upper-case name.
+    fn get_upper(&self, upper: &[u8]) -> Option<&CommandInfo> {
+        self.map.get(upper)
+    }
+
     /// Looks up `CONTAINER|SUB`, in any case.
     pub fn get_sub(&self, name: &[u8], sub: &[u8]) -> Option<&CommandInfo> {
         let mut key = [0u8; MAX_NAME];
@@ -252,6 +257,34 @@ fn upper_into<'a>(buf: &'a mut [u8; MAX_NAME], parts: &[&[u8]]) -> Option<&'a [u
         n += part.len();
     }
     Some(&buf[..n])
+}
+
+/// A short argument (a subcommand name) upper-cased on the stack, so classifying allocates nothing.
+struct Upper {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl Upper {
+    /// `None` if longer than any subcommand the classifier looks for.
+    fn of(a: &[u8]) -> Option<Upper> {
+        let mut u = Upper {
+            buf: [0; 16],
+            len: a.len(),
+        };
+        let dst = u.buf.get_mut(..a.len())?;
+        for (d, s) in dst.iter_mut().zip(a) {
+            *d = s.to_ascii_uppercase();
+        }
+        Some(u)
+    }
+}
+
+impl std::ops::Deref for Upper {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 /// How the proxy must treat one command in a session that is not pinned to a dedicated connection.
@@ -357,8 +390,8 @@ pub fn classify<'a>(
     let Some(upper) = upper_into(&mut up, &[name]) else {
         return (Class::Primary, Kind::Write);
     };
-    let sub = |i: usize| -> Option<Vec<u8>> { arg(i).map(|a| a.to_ascii_uppercase()) };
-    let info = match table.get(upper) {
+    let sub = |i: usize| Upper::of(arg(i)?);
+    let info = match table.get_upper(upper) {
         // Containers (CLIENT, SCRIPT, OBJECT, ...) have their own flags per subcommand.
         Some(c) if argc >= 2 && c.flags.has(flag::CONTAINER) => {
             arg(1).and_then(|s| table.get_sub(upper, s)).or(Some(c))
