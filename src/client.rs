@@ -4,6 +4,7 @@ mod dispatch;
 mod pinned;
 pub mod reply;
 mod session;
+mod wake;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -23,6 +23,7 @@ use tracing::{debug, error, warn};
 
 use super::pinned::Pinned;
 use super::reply::ClientError;
+use super::wake::{Shutdown, WakeGate};
 use super::Context;
 use crate::backend::{self, ConnKey, Node, Reply, Shared};
 use crate::io::OutBuf;
@@ -59,7 +60,7 @@ pub(super) async fn run_io<R, W>(
     W: tokio::io::AsyncWrite + Unpin,
 {
     let mut s = Session::new(id, peer, local, ctx);
-    s.serve(rd, wr, &cancel).await;
+    s.serve(rd, wr, cancel).await;
     debug!("client closed");
 }
 
@@ -214,6 +215,8 @@ pub(super) struct Session {
     /// Checks read deadlines. One coarse interval per session instead of a timer per request: arming a
     /// timer per request costs a wake-up of the runtime (a system call) per command.
     pub deadline_tick: Option<tokio::time::Interval>,
+    /// Polls `deadline_tick` only when its timer fired.
+    pub tick_gate: WakeGate,
     /// When the client last sent something (kept only with an idle timeout).
     pub last_input: Instant,
     /// Who the client authenticated as to the proxy (`None` until then, with proxy-side auth on).
@@ -270,17 +273,19 @@ impl Session {
             last_primary: 0,
             cur_kind: Kind::Other,
             deadline_tick: None,
+            tick_gate: WakeGate::default(),
             last_input: Instant::now(),
             user,
             auth_failures: 0,
         }
     }
 
-    async fn serve<R, W>(&mut self, rd: &mut R, wr: &mut W, cancel: &CancellationToken)
+    async fn serve<R, W>(&mut self, rd: &mut R, wr: &mut W, cancel: CancellationToken)
     where
         R: AsyncReadExt + Unpin,
         W: tokio::io::AsyncWrite + Unpin,
     {
+        let mut shutdown = Shutdown::new(cancel);
         loop {
             // A barrier may clear as soon as local replies are drained: dispatch again then. A barrier
             // that holds with nothing queued would never clear; never spin on it.
@@ -345,12 +350,12 @@ impl Session {
                     return;
                 },
                 // Shutdown: take no new commands, finish the replies owed.
-                _ = cancel.cancelled(), if !self.closing => self.closing = true,
+                _ = &mut shutdown, if !self.closing => self.closing = true,
                 // The oldest reply owed.
                 outcome = front(&mut self.queue, &mut self.topo_rx) => self.complete_front(outcome),
                 // A read is at the front (has it been waiting too long?), or the client is idle (for too
                 // long?).
-                _ = tick(&mut self.deadline_tick, period), if deadline.is_some() || idle => {
+                _ = tick(&mut self.deadline_tick, &mut self.tick_gate, period), if deadline.is_some() || idle => {
                     let now = Instant::now();
                     if deadline.is_some_and(|d| d <= now) {
                         self.complete_front(Outcome::TimedOut);
@@ -732,13 +737,13 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
 
 /// The next tick of the session's deadline check, every quarter of the shortest timeout: a stuck read
 /// (or an idle client) is noticed within 1.25 times the timeout.
-async fn tick(interval: &mut Option<tokio::time::Interval>, period: Duration) {
+async fn tick(interval: &mut Option<tokio::time::Interval>, gate: &mut WakeGate, period: Duration) {
     let interval = interval.get_or_insert_with(|| {
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    interval.tick().await;
+    std::future::poll_fn(|cx| gate.poll_with(cx, |cx| interval.poll_tick(cx))).await;
 }
 
 /// The next frame on the dedicated connection; never resolves without one.
