@@ -10,8 +10,8 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
