@@ -292,8 +292,9 @@ impl Session {
             // A barrier may clear as soon as local replies are drained: dispatch again then. A barrier
             // that holds with nothing queued would never clear; never spin on it.
             let mut rounds = 0;
+            let mut freed = false;
             while self.dispatch().await {
-                self.drain_ready();
+                freed |= self.drain_ready();
                 rounds += 1;
                 if !self.queue.is_empty() {
                     break;
@@ -303,7 +304,10 @@ impl Session {
                     break;
                 }
             }
-            self.drain_ready();
+            // Replies completed here free in-flight slots that dispatch above could not use: requests
+            // already buffered must not wait for an event that may never come (the client may have sent
+            // everything, and silenced replies add no output to write).
+            freed |= self.drain_ready();
             if !self.out.is_empty() && !self.close_now {
                 // Replies go out now if the socket takes them, instead of on the next turn of the select
                 // below: a turn polls every arm, and this saves one per reply.
@@ -333,6 +337,9 @@ impl Session {
                 // Last replies (an error saying why, QUIT's +OK) go out if the client takes them soon.
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.out.write_to(wr)).await;
                 return;
+            }
+            if freed && !self.inbuf.is_empty() {
+                continue;
             }
             let can_read = !self.closing
                 && self.inbuf.len() < self.ctx.max_request_bytes
@@ -406,35 +413,38 @@ impl Session {
         }
     }
 
-    /// Completes every entry at the front whose reply is already there.
-    pub(super) fn drain_ready(&mut self) {
+    /// Completes every entry at the front whose reply is already there; true if there was one.
+    pub(super) fn drain_ready(&mut self) -> bool {
+        let mut any = false;
         while let Some(front) = self.queue.front_mut() {
             let outcome = match &mut front.wait {
                 Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
                 Wait::Done(_) => {
                     let Wait::Done(r) = std::mem::replace(&mut front.wait, Wait::Held) else {
-                        return;
+                        return any;
                     };
                     Outcome::Upstream(r)
                 }
                 Wait::Upstream(rx) => match rx.try_recv() {
                     Ok(r) => Outcome::Upstream(r),
-                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    Err(oneshot::error::TryRecvError::Empty) => return any,
                     Err(oneshot::error::TryRecvError::Closed) => {
                         Outcome::Upstream(Err(lost(front)))
                     }
                 },
                 Wait::Task(rx) => match rx.try_recv() {
                     Ok(b) => Outcome::Bytes(b),
-                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    Err(oneshot::error::TryRecvError::Empty) => return any,
                     Err(oneshot::error::TryRecvError::Closed) => {
                         Outcome::Upstream(Err(lost(front)))
                     }
                 },
-                Wait::Pinned | Wait::Held => return,
+                Wait::Pinned | Wait::Held => return any,
             };
             self.complete_front(outcome);
+            any = true;
         }
+        any
     }
 
     /// Handles the reply of the front entry and pops it; or sends it again if it failed in a way that allows

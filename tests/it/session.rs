@@ -1,6 +1,7 @@
 //! Connection state a client expects to be its own: SELECT, AUTH, HELLO, CLIENT subcommands, RESET, QUIT.
 
 use redis::Value;
+use redsplit::config::Flags;
 
 use crate::harness::*;
 
@@ -166,6 +167,27 @@ async fn client_reply_off_and_skip_suppress_replies() {
     out.extend(resp(&["INCR", "a"]));
     raw.send(&out).await;
     raw.expect(b"+OK\r\n:3\r\n").await;
+}
+
+#[tokio::test]
+async fn silenced_replies_at_the_inflight_limit_do_not_stall_the_rest_of_the_pipeline() {
+    // Local replies complete as soon as they are queued; with CLIENT REPLY OFF they add no output, so
+    // nothing but the freed in-flight slots says the rest of the pipeline can go now.
+    let cluster = cluster(0).await;
+    let f = Flags {
+        max_client_inflight: Some(4),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["CLIENT", "REPLY", "OFF"]);
+    for _ in 0..50 {
+        out.extend(resp(&["CLIENT", "GETNAME"]));
+    }
+    out.extend(resp(&["CLIENT", "REPLY", "ON"]));
+    out.extend(resp(&["CLIENT", "ID"]));
+    raw.send(&out).await;
+    raw.expect(b"+OK\r\n:").await;
 }
 
 #[tokio::test]
