@@ -30,12 +30,33 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(health(config.admin_listen));
     }
     init_logging(&config);
+    raise_open_files_limit(config.max_clients);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let reload = move || Config::load(cli.config.as_deref(), cli.flags.clone());
     runtime.block_on(run(config, reload))
+}
+
+/// Descriptors the proxy needs beside one per client: listeners, upstream connections (one set per worker
+/// thread), sentinels, the admin server.
+const SPARE_FILES: u64 = 256;
+
+/// Every client takes a file descriptor, and the usual soft limit (1024) would refuse clients long before
+/// `max_clients`: the soft limit is raised as far as the hard limit allows, as Redis does for `maxclients`.
+fn raise_open_files_limit(max_clients: usize) {
+    let wanted = max_clients as u64 + SPARE_FILES;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            limit = got,
+            max_clients,
+            "the open files limit is below max_clients + {SPARE_FILES}: clients past it are refused \
+             (raise the hard limit, e.g. ulimit -Hn or the container's nofile ulimit)"
+        ),
+        Ok(got) => tracing::debug!(limit = got, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
 }
 
 async fn run(

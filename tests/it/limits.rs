@@ -160,3 +160,34 @@ async fn sigterm_finishes_replies_in_flight_then_exits() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn the_binary_raises_a_low_open_files_limit_to_serve_max_clients() {
+    // The soft limit many systems start processes with (1024; 256 here) would refuse clients long
+    // before max_clients: accept fails, and a connected client waits in the backlog for nothing.
+    let cluster = cluster(0).await;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -S -n 256 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_redsplit"),
+        "--primary",
+        &cluster.primary().addr().to_string(),
+        "--max-clients",
+        "1000",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let running = Running::spawn(cmd).await;
+    let mut clients = Vec::new();
+    for _ in 0..600 {
+        let mut raw = Raw::connect_to(running.addr).await;
+        raw.send(&resp(&["PING"])).await;
+        clients.push(raw);
+    }
+    for raw in &mut clients {
+        raw.expect(b"+PONG\r\n").await;
+    }
+}

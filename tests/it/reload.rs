@@ -1,10 +1,10 @@
 //! Configuration reload without dropping clients: lag limits, seeds, users (through `Proxy::reload`),
 //! and SIGHUP to the binary, where a file that does not load keeps the running configuration.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redsplit::config::{Config, Consistency, Flags};
@@ -155,68 +155,16 @@ async fn options_that_need_a_restart_are_reported_and_keep_their_values() {
     assert_eq!(q::<String>(&mut c, &["PING"]).await, "PONG");
 }
 
-/// The binary with a config file; its log lines (stderr) are collected.
-struct Running {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    async fn start(file: &std::path::Path) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redsplit"))
-            .arg("--config")
-            .arg(file)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run redsplit");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().expect("log").push(line);
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.contains("listening on"))
-        })
-        .await
-        .expect("reader")
-        .expect("the proxy says where it listens");
-        let addr = line
-            .split_whitespace()
-            .nth(3)
-            .and_then(|a| a.parse().ok())
-            .expect("address");
-        Running { child, addr, log }
-    }
-
-    fn hup(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success());
-    }
-
-    fn logged(&self, what: &str) -> usize {
-        let log = self.log.lock().expect("log");
-        log.iter().filter(|l| l.contains(what)).count()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The binary with a config file; see [`Running`].
+async fn start_with_file(file: &std::path::Path) -> Running {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redsplit"));
+    cmd.arg("--config").arg(file).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    Running::spawn(cmd).await
 }
 
 async fn auth(addr: std::net::SocketAddr, password: &str) -> Vec<u8> {
@@ -238,7 +186,7 @@ async fn sighup_with_an_invalid_file_keeps_the_running_config_and_logs_every_pro
     write(format!(
         "primary = \"{primary}\"\nrequirepass = \"one\"\nlog_level = \"info\"\n"
     ));
-    let running = Running::start(&file).await;
+    let running = start_with_file(&file).await;
     let mut kept = Raw::connect_to(running.addr).await;
     kept.send(&resp(&["AUTH", "one"])).await;
     kept.expect(b"+OK\r\n").await;
