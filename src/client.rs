@@ -115,8 +115,10 @@ pub async fn serve(
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((mut stream, peer)) => {
-                    // Past the limit a client gets Redis's own error and is closed.
-                    if ctx.clients.load(Ordering::Relaxed) >= ctx.max_clients {
+                    // Past the limit a client gets Redis's own error and is closed. The place is taken
+                    // here, not when the session starts: every connection waiting in the backlog is
+                    // accepted before any session task runs.
+                    let Some(slot) = ClientSlot::take(&ctx) else {
                         let tls = tls.clone();
                         tokio::spawn(async move {
                             const FULL: &[u8] = b"-ERR max number of clients reached\r\n";
@@ -134,13 +136,13 @@ pub async fn serve(
                         });
                         ctx.metrics.rejected_clients.inc();
                         continue;
-                    }
+                    };
                     let _ = stream.set_nodelay(true);
                     let id = ctx.next_id();
                     let span = tracing::debug_span!("client", id, peer = %peer);
                     match &tls {
-                        None => tracker.spawn(session::run(stream, peer, id, ctx.clone(), cancel.clone()).instrument(span)),
-                        Some(tls) => tracker.spawn(run_tls(stream, peer, id, tls.clone(), ctx.clone(), cancel.clone()).instrument(span)),
+                        None => tracker.spawn(slot.hold(session::run(stream, peer, id, ctx.clone(), cancel.clone())).instrument(span)),
+                        Some(tls) => tracker.spawn(slot.hold(run_tls(stream, peer, id, tls.clone(), ctx.clone(), cancel.clone())).instrument(span)),
                     };
                 }
                 Err(e) => {
@@ -150,6 +152,31 @@ pub async fn serve(
                 }
             },
         }
+    }
+}
+
+/// One of `max_clients` places, held from accept (TLS handshake included) until the connection ends.
+struct ClientSlot(Arc<Context>);
+
+impl ClientSlot {
+    fn take(ctx: &Arc<Context>) -> Option<ClientSlot> {
+        if ctx.clients.fetch_add(1, Ordering::Relaxed) >= ctx.max_clients {
+            ctx.clients.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ClientSlot(ctx.clone()))
+    }
+
+    /// Runs `task`, then gives the place back.
+    async fn hold(self, task: impl std::future::Future<Output = ()>) {
+        task.await;
+        drop(self);
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -83,6 +83,21 @@ impl Session {
             if start >= self.inbuf.len() {
                 break;
             }
+            // Until a client authenticates, its requests are held to Redis's limits for unauthenticated
+            // clients: a stranger cannot make the proxy buffer a large request.
+            let limited = self.user.is_none() && self.ctx.auth.load().is_some();
+            if limited != self.scan_limited {
+                self.scan_limited = limited;
+                self.scanner.set_limits(if limited {
+                    crate::resp::Limits {
+                        max_bulk_bytes: UNAUTHENTICATED_BULK_BYTES,
+                        max_array_len: UNAUTHENTICATED_ARGS,
+                        ..self.ctx.limits
+                    }
+                } else {
+                    self.ctx.limits
+                });
+            }
             let req = match self.scanner.scan(&self.inbuf[start..]) {
                 Ok(Some(r)) => r,
                 Ok(None) => {
@@ -406,16 +421,38 @@ impl Session {
             .unwrap_or_default();
         if name.eq_ignore_ascii_case(b"CONFIG") {
             // The upstream credentials (and Redis's own secrets) never reach a client through the proxy.
-            let args = self.kept_args(req, start);
-            let get = args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"GET"));
-            if get
-                && args
-                    .iter()
-                    .skip(2)
-                    .any(|p| SECRETS.iter().any(|s| glob_match(p, s.as_bytes())))
-            {
+            // Every parameter is checked, not just the kept ones; arguments that cannot all be read
+            // count as secret.
+            let get = self
+                .scanner
+                .arg(req, &self.inbuf[start..], 1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"GET"));
+            if get {
+                let args = if req.argc > crate::resp::request::KEPT_ARGS {
+                    self.all_args(req, start)
+                } else {
+                    self.kept_args(req, start)
+                };
+                if args.len() < req.argc
+                    || args
+                        .iter()
+                        .skip(2)
+                        .any(|p| SECRETS.iter().any(|s| glob_match(p, s.as_bytes())))
+                {
+                    let e = Bytes::from_static(
+                        b"-NOPERM redsplit: CONFIG GET of secret parameters is not allowed\r\n",
+                    );
+                    return Some(self.reply_local(batch, req, e));
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"ACL") {
+            // ACL LIST and ACL GETUSER show every user's password hash, the proxy's upstream user's too.
+            let sub = self.scanner.arg(req, &self.inbuf[start..], 1);
+            if sub.is_some_and(|s| {
+                s.eq_ignore_ascii_case(b"LIST") || s.eq_ignore_ascii_case(b"GETUSER")
+            }) {
                 let e = Bytes::from_static(
-                    b"-NOPERM redsplit: CONFIG GET of secret parameters is not allowed\r\n",
+                    b"-NOPERM redsplit: ACL LIST and ACL GETUSER show password hashes and are not allowed through the proxy\r\n",
                 );
                 return Some(self.reply_local(batch, req, e));
             }
@@ -433,11 +470,12 @@ impl Session {
                 return Some(self.authenticated(verified, batch, req, Bytes::from_static(OK)));
             }
             Class::Local(Local::Hello) => {
-                let args = self.kept_args(req, start);
-                if let Some(i) = args.iter().position(|a| a.eq_ignore_ascii_case(b"AUTH")) {
-                    let (Some(user), Some(password)) = (args.get(i + 1), args.get(i + 2)) else {
-                        return Some(self.reply_local(batch, req, ClientError::Syntax.frame()));
-                    };
+                // As Redis: a HELLO that fails its checks authenticates nobody.
+                let hello = match parse_hello(&self.kept_args(req, start)) {
+                    Ok(h) => h,
+                    Err(e) => return Some(self.reply_local(batch, req, e)),
+                };
+                if let Some((user, password)) = &hello.auth {
                     match auth.check(Some(user), password) {
                         Some(u) => {
                             self.user = Some(u);
@@ -513,47 +551,19 @@ impl Session {
         topo: &Arc<Topology>,
         batch: &mut Option<Batch>,
     ) -> Step {
-        if args.len() == 1 {
+        let hello = match parse_hello(args) {
+            Ok(h) => h,
+            Err(e) => return self.reply_local(batch, req, e),
+        };
+        let Some(proto) = hello.proto else {
             let reply = self.hello_reply();
             return self.reply_local(batch, req, reply);
-        }
-        let proto = match std::str::from_utf8(&args[1])
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
-        {
-            Some(p @ (2 | 3)) => p,
-            Some(_) => return self.reply_local(batch, req, ClientError::NoProto.frame()),
-            None => {
-                return self.reply_local(
-                    batch,
-                    req,
-                    Bytes::from_static(
-                        b"-ERR Protocol version is not an integer or out of range\r\n",
-                    ),
-                )
-            }
         };
-        let (mut auth, mut name) = (None, None);
-        let mut i = 2;
-        while i < args.len() {
-            let opt = args[i].to_ascii_uppercase();
-            if opt == b"AUTH" && i + 2 < args.len() {
-                auth = Some(Credentials {
-                    username: Some(String::from_utf8_lossy(&args[i + 1]).into_owned()),
-                    password: String::from_utf8_lossy(&args[i + 2]).into_owned(),
-                });
-                i += 3;
-            } else if opt == b"SETNAME" && i + 1 < args.len() {
-                name = Some(Bytes::copy_from_slice(&args[i + 1]));
-                i += 2;
-            } else {
-                let msg = format!(
-                    "-ERR Syntax error in HELLO option '{}'\r\n",
-                    String::from_utf8_lossy(&args[i])
-                );
-                return self.reply_local(batch, req, Bytes::from(msg));
-            }
-        }
+        let name = hello.name;
+        let mut auth = hello.auth.map(|(user, password)| Credentials {
+            username: Some(String::from_utf8_lossy(&user).into_owned()),
+            password: String::from_utf8_lossy(&password).into_owned(),
+        });
         if self.ctx.auth.load().is_some() {
             // Checked by the proxy (gate): the upstream identity stays the proxy's own.
             auth = None;
@@ -987,6 +997,61 @@ impl Session {
 }
 
 /// Server parameters holding secrets, refused to `CONFIG GET` through the proxy.
+/// Largest bulk string and most arguments in a request before the client authenticates (Redis 7's own
+/// limits for unauthenticated clients). `HELLO 3 AUTH user password SETNAME name` has 7 arguments.
+const UNAUTHENTICATED_BULK_BYTES: usize = 16 * 1024;
+const UNAUTHENTICATED_ARGS: usize = 10;
+
+/// HELLO's arguments once they pass Redis's checks (which come before any authentication).
+struct Hello {
+    /// `None`: a bare HELLO.
+    proto: Option<i64>,
+    /// User and password.
+    auth: Option<(Vec<u8>, Vec<u8>)>,
+    name: Option<Bytes>,
+}
+
+/// Checks HELLO's arguments as Redis does; `Err` is the error reply.
+fn parse_hello(args: &[Vec<u8>]) -> Result<Hello, Bytes> {
+    let mut hello = Hello {
+        proto: None,
+        auth: None,
+        name: None,
+    };
+    let Some(version) = args.get(1) else {
+        return Ok(hello);
+    };
+    hello.proto = match std::str::from_utf8(version)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+    {
+        Some(p @ (2 | 3)) => Some(p),
+        Some(_) => return Err(ClientError::NoProto.frame()),
+        None => {
+            return Err(Bytes::from_static(
+                b"-ERR Protocol version is not an integer or out of range\r\n",
+            ))
+        }
+    };
+    let mut i = 2;
+    while i < args.len() {
+        let opt = args[i].to_ascii_uppercase();
+        if opt == b"AUTH" && i + 2 < args.len() {
+            hello.auth = Some((args[i + 1].clone(), args[i + 2].clone()));
+            i += 3;
+        } else if opt == b"SETNAME" && i + 1 < args.len() {
+            hello.name = Some(Bytes::copy_from_slice(&args[i + 1]));
+            i += 2;
+        } else {
+            return Err(Bytes::from(format!(
+                "-ERR Syntax error in HELLO option '{}'\r\n",
+                String::from_utf8_lossy(&args[i])
+            )));
+        }
+    }
+    Ok(hello)
+}
+
 const SECRETS: &[&str] = &[
     "requirepass",
     "masterauth",

@@ -181,6 +181,9 @@ const HOLD_POLL: Duration = Duration::from_millis(50);
 /// that is merely slow would time out again, and every retry runs it once more.
 const MAX_READ_FAILURES: u8 = 2;
 
+/// Output pending for a client past which its requests are no longer read, until it takes some.
+const READ_PAUSE_OUTPUT_BYTES: usize = 1024 * 1024;
+
 /// Per-connection state.
 pub(super) struct Session {
     pub id: u64,
@@ -206,6 +209,8 @@ pub(super) struct Session {
     pub close_now: bool,
     pub inbuf: BytesMut,
     pub scanner: RequestScanner,
+    /// The scanner holds requests to the limits for unauthenticated clients.
+    pub scan_limited: bool,
     pub out: OutBuf,
     /// Topology changes, to wake held entries.
     pub topo_rx: watch::Receiver<Generation>,
@@ -219,8 +224,9 @@ pub(super) struct Session {
     pub deadline_tick: Option<tokio::time::Interval>,
     /// Polls `deadline_tick` only when its timer fired.
     pub tick_gate: WakeGate,
-    /// When the client last sent something (kept only with an idle timeout).
-    pub last_input: Instant,
+    /// When the client last sent something or took some of its replies (kept only with an idle timeout):
+    /// as Redis's `lastinteraction`, a client that waited long for a reply is not idle once it gets it.
+    pub last_active: Instant,
     /// Who the client authenticated as to the proxy (`None` until then, with proxy-side auth on).
     pub user: Option<Arc<crate::config::ClientUser>>,
     /// Failed authentications in a row: each one answers slower.
@@ -230,9 +236,6 @@ pub(super) struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.ctx.metrics.client_connections.dec();
-        self.ctx
-            .clients
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if self.pinned.is_some() {
             self.ctx.metrics.pinned_sessions.dec();
         }
@@ -250,8 +253,6 @@ impl Session {
         let topo_rx = ctx.topo.subscribe();
         let user = initial_user(&ctx);
         ctx.metrics.client_connections.inc();
-        ctx.clients
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Session {
             id,
             peer,
@@ -270,13 +271,14 @@ impl Session {
             close_now: false,
             inbuf: BytesMut::new(),
             scanner,
+            scan_limited: false,
             out: OutBuf::default(),
             topo_rx,
             last_primary: 0,
             cur_kind: Kind::Other,
             deadline_tick: None,
             tick_gate: WakeGate::default(),
-            last_input: Instant::now(),
+            last_active: Instant::now(),
             user,
             auth_failures: 0,
         }
@@ -316,9 +318,13 @@ impl Session {
                     Poll::Ready(write.poll(cx))
                 })
                 .await;
-                if let Poll::Ready(Err(_)) = written {
-                    debug!("client stopped reading");
-                    return;
+                match written {
+                    Poll::Ready(Err(_)) => {
+                        debug!("client stopped reading");
+                        return;
+                    }
+                    Poll::Ready(Ok(_)) => self.touch(),
+                    Poll::Pending => {}
                 }
             }
             if let Some(limit) = self.ctx.max_output {
@@ -341,9 +347,12 @@ impl Session {
             if freed && !self.inbuf.is_empty() {
                 continue;
             }
+            // A client that does not take its replies is not read either (flow control): what it can make
+            // the proxy hold is bounded by this, its in-flight replies and max_client_output_bytes.
             let can_read = !self.closing
                 && self.inbuf.len() < self.ctx.max_request_bytes
-                && self.inflight < self.ctx.max_inflight;
+                && self.inflight < self.ctx.max_inflight
+                && self.out.len() < READ_PAUSE_OUTPUT_BYTES;
             if can_read && self.inbuf.capacity() - self.inbuf.len() < 1024 {
                 // Idle clients get a small buffer (memory per idle connection is a target); busy ones a
                 // larger one, and a large one is let go once drained.
@@ -367,9 +376,12 @@ impl Session {
                 biased;
                 // Replies owed, as fast as the client takes them. Written from here (not awaited outside
                 // the select) so that replies keep arriving meanwhile and the output limit can be enforced.
-                w = self.out.write_some(wr), if !self.out.is_empty() => if w.is_err() {
-                    debug!("client stopped reading");
-                    return;
+                w = self.out.write_some(wr), if !self.out.is_empty() => match w {
+                    Ok(_) => self.touch(),
+                    Err(_) => {
+                        debug!("client stopped reading");
+                        return;
+                    }
                 },
                 // Shutdown: take no new commands, finish the replies owed.
                 _ = &mut shutdown, if !self.closing => self.closing = true,
@@ -381,7 +393,7 @@ impl Session {
                     let now = Instant::now();
                     if deadline.is_some_and(|d| d <= now) {
                         self.complete_front(Outcome::TimedOut);
-                    } else if idle && self.ctx.idle_timeout.is_some_and(|t| now.duration_since(self.last_input) >= t) {
+                    } else if idle && self.ctx.idle_timeout.is_some_and(|t| now.duration_since(self.last_active) >= t) {
                         debug!("client idle past client_idle_timeout_ms, closing");
                         self.ctx.metrics.clients_closed_by_limit.inc();
                         return;
@@ -392,11 +404,7 @@ impl Session {
                 // More requests.
                 n = rd.read_buf(&mut self.inbuf), if can_read => match n {
                     Ok(0) | Err(_) => self.on_client_eof(),
-                    Ok(_) => {
-                        if self.ctx.idle_timeout.is_some() {
-                            self.last_input = Instant::now();
-                        }
-                    }
+                    Ok(_) => self.touch(),
                 },
             }
         }
@@ -410,6 +418,13 @@ impl Session {
         let streaming = self.pinned.as_ref().is_some_and(|p| p.streaming());
         if streaming || self.queue.iter().any(|e| matches!(e.wait, Wait::Task(_))) {
             self.close_now = true;
+        }
+    }
+
+    /// The client just did something: its idle time starts again.
+    fn touch(&mut self) {
+        if self.ctx.idle_timeout.is_some() {
+            self.last_active = Instant::now();
         }
     }
 

@@ -57,6 +57,11 @@ impl RequestScanner {
         }
     }
 
+    /// Enforces `limits` from the next request on (or from the rest of the current one).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Scans `buf`, which starts at the first byte of a request.
     ///
     /// Returns the request once complete, `Ok(None)` if more bytes are needed. After an error the stream
