@@ -736,9 +736,10 @@ impl Config {
                             });
                         }
                     }
-                    _ => {
-                        problems.push(format!("option `{option}`: `{entry}` is not name:password"))
-                    }
+                    // The entry is not shown: it may be a password given without its name.
+                    _ => problems.push(format!(
+                        "option `{option}`: an entry is not name:password (not shown: it may hold a password)"
+                    )),
                 }
             }
         }
@@ -1012,10 +1013,15 @@ mod tests {
         let _ = std::fs::remove_file(dir);
         let bad = Flags {
             requirepass: Some("env:REDSPLIT_NO_SUCH_VARIABLE".into()),
-            user: Some(vec!["nocolon".into()]),
+            user: Some(vec!["nocolon".into(), ":hunter2".into()]),
             ..Flags::default()
         };
-        assert_eq!(load("", bad).expect_err("invalid").len(), 2);
+        let problems = load("", bad).expect_err("invalid");
+        assert_eq!(problems.len(), 3);
+        // A malformed entry may be a bare password: it is never echoed.
+        assert!(problems
+            .iter()
+            .all(|p| !p.contains("hunter2") && !p.contains("nocolon")));
     }
 
     #[test]
