@@ -459,6 +459,12 @@ impl Session {
         }
         // A session made while auth was off keeps its open user if a reload turns auth on.
         let auth = self.ctx.auth.load_full()?;
+        if matches!(class, Class::Local(Local::Auth | Local::Hello)) && self.in_multi() {
+            // Checked by the proxy, so not something Redis could queue and run at EXEC.
+            self.flush(batch);
+            let label = command_label(&self.kept_args(req, 0));
+            return Some(self.refuse_in_multi(req, ClientError::InMulti(&label).frame()));
+        }
         match class {
             Class::Local(Local::Auth) => {
                 let args = self.kept_args(req, start);

@@ -86,6 +86,9 @@ pub(super) enum Effect {
     /// Some other connection state changed by a command queued in MULTI (CLIENT NO-EVICT, ...): the
     /// connection is not reused.
     Dirty,
+    /// A command the proxy refused inside MULTI: the client gets this error instead of the reply to the
+    /// stand-in Redis was sent (see `refuse_in_multi`).
+    Replace(Bytes),
     Reset,
     Quit,
 }
@@ -244,11 +247,11 @@ impl Session {
                 | Class::Pin(Pin::Subscribe | Pin::Monitor)
                 | Class::Local(Local::Unsubscribe) => {
                     let label = super::dispatch::command_label(args);
-                    return self.reply_local_now(req, ClientError::InMulti(&label).frame());
+                    return self.refuse_in_multi(req, ClientError::InMulti(&label).frame());
                 }
                 Class::Local(Local::Refuse) => {
                     let label = super::dispatch::command_label(args);
-                    return self.reply_local_now(req, ClientError::Unsupported(&label).frame());
+                    return self.refuse_in_multi(req, ClientError::Unsupported(&label).frame());
                 }
                 _ => {
                     let effect = effect_of(class, args, resp3);
@@ -427,7 +430,7 @@ impl Session {
             return;
         };
         match effect {
-            Effect::None | Effect::Quit => {}
+            Effect::None | Effect::Quit | Effect::Replace(_) => {}
             Effect::Queued(inner) => {
                 // Only what Redis queued is run by EXEC (and answered in its reply).
                 if reply.starts_with(b"+QUEUED") {
@@ -581,6 +584,24 @@ impl Session {
             self.inflight += count as usize - 1;
             e.count = count;
         }
+    }
+
+    /// Whether the session is inside MULTI on its dedicated connection.
+    pub(super) fn in_multi(&self) -> bool {
+        self.pinned.as_ref().is_some_and(|p| p.multi)
+    }
+
+    /// Refuses a command inside MULTI as Redis refuses one while queueing: the client gets the error, and
+    /// the transaction is flagged so that EXEC answers -EXECABORT instead of running the rest. Redis is
+    /// sent a stand-in it rejects while queueing (GET without its key); its error is replaced by ours.
+    /// The request must start the input (nothing batched before it).
+    pub(super) fn refuse_in_multi(&mut self, req: &Request, frame: Bytes) -> Step {
+        let _ = self.take_frame(req);
+        if let Some(p) = self.pinned.as_mut() {
+            p.out.push(Bytes::from_static(b"*1\r\n$3\r\nGET\r\n"));
+        }
+        self.push_pinned(1, Effect::Replace(frame));
+        Step::Next
     }
 
     fn reply_local_now(&mut self, req: &Request, frame: Bytes) -> Step {

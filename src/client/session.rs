@@ -567,6 +567,7 @@ impl Session {
                     }
                 }
             }
+            Then::Effect(super::pinned::Effect::Replace(frame)) => frame,
             Then::Effect(effect) => {
                 self.apply_effect(effect, &bytes);
                 bytes

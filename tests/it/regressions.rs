@@ -44,8 +44,49 @@ async fn unsubscribe_inside_multi_is_refused_not_miscounted() {
     raw.expect(b"+OK\r\n").await;
     let refused = raw.frame().await;
     assert!(refused.starts_with(b"-ERR redsplit: UNSUBSCRIBE is not supported inside MULTI"));
-    raw.expect(b"+QUEUED\r\n*1\r\n+OK\r\n$1\r\nv\r\n").await;
+    // As Redis does after an error while queueing: the transaction is discarded.
+    raw.expect(
+        b"+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n",
+    )
+    .await;
     proxy_answers(&proxy).await;
+}
+
+#[tokio::test]
+async fn auth_inside_multi_is_refused_and_the_transaction_discarded() {
+    // The proxy checks AUTH itself, so Redis cannot queue it and run it at EXEC: refused as Redis refuses
+    // a command while queueing, and EXEC runs nothing. Before, AUTH was answered +OK at once and EXEC's
+    // array had one element fewer than the commands the client queued.
+    let cluster = cluster(0).await;
+    let f = Flags {
+        requirepass: Some("pw".into()),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["AUTH", "pw"]);
+    out.extend(resp(&["MULTI"]));
+    out.extend(resp(&["AUTH", "pw"]));
+    out.extend(resp(&["SET", "k", "v"]));
+    out.extend(resp(&["EXEC"]));
+    out.extend(resp(&["GET", "k"]));
+    out.extend(resp(&["MULTI"]));
+    out.extend(resp(&["SET", "k", "w"]));
+    out.extend(resp(&["EXEC"]));
+    raw.send(&out).await;
+    raw.expect(b"+OK\r\n+OK\r\n").await;
+    let refused = raw.frame().await;
+    assert!(
+        refused.starts_with(b"-ERR redsplit: AUTH is not supported inside MULTI"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    raw.expect(
+        b"+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n",
+    )
+    .await;
+    // The next transaction is a fresh one.
+    raw.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").await;
 }
 
 #[tokio::test]
