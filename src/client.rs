@@ -6,6 +6,9 @@ pub mod reply;
 mod session;
 mod wake;
 
+#[doc(hidden)]
+pub use pinned::fuzz_session_decisions;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

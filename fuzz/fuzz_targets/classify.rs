@@ -1,21 +1,17 @@
-//! Classifying whatever the request scanner accepts never panics. The whole input is a request stream.
+//! The request path never panics on whatever the request scanner accepts: classification, the read-only
+//! user's check, HELLO's checks and the effect of each command on a session's dedicated connection (its
+//! state: database, credentials, protocol, tracking, name), then the input read as EXEC's reply. The
+//! whole input is a request stream.
 
 #![no_main]
 
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use redsplit::command::{classify, Table};
-use redsplit::resp::{Limits, RequestScanner};
+use redsplit::command::Table;
 
 static TABLE: LazyLock<Table> = LazyLock::new(Table::builtin);
 
 fuzz_target!(|data: &[u8]| {
-    let mut scanner = RequestScanner::new(Limits::default());
-    let mut at = 0;
-    while let Ok(Some(req)) = scanner.scan(&data[at..]) {
-        let buf = &data[at..];
-        let _ = classify(&TABLE, req.argc, |i| scanner.arg(&req, buf, i));
-        at += req.len;
-    }
+    let _ = redsplit::client::fuzz_session_decisions(&TABLE, data);
 });

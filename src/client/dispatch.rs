@@ -1009,16 +1009,16 @@ const UNAUTHENTICATED_BULK_BYTES: usize = 16 * 1024;
 const UNAUTHENTICATED_ARGS: usize = 10;
 
 /// HELLO's arguments once they pass Redis's checks (which come before any authentication).
-struct Hello {
+pub(super) struct Hello {
     /// `None`: a bare HELLO.
-    proto: Option<i64>,
+    pub proto: Option<i64>,
     /// User and password.
-    auth: Option<(Vec<u8>, Vec<u8>)>,
-    name: Option<Bytes>,
+    pub auth: Option<(Vec<u8>, Vec<u8>)>,
+    pub name: Option<Bytes>,
 }
 
 /// Checks HELLO's arguments as Redis does; `Err` is the error reply.
-fn parse_hello(args: &[Vec<u8>]) -> Result<Hello, Bytes> {
+pub(super) fn parse_hello(args: &[Vec<u8>]) -> Result<Hello, Bytes> {
     let mut hello = Hello {
         proto: None,
         auth: None,

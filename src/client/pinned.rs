@@ -170,23 +170,20 @@ fn effect_of(class: Class, args: &[Vec<u8>], resp3: bool) -> Effect {
                 password: String::from_utf8_lossy(&args[args.len() - 1]).into_owned(),
             }))
         }
-        Class::Local(Local::Hello) => {
-            let resp3 = match int(1) {
-                Some(3) => true,
-                Some(2) => false,
-                _ => resp3,
-            };
-            let auth = args
-                .iter()
-                .position(|a| a.eq_ignore_ascii_case(b"AUTH"))
-                .and_then(|i| {
-                    Some(Arc::new(Credentials {
-                        username: Some(String::from_utf8_lossy(args.get(i + 1)?).into_owned()),
-                        password: String::from_utf8_lossy(args.get(i + 2)?).into_owned(),
-                    }))
-                });
-            Effect::Hello { resp3, auth }
-        }
+        // Parsed as the session parses it (`HELLO 3 SETNAME AUTH` names the client AUTH); a HELLO Redis
+        // refuses changes nothing.
+        Class::Local(Local::Hello) => match super::dispatch::parse_hello(args) {
+            Ok(hello) => Effect::Hello {
+                resp3: hello.proto.map_or(resp3, |p| p == 3),
+                auth: hello.auth.map(|(user, password)| {
+                    Arc::new(Credentials {
+                        username: Some(String::from_utf8_lossy(&user).into_owned()),
+                        password: String::from_utf8_lossy(&password).into_owned(),
+                    })
+                }),
+            },
+            Err(_) => Effect::None,
+        },
         Class::Pin(Pin::Tracking) => Effect::TrackingOn,
         Class::Local(Local::TrackingOff) => Effect::TrackingOff,
         Class::Local(Local::ClientSetName) => Effect::SetName(
@@ -610,6 +607,31 @@ impl Session {
     }
 }
 
+/// For the fuzz targets: runs every request in `data` through classification and the session's
+/// state decisions (the read-only check, HELLO's checks, the effect on a dedicated connection), then reads
+/// `data` as EXEC's reply. Returns how many requests were seen; must never panic.
+pub fn fuzz_session_decisions(table: &crate::command::Table, data: &[u8]) -> usize {
+    let mut scanner = crate::resp::RequestScanner::new(Limits::default());
+    let mut at = 0;
+    let mut seen = 0;
+    while let Ok(Some(req)) = scanner.scan(&data[at..]) {
+        let buf = &data[at..];
+        let (class, _) = crate::command::classify(table, req.argc, |i| scanner.arg(&req, buf, i));
+        let _ = crate::command::may_modify(table, req.argc, |i| scanner.arg(&req, buf, i));
+        let args: Vec<Vec<u8>> = (0..req.argc.min(crate::resp::request::KEPT_ARGS))
+            .map_while(|i| scanner.arg(&req, buf, i).map(<[u8]>::to_vec))
+            .collect();
+        if !args.is_empty() {
+            let _ = super::dispatch::parse_hello(&args);
+            let _ = effect_of(class, &args, seen % 2 == 0);
+        }
+        at += req.len;
+        seen += 1;
+    }
+    let _ = exec_results(data, seen);
+    seen
+}
+
 /// Which elements of EXEC's reply are not errors, if it is an array of `n` (a committed transaction).
 fn exec_results(reply: &[u8], n: usize) -> Option<Vec<bool>> {
     let header_end = memchr::memchr(b'\r', reply)?;
@@ -674,6 +696,46 @@ fn bulk(b: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(a: &[&str]) -> Vec<Vec<u8>> {
+        a.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn hello_effects_follow_redis_parsing() {
+        let hello = Class::Local(Local::Hello);
+        // A client named AUTH: no credentials.
+        assert!(matches!(
+            effect_of(hello, &args(&["HELLO", "3", "SETNAME", "AUTH"]), false),
+            Effect::Hello {
+                resp3: true,
+                auth: None
+            }
+        ));
+        match effect_of(
+            hello,
+            &args(&["HELLO", "2", "AUTH", "u", "p", "SETNAME", "n"]),
+            true,
+        ) {
+            Effect::Hello {
+                resp3: false,
+                auth: Some(c),
+            } => assert_eq!(
+                (c.username.as_deref(), c.password.as_str()),
+                (Some("u"), "p")
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Refused by Redis: nothing changes.
+        assert!(matches!(
+            effect_of(hello, &args(&["HELLO", "4", "AUTH", "u", "p"]), false),
+            Effect::None
+        ));
+        assert!(matches!(
+            effect_of(hello, &args(&["HELLO", "3", "AUTH", "u"]), false),
+            Effect::None
+        ));
+    }
 
     #[test]
     fn confirmations_give_kind_and_count() {
