@@ -27,6 +27,14 @@ async fn setup() -> (Cluster, redsplit::Proxy) {
     (cluster, proxy)
 }
 
+/// A client authenticated with `requirepass`.
+async fn authenticated(proxy: &redsplit::Proxy) -> Raw {
+    let mut raw = Raw::connect(proxy).await;
+    raw.send(&resp(&["AUTH", "clientpw"])).await;
+    raw.expect(b"+OK\r\n").await;
+    raw
+}
+
 #[tokio::test]
 async fn nothing_but_auth_hello_and_quit_works_before_authenticating() {
     let (_cluster, proxy) = setup().await;
@@ -146,9 +154,7 @@ async fn failed_authentications_are_slowed_and_counted() {
 #[tokio::test]
 async fn upstream_secrets_cannot_be_read_through_the_proxy() {
     let (_cluster, proxy) = setup().await;
-    let mut raw = Raw::connect(&proxy).await;
-    raw.send(&resp(&["AUTH", "clientpw"])).await;
-    raw.expect(b"+OK\r\n").await;
+    let mut raw = authenticated(&proxy).await;
     for pattern in ["requirepass", "*", "*pass*", "master*", "re[q]uirepass"] {
         raw.send(&resp(&["CONFIG", "GET", pattern])).await;
         raw.expect(b"-NOPERM redsplit: CONFIG GET of secret parameters is not allowed\r\n")
@@ -203,4 +209,36 @@ async fn sentinels_get_their_own_credentials_and_never_the_data_nodes() {
     })
     .await;
     assert!(without.topo.snapshot().primary.is_none());
+}
+
+// Found by the second review.
+
+#[tokio::test]
+async fn config_get_of_a_secret_past_the_sixteenth_argument_is_refused() {
+    let (_cluster, proxy) = setup().await;
+    let mut raw = authenticated(&proxy).await;
+    // Fourteen harmless parameters, then the secret one: 17 arguments in all.
+    let mut cmd = vec!["CONFIG", "GET"];
+    cmd.extend(std::iter::repeat_n("maxmemory", 14));
+    cmd.push("requirepass");
+    raw.send(&resp(&cmd)).await;
+    let reply = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    assert!(
+        !reply.contains("backendpw"),
+        "the upstream password reached the client: {reply}"
+    );
+}
+
+#[tokio::test]
+async fn acl_list_through_the_proxy_does_not_reveal_the_upstream_password_hash() {
+    // sha256("backendpw"), as Redis stores it.
+    const HASH: &str = "58847cfb74838cddd93ed031d3ed03a7bd0441d932c11101cb4eee0648c5e92a";
+    let (_cluster, proxy) = setup().await;
+    let mut raw = authenticated(&proxy).await;
+    raw.send(&resp(&["ACL", "LIST"])).await;
+    let reply = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    assert!(
+        !reply.contains(HASH),
+        "the SHA-256 of the upstream password reached the client: {reply}"
+    );
 }

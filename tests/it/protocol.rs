@@ -1,5 +1,7 @@
 //! Bad input and broken connections: a clear error for the culprit, nothing for everyone else.
 
+use std::time::Duration;
+
 use redsplit::config::Flags;
 
 use crate::harness::*;
@@ -90,8 +92,13 @@ async fn a_request_larger_than_the_limit_is_refused() {
     assert!(got.contains("request larger than 4096 bytes"), "{got}");
 }
 
-#[tokio::test]
-async fn a_client_that_does_not_read_stops_being_read_and_others_go_on() {
+/// A proxy that allows 16 commands in flight per client, a client, and a 100 KB value under `big`.
+async fn a_big_value_and_16_in_flight() -> (
+    redsplit::embedded::Cluster,
+    redsplit::Proxy,
+    redis::aio::MultiplexedConnection,
+    String,
+) {
     let cluster = cluster(0).await;
     let f = Flags {
         max_client_inflight: Some(16),
@@ -101,6 +108,12 @@ async fn a_client_that_does_not_read_stops_being_read_and_others_go_on() {
     let mut c = client(&proxy).await;
     let big = "x".repeat(100_000);
     let _: () = q(&mut c, &["SET", "big", &big]).await;
+    (cluster, proxy, c, big)
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_stops_being_read_and_others_go_on() {
+    let (_cluster, proxy, mut c, big) = a_big_value_and_16_in_flight().await;
     let lazy = Raw::connect(&proxy).await;
     let one = resp(&["GET", "big"]);
     let n = 2_000;
@@ -174,4 +187,34 @@ async fn a_client_hanging_up_mid_pipeline_does_not_disturb_others() {
         let _: () = q(&mut c, &["SET", "alive", "1"]).await;
         assert_eq!(q::<String>(&mut c, &["GET", "alive"]).await, "1");
     }
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_stops_being_read_before_its_replies_pile_up() {
+    let (cluster, proxy, _c, _big) = a_big_value_and_16_in_flight().await;
+    let before = calls(cluster.primary(), "get").await;
+    // 500 GETs of 100 KB (50 MB of replies), written and never read.
+    let lazy = Raw::connect(&proxy).await;
+    let (_rd, mut wr) = lazy.stream.into_split();
+    let one = resp(&["GET", "big"]);
+    let writer = tokio::spawn(async move {
+        for _ in 0..500 {
+            if tokio::io::AsyncWriteExt::write_all(&mut wr, &one)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        wr
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ran = calls(cluster.primary(), "get").await - before;
+    // The socket buffers take a few replies, the in-flight limit 16 more: nowhere near 500.
+    assert!(
+        ran < 100,
+        "{ran} GETs of 100 KB forwarded for a client that reads nothing (~{} MB buffered in the proxy)",
+        ran / 10
+    );
+    writer.abort();
 }

@@ -367,35 +367,6 @@ async fn unsubscribe_with_many_names_outside_pubsub_confirms_each() {
 // Second review (limits, auth, reload, TLS, session loop).
 
 #[tokio::test]
-async fn config_get_of_a_secret_past_the_sixteenth_argument_is_refused() {
-    let cluster = redsplit::embedded::Cluster::builder()
-        .replicas(0)
-        .password("backendpw")
-        .start()
-        .await
-        .expect("servers start");
-    let f = Flags {
-        backend_password: Some("backendpw".into()),
-        requirepass: Some("clientpw".into()),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    let mut raw = Raw::connect(&proxy).await;
-    raw.send(&resp(&["AUTH", "clientpw"])).await;
-    raw.expect(b"+OK\r\n").await;
-    // Fourteen harmless parameters, then the secret one: 17 arguments in all.
-    let mut cmd = vec!["CONFIG", "GET"];
-    cmd.extend(std::iter::repeat_n("maxmemory", 14));
-    cmd.push("requirepass");
-    raw.send(&resp(&cmd)).await;
-    let reply = String::from_utf8_lossy(&raw.frame().await).into_owned();
-    assert!(
-        !reply.contains("backendpw"),
-        "the upstream password reached the client: {reply}"
-    );
-}
-
-#[tokio::test]
 async fn a_burst_of_connections_cannot_exceed_max_clients() {
     let cluster = cluster(0).await;
     let f = Flags {
@@ -469,41 +440,6 @@ async fn hello_with_an_unsupported_protocol_does_not_authenticate() {
 }
 
 #[tokio::test]
-async fn a_client_that_does_not_read_stops_being_read_before_its_replies_pile_up() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        max_client_inflight: Some(16),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    let mut c = client(&proxy).await;
-    let big = "x".repeat(100_000);
-    let _: () = q(&mut c, &["SET", "big", &big]).await;
-    let before = calls(cluster.primary(), "get").await;
-    // 500 GETs of 100 KB (50 MB of replies), written and never read.
-    let lazy = Raw::connect(&proxy).await;
-    let (_rd, mut wr) = lazy.stream.into_split();
-    let one = resp(&["GET", "big"]);
-    let writer = tokio::spawn(async move {
-        for _ in 0..500 {
-            if wr.write_all(&one).await.is_err() {
-                break;
-            }
-        }
-        wr
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ran = calls(cluster.primary(), "get").await - before;
-    // The socket buffers take a few replies, the in-flight limit 16 more: nowhere near 500.
-    assert!(
-        ran < 100,
-        "{ran} GETs of 100 KB forwarded for a client that reads nothing (~{} MB buffered in the proxy)",
-        ran / 10
-    );
-    writer.abort();
-}
-
-#[tokio::test]
 async fn an_unauthenticated_client_cannot_make_the_proxy_buffer_a_huge_bulk() {
     let cluster = cluster(0).await;
     let f = Flags {
@@ -532,32 +468,5 @@ async fn an_unauthenticated_client_cannot_make_the_proxy_buffer_a_huge_bulk() {
         closed.is_ok(),
         "an unauthenticated client is still being read after 3 s (32 MB of a 400 MB bulk sent), got {:?}",
         String::from_utf8_lossy(&got)
-    );
-}
-
-#[tokio::test]
-async fn acl_list_through_the_proxy_does_not_reveal_the_upstream_password_hash() {
-    // sha256("backendpw"), as Redis stores it.
-    const HASH: &str = "58847cfb74838cddd93ed031d3ed03a7bd0441d932c11101cb4eee0648c5e92a";
-    let cluster = redsplit::embedded::Cluster::builder()
-        .replicas(0)
-        .password("backendpw")
-        .start()
-        .await
-        .expect("servers start");
-    let f = Flags {
-        backend_password: Some("backendpw".into()),
-        requirepass: Some("clientpw".into()),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    let mut raw = Raw::connect(&proxy).await;
-    raw.send(&resp(&["AUTH", "clientpw"])).await;
-    raw.expect(b"+OK\r\n").await;
-    raw.send(&resp(&["ACL", "LIST"])).await;
-    let reply = String::from_utf8_lossy(&raw.frame().await).into_owned();
-    assert!(
-        !reply.contains(HASH),
-        "the SHA-256 of the upstream password reached the client: {reply}"
     );
 }
