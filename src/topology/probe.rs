@@ -141,8 +141,10 @@ pub fn spawn(
 
 /// How long a probe may take before the node counts as unresponsive: long enough for a busy server, short
 /// enough that a frozen replica stops getting reads well within the lag limit.
+/// Never under 250 ms, even with a lag limit below that (the upper bound then gives way).
 fn probe_timeout(interval: Duration, limits: &LagLimits) -> Duration {
-    (interval * 5).clamp(Duration::from_millis(250), limits.max_lag.max(interval))
+    let floor = Duration::from_millis(250);
+    (interval * 5).clamp(floor, limits.max_lag.max(interval).max(floor))
 }
 
 async fn probe_node(
