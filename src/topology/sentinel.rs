@@ -74,10 +74,14 @@ pub async fn run(
         // Say it once when the sentinels go silent, and once when they are back.
         match (look, unanswered) {
             (Look::NoAnswer, false) => warn!("no sentinel answers; keeping the current topology"),
+            (Look::NoMajority, false) => warn!(
+                sentinels = controls.len(),
+                "no primary named by a majority of the sentinels; keeping the current topology"
+            ),
             (Look::Settled | Look::Recheck, true) => info!("sentinels answer again"),
             _ => {}
         }
-        unanswered = look == Look::NoAnswer;
+        unanswered = matches!(look, Look::NoAnswer | Look::NoMajority);
         // Only a primary that does not confirm yet is looked at again soon; silent sentinels are asked
         // at the normal interval.
         let settled = look != Look::Recheck;
@@ -101,6 +105,8 @@ enum Look {
     Recheck,
     /// No sentinel answered.
     NoAnswer,
+    /// No address was named by more than half of the configured sentinels.
+    NoMajority,
 }
 
 /// Asks the sentinels and publishes what they agree on.
@@ -119,13 +125,18 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
         named[i] = Some(addr);
     }
     let current = topo.snapshot().primary.as_ref().map(|n| n.addr.clone());
-    let Some(candidate) = answers
+    let Some((candidate, votes)) = answers
         .iter()
         .max_by_key(|(a, n)| (**n, Some(*a) == current.as_ref()))
-        .map(|(a, _)| a.clone())
+        .map(|(a, n)| (a.clone(), *n))
     else {
         return Look::NoAnswer;
     };
+    // A majority of the configured sentinels, not of those that answered: a minority cut off from the
+    // others (or with a stale view) must not move the writes, as it could not elect a primary either.
+    if votes * 2 <= controls.len() {
+        return Look::NoMajority;
+    }
     let agreeing: Vec<usize> = (0..named.len())
         .filter(|i| named[*i].as_ref() == Some(&candidate))
         .collect();
@@ -140,8 +151,6 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
             return Look::Recheck;
         }
     }
-    // Sentinels disagree while a failover settles: take every replica any agreeing sentinel reports up.
-    // The prober still checks each one before it gets reads.
     // Sentinels disagree while a failover settles, and may not list the new primary's replicas at once:
     // take every replica an agreeing sentinel reports up, and keep the ones we have unless one reports
     // them down. The prober still checks each before it gets reads.
