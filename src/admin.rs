@@ -181,10 +181,17 @@ async fn failover(State(s): State<Arc<AdminState>>, Query(q): Query<FailoverQuer
             json!({"error": "a switchover is already running"}),
         );
     }
-    let result = switch(&s, q).await;
-    s.topo.hold_writes(false);
-    s.busy.store(false, Ordering::SeqCst);
-    result
+    // Released however the switchover ends, also when the HTTP client hangs up and the handler is
+    // dropped mid-way: held writes must never stay held.
+    struct Release<'a>(&'a AdminState);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.topo.hold_writes(false);
+            self.0.busy.store(false, Ordering::SeqCst);
+        }
+    }
+    let _release = Release(&s);
+    switch(&s, q).await
 }
 
 async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
@@ -285,6 +292,8 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             info!(from = %old.addr, "switchover requested from sentinel");
             s.topo.hold_writes(true);
             // Writes are held: once every replica has the primary's offset, any promoted one has it all.
+            // Every replica, not only those eligible for reads: Sentinel ranks by replica-priority
+            // before offset and may promote one that lags.
             let mut p = Control::new(old.clone());
             let target = match call(&mut p, &[b"ROLE"])
                 .await
@@ -300,11 +309,7 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                 }
             };
             let caught_up = wait_until(s.timeout / 2, || {
-                snapshot
-                    .replicas
-                    .iter()
-                    .filter(|n| n.repl.is_eligible())
-                    .all(|n| n.repl.offset() >= target)
+                snapshot.replicas.iter().all(|n| n.repl.offset() >= target)
             })
             .await;
             if !caught_up {
