@@ -559,7 +559,9 @@ enum NodeError {
 
 /// Classifies an error reply frame.
 fn node_error(frame: &[u8]) -> NodeError {
-    if frame.starts_with(b"-READONLY") {
+    // Redis's own words for a write refused by a replica ("replica", "slave" before 5.0): a script's or a
+    // module's error that merely starts with READONLY may come after it wrote.
+    if frame.starts_with(b"-READONLY You can't write against a read only ") {
         NodeError::ReadOnly
     } else if frame.starts_with(b"-LOADING") || frame.starts_with(b"-MASTERDOWN") {
         NodeError::Topology
@@ -603,5 +605,11 @@ mod tests {
             NodeError::None
         );
         assert_eq!(node_error(b"-WRONGTYPE Operation\r\n"), NodeError::None);
+        assert_eq!(
+            node_error(b"-READONLY You can't write against a read only slave.\r\n"),
+            NodeError::ReadOnly
+        );
+        // A script's own error: it may have written first.
+        assert_eq!(node_error(b"-READONLY not really\r\n"), NodeError::None);
     }
 }

@@ -814,6 +814,7 @@ impl Session {
             failures: 0,
             held_since: None,
             deadline,
+            refused_by: None,
         };
         self.queue.push_back(Entry {
             wait: Wait::Upstream(rx),
@@ -842,6 +843,7 @@ impl Session {
             failures: 0,
             held_since: Some(Instant::now()),
             deadline: None,
+            refused_by: None,
         };
         let mut kinds = [0; 3];
         kinds[self.cur_kind as usize] = 1;

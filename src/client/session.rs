@@ -110,6 +110,10 @@ pub(super) struct Sent {
     pub held_since: Option<Instant>,
     /// A read still unanswered then is sent elsewhere.
     pub deadline: Option<Instant>,
+    /// The node (id) that answered the whole batch READONLY, and its replies: it is never sent the batch
+    /// again, even if the topology still names it primary (a script may write, then fake the error), and
+    /// the client gets those replies if no other primary takes the batch within the hold.
+    pub refused_by: Option<(u64, Bytes)>,
 }
 
 impl Sent {
@@ -124,6 +128,7 @@ impl Sent {
             failures: 0,
             held_since: None,
             deadline: None,
+            refused_by: None,
         }
     }
 }
@@ -503,13 +508,17 @@ impl Session {
                     Outcome::Upstream(Err(e)) => e.maybe_sent(),
                     _ => true,
                 };
-                match self.resend_front(reached) {
+                match self.resend_front(reached, &outcome) {
                     Resend::Sent | Resend::Held => return,
                     Resend::GiveUp => match outcome {
                         Outcome::Wake => {
+                            let refused = self.queue.front().and_then(|e| {
+                                e.sent.as_ref()?.refused_by.as_ref().map(|(_, b)| b.clone())
+                            });
                             let held = self.ctx.write_hold.as_millis() as u64;
-                            outcome =
-                                Outcome::Bytes(ClientError::NoPrimaryAfter(held).frames(count));
+                            outcome = Outcome::Bytes(refused.unwrap_or_else(|| {
+                                ClientError::NoPrimaryAfter(held).frames(count)
+                            }));
                         }
                         Outcome::TimedOut => {
                             outcome = Outcome::Bytes(ClientError::ReadTimedOut.frames(count));
@@ -581,7 +590,7 @@ impl Session {
     /// Sends the front entry again: reads to any node the router allows but the one that failed them,
     /// writes to the current primary. With nowhere to send, the entry is held until the topology changes
     /// or a moment passes, for at most `write_hold_ms` from its first failure.
-    fn resend_front(&mut self, reached: bool) -> Resend {
+    fn resend_front(&mut self, reached: bool, outcome: &Outcome) -> Resend {
         let now = Instant::now();
         let topo = self.ctx.topo.snapshot();
         let (consistency, fallback, hold, read_timeout) = (
@@ -598,6 +607,11 @@ impl Session {
             .as_mut()
             .expect("called for an entry with a send record");
         let failed = if was_held { None } else { sent.node.clone() };
+        if let (Some(node), Outcome::Upstream(Ok(r))) = (&failed, outcome) {
+            if !sent.reads_only && r.readonly == count && count > 0 {
+                sent.refused_by = Some((node.id, r.bytes.clone()));
+            }
+        }
         if let Some(node) = &failed {
             // The failed attempt is over for consistency bookkeeping.
             self.reads.abandoned(node.id, sent.primary, count);
@@ -634,7 +648,10 @@ impl Session {
         };
         // The node that just failed gets another try only after a pause (as a held entry), so a dead
         // primary is not hammered while the failover runs.
-        let target = target.filter(|(n, _)| failed.as_ref().is_none_or(|f| f.id != n.id));
+        let target = target.filter(|(n, _)| {
+            failed.as_ref().is_none_or(|f| f.id != n.id)
+                && sent.refused_by.as_ref().is_none_or(|(id, _)| *id != n.id)
+        });
         let Some((node, primary)) = target else {
             entry.wait = Wait::Held;
             self.hold = true;

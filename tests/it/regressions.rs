@@ -470,3 +470,256 @@ async fn an_unauthenticated_client_cannot_make_the_proxy_buffer_a_huge_bulk() {
         String::from_utf8_lossy(&got)
     );
 }
+
+// Third review (routing and failover invariants).
+
+/// Invariant 4: a write whose bytes reached the primary is never sent again. A script that writes and
+/// then returns an error whose text starts with `READONLY` (user text, or a module's error) makes the
+/// reply look like "a demoted primary rejected the whole batch", so the proxy re-sends the write to
+/// the (same) primary again and again until write_hold_ms runs out.
+#[tokio::test]
+async fn a_write_answered_with_a_readonly_text_error_runs_once() {
+    let cluster = cluster(0).await;
+    let f = Flags {
+        write_hold_ms: Some(1000),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    let mut c = client(&proxy).await;
+    let r = try_q(
+        &mut c,
+        &[
+            "EVAL",
+            "redis.call('INCR', KEYS[1]); return redis.error_reply('READONLY not really')",
+            "1",
+            "counter",
+        ],
+    )
+    .await;
+    assert!(r.is_err(), "the script's error is passed on: {r:?}");
+    let mut d = direct(cluster.primary()).await;
+    let n: i64 = q(&mut d, &["GET", "counter"]).await;
+    assert_eq!(n, 1, "the script ran {n} times for one EVAL");
+
+    // Even Redis's exact words: the node that said them is never sent the write again, and once the
+    // hold is over the client gets them.
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&[
+        "EVAL",
+        "redis.call('INCR', KEYS[1]); return redis.error_reply(\"READONLY You can't write against a read only replica.\")",
+        "1",
+        "counter",
+    ]))
+    .await;
+    raw.expect(b"-READONLY You can't write against a read only replica.\r\n")
+        .await;
+    let n: i64 = q(&mut d, &["GET", "counter"]).await;
+    assert_eq!(n, 2, "the script ran {} times for the second EVAL", n - 1);
+}
+
+/// Invariant 4 (switchover): in sentinel mode `POST /failover` waits only for the replicas that are
+/// *eligible for reads* to reach the primary's offset before `SENTINEL FAILOVER`, but Sentinel may promote
+/// any replica it considers healthy (it prefers the lowest `replica-priority`). A replica out of read
+/// rotation because it lags is exactly the one that misses acknowledged writes.
+#[tokio::test]
+async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_writes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let cluster = redsplit::embedded::Cluster::builder()
+        .replicas(2)
+        .sentinels(3)
+        .start()
+        .await
+        .expect("servers and sentinels start");
+    cluster
+        .wait_sentinels_ready()
+        .await
+        .expect("sentinels ready");
+    // Sentinel prefers replica 0; it replicates through a slow link.
+    cluster.replicas()[0]
+        .call(&["CONFIG", "SET", "replica-priority", "1"])
+        .await
+        .expect("CONFIG SET");
+    let _relay = crate::relay::Relay::delay_replica(&cluster, 0, Duration::from_millis(1500)).await;
+    let r0 = cluster.replicas()[0].addr().to_string();
+    let r0_port = r0.rsplit(':').next().expect("port").to_string();
+    // Every sentinel must know the new priority before the switchover.
+    for s in cluster.sentinels() {
+        eventually!(
+            "sentinel sees replica-priority 1",
+            sentinel_priority(s, &r0_port).await.as_deref() == Some("1")
+        );
+    }
+    let f = Flags {
+        max_lag_ms: Some(300),
+        ..sentinel_flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    let old = cluster.primary().addr();
+    // Writes flow long enough for replica 0 to fall out of rotation (1.5 s behind, limit 300 ms).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (stop, addr) = (stop.clone(), proxy.listen);
+        async move {
+            let mut c = client_at(addr).await;
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w:{i}");
+                i += 1;
+                if try_q(&mut c, &["SET", &key, "1"]).await.is_ok() {
+                    acked.push(key);
+                }
+            }
+            acked
+        }
+    });
+    let r0_node = cluster.replicas()[0].addr();
+    eventually!(
+        "replica 0 out of rotation",
+        proxy
+            .topo
+            .snapshot()
+            .replicas
+            .iter()
+            .any(|n| n.addr == r0_node && !n.repl.is_eligible())
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (status, body) = http(proxy.admin, "POST", "/failover").await;
+    eprintln!("switchover: {status} {body}");
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.expect("writer");
+    assert_eq!(status, 200, "{body}");
+    let new = proxy
+        .topo
+        .snapshot()
+        .primary
+        .as_ref()
+        .map(|n| n.addr.clone())
+        .expect("primary");
+    assert_ne!(new, old);
+    let i = cluster.replica_at(&new).expect("a former replica leads");
+    eprintln!("promoted replica {i}; {} acked", acked.len());
+    let mut d = direct(&cluster.replicas()[i]).await;
+    let mut pipe = redis::pipe();
+    for k in &acked {
+        pipe.cmd("EXISTS").arg(k);
+    }
+    let exists: Vec<i64> = pipe.query_async(&mut d).await.expect("EXISTS");
+    let lost = exists.iter().filter(|e| **e == 0).count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} acknowledged writes lost; promoted {new} (replica {i})",
+        acked.len()
+    );
+}
+
+/// The `slave-priority` a sentinel reports for the replica on `port`.
+async fn sentinel_priority(s: &redsplit::embedded::Server, port: &str) -> Option<String> {
+    use redis_protocol::resp2::types::OwnedFrame;
+    let f = s
+        .call(&["SENTINEL", "replicas", redsplit::embedded::MASTER_NAME])
+        .await
+        .ok()?;
+    let OwnedFrame::Array(rs) = f else {
+        return None;
+    };
+    for r in rs {
+        let OwnedFrame::Array(kv) = r else { continue };
+        let field = |name: &str| {
+            kv.chunks(2).find_map(|p| match p {
+                [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == name.as_bytes() => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            })
+        };
+        if field("port").as_deref() == Some(port) {
+            return field("slave-priority");
+        }
+    }
+    None
+}
+
+/// A lag limit under 250 ms (the config accepts 1 ms and up) makes `probe_timeout` call
+/// `Duration::clamp` with min > max: every probe task panics, no replica ever gets a read and the
+/// primary's offset history is never recorded.
+#[tokio::test]
+async fn a_lag_limit_under_250_ms_still_probes_the_replicas() {
+    let cluster = cluster(1).await;
+    let f = Flags {
+        max_lag_ms: Some(200),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+}
+
+/// Invariant 5 / README ("every sentinel is asked ... and the majority answer wins"): with two of three
+/// sentinels silent, the one that still answers decides alone. A minority sentinel with a stale or
+/// wrong view (here: it monitors another master under the same name) moves every write to a node that
+/// is not the cluster's primary.
+#[tokio::test]
+async fn one_sentinel_out_of_three_cannot_move_writes_to_another_master() {
+    let cluster = redsplit::embedded::Cluster::builder()
+        .replicas(1)
+        .sentinels(3)
+        .start()
+        .await
+        .expect("servers and sentinels start");
+    cluster
+        .wait_sentinels_ready()
+        .await
+        .expect("sentinels ready");
+    let other = crate::harness::cluster(0).await;
+    let proxy = proxy_with(sentinel_flags(&cluster)).await;
+    let primary = cluster.primary().addr();
+    eventually!(
+        "primary known",
+        proxy
+            .topo
+            .snapshot()
+            .primary
+            .as_ref()
+            .map(|n| n.addr.clone())
+            == Some(primary.clone())
+    );
+    // One sentinel is wrong about the master; the other two stop answering (partitioned away).
+    let s0 = &cluster.sentinels()[0];
+    let name = redsplit::embedded::MASTER_NAME;
+    s0.call(&["SENTINEL", "REMOVE", name])
+        .await
+        .expect("REMOVE");
+    let port = other.primary().addr().to_string();
+    let port = port.rsplit(':').next().expect("port").to_string();
+    s0.call(&["SENTINEL", "MONITOR", name, "127.0.0.1", &port, "2"])
+        .await
+        .expect("MONITOR");
+    cluster.sentinels()[1]
+        .signal("STOP")
+        .expect("stop sentinel 1");
+    cluster.sentinels()[2]
+        .signal("STOP")
+        .expect("stop sentinel 2");
+    // Give discovery time to look (discovery_interval_ms default) and a write time to land.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = proxy
+        .topo
+        .snapshot()
+        .primary
+        .as_ref()
+        .map(|n| n.addr.clone());
+    let mut c = client(&proxy).await;
+    let _ = try_q(&mut c, &["SET", "minority", "1"]).await;
+    cluster.sentinels()[1].signal("CONT").expect("cont");
+    cluster.sentinels()[2].signal("CONT").expect("cont");
+    let landed: Option<String> = q(&mut direct(other.primary()).await, &["GET", "minority"]).await;
+    assert_eq!(
+        now,
+        Some(primary.clone()),
+        "1 of 3 sentinels moved the primary to {now:?}; the write landed on the other master: {landed:?}"
+    );
+}
