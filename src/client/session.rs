@@ -440,7 +440,9 @@ impl Session {
             let outcome = match &mut front.wait {
                 Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
                 Wait::Done(_) => {
-                    let Wait::Done(r) = std::mem::replace(&mut front.wait, Wait::Held) else {
+                    // Not `Held`: that would say the node's answer does not count.
+                    let taken = Wait::Ready(Bytes::new());
+                    let Wait::Done(r) = std::mem::replace(&mut front.wait, taken) else {
                         return any;
                     };
                     Outcome::Upstream(r)
@@ -769,7 +771,9 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
     match &mut entry.wait {
         Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
         Wait::Done(_) => {
-            let Wait::Done(r) = std::mem::replace(&mut entry.wait, Wait::Held) else {
+            // Not `Held`: that would say the node's answer does not count.
+            let taken = Wait::Ready(Bytes::new());
+            let Wait::Done(r) = std::mem::replace(&mut entry.wait, taken) else {
                 return std::future::pending().await;
             };
             Outcome::Upstream(r)

@@ -308,6 +308,41 @@ async fn a_read_is_not_retried_after_a_later_write_of_the_same_client_ran() {
 }
 
 #[tokio::test]
+async fn a_session_whose_read_failed_behind_its_own_write_reads_from_replicas_again() {
+    // The write's reply, taken early to decide the read must not be re-sent, used to skip the
+    // session's bookkeeping: it kept counting a write in flight, and every later read went to the
+    // primary for good.
+    let cluster = cluster(1).await;
+    let f = Flags {
+        read_timeout_ms: Some(300),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    let mut r = direct(&cluster.replicas()[0]).await;
+    let _: () = q(&mut r, &["CLIENT", "PAUSE", "1000", "ALL"]).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["GET", "k"]);
+    out.extend(resp(&["SET", "k", "new"]));
+    raw.send(&out).await;
+    let _read = raw.frame().await;
+    raw.expect(b"+OK\r\n").await;
+    // Once the replica is back and has the write, the session's reads go to it again.
+    let _: () = q(&mut r, &["CLIENT", "UNPAUSE"]).await;
+    eventually!(
+        "replicated",
+        q::<Option<String>>(&mut r, &["GET", "k"]).await.as_deref() == Some("new")
+    );
+    wait_eligible(&proxy, 1).await;
+    let before = calls(&cluster.replicas()[0], "get").await;
+    eventually!("the session reads from the replica again", {
+        raw.send(&resp(&["GET", "k"])).await;
+        raw.expect(b"$3\r\nnew\r\n").await;
+        calls(&cluster.replicas()[0], "get").await > before + 1
+    });
+}
+
+#[tokio::test]
 async fn a_slow_read_runs_at_most_twice_and_says_it_timed_out() {
     let cluster = cluster(2).await;
     let f = Flags {
