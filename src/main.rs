@@ -72,10 +72,20 @@ async fn run(
             .iter()
             .map(|r| r.addr().to_string())
             .collect();
+        let sentinels: Vec<String> = cluster
+            .sentinels()
+            .iter()
+            .map(|s| s.addr().to_string())
+            .collect();
         println!(
-            "redsplit: embedded primary {} and replicas {}",
+            "redsplit: embedded primary {}, replicas {}, sentinels {}",
             cluster.primary().addr(),
-            replicas.join(", ")
+            replicas.join(", "),
+            if sentinels.is_empty() {
+                "none (static topology)".to_string()
+            } else {
+                sentinels.join(", ")
+            }
         );
     }
     println!(

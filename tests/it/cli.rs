@@ -106,15 +106,31 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
         .spawn()
         .expect("run");
     let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening on"))
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = l.contains("listening on");
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        lines
     })
     .await
-    .expect("reader")
-    .expect("the proxy says where it listens");
+    .expect("reader");
+    // A primary, two replicas and three sentinels, which the proxy follows.
+    let servers = lines
+        .iter()
+        .find(|l| l.contains("embedded primary"))
+        .expect("the proxy says what it started");
+    let (replicas, sentinels) = servers
+        .split_once("replicas ")
+        .and_then(|(_, rest)| rest.split_once(", sentinels "))
+        .expect("replicas and sentinels");
+    assert_eq!(replicas.split(", ").count(), 2, "{servers}");
+    assert_eq!(sentinels.split(", ").count(), 3, "{servers}");
+    let line = lines.last().expect("the proxy says where it listens");
     let addr = line.split_whitespace().nth(3).expect("address").to_string();
     let admin = line
         .rsplit_once("http://")
