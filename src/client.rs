@@ -112,6 +112,7 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let mut last_warned: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             // Shutdown: stop accepting; sessions finish on their own.
@@ -163,8 +164,12 @@ pub async fn serve(
                     };
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning, and say so
+                    // once a second, not a hundred times.
+                    if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(error = %e, "accept failed (out of file descriptors? see max_clients)");
+                        last_warned = Some(std::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },

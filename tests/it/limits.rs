@@ -191,3 +191,40 @@ async fn the_binary_raises_a_low_open_files_limit_to_serve_max_clients() {
         raw.expect(b"+PONG\r\n").await;
     }
 }
+
+#[tokio::test]
+async fn out_of_descriptors_the_proxy_warns_once_a_second_and_serves_those_it_has() {
+    // A hard limit below max_clients: said at start; then accept fails while clients keep coming, and
+    // that is logged once a second, not on every retry (every 10 ms).
+    let cluster = cluster(0).await;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -n 64 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_redsplit"),
+        "--primary",
+        &cluster.primary().addr().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let running = Running::spawn(cmd).await;
+    eventually!(
+        "the low limit is reported",
+        running.logged("the open files limit is below max_clients") == 1
+    );
+    let mut first = Raw::connect_to(running.addr).await;
+    let mut others = Vec::new();
+    for _ in 0..100 {
+        others.push(Raw::connect_to(running.addr).await);
+    }
+    eventually!("accept fails", running.logged("accept failed") >= 1);
+    // A measurement window, not a synchronisation: accept keeps failing (retried every 10 ms)
+    // throughout it.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let warnings = running.logged("accept failed");
+    assert!(warnings <= 3, "{warnings} warnings in 1.5 s");
+    first.send(&resp(&["PING"])).await;
+    first.expect(b"+PONG\r\n").await;
+}
