@@ -186,9 +186,6 @@ const HOLD_POLL: Duration = Duration::from_millis(50);
 /// that is merely slow would time out again, and every retry runs it once more.
 const MAX_READ_FAILURES: u8 = 2;
 
-/// Output pending for a client past which its requests are no longer read, until it takes some.
-const READ_PAUSE_OUTPUT_BYTES: usize = 1024 * 1024;
-
 /// Per-connection state.
 pub(super) struct Session {
     pub id: u64,
@@ -352,12 +349,12 @@ impl Session {
             if freed && !self.inbuf.is_empty() {
                 continue;
             }
-            // A client that does not take its replies is not read either (flow control): what it can make
-            // the proxy hold is bounded by this, its in-flight replies and max_client_output_bytes.
+            // A client that does not take its replies is still read, as Redis reads it: many clients write
+            // a whole pipeline before reading any reply, and would never get to read. What it can make the
+            // proxy hold is bounded by max_client_output_bytes, past which it is disconnected.
             let can_read = !self.closing
                 && self.inbuf.len() < self.ctx.max_request_bytes
-                && self.inflight < self.ctx.max_inflight
-                && self.out.len() < READ_PAUSE_OUTPUT_BYTES;
+                && self.inflight < self.ctx.max_inflight;
             if can_read && self.inbuf.capacity() - self.inbuf.len() < 1024 {
                 // Idle clients get a small buffer (memory per idle connection is a target); busy ones a
                 // larger one, and a large one is let go once drained.
