@@ -291,10 +291,28 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             }
             info!(from = %old.addr, "switchover requested from sentinel");
             s.topo.hold_writes(true);
-            // Writes are held: once every replica has the primary's offset, any promoted one has it all.
-            // Every replica, not only those eligible for reads: Sentinel ranks by replica-priority
-            // before offset and may promote one that lags.
             let mut p = Control::new(old.clone());
+            // Writes that do not pass the hold (sessions on connections of their own: WATCH,
+            // subscriptions, tracking) are paused at the primary itself, as Redis's FAILOVER does. The
+            // pause outlasts the switchover; once demoted, the node refuses them (READONLY).
+            let pause_ms = (s.timeout.as_millis() as u64).max(1000).to_string();
+            match call(
+                &mut p,
+                &[b"CLIENT", b"PAUSE", pause_ms.as_bytes(), b"WRITE"],
+            )
+            .await
+            {
+                Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {}
+                other => {
+                    return reply(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": format!("the primary did not pause writes: {other:?}")}),
+                    )
+                }
+            }
+            // Writes are held and paused: once every replica has the primary's offset, any promoted one
+            // has it all. Every replica, not only those eligible for reads: Sentinel ranks by
+            // replica-priority before offset and may promote one that lags.
             let target = match call(&mut p, &[b"ROLE"])
                 .await
                 .as_ref()
@@ -302,10 +320,11 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             {
                 Some(Role::Master { offset }) => offset,
                 _ => {
+                    let _ = call(&mut p, &[b"CLIENT", b"UNPAUSE"]).await;
                     return reply(
                         StatusCode::BAD_GATEWAY,
                         json!({"error": "the primary does not answer ROLE"}),
-                    )
+                    );
                 }
             };
             let caught_up = wait_until(s.timeout / 2, || {
@@ -313,6 +332,7 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             })
             .await;
             if !caught_up {
+                let _ = call(&mut p, &[b"CLIENT", b"UNPAUSE"]).await;
                 return reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     json!({"error": "replicas did not catch up; switchover not started"}),
@@ -332,6 +352,7 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                 }
             }
             if asked.is_none() {
+                let _ = call(&mut p, &[b"CLIENT", b"UNPAUSE"]).await;
                 return reply(
                     StatusCode::BAD_GATEWAY,
                     json!({"error": "no sentinel accepted SENTINEL FAILOVER"}),

@@ -56,6 +56,13 @@ pub enum Error {
         /// The node.
         addr: Addr,
     },
+    /// The node a session's own connection goes to is no longer the primary: the connection is closed so
+    /// that nothing more is written there (a write waiting there, paused by a switchover, never runs).
+    #[error("{addr} is no longer the primary; the command may have run")]
+    NotPrimary {
+        /// The node.
+        addr: Addr,
+    },
     /// The node sent bytes that are not RESP, or more replies than requests. Treated like a lost connection.
     #[error("protocol error from {addr}: {source}")]
     Protocol {
@@ -70,7 +77,10 @@ pub enum Error {
 impl Error {
     /// True if the request may have reached the node (so a write must not be re-sent elsewhere).
     pub fn maybe_sent(&self) -> bool {
-        matches!(self, Error::Lost { .. } | Error::Protocol { .. })
+        matches!(
+            self,
+            Error::Lost { .. } | Error::Protocol { .. } | Error::NotPrimary { .. }
+        )
     }
 }
 

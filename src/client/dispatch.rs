@@ -228,7 +228,7 @@ impl Session {
                 match p.pool(&self.key).dedicated(&p).await {
                     // The request stays buffered and is forwarded by the pinned path on the next turn.
                     Ok(conn) => {
-                        self.pinned = Some(Pinned::new(conn));
+                        self.pinned = Some(Pinned::new(conn, self.ctx.topo.subscribe()));
                         self.ctx.metrics.pinned_sessions.inc();
                         Step::Next
                     }

@@ -30,6 +30,8 @@ use crate::backend::{self, encode_command, Dedicated};
 use crate::command::{Class, Local, Pin};
 use crate::config::Credentials;
 use crate::resp::{Limits, ReplyFrame, ReplyScanner, Request};
+use crate::topology::Generation;
+use tokio::sync::watch;
 
 /// The dedicated connection and what the proxy knows of its state.
 #[derive(Debug)]
@@ -59,6 +61,8 @@ pub(super) struct Pinned {
     markers: u64,
     /// Requests to write.
     out: Vec<Bytes>,
+    /// Topology changes: the connection is dropped once its node is no longer the primary.
+    pub topo_rx: watch::Receiver<Generation>,
 }
 
 /// What a forwarded command does to the pinned state, applied when its reply arrives.
@@ -94,9 +98,10 @@ pub(super) enum Effect {
 }
 
 impl Pinned {
-    pub fn new(conn: Dedicated) -> Pinned {
+    pub fn new(conn: Dedicated, topo_rx: watch::Receiver<Generation>) -> Pinned {
         Pinned {
             conn,
+            topo_rx,
             multi: false,
             queued: Vec::new(),
             watch: false,
@@ -206,6 +211,25 @@ impl Session {
     /// Handles one request while pinned.
     pub(super) fn pinned_request(&mut self, class: Class, req: &Request, args: &[Vec<u8>]) -> Step {
         let resp3 = self.key.resp3;
+        // A session on a connection to a node that is no longer the primary must not go on there: its
+        // writes would be acknowledged by a demoted (or cut-off) node and lost. Its state (transaction,
+        // WATCH, subscriptions, tracking) cannot move with it: the client is told and closed.
+        let primary = self.ctx.topo.snapshot().primary.as_ref().map(|n| n.id);
+        if self
+            .pinned
+            .as_ref()
+            .is_some_and(|p| Some(p.conn.node.id) != primary)
+        {
+            self.inbuf.clear();
+            self.reply_mode = super::session::ReplyMode::On;
+            self.push(
+                Wait::Ready(ClientError::PrimaryChanged.frame()),
+                None,
+                Then::Nothing,
+            );
+            self.closing = true;
+            return Step::Stop;
+        }
         let Some(p) = self.pinned.as_mut() else {
             return Step::Stop;
         };

@@ -49,6 +49,9 @@ pub enum ClientError<'a> {
     WithoutMulti(&'a str),
     /// A connection of the client's own could not be opened for a transaction, pub/sub or blocking command.
     Pin(&'a backend::Error),
+    /// The client's own connection (transaction, WATCH, pub/sub, tracking) is to a node that is no longer
+    /// the primary.
+    PrimaryChanged,
 }
 
 impl ClientError<'_> {
@@ -75,6 +78,11 @@ impl ClientError<'_> {
             }
             ClientError::ReadTimedOut => {
                 "ERR redsplit: read timed out on every node tried (read_timeout_ms)".into()
+            }
+            ClientError::PrimaryChanged => {
+                "ERR redsplit: the primary changed; this connection's session \
+                 (transaction, WATCH, subscriptions, tracking) was on the old one: reconnect"
+                    .into()
             }
             ClientError::NoPrimaryAfter(ms) => {
                 format!("MASTERDOWN redsplit: no primary reachable for {ms} ms (write_hold_ms); the command was not run")

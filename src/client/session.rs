@@ -402,7 +402,7 @@ impl Session {
                     }
                 }
                 // A reply or push on the dedicated connection.
-                frame = next_pinned(&mut self.pinned) => self.on_pinned_frame(frame),
+                frame = next_pinned(&mut self.pinned, &self.ctx.topo) => self.on_pinned_frame(frame),
                 // More requests.
                 n = rd.read_buf(&mut self.inbuf), if can_read => match n {
                     Ok(0) | Err(_) => self.on_client_eof(),
@@ -805,13 +805,29 @@ async fn tick(interval: &mut Option<tokio::time::Interval>, gate: &mut WakeGate,
     std::future::poll_fn(|cx| gate.poll_with(cx, |cx| interval.poll_tick(cx))).await;
 }
 
-/// The next frame on the dedicated connection; never resolves without one.
+/// The next frame on the dedicated connection; never resolves without one. Fails once the topology
+/// names another primary than the connection's node: nothing more may be written there.
 async fn next_pinned(
     pinned: &mut Option<Pinned>,
+    topo: &crate::topology::Topo,
 ) -> Result<(Bytes, crate::resp::ReplyFrame), backend::Error> {
-    match pinned {
-        Some(p) => p.conn.next_frame().await,
-        None => std::future::pending().await,
+    let Some(p) = pinned else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            frame = p.conn.next_frame() => return frame,
+            changed = p.topo_rx.changed() => {
+                if changed.is_err() {
+                    // The topology is gone (shutdown): only the connection matters now.
+                    return p.conn.next_frame().await;
+                }
+                let node = &p.conn.node;
+                if topo.snapshot().primary.as_ref().map(|n| n.id) != Some(node.id) {
+                    return Err(backend::Error::NotPrimary { addr: node.addr.clone() });
+                }
+            }
+        }
     }
 }
 
