@@ -105,6 +105,8 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
+    // If an assertion fails before the end, the proxy (and the servers it started) still stop.
+    let stop_on_failure = StopOnDrop::new(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let lines = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
@@ -155,7 +157,7 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
         Some(&redis::Value::BulkString(b"master".to_vec()))
     );
     // SIGTERM: the proxy stops and takes its servers with it.
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    drop(stop_on_failure);
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")

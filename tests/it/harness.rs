@@ -369,3 +369,29 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// Sends SIGTERM to a process when dropped, so that a test failing half-way still stops the proxy it
+/// started (which stops its embedded servers on SIGTERM, not on SIGKILL). Disarm it once the process
+/// has been waited for: its pid may be reused.
+pub struct StopOnDrop(Option<u32>);
+
+impl StopOnDrop {
+    pub fn new(pid: u32) -> StopOnDrop {
+        StopOnDrop(Some(pid))
+    }
+
+    /// The process is gone (waited for): nothing to stop.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}

@@ -116,6 +116,7 @@ async fn sigterm_finishes_replies_in_flight_then_exits() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run the proxy");
+    let stop_on_failure = StopOnDrop::new(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
@@ -158,6 +159,7 @@ async fn sigterm_finishes_replies_in_flight_then_exits() {
         .await
         .expect("join")
         .expect("wait");
+    stop_on_failure.disarm();
     assert!(status.success(), "{status}");
 }
 

@@ -329,7 +329,7 @@ async fn sighup_reloads_the_certificates_of_the_running_binary() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run redsplit");
-    let guard = KillOnDrop(child.id());
+    let guard = StopOnDrop::new(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
@@ -838,14 +838,5 @@ impl TlsRedis {
             .and_then(|rest| rest.split(',').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
-    }
-}
-
-/// Kills a process by pid when dropped (the SIGHUP test's proxy).
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.to_string()).status();
     }
 }
