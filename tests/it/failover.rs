@@ -307,12 +307,7 @@ async fn a_manual_switchover_in_static_mode_loses_no_write_and_fails_none() {
 
 #[tokio::test]
 async fn a_manual_switchover_in_sentinel_mode_loses_no_write_and_fails_none() {
-    let cluster = Cluster::builder()
-        .replicas(2)
-        .sentinels(3)
-        .start()
-        .await
-        .expect("servers and sentinels start");
+    let cluster = sentinel_cluster(2).await;
     let proxy = proxy_with(sentinel_flags(&cluster)).await;
     wait_eligible(&proxy, 2).await;
     let old = cluster.primary().addr();
@@ -370,12 +365,7 @@ where
     F: Fn(std::net::SocketAddr, usize, Arc<AtomicBool>) -> Fut,
     Fut: std::future::Future<Output = Vec<String>> + Send + 'static,
 {
-    let cluster = Cluster::builder()
-        .replicas(2)
-        .sentinels(3)
-        .start()
-        .await
-        .expect("servers and sentinels start");
+    let cluster = sentinel_cluster(2).await;
     let proxy = proxy_with(sentinel_flags(&cluster)).await;
     wait_eligible(&proxy, 2).await;
     let stop = Arc::new(AtomicBool::new(false));

@@ -395,3 +395,13 @@ impl Drop for StopOnDrop {
         }
     }
 }
+
+/// A primary, `replicas` replicas and three sentinels watching them, on loopback.
+pub async fn sentinel_cluster(replicas: usize) -> Cluster {
+    Cluster::builder()
+        .replicas(replicas)
+        .sentinels(3)
+        .start()
+        .await
+        .expect("servers and sentinels start")
+}

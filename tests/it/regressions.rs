@@ -561,12 +561,7 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let cluster = redsplit::embedded::Cluster::builder()
-        .replicas(2)
-        .sentinels(3)
-        .start()
-        .await
-        .expect("servers and sentinels start");
+    let cluster = sentinel_cluster(2).await;
     cluster
         .wait_sentinels_ready()
         .await
@@ -699,12 +694,7 @@ async fn a_lag_limit_under_250_ms_still_probes_the_replicas() {
 /// is not the cluster's primary.
 #[tokio::test]
 async fn one_sentinel_out_of_three_cannot_move_writes_to_another_master() {
-    let cluster = redsplit::embedded::Cluster::builder()
-        .replicas(1)
-        .sentinels(3)
-        .start()
-        .await
-        .expect("servers and sentinels start");
+    let cluster = sentinel_cluster(1).await;
     cluster
         .wait_sentinels_ready()
         .await
