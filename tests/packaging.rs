@@ -8,6 +8,8 @@
 //! test.
 
 // Explicit paths: a module file directly under tests/ would be built as a test binary of its own.
+#[path = "common/admin.rs"]
+mod admin;
 #[path = "packaging/compose.rs"]
 mod compose;
 #[path = "packaging/dashboard.rs"]

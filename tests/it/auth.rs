@@ -189,15 +189,7 @@ async fn sentinels_get_their_own_credentials_and_never_the_data_nodes() {
     })
     .await;
     wait_eligible(&proxy, 1).await;
-    assert_eq!(
-        proxy
-            .topo
-            .snapshot()
-            .primary
-            .as_ref()
-            .map(|p| p.addr.clone()),
-        Some(cluster.primary().addr())
-    );
+    assert_eq!(primary_addr(&proxy), Some(cluster.primary().addr()));
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "k", "v"]).await;
     // The data nodes' password alone does not open the sentinel: no primary is learned (the proxy

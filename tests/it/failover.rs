@@ -29,15 +29,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     let proxy = proxy_with(sentinel_flags(&cluster)).await;
     wait_eligible(&proxy, 2).await;
     let old = cluster.primary().addr();
-    assert_eq!(
-        proxy
-            .topo
-            .snapshot()
-            .primary
-            .as_ref()
-            .map(|n| n.addr.clone()),
-        Some(old.clone())
-    );
+    assert_eq!(primary_addr(&proxy), Some(old.clone()));
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(proxy.listen, 4, stop.clone());
@@ -96,13 +88,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
             .is_some_and(|n| n.addr != old)
     );
     let switched = switch_seen.await.expect("watcher").expect("switch seen");
-    let new = proxy
-        .topo
-        .snapshot()
-        .primary
-        .as_ref()
-        .map(|n| n.addr.clone())
-        .expect("new primary");
+    let new = primary_addr(&proxy).expect("new primary");
     let reads_at_switch = reads.load(Ordering::Relaxed);
     // The old primary comes back empty, still configured as a primary. Sentinel turns it into a replica
     // of the new one; until then it must get no write (it would be wiped by the resync).
@@ -156,17 +142,12 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     } else {
         &cluster.replicas()[1]
     };
-    let mut d = direct(new_server).await;
-    let mut pipe = redis::pipe();
-    for k in &all_acked {
-        pipe.cmd("EXISTS").arg(k);
-    }
-    let exists: Vec<i64> = pipe.query_async(&mut d).await.expect("EXISTS");
+    let exists = exists_each(new_server, &all_acked).await;
     let missing: Vec<(&String, Instant)> = all_acked
         .iter()
         .zip(&acked_at)
         .zip(&exists)
-        .filter(|(_, e)| **e == 0)
+        .filter(|(_, e)| !**e)
         .map(|((k, at), _)| (k, *at))
         .collect();
     let window = std::time::Duration::from_millis(500);
@@ -234,23 +215,6 @@ fn spawn_writers(
         .collect()
 }
 
-/// Every acknowledged key exists on `server`.
-async fn assert_all_present(server: &redsplit::embedded::Server, acked: &[String]) {
-    let mut d = direct(server).await;
-    let mut pipe = redis::pipe();
-    for k in acked {
-        pipe.cmd("EXISTS").arg(k);
-    }
-    let exists: Vec<i64> = pipe.query_async(&mut d).await.expect("EXISTS");
-    let lost = exists.iter().filter(|e| **e == 0).count();
-    assert_eq!(
-        lost,
-        0,
-        "{lost} of {} acknowledged writes lost",
-        acked.len()
-    );
-}
-
 #[tokio::test]
 async fn a_manual_switchover_in_static_mode_loses_no_write_and_fails_none() {
     let cluster = cluster(2).await;
@@ -276,15 +240,7 @@ async fn a_manual_switchover_in_static_mode_loses_no_write_and_fails_none() {
     let (status, body) = http(proxy.admin, "POST", &format!("/failover?to={target}")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&target.to_string()), "{body}");
-    assert_eq!(
-        proxy
-            .topo
-            .snapshot()
-            .primary
-            .as_ref()
-            .map(|n| n.addr.clone()),
-        Some(target.clone())
-    );
+    assert_eq!(primary_addr(&proxy), Some(target.clone()));
     let at_switch = calls(&cluster.replicas()[1], "set").await;
     eventually!(
         "writes reach the new primary",
@@ -319,13 +275,7 @@ async fn a_manual_switchover_in_sentinel_mode_loses_no_write_and_fails_none() {
     );
     let (status, body) = http(proxy.admin, "POST", "/failover").await;
     assert_eq!(status, 200, "{body}");
-    let new = proxy
-        .topo
-        .snapshot()
-        .primary
-        .as_ref()
-        .map(|n| n.addr.clone())
-        .expect("primary");
+    let new = primary_addr(&proxy).expect("primary");
     assert_ne!(new, old);
     let i = cluster.replica_at(&new).expect("a former replica leads");
     let at_switch = calls(&cluster.replicas()[i], "set").await;
@@ -375,13 +325,7 @@ where
     eventually!("writes flowing", calls(cluster.primary(), cmd).await > 200);
     let (status, body) = http(proxy.admin, "POST", "/failover").await;
     assert_eq!(status, 200, "{body}");
-    let new = proxy
-        .topo
-        .snapshot()
-        .primary
-        .as_ref()
-        .map(|n| n.addr.clone())
-        .expect("primary");
+    let new = primary_addr(&proxy).expect("primary");
     let i = cluster.replica_at(&new).expect("a former replica leads");
     let at_switch = calls(&cluster.replicas()[i], cmd).await;
     eventually!(

@@ -15,6 +15,8 @@ use redsplit::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub use crate::admin::http;
+
 /// Polls a condition (an expression, `.await` allowed) until it holds, failing the test after
 /// [`PATIENCE`].
 macro_rules! eventually {
@@ -282,29 +284,6 @@ pub fn resp(args: &[&str]) -> Vec<u8> {
     out
 }
 
-/// A plain HTTP/1.1 request to the admin port: `(status, body)`.
-pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("admin connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: redsplit\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("admin write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
-        .await
-        .expect("admin reply in time")
-        .expect("admin read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// The binary, run by a command that must end up exec'ing it with `--listen` on a free port; its log
 /// lines (stderr) are collected. Killed on drop.
 pub struct Running {
@@ -404,4 +383,52 @@ pub async fn sentinel_cluster(replicas: usize) -> Cluster {
         .start()
         .await
         .expect("servers and sentinels start")
+}
+
+/// The primary the proxy's topology names now.
+pub fn primary_addr(p: &Proxy) -> Option<redsplit::config::Addr> {
+    p.topo.snapshot().primary.as_ref().map(|n| n.addr.clone())
+}
+
+/// For each key, whether `server` has it (one pipelined round trip).
+pub async fn exists_each(server: &Server, keys: &[String]) -> Vec<bool> {
+    let mut d = direct(server).await;
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("EXISTS").arg(k);
+    }
+    let exists: Vec<i64> = pipe.query_async(&mut d).await.expect("EXISTS");
+    exists.into_iter().map(|e| e == 1).collect()
+}
+
+/// Every acknowledged key exists on `server`.
+pub async fn assert_all_present(server: &Server, acked: &[String]) {
+    let lost = exists_each(server, acked)
+        .await
+        .iter()
+        .filter(|e| !**e)
+        .count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} acknowledged writes lost",
+        acked.len()
+    );
+}
+
+/// Keeps the replication stream moving, as a live primary does: a SET on `server` every 5 ms until
+/// `stop`.
+pub async fn spawn_ticker(
+    server: &Server,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut w = direct(server).await;
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _: () = q(&mut w, &["SET", "tick", &i.to_string()]).await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
 }

@@ -1,5 +1,7 @@
 //! Integration tests: real redis-server processes on loopback, the proxy in-process, real clients.
 
+#[path = "../common/admin.rs"]
+mod admin;
 #[macro_use]
 mod harness;
 

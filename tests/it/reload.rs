@@ -29,18 +29,7 @@ async fn lag_limits_change_on_reload() {
     let proxy = proxy_with(with_limit(300)).await;
     eventually!("topology", proxy.topo.snapshot().replicas.len() == 1);
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let mut w = direct(cluster.primary()).await;
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let _: () = q(&mut w, &["SET", "tick", &i.to_string()]).await;
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = spawn_ticker(cluster.primary(), stop.clone()).await;
     let node = proxy.topo.snapshot().replicas[0].clone();
     eventually!(
         "lag measured",

@@ -95,13 +95,7 @@ async fn static_mode_follows_a_replicaof_no_one_promotion() {
     let _: () = q(&mut b, &["REPLICAOF", "127.0.0.1", &port(&new_primary)]).await;
     eventually!(
         "the proxy follows the promotion",
-        proxy
-            .topo
-            .snapshot()
-            .primary
-            .as_ref()
-            .map(|n| n.addr.clone())
-            == Some(new_primary.clone())
+        primary_addr(&proxy) == Some(new_primary.clone())
     );
     held.await
         .expect("task")
@@ -199,18 +193,7 @@ async fn reads_on_delayed_replica(max_lag_ms: u64) -> (u64, u64) {
     eventually!("topology", proxy.topo.snapshot().replicas.len() == 1);
     // Keep the replication stream moving, as a live primary does.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let mut w = direct(cluster.primary()).await;
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let _: () = q(&mut w, &["SET", "tick", &i.to_string()]).await;
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = spawn_ticker(cluster.primary(), stop.clone()).await;
     let node = proxy.topo.snapshot().replicas[0].clone();
     // Until the primary's offset history reaches back to the replica's offset, its lag reads as very old:
     // wait for a real measurement, and for the eligibility decided on it.

@@ -1,12 +1,11 @@
 //! The Grafana dashboard: what it shows, and that every metric it queries is one a running proxy exposes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::admin::http;
 
 use redsplit::config::{Config, Flags};
 use redsplit::embedded::Cluster;
@@ -226,29 +225,4 @@ fn unexposed(used: &BTreeSet<String>, types: &BTreeMap<String, String>) -> Vec<S
         })
         .cloned()
         .collect()
-}
-
-/// A plain HTTP/1.1 request to the admin port: `(status, body)`.
-async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("admin connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: redsplit\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("admin write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
-        .await
-        .expect("admin reply in time")
-        .expect("admin read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
