@@ -1,8 +1,7 @@
 //! The binary: flags, `--check`, the example config, and the embedded default.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use redsplit::config::OPTION_NAMES;
 
@@ -90,50 +89,27 @@ fn every_option_has_a_kebab_case_flag() {
 
 #[tokio::test]
 async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "info",
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
-    // If an assertion fails before the end, the proxy (and the servers it started) still stop.
-    let stop_on_failure = StopOnDrop::new(child.id());
-    let stdout = child.stdout.take().expect("stdout");
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let done = l.contains("listening on");
-            lines.push(l);
-            if done {
-                break;
-            }
-        }
-        lines
-    })
-    .await
-    .expect("reader");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+    ]);
+    let mut running = Running::spawn(cmd).await;
     // A primary, two replicas and three sentinels, which the proxy follows.
-    let servers = lines
-        .iter()
-        .find(|l| l.contains("embedded primary"))
-        .expect("the proxy says what it started");
+    let servers = running.stdout_line("embedded primary").await;
     let (replicas, sentinels) = servers
         .split_once("replicas ")
         .and_then(|(_, rest)| rest.split_once(", sentinels "))
         .expect("replicas and sentinels");
     assert_eq!(replicas.split(", ").count(), 2, "{servers}");
     assert_eq!(sentinels.split(", ").count(), 3, "{servers}");
-    let line = lines.last().expect("the proxy says where it listens");
-    let addr = line.split_whitespace().nth(3).expect("address").to_string();
+    let line = running.stdout_line("listening on").await;
     let admin = line
         .rsplit_once("http://")
         .map(|(_, a)| a.trim().to_string())
@@ -148,7 +124,7 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
         "{}",
         String::from_utf8_lossy(&health.stdout)
     );
-    let mut c = client_at(addr.parse().expect("socket address")).await;
+    let mut c = client_at(running.addr).await;
     let _: () = q(&mut c, &["SET", "hello", "world"]).await;
     assert_eq!(q::<String>(&mut c, &["GET", "hello"]).await, "world");
     let role: Vec<redis::Value> = q(&mut c, &["ROLE"]).await;
@@ -157,18 +133,11 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
         Some(&redis::Value::BulkString(b"master".to_vec()))
     );
     // SIGTERM: the proxy stops and takes its servers with it.
-    drop(stop_on_failure);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert!(
-        out.status.success(),
-        "clean exit on SIGTERM: {}",
-        out.status
-    );
+    running.signal("TERM");
+    let status = running.exited().await;
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
     // Logs are one JSON object per line, with structured fields.
-    let logs = String::from_utf8_lossy(&out.stderr);
+    let logs = running.log_lines().join("\n");
     let published = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

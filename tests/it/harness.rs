@@ -284,12 +284,28 @@ pub fn resp(args: &[&str]) -> Vec<u8> {
     out
 }
 
-/// The binary, run by a command that must end up exec'ing it with `--listen` on a free port; its log
-/// lines (stderr) are collected. Killed on drop.
+/// The binary, run by a command that must end up exec'ing it with `--listen` on a free port. Everything
+/// it prints is collected, to its last line (a pipe left unread would fail its later prints). Stopped on
+/// drop with SIGTERM, so that it stops the servers it started in embedded mode, then killed if need be.
 pub struct Running {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: Lines,
+    log: Lines,
+}
+
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Collects the lines of `from` as they come, on a thread of their own.
+fn collect_lines(from: impl std::io::Read + Send + 'static) -> Lines {
+    let lines = Lines::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    lines
 }
 
 impl Running {
@@ -299,79 +315,102 @@ impl Running {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run redsplit");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                lines.lock().expect("log").push(line);
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.contains("listening on"))
-        })
-        .await
-        .expect("reader")
-        .expect("the proxy says where it listens");
-        let addr = line
+        let stdout = collect_lines(child.stdout.take().expect("stdout"));
+        let log = collect_lines(child.stderr.take().expect("stderr"));
+        let mut running = Running {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            stdout,
+            log,
+        };
+        let line = running.stdout_line("listening on").await;
+        running.addr = line
             .split_whitespace()
             .nth(3)
             .and_then(|a| a.parse().ok())
             .expect("address");
-        Running { child, addr, log }
+        running
     }
 
-    pub fn hup(&self) {
+    /// The first line printed that contains `what`, once there is one.
+    pub async fn stdout_line(&mut self, what: &str) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let found = self
+                .stdout
+                .lock()
+                .expect("lines")
+                .iter()
+                .find(|l| l.contains(what))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("the proxy exited ({status}) without printing {what:?}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what:?} printed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends `signal` (a `kill` name: HUP, TERM, ...).
+    pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
-            .expect("kill -HUP");
+            .expect("kill");
         assert!(status.success());
     }
 
+    pub fn hup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the proxy did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How many log lines (stderr) contain `what`.
     pub fn logged(&self, what: &str) -> usize {
         let log = self.log.lock().expect("log");
         log.iter().filter(|l| l.contains(what)).count()
+    }
+
+    /// Every log line (stderr) so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Sends SIGTERM to a process when dropped, so that a test failing half-way still stops the proxy it
-/// started (which stops its embedded servers on SIGTERM, not on SIGKILL). Disarm it once the process
-/// has been waited for: its pid may be reused.
-pub struct StopOnDrop(Option<u32>);
-
-impl StopOnDrop {
-    pub fn new(pid: u32) -> StopOnDrop {
-        StopOnDrop(Some(pid))
-    }
-
-    /// The process is gone (waited for): nothing to stop.
-    pub fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-        }
     }
 }
 

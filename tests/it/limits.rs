@@ -100,40 +100,21 @@ async fn idle_clients_are_closed_but_blocked_and_subscribed_ones_are_not() {
 
 #[tokio::test]
 async fn sigterm_finishes_replies_in_flight_then_exits() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let cluster = cluster(0).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redsplit"))
-        .args([
-            "--primary",
-            cluster.primary().addr().as_str(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-level", "warn", "--shutdown-grace-ms", "5000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the proxy");
-    let stop_on_failure = StopOnDrop::new(child.id());
-    let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening on"))
-    })
-    .await
-    .expect("reader")
-    .expect("listening line");
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .nth(3)
-        .expect("address")
-        .parse()
-        .expect("address");
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_redsplit"));
+    cmd.args([
+        "--primary",
+        cluster.primary().addr().as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--log-level", "warn", "--shutdown-grace-ms", "5000"]);
+    let mut running = Running::spawn(cmd).await;
+    let mut s = tokio::net::TcpStream::connect(running.addr)
+        .await
+        .expect("connect");
     // A command that takes a while, in flight when SIGTERM arrives.
     s.write_all(&resp(&["BLPOP", "nothing", "1"]))
         .await
@@ -145,7 +126,7 @@ async fn sigterm_finishes_replies_in_flight_then_exits() {
             .await
             .contains("blocked_clients:1")
     );
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    running.signal("TERM");
     let mut got = Vec::new();
     tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
         .await
@@ -155,11 +136,7 @@ async fn sigterm_finishes_replies_in_flight_then_exits() {
         got, b"*-1\r\n",
         "the reply in flight arrived before the close"
     );
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    stop_on_failure.disarm();
+    let status = running.exited().await;
     assert!(status.success(), "{status}");
 }
 

@@ -3,7 +3,6 @@
 //! certificates reloaded (by `Proxy::reload_tls` and by SIGHUP to the binary) without dropping
 //! connections.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -317,29 +316,16 @@ async fn sighup_reloads_the_certificates_of_the_running_binary() {
     let first = pki.ca.leaf("first");
     let (cert, key) = first.write(pki.dir(), "proxy");
     let cluster = cluster(0).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redsplit"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redsplit"));
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--tls-listen", "127.0.0.1:0", "--tls-cert-file"])
         .arg(&cert)
         .arg("--tls-key-file")
         .arg(&key)
         .args(["--primary", cluster.primary().addr().as_str()])
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run redsplit");
-    let guard = StopOnDrop::new(child.id());
-    let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("TLS clients on"))
-    })
-    .await
-    .expect("reader")
-    .expect("the proxy says where TLS clients connect");
+        .args(["--log-level", "warn"]);
+    let mut running = Running::spawn(cmd).await;
+    let line = running.stdout_line("TLS clients on").await;
     let addr: SocketAddr = line
         .rsplit(' ')
         .next()
@@ -352,18 +338,12 @@ async fn sighup_reloads_the_certificates_of_the_running_binary() {
 
     let second = pki.ca.leaf("second");
     second.write(pki.dir(), "proxy");
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
+    running.hup();
     eventually!("a new client sees the new certificate", {
         let c = TlsConn::connect(addr, pki.ca.client(None)).await;
         c.is_ok_and(|c| c.peer_cert() == second.der)
     });
     assert_eq!(old.call(&["PING"]).await, b"+PONG\r\n");
-    drop(guard);
-    let _ = child.wait();
 }
 
 #[test]
