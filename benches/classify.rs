@@ -18,6 +18,8 @@
 //! Before criterion runs, a short table prints the heap allocations each case makes per call (counted by
 //! the global allocator of this binary, which adds one relaxed atomic add per allocation).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,7 +128,7 @@ fn request_path(c: &mut Criterion, table: &Table) {
     let mut g = c.benchmark_group(format!("request_path_{PIPELINE}"));
     g.throughput(Throughput::Elements(PIPELINE as u64));
     g.bench_function("scan only", |b| {
-        b.iter(|| scan_only(&mut scanner, black_box(&buf)))
+        b.iter(|| common::scan_requests(&mut scanner, black_box(&buf)))
     });
     g.bench_function("scan + classify", |b| {
         b.iter(|| scan_and_classify(&mut scanner, table, black_box(&buf)))
@@ -145,18 +147,6 @@ fn reference(c: &mut Criterion) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Drivers
-
-/// Scans every request in `buf`; returns how many.
-fn scan_only(s: &mut RequestScanner, buf: &[u8]) -> u64 {
-    let mut at = 0;
-    let mut n = 0;
-    while let Ok(Some(req)) = s.scan(&buf[at..]) {
-        at += req.len;
-        n += 1;
-    }
-    assert_eq!(at, buf.len(), "every request scanned");
-    n
-}
 
 /// Scans and classifies every request in `buf`, as `client::dispatch` does; returns how many requests,
 /// and how many of them may go to a replica.

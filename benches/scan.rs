@@ -17,6 +17,8 @@
 //! retry reads a few headers: the 1 MiB `SET` mostly measures `decode` copying the payload) and expensive
 //! on an aggregate of many small elements (each retry walks every element again).
 
+mod common;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -79,7 +81,7 @@ fn request_pipeline(c: &mut Criterion) -> Case {
         .flat_map(|i| multibulk(&[b"SET", format!("key:{i:03}").as_bytes(), b"value"]))
         .collect();
     assert_eq!(
-        scan_requests(&mut RequestScanner::new(Limits::default()), &buf),
+        common::scan_requests(&mut RequestScanner::new(Limits::default()), &buf),
         16
     );
     assert_eq!(
@@ -92,7 +94,7 @@ fn request_pipeline(c: &mut Criterion) -> Case {
     // One scanner per connection, reused for every request, as a session does.
     let mut scanner = RequestScanner::new(Limits::default());
     g.bench_function(OURS, |b| {
-        b.iter(|| scan_requests(&mut scanner, black_box(&buf)))
+        b.iter(|| common::scan_requests(&mut scanner, black_box(&buf)))
     });
     g.bench_function(DECODE, |b| {
         b.iter(|| {
@@ -329,18 +331,6 @@ fn whole_variants<R>(
             })
         })
     });
-}
-
-/// Scans every request in `buf`; returns how many.
-fn scan_requests(s: &mut RequestScanner, buf: &[u8]) -> u64 {
-    let mut at = 0;
-    let mut n = 0;
-    while let Ok(Some(req)) = s.scan(&buf[at..]) {
-        at += req.len;
-        n += 1;
-    }
-    assert_eq!(at, buf.len(), "every request scanned");
-    n
 }
 
 /// Scans the one request `buf` holds; returns its length.
