@@ -973,6 +973,11 @@ impl Session {
     /// Reports a fatal client error: the error is the last reply, then the connection closes.
     fn fatal(&mut self, frame: Bytes) {
         self.ctx.metrics.protocol_errors.inc();
+        self.close_with(frame);
+    }
+
+    /// Answers `frame` after the replies owed, reads nothing more, then closes.
+    pub(super) fn close_with(&mut self, frame: Bytes) {
         self.inbuf.clear();
         self.reply_mode = ReplyMode::On;
         self.push(Wait::Ready(frame), None, Then::Nothing);

@@ -220,14 +220,7 @@ impl Session {
             .as_ref()
             .is_some_and(|p| Some(p.conn.node.id) != primary)
         {
-            self.inbuf.clear();
-            self.reply_mode = super::session::ReplyMode::On;
-            self.push(
-                Wait::Ready(ClientError::PrimaryChanged.frame()),
-                None,
-                Then::Nothing,
-            );
-            self.closing = true;
+            self.close_with(ClientError::PrimaryChanged.frame());
             return Step::Stop;
         }
         let Some(p) = self.pinned.as_mut() else {

@@ -92,6 +92,20 @@ pub(super) enum Wait {
     Done(Result<Reply, backend::Error>),
 }
 
+impl Wait {
+    /// The reply taken early, if this is one. It leaves an empty `Ready`, not `Held`: `Held` would say
+    /// the node's answer does not count for the session's read routing.
+    fn take_done(&mut self) -> Option<Result<Reply, backend::Error>> {
+        if !matches!(self, Wait::Done(_)) {
+            return None;
+        }
+        match std::mem::replace(self, Wait::Ready(Bytes::new())) {
+            Wait::Done(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// Where an entry's commands went, for consistency bookkeeping, and what is needed to send them again.
 pub(super) struct Sent {
     /// The node they were last sent to; `None` if never sent (no primary at the time).
@@ -436,14 +450,10 @@ impl Session {
         while let Some(front) = self.queue.front_mut() {
             let outcome = match &mut front.wait {
                 Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
-                Wait::Done(_) => {
-                    // Not `Held`: that would say the node's answer does not count.
-                    let taken = Wait::Ready(Bytes::new());
-                    let Wait::Done(r) = std::mem::replace(&mut front.wait, taken) else {
-                        return any;
-                    };
-                    Outcome::Upstream(r)
-                }
+                Wait::Done(_) => match front.wait.take_done() {
+                    Some(r) => Outcome::Upstream(r),
+                    None => return any,
+                },
                 Wait::Upstream(rx) => match rx.try_recv() {
                     Ok(r) => Outcome::Upstream(r),
                     Err(oneshot::error::TryRecvError::Empty) => return any,
@@ -767,14 +777,10 @@ async fn front(queue: &mut VecDeque<Entry>, topo: &mut watch::Receiver<Generatio
     };
     match &mut entry.wait {
         Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
-        Wait::Done(_) => {
-            // Not `Held`: that would say the node's answer does not count.
-            let taken = Wait::Ready(Bytes::new());
-            let Wait::Done(r) = std::mem::replace(&mut entry.wait, taken) else {
-                return std::future::pending().await;
-            };
-            Outcome::Upstream(r)
-        }
+        Wait::Done(_) => match entry.wait.take_done() {
+            Some(r) => Outcome::Upstream(r),
+            None => std::future::pending().await,
+        },
         Wait::Upstream(rx) => match rx.await {
             Ok(r) => Outcome::Upstream(r),
             Err(_) => Outcome::Upstream(Err(lost(entry))),
