@@ -320,11 +320,12 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             {
                 Some(Role::Master { offset }) => offset,
                 _ => {
-                    let _ = call(&mut p, &[b"CLIENT", b"UNPAUSE"]).await;
-                    return reply(
+                    return not_started(
+                        &mut p,
                         StatusCode::BAD_GATEWAY,
-                        json!({"error": "the primary does not answer ROLE"}),
-                    );
+                        "the primary does not answer ROLE",
+                    )
+                    .await
                 }
             };
             let caught_up = wait_until(s.timeout / 2, || {
@@ -332,11 +333,12 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             })
             .await;
             if !caught_up {
-                let _ = call(&mut p, &[b"CLIENT", b"UNPAUSE"]).await;
-                return reply(
+                return not_started(
+                    &mut p,
                     StatusCode::GATEWAY_TIMEOUT,
-                    json!({"error": "replicas did not catch up; switchover not started"}),
-                );
+                    "replicas did not catch up; switchover not started",
+                )
+                .await;
             }
             let mut asked = None;
             for sentinel in sentinels {
@@ -352,15 +354,22 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                 }
             }
             if asked.is_none() {
-                let _ = call(&mut p, &[b"CLIENT", b"UNPAUSE"]).await;
-                return reply(
+                return not_started(
+                    &mut p,
                     StatusCode::BAD_GATEWAY,
-                    json!({"error": "no sentinel accepted SENTINEL FAILOVER"}),
-                );
+                    "no sentinel accepted SENTINEL FAILOVER",
+                )
+                .await;
             }
             finish(s, &old, started).await
         }
     }
+}
+
+/// A sentinel switchover that did not start: the primary's writes, paused for it, go on.
+async fn not_started(primary: &mut Control, status: StatusCode, error: &str) -> Reply {
+    let _ = call(primary, &[b"CLIENT", b"UNPAUSE"]).await;
+    reply(status, json!({ "error": error }))
 }
 
 /// Waits for the topology to publish a primary other than `old`.
