@@ -18,6 +18,8 @@ mod dashboard;
 mod image;
 #[path = "packaging/kubernetes.rs"]
 mod kubernetes;
+#[path = "common/setup.rs"]
+mod setup;
 
 use std::path::{Path, PathBuf};
 

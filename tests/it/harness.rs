@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use crate::admin::http;
+pub use crate::setup::flags;
 
 /// Polls a condition (an expression, `.await` allowed) until it holds, failing the test after
 /// [`PATIENCE`].
@@ -46,25 +47,6 @@ pub async fn cluster(replicas: usize) -> Cluster {
         .start()
         .await
         .expect("redis servers start (is redis-server installed?)")
-}
-
-/// Flags for a static topology over `cluster`, on free ports, probing fast.
-pub fn flags(cluster: &Cluster) -> Flags {
-    Flags {
-        listen: Some("127.0.0.1:0".into()),
-        admin_listen: Some("127.0.0.1:0".into()),
-        primary: Some(cluster.primary().addr().to_string()),
-        replica: Some(
-            cluster
-                .replicas()
-                .iter()
-                .map(|r| r.addr().to_string())
-                .collect(),
-        ),
-        probe_interval_ms: Some(20),
-        log_level: Some("warn".into()),
-        ..Flags::default()
-    }
 }
 
 /// Flags for sentinel mode over `cluster`.

@@ -2,6 +2,8 @@
 
 #[path = "../common/admin.rs"]
 mod admin;
+#[path = "../common/setup.rs"]
+mod setup;
 #[macro_use]
 mod harness;
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::admin::http;
 
-use redsplit::config::{Config, Flags};
+use redsplit::config::Config;
 use redsplit::embedded::Cluster;
 use redsplit::Proxy;
 
@@ -75,21 +75,7 @@ async fn dashboard_queries_only_metrics_a_running_proxy_exposes() {
         .start()
         .await
         .expect("redis servers start (is redis-server installed?)");
-    let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
-        admin_listen: Some("127.0.0.1:0".into()),
-        primary: Some(cluster.primary().addr().to_string()),
-        replica: Some(
-            cluster
-                .replicas()
-                .iter()
-                .map(|r| r.addr().to_string())
-                .collect(),
-        ),
-        probe_interval_ms: Some(20),
-        log_level: Some("warn".into()),
-        ..Flags::default()
-    };
+    let flags = crate::setup::flags(&cluster);
     let proxy = Proxy::start(Config::load(None, flags).expect("valid test config"))
         .await
         .expect("proxy starts");
