@@ -96,14 +96,21 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         .primary_mut()
         .restart_empty()
         .expect("restart the old primary");
-    eventually!("the old primary is a replica again", {
+    let restarted = Instant::now();
+    // Sentinel turns a primary that came back into a replica only once its role has been seen stale
+    // across two INFO rounds, 10 s apart for replicas (measured 11-12 s here): too close to PATIENCE
+    // on a loaded machine.
+    eventually!(
+        "the old primary is a replica again",
         match cluster.primary().call(&["ROLE"]).await {
             Ok(redis_protocol::resp2::types::OwnedFrame::Array(r)) => {
                 matches!(r.get(3), Some(redis_protocol::resp2::types::OwnedFrame::BulkString(s)) if s == b"connected")
             }
             _ => false,
-        }
-    });
+        },
+        PATIENCE * 3
+    );
+    let converted = restarted.elapsed();
     eventually!(
         "reads flowing after the switch",
         reads.load(Ordering::Relaxed) > reads_at_switch + 500
@@ -136,7 +143,9 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     // to the empty old primary. Writes the old primary acknowledged just before kill -9 may not have
     // reached a replica: Redis replicates asynchronously, and the killed process's unsent replication
     // stream is discarded. That window is Redis's (closing it takes WAIT); the proxy's part is only to
-    // never send a write anywhere else, so those may be missing, and must be from just before the kill.
+    // never send a write anywhere else, so those may be missing, and must be acknowledged within a
+    // moment of the kill: just before it, or just after it (the old primary's reply can still be on its
+    // way when the signal lands, while its replication stream never left).
     let new_server = if cluster.replicas()[0].addr() == new {
         &cluster.replicas()[0]
     } else {
@@ -153,7 +162,10 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     let window = std::time::Duration::from_millis(500);
     let lost: Vec<_> = missing
         .iter()
-        .filter(|(_, at)| *at >= killed || killed.duration_since(*at) > window)
+        .filter(|(_, at)| {
+            killed.saturating_duration_since(*at) > window
+                || at.saturating_duration_since(killed) > window
+        })
         .map(|(k, at)| {
             let ms = |a: Instant, b: Instant| a.saturating_duration_since(b).as_millis() as i128;
             (k, ms(*at, killed) - ms(killed, *at))
@@ -161,7 +173,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         .collect();
     assert!(
         lost.is_empty(),
-        "{} acknowledged writes lost outside the last {window:?} before the kill (key, ms after the kill): {:?}",
+        "{} acknowledged writes lost more than {window:?} from the kill (key, ms after the kill): {:?}",
         lost.len(),
         &lost[..lost.len().min(10)]
     );
@@ -174,7 +186,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         .expect("writes acknowledged");
     assert!(first_ok >= switched, "writes resumed on the new primary");
     eprintln!(
-        "MEASURED failover: new primary published {} ms after kill -9 (Sentinel's detection and election); writes paused {} ms (longest time without an acknowledgement), first write acknowledged {} ms after the proxy switched (beyond Sentinel); {} writes acknowledged, none lost after the kill ({} acknowledged by the old primary just before it did not reach a replica); write errors per connection {:?}; read errors {}",
+        "MEASURED failover: new primary published {} ms after kill -9 (Sentinel's detection and election); writes paused {} ms (longest time without an acknowledgement), first write acknowledged {} ms after the proxy switched (beyond Sentinel); {} writes acknowledged, none lost ({} acknowledged by the old primary around the kill did not reach a replica); write errors per connection {:?}; read errors {}; Sentinel made the restarted old primary a replica in {} ms",
         switched.duration_since(killed).as_millis(),
         first_ok.duration_since(last_ok).as_millis(),
         first_ok.saturating_duration_since(switched).as_millis(),
@@ -182,6 +194,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         missing.len(),
         per_writer_errors.values().map(Vec::len).collect::<Vec<_>>(),
         read_errors.len(),
+        converted.as_millis(),
     );
 }
 

@@ -19,17 +19,22 @@ pub use crate::admin::http;
 pub use crate::setup::flags;
 
 /// Polls a condition (an expression, `.await` allowed) until it holds, failing the test after
-/// [`PATIENCE`].
+/// [`PATIENCE`], or after the given patience for conditions that wait on a slow timer of Redis's own.
 macro_rules! eventually {
-    ($what:expr, $cond:expr) => {{
-        let deadline = tokio::time::Instant::now() + $crate::harness::PATIENCE;
+    ($what:expr, $cond:expr) => {
+        eventually!($what, $cond, $crate::harness::PATIENCE)
+    };
+    ($what:expr, $cond:expr, $patience:expr) => {{
+        let started = tokio::time::Instant::now();
+        let deadline = started + $patience;
         loop {
             if $cond {
                 break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {}",
+                "timed out after {:?} waiting for: {}",
+                started.elapsed(),
                 $what
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
