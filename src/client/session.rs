@@ -193,6 +193,17 @@ enum Resend {
     GiveUp,
 }
 
+/// What the requests queued behind the front one did, as far as their replies tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Later {
+    /// Nothing sent, only reads, or refused without running.
+    None,
+    /// A write still waits for its reply.
+    Unknown,
+    /// A write may have run.
+    Written,
+}
+
 /// How often a held entry tries the current primary again when the topology has not changed (its
 /// connection may just have been down for a moment).
 const HOLD_POLL: Duration = Duration::from_millis(50);
@@ -631,30 +642,40 @@ impl Session {
             || (sent.reads_only && sent.failures >= MAX_READ_FAILURES);
         entry.wait = Wait::Held;
         // Sending it again after later commands of this session may have written would let it see (or,
-        // for a write, overtake) them: deliver the failure instead.
-        if spent || self.later_may_have_written() {
-            return Resend::GiveUp;
-        }
+        // for a write, overtake) them: deliver the failure instead. While a later write's reply is still
+        // out, wait for it: a demoted primary refuses every batch in flight, and those did not write.
+        let later = if spent {
+            Later::Written
+        } else {
+            self.later_writes()
+        };
         let entry = self.queue.front_mut().expect("called with a front entry");
         let sent = entry
             .sent
             .as_mut()
             .expect("called for an entry with a send record");
-        let target = if sent.reads_only {
-            let avoid = failed.as_ref().map(|n| n.id);
-            match self
-                .reads
-                .route_avoiding(&topo, consistency, fallback, avoid)
-            {
-                ReadTarget::Replica(n) => Some((n, false)),
-                ReadTarget::Primary(_) => topo.primary.clone().map(|p| (p, true)),
-                ReadTarget::Refuse(_) => None,
-            }
-        } else if self.ctx.topo.writes_held() {
-            None
-        } else {
-            topo.primary.clone().map(|p| (p, true))
+        let target = match later {
+            Later::Written => return Resend::GiveUp,
+            Later::Unknown => None,
+            Later::None => Some(()),
         };
+        let target = target.and_then(|()| {
+            if sent.reads_only {
+                let avoid = failed.as_ref().map(|n| n.id);
+                match self
+                    .reads
+                    .route_avoiding(&topo, consistency, fallback, avoid)
+                {
+                    ReadTarget::Replica(n) => Some((n, false)),
+                    ReadTarget::Primary(_) => topo.primary.clone().map(|p| (p, true)),
+                    ReadTarget::Refuse(_) => None,
+                }
+            } else if self.ctx.topo.writes_held() {
+                None
+            } else {
+                topo.primary.clone().map(|p| (p, true))
+            }
+        });
         // The node that just failed gets another try only after a pause (as a held entry), so a dead
         // primary is not hammered while the failover runs.
         let target = target.filter(|(n, _)| {
@@ -694,9 +715,10 @@ impl Session {
         Resend::Sent
     }
 
-    /// True if a request queued after the front one may have changed data: it was sent (or its reply
+    /// Whether a request queued after the front one may have changed data: it was sent (or its reply
     /// says it ran) and is not only reads. Replies already in are taken from their channels to tell.
-    fn later_may_have_written(&mut self) -> bool {
+    fn later_writes(&mut self) -> Later {
+        let mut later = Later::None;
         for e in self.queue.iter_mut().skip(1) {
             if let Wait::Upstream(rx) = &mut e.wait {
                 if let Ok(r) = rx.try_recv() {
@@ -704,20 +726,20 @@ impl Session {
                 }
             }
             let reads_only = e.sent.as_ref().is_some_and(|s| s.reads_only);
-            let may_have_written = match &e.wait {
-                Wait::Ready(_) | Wait::Held => false,
+            match &e.wait {
+                Wait::Ready(_) | Wait::Held => {}
+                _ if reads_only => {}
                 // Never reached a node: it ran nowhere.
-                Wait::Done(Err(err)) => err.maybe_sent() && !reads_only,
-                Wait::Done(Ok(_)) | Wait::Upstream(_) => !reads_only,
+                Wait::Done(Err(err)) if !err.maybe_sent() => {}
+                // Refused whole by a demoted primary: nothing ran.
+                Wait::Done(Ok(r)) if r.readonly == e.count && e.count > 0 => {}
+                Wait::Upstream(_) => later = Later::Unknown,
                 // Blocking commands write; WAIT (no send record) does not.
-                Wait::Task(_) => e.sent.is_some(),
-                Wait::Pinned => true,
-            };
-            if may_have_written {
-                return true;
+                Wait::Task(_) if e.sent.is_none() => {}
+                Wait::Done(_) | Wait::Task(_) | Wait::Pinned => return Later::Written,
             }
         }
-        false
+        later
     }
 
     /// Moves the session to another connection key; the cached connections belong to the old one.

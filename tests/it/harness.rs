@@ -416,6 +416,11 @@ pub fn primary_addr(p: &Proxy) -> Option<redsplit::config::Addr> {
     p.topo.snapshot().primary.as_ref().map(|n| n.addr.clone())
 }
 
+/// The port of `addr`, as a command argument.
+pub fn port(addr: &redsplit::config::Addr) -> String {
+    addr.port().to_string()
+}
+
 /// For each key, whether `server` has it (one pipelined round trip).
 pub async fn exists_each(server: &Server, keys: &[String]) -> Vec<bool> {
     let mut d = direct(server).await;

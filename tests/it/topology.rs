@@ -11,10 +11,6 @@ use redsplit::embedded::wait_synced;
 use crate::harness::*;
 use crate::relay::Relay;
 
-fn port(addr: &redsplit::config::Addr) -> String {
-    addr.port().to_string()
-}
-
 #[tokio::test]
 async fn replicas_of_replicas_are_discovered_and_their_lag_measured() {
     let cluster = cluster(2).await;
