@@ -295,7 +295,9 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             // Writes that do not pass the hold (sessions on connections of their own: WATCH,
             // subscriptions, tracking) are paused at the primary itself, as Redis's FAILOVER does. The
             // pause outlasts the switchover; once demoted, the node refuses them (READONLY).
-            let pause_ms = (s.timeout.as_millis() as u64).max(1000).to_string();
+            // Long enough for a replica that just went silent to age out of Sentinel's choice.
+            let catch_up = (s.timeout / 2).max(SENTINEL_REPLICA_VALIDITY + Duration::from_secs(1));
+            let pause_ms = ((catch_up + s.timeout).as_millis() as u64).to_string();
             match call(
                 &mut p,
                 &[b"CLIENT", b"PAUSE", pause_ms.as_bytes(), b"WRITE"],
@@ -312,7 +314,9 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             }
             // Writes are held and paused: once every replica has the primary's offset, any promoted one
             // has it all. Every replica, not only those eligible for reads: Sentinel ranks by
-            // replica-priority before offset and may promote one that lags.
+            // replica-priority before offset and may promote one that lags. Only a replica silent for
+            // longer than Sentinel's own validity window is left out, as Sentinel leaves it out: one that
+            // just died holds the switchover until then.
             let target = match call(&mut p, &[b"ROLE"])
                 .await
                 .as_ref()
@@ -328,15 +332,25 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                     .await
                 }
             };
-            let caught_up = wait_until(s.timeout / 2, || {
-                snapshot.replicas.iter().all(|n| n.repl.offset() >= target)
-            })
-            .await;
+            let behind = || {
+                snapshot
+                    .replicas
+                    .iter()
+                    .filter(|n| n.repl.heard_within(SENTINEL_REPLICA_VALIDITY))
+                    .filter(|n| n.repl.offset() < target)
+            };
+            let caught_up = wait_until(catch_up, || behind().next().is_none()).await;
             if !caught_up {
+                let names: Vec<String> = behind()
+                    .map(|n| format!("{} at {}", n.addr, n.repl.offset()))
+                    .collect();
                 return not_started(
                     &mut p,
                     StatusCode::GATEWAY_TIMEOUT,
-                    "replicas did not catch up; switchover not started",
+                    &format!(
+                        "replicas did not catch up with offset {target} ({}); switchover not started",
+                        names.join(", ")
+                    ),
                 )
                 .await;
             }
@@ -401,6 +415,11 @@ async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
         json!({"from": old.addr.to_string(), "to": now, "ms": started.elapsed().as_millis() as u64}),
     )
 }
+
+/// A replica that answered nothing for this long is never promoted by Sentinel (its
+/// `SENTINEL_PING_PERIOD * 5`, the age past which a replica's link and INFO no longer count). Sentinel
+/// drops a replica whose link is refused at once; a frozen one still counts until then.
+const SENTINEL_REPLICA_VALIDITY: Duration = Duration::from_secs(5);
 
 /// How often a switchover looks at the state it waits for.
 const POLL: Duration = Duration::from_millis(10);

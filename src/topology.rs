@@ -65,8 +65,11 @@ pub struct ReplState {
     pub eligible: AtomicBool,
     /// Why it may or may not ([`Why`] as a number).
     why: std::sync::atomic::AtomicU8,
-    /// When a probe last got an answer, in milliseconds since the process started (0: never).
+    /// When a probe last got an answer, in milliseconds since the process started (0: never, or the
+    /// last probe failed).
     last_answer_ms: AtomicU64,
+    /// When a probe last got an answer, kept across failed probes (0: never).
+    last_heard_ms: AtomicU64,
 }
 
 /// Why a node may or may not serve reads (for `/topology` and logs).
@@ -166,6 +169,7 @@ impl ReplState {
     pub fn answered(&self) -> u64 {
         let now = since_start_ms();
         self.last_answer_ms.store(now, Ordering::Relaxed);
+        self.last_heard_ms.store(now, Ordering::Relaxed);
         now
     }
 
@@ -174,7 +178,13 @@ impl ReplState {
         self.last_answer_ms.store(0, Ordering::Relaxed);
     }
 
-    /// True if a probe got an answer within `window`.
+    /// True if some probe got an answer within `window`, even if later ones failed.
+    pub fn heard_within(&self, window: Duration) -> bool {
+        let last = self.last_heard_ms.load(Ordering::Relaxed);
+        last != 0 && since_start_ms().saturating_sub(last) <= window.as_millis() as u64
+    }
+
+    /// True if a probe got an answer within `window` and none failed since.
     pub fn answered_within(&self, window: Duration) -> bool {
         let last = self.last_answer_ms.load(Ordering::Relaxed);
         last != 0 && since_start_ms().saturating_sub(last) <= window.as_millis() as u64

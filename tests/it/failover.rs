@@ -555,3 +555,50 @@ async fn separate_batches_refused_by_a_demoted_primary_all_run_on_the_new_one_in
         "each write ran once, in order"
     );
 }
+
+/// A replica that is down cannot be promoted, by Sentinel's own rule: a sentinel switchover waits for the
+/// replicas that can be. One that died a moment ago, lacking the latest write, could still be chosen (as
+/// a frozen one could) until Sentinel's validity window has passed: the switchover waits that long.
+#[tokio::test]
+async fn a_sentinel_switchover_goes_ahead_with_a_replica_long_dead() {
+    let mut cluster = sentinel_cluster(2).await;
+    let proxy = proxy_with(sentinel_flags(&cluster)).await;
+    wait_eligible(&proxy, 2).await;
+    let old = cluster.primary().addr();
+    let dead = cluster.replicas()[1].addr();
+    let mut c = client(&proxy).await;
+    cluster.replicas_mut()[1].kill();
+    // Written after the replica died: it lacks this.
+    let _: () = q(&mut c, &["SET", "before", "1"]).await;
+    let node = proxy
+        .topo
+        .snapshot()
+        .replicas
+        .iter()
+        .find(|n| n.addr == dead)
+        .cloned()
+        .expect("the dead replica is in the topology");
+    let asked = Instant::now();
+    let fresh = node.repl.heard_within(std::time::Duration::from_secs(4));
+    let (status, body) = http(proxy.admin, "POST", "/failover").await;
+    assert_eq!(status, 200, "{body} (dead: {dead})");
+    assert!(
+        !node.repl.heard_within(std::time::Duration::from_secs(5)),
+        "switched while the dead replica could still be chosen: {body}"
+    );
+    if fresh {
+        assert!(asked.elapsed().as_millis() >= 1000, "{body}");
+    }
+    let new = primary_addr(&proxy).expect("primary");
+    assert_eq!(new, cluster.replicas()[0].addr(), "the live replica leads");
+    assert_ne!(new, old);
+    let _: () = q(&mut c, &["SET", "after", "1"]).await;
+    let mut d = direct(&cluster.replicas()[0]).await;
+    for key in ["before", "after"] {
+        assert_eq!(
+            q::<Option<String>>(&mut d, &["GET", key]).await.as_deref(),
+            Some("1"),
+            "{key} on the new primary"
+        );
+    }
+}
