@@ -295,9 +295,7 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             // Writes that do not pass the hold (sessions on connections of their own: WATCH,
             // subscriptions, tracking) are paused at the primary itself, as Redis's FAILOVER does. The
             // pause outlasts the switchover; once demoted, the node refuses them (READONLY).
-            // Long enough for a replica that just went silent to age out of Sentinel's choice.
-            let catch_up = (s.timeout / 2).max(SENTINEL_REPLICA_VALIDITY + Duration::from_secs(1));
-            let pause_ms = ((catch_up + s.timeout).as_millis() as u64).to_string();
+            let pause_ms = (s.timeout.as_millis() as u64).max(1000).to_string();
             match call(
                 &mut p,
                 &[b"CLIENT", b"PAUSE", pause_ms.as_bytes(), b"WRITE"],
@@ -316,7 +314,8 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             // has it all. Every replica, not only those eligible for reads: Sentinel ranks by
             // replica-priority before offset and may promote one that lags. Only a replica silent for
             // longer than Sentinel's own validity window is left out, as Sentinel leaves it out: one that
-            // just died holds the switchover until then.
+            // went silent more recently (frozen, or just died) still counts, and the switchover does not
+            // start unless it has the data (held writes wait at most write_hold_ms).
             let target = match call(&mut p, &[b"ROLE"])
                 .await
                 .as_ref()
@@ -336,10 +335,10 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                 snapshot
                     .replicas
                     .iter()
-                    .filter(|n| n.repl.heard_within(SENTINEL_REPLICA_VALIDITY))
+                    .filter(|n| !n.repl.silent_longer_than(SENTINEL_REPLICA_VALIDITY))
                     .filter(|n| n.repl.offset() < target)
             };
-            let caught_up = wait_until(catch_up, || behind().next().is_none()).await;
+            let caught_up = wait_until(s.timeout / 2, || behind().next().is_none()).await;
             if !caught_up {
                 let names: Vec<String> = behind()
                     .map(|n| format!("{} at {}", n.addr, n.repl.offset()))

@@ -68,8 +68,9 @@ pub struct ReplState {
     /// When a probe last got an answer, in milliseconds since the process started (0: never, or the
     /// last probe failed).
     last_answer_ms: AtomicU64,
-    /// When a probe last got an answer, kept across failed probes (0: never).
-    last_heard_ms: AtomicU64,
+    /// When the first probe to fail since the last answer gave up (0: the last probe answered, or none
+    /// failed yet). The node has said nothing since at least then.
+    silent_since_ms: AtomicU64,
 }
 
 /// Why a node may or may not serve reads (for `/topology` and logs).
@@ -169,19 +170,27 @@ impl ReplState {
     pub fn answered(&self) -> u64 {
         let now = since_start_ms();
         self.last_answer_ms.store(now, Ordering::Relaxed);
-        self.last_heard_ms.store(now, Ordering::Relaxed);
+        self.silent_since_ms.store(0, Ordering::Relaxed);
         now
     }
 
-    /// Notes that a probe failed: the node no longer counts as answering.
+    /// Notes that a probe failed (now, as it gave up): the node no longer counts as answering.
     pub fn unanswered(&self) {
         self.last_answer_ms.store(0, Ordering::Relaxed);
+        let _ = self.silent_since_ms.compare_exchange(
+            0,
+            since_start_ms().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
-    /// True if some probe got an answer within `window`, even if later ones failed.
-    pub fn heard_within(&self, window: Duration) -> bool {
-        let last = self.last_heard_ms.load(Ordering::Relaxed);
-        last != 0 && since_start_ms().saturating_sub(last) <= window.as_millis() as u64
+    /// True if the node has been silent for longer than `window`: counted from when the first probe
+    /// that failed gave up, so anyone who heard from the node (a sentinel) heard it no later than that,
+    /// however seldom the probes run.
+    pub fn silent_longer_than(&self, window: Duration) -> bool {
+        let since = self.silent_since_ms.load(Ordering::Relaxed);
+        since != 0 && since_start_ms().saturating_sub(since) > window.as_millis() as u64
     }
 
     /// True if a probe got an answer within `window` and none failed since.

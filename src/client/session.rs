@@ -656,6 +656,9 @@ impl Session {
             .expect("called for an entry with a send record");
         let target = match later {
             Later::Written => return Resend::GiveUp,
+            // Only a write waits for the later write's verdict; a read's failure is delivered now, as
+            // its own error (waiting would turn it into a late hold error).
+            Later::Unknown if sent.reads_only => return Resend::GiveUp,
             Later::Unknown => None,
             Later::None => Some(()),
         };

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use redsplit::config::Flags;
 use redsplit::embedded::Cluster;
 
 use crate::harness::*;
@@ -556,9 +557,8 @@ async fn separate_batches_refused_by_a_demoted_primary_all_run_on_the_new_one_in
     );
 }
 
-/// A replica that is down cannot be promoted, by Sentinel's own rule: a sentinel switchover waits for the
-/// replicas that can be. One that died a moment ago, lacking the latest write, could still be chosen (as
-/// a frozen one could) until Sentinel's validity window has passed: the switchover waits that long.
+/// A replica that is down cannot be promoted, by Sentinel's own rule: once it has been silent for longer
+/// than Sentinel's validity window, a sentinel switchover no longer waits for it to catch up.
 #[tokio::test]
 async fn a_sentinel_switchover_goes_ahead_with_a_replica_long_dead() {
     let mut cluster = sentinel_cluster(2).await;
@@ -566,29 +566,17 @@ async fn a_sentinel_switchover_goes_ahead_with_a_replica_long_dead() {
     wait_eligible(&proxy, 2).await;
     let old = cluster.primary().addr();
     let dead = cluster.replicas()[1].addr();
-    let mut c = client(&proxy).await;
+    let node = replica_node(&proxy, &dead);
     cluster.replicas_mut()[1].kill();
     // Written after the replica died: it lacks this.
+    let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "before", "1"]).await;
-    let node = proxy
-        .topo
-        .snapshot()
-        .replicas
-        .iter()
-        .find(|n| n.addr == dead)
-        .cloned()
-        .expect("the dead replica is in the topology");
-    let asked = Instant::now();
-    let fresh = node.repl.heard_within(std::time::Duration::from_secs(4));
+    eventually!(
+        "the dead replica is silent for longer than Sentinel trusts a replica",
+        node.repl.silent_longer_than(Duration::from_secs(5))
+    );
     let (status, body) = http(proxy.admin, "POST", "/failover").await;
     assert_eq!(status, 200, "{body} (dead: {dead})");
-    assert!(
-        !node.repl.heard_within(std::time::Duration::from_secs(5)),
-        "switched while the dead replica could still be chosen: {body}"
-    );
-    if fresh {
-        assert!(asked.elapsed().as_millis() >= 1000, "{body}");
-    }
     let new = primary_addr(&proxy).expect("primary");
     assert_eq!(new, cluster.replicas()[0].addr(), "the live replica leads");
     assert_ne!(new, old);
@@ -601,4 +589,119 @@ async fn a_sentinel_switchover_goes_ahead_with_a_replica_long_dead() {
             "{key} on the new primary"
         );
     }
+}
+
+/// A replica frozen a moment ago still counts for Sentinel, which keeps hearing from a replica until it
+/// has been silent for 5 s; with probes seldom (2 s apart) the proxy's last answer from it is older than
+/// Sentinel's. Given the best replica-priority, Sentinel would promote it: the switchover must not start
+/// while it lacks acknowledged writes (found by review: 100 of 100 writes lost when the proxy counted
+/// silence from its last answer instead of its first failed probe).
+#[tokio::test]
+async fn a_sentinel_switchover_never_promotes_a_replica_frozen_a_moment_ago() {
+    let cluster = Cluster::builder()
+        .replicas(2)
+        .sentinels(3)
+        // Sentinel's own down rule would leave the frozen replica out first.
+        .down_after_ms(30_000)
+        .start()
+        .await
+        .expect("servers and sentinels start");
+    let frozen = &cluster.replicas()[0];
+    let _ = frozen
+        .call(&["CONFIG", "SET", "replica-priority", "1"])
+        .await
+        .expect("CONFIG SET");
+    // Sentinel reads the priority from INFO, every 10 s for a replica.
+    for s in cluster.sentinels() {
+        eventually!(
+            "sentinel sees replica-priority 1",
+            sentinel_priority(s, &port(&frozen.addr())).await.as_deref() == Some("1"),
+            PATIENCE * 2
+        );
+    }
+    let proxy = proxy_with(Flags {
+        probe_interval_ms: Some(2000),
+        ..sentinel_flags(&cluster)
+    })
+    .await;
+    wait_eligible(&proxy, 2).await;
+    let node = replica_node(&proxy, &frozen.addr());
+    // Frozen 1.5 s after a probe answered: the proxy last heard it 1.5 s ago, Sentinel (1 s pings) later.
+    eventually!(
+        "a fresh probe answer",
+        node.repl.answered_within(Duration::from_millis(15))
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    frozen.signal("STOP").expect("SIGSTOP");
+    let froze = Instant::now();
+    // Enough replication stream that the frozen replica cannot have it in its socket buffer.
+    let mut c = client(&proxy).await;
+    let value = "v".repeat(64 * 1024);
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let key = format!("acked:{i}");
+        let _: () = q(&mut c, &["SET", &key, &value]).await;
+        acked.push(key);
+    }
+    // The stall ends (a VM pause, a swap storm) once Sentinel could have chosen it.
+    let thaw = {
+        let pid = frozen.pid().expect("running");
+        tokio::spawn(async move {
+            tokio::time::sleep_until((froze + Duration::from_millis(5500)).into()).await;
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        })
+    };
+    let (status, body) = http(proxy.admin, "POST", "/failover").await;
+    thaw.await.expect("thaw");
+    let primary = primary_addr(&proxy).expect("a primary");
+    let server = if primary == cluster.primary().addr() {
+        cluster.primary()
+    } else {
+        &cluster.replicas()[cluster
+            .replica_at(&primary)
+            .expect("a former replica leads")]
+    };
+    assert_all_present(server, &acked).await;
+    eprintln!("MEASURED switchover with a replica frozen a moment ago: {status} {body}; none lost");
+}
+
+/// A switchover that cannot start (a replica just died, and Sentinel could still choose it) gives up
+/// within write_hold_ms: the writes it held go on at the old primary, none fails. Found by review: a
+/// catch-up floor of 6 s held writes past a 2 s write_hold_ms, and they failed with -MASTERDOWN.
+#[tokio::test]
+async fn a_switchover_that_cannot_start_never_holds_writes_past_write_hold() {
+    let mut cluster = sentinel_cluster(2).await;
+    let proxy = proxy_with(Flags {
+        write_hold_ms: Some(2000),
+        ..sentinel_flags(&cluster)
+    })
+    .await;
+    wait_eligible(&proxy, 2).await;
+    let old = cluster.primary().addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(proxy.listen, 2, stop.clone());
+    eventually!(
+        "writes flowing",
+        calls(cluster.primary(), "set").await > 200
+    );
+    cluster.replicas_mut()[1].kill();
+    let (status, body) = http(proxy.admin, "POST", "/failover").await;
+    let at = calls(cluster.primary(), "set").await;
+    eventually!(
+        "writes flowing again",
+        calls(cluster.primary(), "set").await > at + 200
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let seen = w.await.expect("writer");
+        assert!(seen.errors.is_empty(), "no write failed: {:?}", seen.errors);
+    }
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains(&cluster.replicas()[1].addr().to_string()),
+        "{body}"
+    );
+    assert_eq!(primary_addr(&proxy), Some(old));
 }

@@ -411,6 +411,47 @@ pub async fn sentinel_cluster(replicas: usize) -> Cluster {
         .expect("servers and sentinels start")
 }
 
+/// The `slave-priority` a sentinel reports for the replica on `port`.
+pub async fn sentinel_priority(s: &redsplit::embedded::Server, port: &str) -> Option<String> {
+    use redis_protocol::resp2::types::OwnedFrame;
+    let f = s
+        .call(&["SENTINEL", "replicas", redsplit::embedded::MASTER_NAME])
+        .await
+        .ok()?;
+    let OwnedFrame::Array(rs) = f else {
+        return None;
+    };
+    for r in rs {
+        let OwnedFrame::Array(kv) = r else { continue };
+        let field = |name: &str| {
+            kv.chunks(2).find_map(|p| match p {
+                [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == name.as_bytes() => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            })
+        };
+        if field("port").as_deref() == Some(port) {
+            return field("slave-priority");
+        }
+    }
+    None
+}
+
+/// The proxy's node for the replica at `addr`.
+pub fn replica_node(
+    p: &Proxy,
+    addr: &redsplit::config::Addr,
+) -> std::sync::Arc<redsplit::backend::Node> {
+    p.topo
+        .snapshot()
+        .replicas
+        .iter()
+        .find(|n| &n.addr == addr)
+        .cloned()
+        .expect("the replica is in the topology")
+}
+
 /// The primary the proxy's topology names now.
 pub fn primary_addr(p: &Proxy) -> Option<redsplit::config::Addr> {
     p.topo.snapshot().primary.as_ref().map(|n| n.addr.clone())

@@ -629,33 +629,6 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
     assert_all_present(&cluster.replicas()[i], &acked).await;
 }
 
-/// The `slave-priority` a sentinel reports for the replica on `port`.
-async fn sentinel_priority(s: &redsplit::embedded::Server, port: &str) -> Option<String> {
-    use redis_protocol::resp2::types::OwnedFrame;
-    let f = s
-        .call(&["SENTINEL", "replicas", redsplit::embedded::MASTER_NAME])
-        .await
-        .ok()?;
-    let OwnedFrame::Array(rs) = f else {
-        return None;
-    };
-    for r in rs {
-        let OwnedFrame::Array(kv) = r else { continue };
-        let field = |name: &str| {
-            kv.chunks(2).find_map(|p| match p {
-                [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == name.as_bytes() => {
-                    Some(String::from_utf8_lossy(v).into_owned())
-                }
-                _ => None,
-            })
-        };
-        if field("port").as_deref() == Some(port) {
-            return field("slave-priority");
-        }
-    }
-    None
-}
-
 /// A lag limit under 250 ms (the config accepts 1 ms and up) makes `probe_timeout` call
 /// `Duration::clamp` with min > max: every probe task panics, no replica ever gets a read and the
 /// primary's offset history is never recorded.
@@ -718,4 +691,38 @@ async fn one_sentinel_out_of_three_cannot_move_writes_to_another_master() {
         Some(primary.clone()),
         "1 of 3 sentinels moved the primary to {now:?}; the write landed on the other master: {landed:?}"
     );
+}
+
+/// A read that times out on its replica while a later write of the session waits on a paused primary:
+/// the read may not be sent again (it would run after a write that may have happened), and its own
+/// failure is what the client gets, at once. Found by review: it waited for the write instead and then
+/// got the write hold's -MASTERDOWN, a second late.
+#[tokio::test]
+async fn a_read_failing_behind_a_pending_write_gets_its_own_error() {
+    let cluster = cluster(1).await;
+    let f = Flags {
+        consistency: Some(redsplit::config::Consistency::Eventual),
+        read_timeout_ms: Some(200),
+        write_hold_ms: Some(3000),
+        // Slow probes: the stalled replica stays in rotation, so the GET goes to it.
+        probe_interval_ms: Some(5000),
+        ..flags(&cluster)
+    };
+    let proxy = proxy_with(f).await;
+    wait_eligible(&proxy, 1).await;
+    let replica = &cluster.replicas()[0];
+    replica.signal("STOP").expect("SIGSTOP");
+    let mut primary = direct(cluster.primary()).await;
+    let _: () = q(&mut primary, &["CLIENT", "PAUSE", "2000", "WRITE"]).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[resp(&["GET", "k"]), resp(&["SET", "x", "1"])].concat())
+        .await;
+    let read = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    replica.signal("CONT").expect("SIGCONT");
+    let _: () = q(&mut primary, &["CLIENT", "UNPAUSE"]).await;
+    assert!(
+        read.starts_with("-ERR redsplit: read timed out"),
+        "the read's own error: {read:?}"
+    );
+    raw.expect(b"+OK\r\n").await;
 }
