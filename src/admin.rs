@@ -7,6 +7,7 @@
 //! (`SENTINEL FAILOVER`), which does not pause the old primary: the proxy holds writes first and waits
 //! until every replica has the primary's offset, so whichever replica Sentinel promotes has everything.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use crate::backend::Node;
 use crate::config::Addr;
 use crate::topology::control::{call, Control};
 use crate::topology::probe::Role;
-use crate::topology::{AddressMap, Topo};
+use crate::topology::{sentinel, AddressMap, Topo, Topology};
 
 /// How a switchover is done, by topology source.
 #[derive(Debug, Clone)]
@@ -290,6 +291,28 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                 );
             }
             info!(from = %old.addr, "switchover requested from sentinel");
+            // A replica Sentinel could promote whose offset this proxy cannot read now (its probes
+            // fail, or it probes no such node) could never be shown to have the data: refuse before
+            // pausing anything. A pause held for nothing would also stall Sentinel's own link to the
+            // primary, and with a short down-after-milliseconds Sentinel fails over on its own.
+            let mut views: Vec<Control> =
+                sentinels.iter().map(|n| Control::new(n.clone())).collect();
+            let promotable = promotable_replicas(&mut views, master_name, &s.map).await;
+            let blind: Vec<String> =
+                replicas_behind(&s.topo, &snapshot, promotable.as_ref(), u64::MAX)
+                    .iter()
+                    .filter(|n| !n.repl.answering())
+                    .map(|n| n.addr.to_string())
+                    .collect();
+            if !blind.is_empty() {
+                return reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({"error": format!(
+                        "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
+                        blind.join(", ")
+                    )}),
+                );
+            }
             s.topo.hold_writes(true);
             let mut p = Control::new(old.clone());
             // Writes that do not pass the hold (sessions on connections of their own: WATCH,
@@ -310,12 +333,9 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                     )
                 }
             }
-            // Writes are held and paused: once every replica has the primary's offset, any promoted one
-            // has it all. Every replica, not only those eligible for reads: Sentinel ranks by
-            // replica-priority before offset and may promote one that lags. Only a replica silent for
-            // longer than Sentinel's own validity window is left out, as Sentinel leaves it out: one that
-            // went silent more recently (frozen, or just died) still counts, and the switchover does not
-            // start unless it has the data (held writes wait at most write_hold_ms).
+            // Writes are held and paused: once every replica Sentinel could promote has the primary's
+            // offset, any promoted one has it all. Every replica, not only those eligible for reads:
+            // Sentinel ranks by replica-priority before offset and may promote one that lags.
             let target = match call(&mut p, &[b"ROLE"])
                 .await
                 .as_ref()
@@ -331,16 +351,18 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
                     .await
                 }
             };
-            let behind = || {
-                snapshot
-                    .replicas
-                    .iter()
-                    .filter(|n| !n.repl.silent_longer_than(SENTINEL_REPLICA_VALIDITY))
-                    .filter(|n| n.repl.offset() < target)
+            let deadline = Instant::now() + s.timeout / 2;
+            let behind = loop {
+                let promotable = promotable_replicas(&mut views, master_name, &s.map).await;
+                let behind = replicas_behind(&s.topo, &snapshot, promotable.as_ref(), target);
+                if behind.is_empty() || Instant::now() >= deadline {
+                    break behind;
+                }
+                tokio::time::sleep(POLL * 10).await;
             };
-            let caught_up = wait_until(s.timeout / 2, || behind().next().is_none()).await;
-            if !caught_up {
-                let names: Vec<String> = behind()
+            if !behind.is_empty() {
+                let names: Vec<String> = behind
+                    .iter()
                     .map(|n| format!("{} at {}", n.addr, n.repl.offset()))
                     .collect();
                 return not_started(
@@ -419,6 +441,63 @@ async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
 /// `SENTINEL_PING_PERIOD * 5`, the age past which a replica's link and INFO no longer count). Sentinel
 /// drops a replica whose link is refused at once; a frozen one still counts until then.
 const SENTINEL_REPLICA_VALIDITY: Duration = Duration::from_secs(5);
+
+/// The replicas (as this proxy reaches them) that some sentinel could promote now, by its own view;
+/// `None` if no sentinel answered (then any replica may be).
+async fn promotable_replicas(
+    sentinels: &mut [Control],
+    master_name: &str,
+    map: &AddressMap,
+) -> Option<BTreeSet<Addr>> {
+    let mut answered = false;
+    let mut promotable = BTreeSet::new();
+    for c in sentinels.iter_mut() {
+        let Some(OwnedFrame::Array(items)) =
+            call(c, &[b"SENTINEL", b"replicas", master_name.as_bytes()]).await
+        else {
+            continue;
+        };
+        answered = true;
+        promotable.extend(
+            items
+                .iter()
+                .filter_map(sentinel::promotable_replica)
+                .filter(|(_, p)| *p)
+                .map(|(a, _)| map.map(a)),
+        );
+    }
+    answered.then_some(promotable)
+}
+
+/// The replicas Sentinel could promote that lack the primary's offset `target`. A replica is left out
+/// only if both this proxy has not heard from it for Sentinel's validity window (counted from its first
+/// failed probe) and no sentinel could promote it now: the probes see a replica thawing before a
+/// sentinel's view says so, and the sentinels see one that only this proxy cannot reach. A replica a
+/// sentinel could promote that this proxy does not probe counts as behind: its offset is unknown.
+fn replicas_behind(
+    topo: &Topo,
+    snapshot: &Topology,
+    promotable: Option<&BTreeSet<Addr>>,
+    target: u64,
+) -> Vec<Arc<Node>> {
+    let counts = |n: &Node| {
+        promotable.is_none_or(|p| p.contains(&n.addr))
+            || !n.repl.silent_longer_than(SENTINEL_REPLICA_VALIDITY)
+    };
+    let mut behind: Vec<Arc<Node>> = snapshot
+        .replicas
+        .iter()
+        .filter(|n| counts(n) && n.repl.offset() < target)
+        .cloned()
+        .collect();
+    for addr in promotable.into_iter().flatten() {
+        let known = snapshot.replicas.iter().any(|n| &n.addr == addr);
+        if !known && snapshot.primary.as_ref().is_none_or(|p| &p.addr != addr) {
+            behind.push(topo.node(addr));
+        }
+    }
+    behind
+}
 
 /// How often a switchover looks at the state it waits for.
 const POLL: Duration = Duration::from_millis(10);

@@ -185,6 +185,11 @@ impl ReplState {
         );
     }
 
+    /// True if its last probe answered.
+    pub fn answering(&self) -> bool {
+        self.last_answer_ms.load(Ordering::Relaxed) != 0
+    }
+
     /// True if the node has been silent for longer than `window`: counted from when the first probe
     /// that failed gave up, so anyone who heard from the node (a sentinel) heard it no later than that,
     /// however seldom the probes run.

@@ -212,23 +212,45 @@ fn addr_of(frame: &OwnedFrame) -> Option<Addr> {
 /// A replica from one `SENTINEL replicas` entry (a flat field/value array), and whether it is up (not
 /// flagged `s_down`, `o_down` or `disconnected`).
 fn replica_of(entry: &OwnedFrame) -> Option<(Addr, bool)> {
+    let field = fields(entry)?;
+    let addr = Addr::parse(&format!("{}:{}", field("ip")?, field("port")?)).ok()?;
+    Some((addr, is_up(&field("flags")?)))
+}
+
+/// A replica from one `SENTINEL replicas` entry, and whether that sentinel could promote it now by its
+/// own rules: up, a ping answered within the last 5 s, and a priority other than 0. (Sentinel also
+/// skips replicas whose INFO or master link is stale; counting those as promotable only errs on the
+/// safe side.)
+pub fn promotable_replica(entry: &OwnedFrame) -> Option<(Addr, bool)> {
+    let field = fields(entry)?;
+    let addr = Addr::parse(&format!("{}:{}", field("ip")?, field("port")?)).ok()?;
+    let pinged = field("last-ok-ping-reply")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .is_none_or(|ms| ms <= 5000);
+    let priority = field("slave-priority").is_none_or(|p| p != "0");
+    Some((addr, is_up(&field("flags")?) && pinged && priority))
+}
+
+/// Not flagged `s_down`, `o_down` or `disconnected`.
+fn is_up(flags: &str) -> bool {
+    !flags
+        .split(',')
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+}
+
+/// The field lookup of one `SENTINEL replicas` entry (a flat field/value array).
+fn fields(entry: &OwnedFrame) -> Option<impl Fn(&str) -> Option<String> + '_> {
     let OwnedFrame::Array(kv) = entry else {
         return None;
     };
-    let field = |name: &str| {
+    Some(move |name: &str| {
         kv.chunks(2).find_map(|pair| match pair {
             [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == name.as_bytes() => {
                 Some(String::from_utf8_lossy(v).into_owned())
             }
             _ => None,
         })
-    };
-    let flags = field("flags")?;
-    let up = !flags
-        .split(',')
-        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
-    let addr = Addr::parse(&format!("{}:{}", field("ip")?, field("port")?)).ok()?;
-    Some((addr, up))
+    })
 }
 
 /// Listens to one sentinel's events and asks for a refresh on those about our master.
@@ -315,5 +337,35 @@ mod tests {
         assert_eq!(replica_of(&entry("slave")), Some((a.clone(), true)));
         assert_eq!(replica_of(&entry("slave,s_down")), Some((a.clone(), false)));
         assert_eq!(replica_of(&entry("slave,disconnected")), Some((a, false)));
+    }
+
+    #[test]
+    fn a_replica_is_promotable_only_if_up_pinged_within_5_s_and_not_priority_0() {
+        let entry = |flags: &str, ping: &str, priority: &str| {
+            OwnedFrame::Array(
+                [
+                    "ip",
+                    "127.0.0.1",
+                    "port",
+                    "7001",
+                    "flags",
+                    flags,
+                    "last-ok-ping-reply",
+                    ping,
+                    "slave-priority",
+                    priority,
+                ]
+                .iter()
+                .map(|s| OwnedFrame::BulkString(s.as_bytes().to_vec()))
+                .collect(),
+            )
+        };
+        let ok = |e: OwnedFrame| promotable_replica(&e).map(|(_, p)| p);
+        assert_eq!(ok(entry("slave", "300", "100")), Some(true));
+        assert_eq!(ok(entry("slave", "5000", "100")), Some(true));
+        assert_eq!(ok(entry("slave", "5001", "100")), Some(false));
+        assert_eq!(ok(entry("slave,disconnected", "300", "100")), Some(false));
+        assert_eq!(ok(entry("slave,s_down", "300", "100")), Some(false));
+        assert_eq!(ok(entry("slave", "300", "0")), Some(false));
     }
 }

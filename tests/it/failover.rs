@@ -705,3 +705,34 @@ async fn a_switchover_that_cannot_start_never_holds_writes_past_write_hold() {
     );
     assert_eq!(primary_addr(&proxy), Some(old));
 }
+
+/// A replica this proxy cannot reach but the sentinels can (a partition between the two) may be
+/// promoted by Sentinel, and the proxy cannot tell whether it has the data: however long it has been
+/// silent to the proxy, the switchover does not start.
+#[tokio::test]
+async fn a_sentinel_switchover_waits_for_a_replica_only_the_sentinels_reach() {
+    let cluster = sentinel_cluster(2).await;
+    let hidden = cluster.replicas()[0].addr();
+    // The proxy reaches replica 0 at a port where nothing listens; the sentinels reach it as usual.
+    let proxy = proxy_with(Flags {
+        address_map: Some(vec![format!("{hidden}=127.0.0.1:1")]),
+        ..sentinel_flags(&cluster)
+    })
+    .await;
+    wait_eligible(&proxy, 1).await;
+    let old = cluster.primary().addr();
+    let unreachable = redsplit::config::Addr::parse("127.0.0.1:1").expect("address");
+    eventually!(
+        "the proxy's probes find replica 0 silent for longer than Sentinel's validity window",
+        proxy
+            .topo
+            .snapshot()
+            .replicas
+            .iter()
+            .any(|n| n.addr == unreachable && n.repl.silent_longer_than(Duration::from_secs(5)))
+    );
+    let (status, body) = http(proxy.admin, "POST", "/failover").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("127.0.0.1:1"), "{body}");
+    assert_eq!(primary_addr(&proxy), Some(old));
+}
