@@ -4,8 +4,11 @@
 //! A switchover must not lose an acknowledged write. Static mode uses Redis 7's `FAILOVER TO host port`,
 //! which pauses writes on the primary and waits for the target to catch up before switching; the proxy
 //! also holds new writes so they go straight to the new primary. Sentinel mode asks a sentinel
-//! (`SENTINEL FAILOVER`), which does not pause the old primary: the proxy holds writes first and waits
-//! until every replica has the primary's offset, so whichever replica Sentinel promotes has everything.
+//! (`SENTINEL FAILOVER`), which does not pause the old primary: the proxy holds writes, pauses them at
+//! the primary too, and waits until every replica Sentinel could promote has the primary's offset, so
+//! whichever one it promotes has everything. A replica leaves that wait only when no sentinel could
+//! promote it and this proxy has not heard from it for Sentinel's validity window; one it could promote
+//! but this proxy cannot probe makes the switchover refuse before anything is held.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -27,7 +27,14 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         .start()
         .await
         .expect("servers and sentinels start");
-    let proxy = proxy_with(sentinel_flags(&cluster)).await;
+    // Writes wait for the new primary however long Sentinel takes: a failed election is retried only
+    // after twice failover-timeout (10 s here), seen once at 14.5 s under load. The claim is about the
+    // proxy (one error per connection per failover), not about how fast Sentinel elects.
+    let proxy = proxy_with(Flags {
+        write_hold_ms: Some(60_000),
+        ..sentinel_flags(&cluster)
+    })
+    .await;
     wait_eligible(&proxy, 2).await;
     let old = cluster.primary().addr();
     assert_eq!(primary_addr(&proxy), Some(old.clone()));
@@ -77,6 +84,27 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
             }
         })
     };
+    // Every primary the proxy publishes, and when: printed if a write goes missing.
+    let history = {
+        let (topo, stop) = (proxy.topo.clone(), stop.clone());
+        let mut changes = topo.subscribe();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let changed =
+                    tokio::time::timeout(std::time::Duration::from_millis(100), changes.changed())
+                        .await;
+                if matches!(changed, Ok(Err(_))) {
+                    break;
+                }
+                let now = topo.snapshot().primary.as_ref().map(|n| n.addr.to_string());
+                if seen.last().map(|(_, p)| p) != Some(&now) {
+                    seen.push((Instant::now(), now));
+                }
+            }
+            seen
+        })
+    };
     let killed = Instant::now();
     cluster.primary_mut().kill();
     eventually!(
@@ -86,10 +114,10 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
             .snapshot()
             .primary
             .as_ref()
-            .is_some_and(|n| n.addr != old)
+            .is_some_and(|n| n.addr != old),
+        PATIENCE * 3
     );
     let switched = switch_seen.await.expect("watcher").expect("switch seen");
-    let new = primary_addr(&proxy).expect("new primary");
     let reads_at_switch = reads.load(Ordering::Relaxed);
     // The old primary comes back empty, still configured as a primary. Sentinel turns it into a replica
     // of the new one; until then it must get no write (it would be wiped by the resync).
@@ -118,6 +146,27 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     );
     stop.store(true, Ordering::Relaxed);
 
+    // The primaries the proxy published after the kill, in order. Under load Sentinel may fail over a
+    // second time (a new primary that misses pings for down-after-milliseconds looks down too).
+    let history = history.await.expect("history");
+    let mut reigns: Vec<(Instant, redsplit::config::Addr)> = Vec::new();
+    for (at, p) in &history {
+        let Some(p) = p
+            .as_ref()
+            .and_then(|p| redsplit::config::Addr::parse(p).ok())
+        else {
+            continue;
+        };
+        if *at >= killed && p != old && reigns.last().is_none_or(|(_, q)| *q != p) {
+            reigns.push((*at, p));
+        }
+    }
+    let last = reigns
+        .last()
+        .map(|(_, p)| p.clone())
+        .expect("a new primary");
+    assert_eq!(primary_addr(&proxy), Some(last.clone()), "{history:?}");
+
     let mut all_acked = Vec::new();
     let mut acked_at = Vec::new();
     let mut acks: Vec<Instant> = Vec::new();
@@ -125,10 +174,12 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     for (i, w) in writers.into_iter().enumerate() {
         let seen = w.await.expect("writer");
         per_writer_errors.insert(i, seen.errors.clone());
+        // A write in flight when its primary goes away fails (it may have run): one per failover.
         assert!(
-            seen.errors.len() <= 1,
-            "writer {i} saw {} errors: {:?}",
+            seen.errors.len() <= reigns.len(),
+            "writer {i} saw {} errors in {} failovers: {:?}",
             seen.errors.len(),
+            reigns.len(),
             seen.errors
         );
         acks.extend(&seen.ok_at);
@@ -140,19 +191,21 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     }
     let read_errors = read_errors.lock().expect("lock").clone();
     assert!(read_errors.is_empty(), "no read failed: {read_errors:?}");
-    // Every write acknowledged once the primary was gone is on the new primary: none was lost, none went
-    // to the empty old primary. Writes the old primary acknowledged just before kill -9 may not have
-    // reached a replica: Redis replicates asynchronously, and the killed process's unsent replication
-    // stream is discarded. That window is Redis's (closing it takes WAIT); the proxy's part is only to
-    // never send a write anywhere else, so those may be missing, and must be acknowledged within a
-    // moment of the kill: just before it, or just after it (the old primary's reply can still be on its
-    // way when the signal lands, while its replication stream never left).
-    let new_server = if cluster.replicas()[0].addr() == new {
-        &cluster.replicas()[0]
+    // Every write acknowledged once the primary was gone is on the primary the proxy ends with: none was
+    // lost, none went to the empty old primary. Writes the old primary acknowledged just before kill -9
+    // may not have reached a replica: Redis replicates asynchronously, and the killed process's unsent
+    // replication stream is discarded. That window is Redis's (closing it takes WAIT); the proxy's part
+    // is only to never send a write anywhere else, so those may be missing, and must be acknowledged
+    // within a moment of the kill: just before it, or just after it (the old primary's reply can still be
+    // on its way when the signal lands, while its replication stream never left). If Sentinel failed over
+    // again, the writes a replaced primary acknowledged until the proxy learned of its replacement are in
+    // the same window (Sentinel's split brain: it kept accepting writes until demoted).
+    let server = if last == old {
+        cluster.primary()
     } else {
-        &cluster.replicas()[1]
+        &cluster.replicas()[cluster.replica_at(&last).expect("a former replica leads")]
     };
-    let exists = exists_each(new_server, &all_acked).await;
+    let exists = exists_each(server, &all_acked).await;
     let missing: Vec<(&String, Instant)> = all_acked
         .iter()
         .zip(&acked_at)
@@ -161,23 +214,43 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         .map(|((k, at), _)| (k, *at))
         .collect();
     let window = std::time::Duration::from_millis(500);
+    let replaced: Vec<(Instant, Instant)> = reigns
+        .windows(2)
+        .map(|w| (w[0].0, w[1].0 + window))
+        .collect();
+    let excused = |at: Instant| {
+        (killed.saturating_duration_since(at) <= window
+            && at.saturating_duration_since(killed) <= window)
+            || replaced.iter().any(|(from, to)| at >= *from && at <= *to)
+    };
+    let ms = |at: Instant| {
+        at.saturating_duration_since(killed).as_millis() as i128
+            - killed.saturating_duration_since(at).as_millis() as i128
+    };
     let lost: Vec<_> = missing
         .iter()
-        .filter(|(_, at)| {
-            killed.saturating_duration_since(*at) > window
-                || at.saturating_duration_since(killed) > window
-        })
-        .map(|(k, at)| {
-            let ms = |a: Instant, b: Instant| a.saturating_duration_since(b).as_millis() as i128;
-            (k, ms(*at, killed) - ms(killed, *at))
-        })
+        .filter(|(_, at)| !excused(*at))
+        .map(|(k, at)| (k, ms(*at)))
         .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost more than {window:?} from the kill (key, ms after the kill): {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    let published: Vec<(i128, String)> = reigns
+        .iter()
+        .map(|(at, p)| (ms(*at), p.to_string()))
+        .collect();
+    if !lost.is_empty() {
+        // Where the lost keys are, if anywhere.
+        let keys: Vec<String> = lost.iter().map(|(k, _)| k.to_string()).collect();
+        let mut found = Vec::new();
+        for s in cluster.replicas().iter().chain([cluster.primary()]) {
+            let on = exists_each(s, &keys).await.iter().filter(|e| **e).count();
+            found.push((s.addr().to_string(), on));
+        }
+        panic!(
+            "{} acknowledged writes lost (key, ms after the kill): {:?}; the lost keys found on (server, \
+             count): {found:?}; primaries published (ms after the kill): {published:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+    }
     // The write pause: the longest stretch without any acknowledgement, around the failover.
     acks.sort();
     let (last_ok, first_ok) = acks
@@ -187,7 +260,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         .expect("writes acknowledged");
     assert!(first_ok >= switched, "writes resumed on the new primary");
     eprintln!(
-        "MEASURED failover: new primary published {} ms after kill -9 (Sentinel's detection and election); writes paused {} ms (longest time without an acknowledgement), first write acknowledged {} ms after the proxy switched (beyond Sentinel); {} writes acknowledged, none lost ({} acknowledged by the old primary around the kill did not reach a replica); write errors per connection {:?}; read errors {}; Sentinel made the restarted old primary a replica in {} ms",
+        "MEASURED failover: new primary published {} ms after kill -9 (Sentinel's detection and election); writes paused {} ms (longest time without an acknowledgement), first write acknowledged {} ms after the proxy switched (beyond Sentinel); {} writes acknowledged, none lost ({} acknowledged by a primary just before it went away did not reach its successor); write errors per connection {:?}; read errors {}; Sentinel made the restarted old primary a replica in {} ms; primaries published (ms after the kill): {:?}",
         switched.duration_since(killed).as_millis(),
         first_ok.duration_since(last_ok).as_millis(),
         first_ok.saturating_duration_since(switched).as_millis(),
@@ -196,6 +269,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         per_writer_errors.values().map(Vec::len).collect::<Vec<_>>(),
         read_errors.len(),
         converted.as_millis(),
+        published,
     );
 }
 
