@@ -273,6 +273,25 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     );
 }
 
+/// Stops the writers and merges what they saw.
+async fn stop_writers(stop: &AtomicBool, writers: Vec<tokio::task::JoinHandle<Writes>>) -> Writes {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Writes::default();
+    for w in writers {
+        let seen = w.await.expect("writer");
+        all.acked.extend(seen.acked);
+        all.errors.extend(seen.errors);
+        all.ok_at.extend(seen.ok_at);
+    }
+    all
+}
+
+/// Waits until `server` has run `cmd` `n` more times than now: writes flowing there.
+async fn more_calls(server: &redsplit::embedded::Server, cmd: &str, n: u64, what: &str) {
+    let at = calls(server, cmd).await;
+    eventually!(what, calls(server, cmd).await > at + n);
+}
+
 /// Writers that count errors and keep the keys they got acknowledged, until `stop`.
 fn spawn_writers(
     addr: std::net::SocketAddr,
@@ -329,18 +348,15 @@ async fn a_manual_switchover_in_static_mode_loses_no_write_and_fails_none() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&target.to_string()), "{body}");
     assert_eq!(primary_addr(&proxy), Some(target.clone()));
-    let at_switch = calls(&cluster.replicas()[1], "set").await;
-    eventually!(
+    more_calls(
+        &cluster.replicas()[1],
+        "set",
+        500,
         "writes reach the new primary",
-        calls(&cluster.replicas()[1], "set").await > at_switch + 500
-    );
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for w in writers {
-        let seen = w.await.expect("writer");
-        assert!(seen.errors.is_empty(), "no write failed: {:?}", seen.errors);
-        acked.extend(seen.acked);
-    }
+    )
+    .await;
+    let Writes { acked, errors, .. } = stop_writers(&stop, writers).await;
+    assert!(errors.is_empty(), "no write failed: {errors:?}");
     assert_eq!(reads.await.expect("reader"), 0, "no read failed");
     assert_all_present(&cluster.replicas()[1], &acked).await;
     eprintln!(
@@ -366,19 +382,14 @@ async fn a_manual_switchover_in_sentinel_mode_loses_no_write_and_fails_none() {
     let new = primary_addr(&proxy).expect("primary");
     assert_ne!(new, old);
     let i = cluster.replica_at(&new).expect("a former replica leads");
-    let at_switch = calls(&cluster.replicas()[i], "set").await;
-    eventually!(
+    more_calls(
+        &cluster.replicas()[i],
+        "set",
+        500,
         "writes reach the new primary",
-        calls(&cluster.replicas()[i], "set").await > at_switch + 500
-    );
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    let mut errors = Vec::new();
-    for w in writers {
-        let seen = w.await.expect("writer");
-        errors.extend(seen.errors);
-        acked.extend(seen.acked);
-    }
+    )
+    .await;
+    let Writes { acked, errors, .. } = stop_writers(&stop, writers).await;
     assert!(
         errors.len() <= 4,
         "at most one error per connection: {errors:?}"
@@ -415,11 +426,13 @@ where
     assert_eq!(status, 200, "{body}");
     let new = primary_addr(&proxy).expect("primary");
     let i = cluster.replica_at(&new).expect("a former replica leads");
-    let at_switch = calls(&cluster.replicas()[i], cmd).await;
-    eventually!(
+    more_calls(
+        &cluster.replicas()[i],
+        cmd,
+        200,
         "writes reach the new primary",
-        calls(&cluster.replicas()[i], cmd).await > at_switch + 200
-    );
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {
@@ -560,19 +573,18 @@ async fn pipelined_writes_refused_by_a_demoted_primary_wait_for_the_new_one() {
         "the proxy follows the failover",
         primary_addr(&proxy) == Some(target.clone())
     );
-    let at_switch = calls(&cluster.replicas()[0], "incr").await;
-    eventually!(
+    more_calls(
+        &cluster.replicas()[0],
+        "incr",
+        2000,
         "writes reach the new primary",
-        calls(&cluster.replicas()[0], "incr").await > at_switch + 2000
-    );
-    stop.store(true, Ordering::Relaxed);
-    let mut counters = Vec::new();
-    let mut errors = Vec::new();
-    for w in writers {
-        let seen = w.await.expect("writer");
-        counters.extend(seen.acked);
-        errors.extend(seen.errors.into_iter().map(|(_, e)| e));
-    }
+    )
+    .await;
+    let Writes {
+        acked: counters,
+        errors,
+        ..
+    } = stop_writers(&stop, writers).await;
     assert!(
         errors.is_empty(),
         "{} writes failed or ran twice, first: {:?}",
@@ -762,16 +774,9 @@ async fn a_switchover_that_cannot_start_never_holds_writes_past_write_hold() {
     );
     cluster.replicas_mut()[1].kill();
     let (status, body) = http(proxy.admin, "POST", "/failover").await;
-    let at = calls(cluster.primary(), "set").await;
-    eventually!(
-        "writes flowing again",
-        calls(cluster.primary(), "set").await > at + 200
-    );
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let seen = w.await.expect("writer");
-        assert!(seen.errors.is_empty(), "no write failed: {:?}", seen.errors);
-    }
+    more_calls(cluster.primary(), "set", 200, "writes flowing again").await;
+    let Writes { errors, .. } = stop_writers(&stop, writers).await;
+    assert!(errors.is_empty(), "no write failed: {errors:?}");
     assert_eq!(status, 504, "{body}");
     assert!(
         body.contains(&cluster.replicas()[1].addr().to_string()),
