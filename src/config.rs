@@ -161,7 +161,9 @@ options! {
     /// Read consistency: "session" (read-your-writes, monotonic reads), "eventual" (lag limit only),
     /// "primary" (all reads to the primary). Default "session".
     consistency: Consistency = Consistency::Session;
-    /// Largest replication lag, in milliseconds, at which a replica still gets reads. Default 1000.
+    /// Largest replication lag, in milliseconds, at which a replica still gets reads. Default 1000. Lag
+    /// is known only to within one probe interval, counted against the replica: keep it well above
+    /// `probe_interval_ms`.
     max_lag_ms: u64 = 1000;
     /// Largest replication lag, in bytes of replication stream, at which a replica still gets reads; 0
     /// disables the byte limit. Default 0.

@@ -484,13 +484,16 @@ impl Topo {
     }
 
     /// Lag in time of a replica that reported `offset` at `at`: how long before `at` the primary was last
-    /// known to be at or below that offset (zero if the replica has all the primary is known to have).
-    /// `None` if the history cannot tell (no sample yet).
+    /// known to be at or below that offset. A replica with all the primary is known to have may still
+    /// miss what was written since the newest sample: its lag is the age of that sample. (Counting it as
+    /// zero let a replica 600 ms behind read as level with an old sample when the primary's probes came
+    /// slowly under load, and serve reads under a 300 ms limit.) `None` if the history cannot tell (no
+    /// sample yet).
     pub fn lag_at(&self, at: Instant, offset: u64) -> Option<Duration> {
         let h = self.history.lock().expect("history lock is never poisoned");
-        let &(_, newest) = h.back()?;
+        let &(sampled, newest) = h.back()?;
         if offset >= newest {
-            return Some(Duration::ZERO);
+            return Some(at.saturating_duration_since(sampled));
         }
         // The primary passed `offset` after the last sample at or below it: the replica misses writes at
         // least that old. Conservative by up to one probe interval.
@@ -535,6 +538,11 @@ mod tests {
         }
         let now = t0 + Duration::from_millis(300);
         assert_eq!(t.lag_at(now, 400), Some(Duration::ZERO));
+        // Level with the newest sample, asked later: whatever came since may be missing.
+        assert_eq!(
+            t.lag_at(now + Duration::from_millis(700), 400),
+            Some(Duration::from_millis(700))
+        );
         assert_eq!(t.lag_at(now, 250), Some(Duration::from_millis(100)));
         assert_eq!(t.lag_at(now, 150), Some(Duration::from_millis(300)));
         assert!(t.lag_at(now, 50).expect("known") >= HISTORY_SPAN);

@@ -707,6 +707,8 @@ async fn a_sentinel_switchover_never_promotes_a_replica_frozen_a_moment_ago() {
     }
     let proxy = proxy_with(Flags {
         probe_interval_ms: Some(2000),
+        // Above the probe interval: a replica's lag counts the age of the primary's newest sample.
+        max_lag_ms: Some(10_000),
         ..sentinel_flags(&cluster)
     })
     .await;

@@ -704,8 +704,10 @@ async fn a_read_failing_behind_a_pending_write_gets_its_own_error() {
         consistency: Some(redsplit::config::Consistency::Eventual),
         read_timeout_ms: Some(200),
         write_hold_ms: Some(3000),
-        // Slow probes: the stalled replica stays in rotation, so the GET goes to it.
+        // Slow probes: the stalled replica stays in rotation, so the GET goes to it. A lag limit above
+        // the probe interval: a replica's lag counts the age of the primary's newest sample.
         probe_interval_ms: Some(5000),
+        max_lag_ms: Some(20_000),
         ..flags(&cluster)
     };
     let proxy = proxy_with(f).await;
