@@ -68,6 +68,8 @@ pub struct ReplState {
     /// When a probe last got an answer, in milliseconds since the process started (0: never, or the
     /// last probe failed).
     last_answer_ms: AtomicU64,
+    /// The last probe found the node down for certain (connection refused or closed), not merely slow.
+    down: AtomicBool,
     /// When the first probe to fail since the last answer gave up (0: the last probe answered, or none
     /// failed yet). The node has said nothing since at least then.
     silent_since_ms: AtomicU64,
@@ -171,7 +173,19 @@ impl ReplState {
         let now = since_start_ms();
         self.last_answer_ms.store(now, Ordering::Relaxed);
         self.silent_since_ms.store(0, Ordering::Relaxed);
+        self.down.store(false, Ordering::Relaxed);
         now
+    }
+
+    /// Notes whether a failed probe found the node down for certain (refused or closed the connection)
+    /// rather than slow (timed out).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+    }
+
+    /// True if the last probe found the node down for certain: it takes no writes from anyone.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
     }
 
     /// Notes that a probe failed (now, as it gave up): the node no longer counts as answering.

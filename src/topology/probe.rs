@@ -183,20 +183,24 @@ async fn probe_node(
                     debug!(upstream = %node.addr, error = %e, "probe connect failed");
                     node.set_eligibility(Why::NoAnswer);
                     node.repl.unanswered();
+                    node.repl.set_down(true);
                     continue;
                 }
                 Err(_) => {
                     node.set_eligibility(Why::NoAnswer);
                     node.repl.unanswered();
+                    node.repl.set_down(false);
                     continue;
                 }
             }
         }
         let Some(c) = conn.as_mut() else { continue };
         let epoch = topo.next_epoch();
-        let role = match tokio::time::timeout(timeout, call(c, &[b"ROLE"])).await {
-            Ok(Some(frame)) => Role::parse(&frame),
-            _ => None,
+        // A closed connection means the node is down; a timeout only that it is slow.
+        let (role, down) = match tokio::time::timeout(timeout, call(c, &[b"ROLE"])).await {
+            Ok(Some(frame)) => (Role::parse(&frame), false),
+            Ok(None) => (None, true),
+            Err(_) => (None, false),
         };
         let at = Instant::now();
         let Some(role) = role else {
@@ -207,6 +211,7 @@ async fn probe_node(
             }
             node.set_eligibility(Why::NoAnswer);
             node.repl.unanswered();
+            node.repl.set_down(down);
             conn = None;
             continue;
         };
@@ -233,10 +238,12 @@ async fn probe_node(
                     }
                     None => node.repl.offset(),
                 };
-                let primary_answers = snapshot
-                    .primary
-                    .as_ref()
-                    .is_some_and(|p| p.id != node.id && p.repl.answered_within(timeout * 2));
+                // A primary that is only slow may still be taking writes: its replicas are measured
+                // against its history (whose newest sample ages meanwhile). Only one that is down for
+                // certain (refusing or closing connections) is taken for gone.
+                let primary_answers = snapshot.primary.as_ref().is_some_and(|p| {
+                    p.id != node.id && (p.repl.answered_within(timeout * 2) || !p.repl.is_down())
+                });
                 let (lag, lag_bytes) = if primary_answers || snapshot.primary.is_none() {
                     let primary_offset = snapshot.primary.as_ref().map_or(0, |p| p.repl.offset());
                     (
