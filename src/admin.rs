@@ -440,11 +440,6 @@ async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
     )
 }
 
-/// A replica that answered nothing for this long is never promoted by Sentinel (its
-/// `SENTINEL_PING_PERIOD * 5`, the age past which a replica's link and INFO no longer count). Sentinel
-/// drops a replica whose link is refused at once; a frozen one still counts until then.
-const SENTINEL_REPLICA_VALIDITY: Duration = Duration::from_secs(5);
-
 /// The replicas (as this proxy reaches them) that some sentinel could promote now, by its own view;
 /// `None` if no sentinel answered (then any replica may be).
 async fn promotable_replicas(
@@ -485,7 +480,7 @@ fn replicas_behind(
 ) -> Vec<Arc<Node>> {
     let counts = |n: &Node| {
         promotable.is_none_or(|p| p.contains(&n.addr))
-            || !n.repl.silent_longer_than(SENTINEL_REPLICA_VALIDITY)
+            || !n.repl.silent_longer_than(sentinel::REPLICA_VALIDITY)
     };
     let mut behind: Vec<Arc<Node>> = snapshot
         .replicas

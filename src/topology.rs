@@ -177,20 +177,16 @@ impl ReplState {
         now
     }
 
-    /// Notes whether a failed probe found the node down for certain (refused or closed the connection)
-    /// rather than slow (timed out).
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::Relaxed);
-    }
-
     /// True if the last probe found the node down for certain: it takes no writes from anyone.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
 
-    /// Notes that a probe failed (now, as it gave up): the node no longer counts as answering.
-    pub fn unanswered(&self) {
+    /// Notes that a probe failed (now, as it gave up): the node no longer counts as answering. `down`:
+    /// the node refused or closed the connection (down for certain), rather than timing out (slow).
+    pub fn unanswered(&self, down: bool) {
         self.last_answer_ms.store(0, Ordering::Relaxed);
+        self.down.store(down, Ordering::Relaxed);
         let _ = self.silent_since_ms.compare_exchange(
             0,
             since_start_ms().max(1),

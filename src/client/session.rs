@@ -660,10 +660,7 @@ impl Session {
             // its own error (waiting would turn it into a late hold error).
             Later::Unknown if sent.reads_only => return Resend::GiveUp,
             Later::Unknown => None,
-            Later::None => Some(()),
-        };
-        let target = target.and_then(|()| {
-            if sent.reads_only {
+            Later::None if sent.reads_only => {
                 let avoid = failed.as_ref().map(|n| n.id);
                 match self
                     .reads
@@ -673,12 +670,10 @@ impl Session {
                     ReadTarget::Primary(_) => topo.primary.clone().map(|p| (p, true)),
                     ReadTarget::Refuse(_) => None,
                 }
-            } else if self.ctx.topo.writes_held() {
-                None
-            } else {
-                topo.primary.clone().map(|p| (p, true))
             }
-        });
+            Later::None if self.ctx.topo.writes_held() => None,
+            Later::None => topo.primary.clone().map(|p| (p, true)),
+        };
         // The node that just failed gets another try only after a pause (as a held entry), so a dead
         // primary is not hammered while the failover runs.
         let target = target.filter(|(n, _)| {

@@ -182,14 +182,12 @@ async fn probe_node(
                 Ok(Err(e)) => {
                     debug!(upstream = %node.addr, error = %e, "probe connect failed");
                     node.set_eligibility(Why::NoAnswer);
-                    node.repl.unanswered();
-                    node.repl.set_down(true);
+                    node.repl.unanswered(true);
                     continue;
                 }
                 Err(_) => {
                     node.set_eligibility(Why::NoAnswer);
-                    node.repl.unanswered();
-                    node.repl.set_down(false);
+                    node.repl.unanswered(false);
                     continue;
                 }
             }
@@ -210,8 +208,7 @@ async fn probe_node(
                 warn!(upstream = %node.addr, "replica stopped answering probes, taking it out of rotation");
             }
             node.set_eligibility(Why::NoAnswer);
-            node.repl.unanswered();
-            node.repl.set_down(down);
+            node.repl.unanswered(down);
             conn = None;
             continue;
         };

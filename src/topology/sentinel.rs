@@ -226,10 +226,14 @@ pub fn promotable_replica(entry: &OwnedFrame) -> Option<(Addr, bool)> {
     let addr = Addr::parse(&format!("{}:{}", field("ip")?, field("port")?)).ok()?;
     let pinged = field("last-ok-ping-reply")
         .and_then(|ms| ms.parse::<u64>().ok())
-        .is_none_or(|ms| ms <= 5000);
+        .is_none_or(|ms| ms <= REPLICA_VALIDITY.as_millis() as u64);
     let priority = field("slave-priority").is_none_or(|p| p != "0");
     Some((addr, is_up(&field("flags")?) && pinged && priority))
 }
+
+/// A replica that answered no ping for this long is never promoted by Sentinel (its
+/// `SENTINEL_PING_PERIOD * 5`, the age past which a replica's link and INFO no longer count).
+pub const REPLICA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Not flagged `s_down`, `o_down` or `disconnected`.
 fn is_up(flags: &str) -> bool {
