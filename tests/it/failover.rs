@@ -10,14 +10,6 @@ use redsplit::embedded::Cluster;
 
 use crate::harness::*;
 
-/// What one writer saw: acknowledged keys, errors with when they happened, and when its writes succeeded.
-#[derive(Default)]
-struct Writes {
-    acked: Vec<String>,
-    errors: Vec<(Instant, String)>,
-    ok_at: Vec<Instant>,
-}
-
 #[tokio::test]
 async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_per_connection() {
     let mut cluster = Cluster::builder()
@@ -273,53 +265,10 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
     );
 }
 
-/// Stops the writers and merges what they saw.
-async fn stop_writers(stop: &AtomicBool, writers: Vec<tokio::task::JoinHandle<Writes>>) -> Writes {
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Writes::default();
-    for w in writers {
-        let seen = w.await.expect("writer");
-        all.acked.extend(seen.acked);
-        all.errors.extend(seen.errors);
-        all.ok_at.extend(seen.ok_at);
-    }
-    all
-}
-
 /// Waits until `server` has run `cmd` `n` more times than now: writes flowing there.
 async fn more_calls(server: &redsplit::embedded::Server, cmd: &str, n: u64, what: &str) {
     let at = calls(server, cmd).await;
     eventually!(what, calls(server, cmd).await > at + n);
-}
-
-/// Writers that count errors and keep the keys they got acknowledged, until `stop`.
-fn spawn_writers(
-    addr: std::net::SocketAddr,
-    n: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Writes>> {
-    (0..n)
-        .map(|w| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut c = client_at(addr).await;
-                let mut seen = Writes::default();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("s{w}:{i}");
-                    i += 1;
-                    match try_q(&mut c, &["SET", &key, "1"]).await {
-                        Ok(_) => {
-                            seen.acked.push(key);
-                            seen.ok_at.push(Instant::now());
-                        }
-                        Err(e) => seen.errors.push((Instant::now(), e.to_string())),
-                    }
-                }
-                seen
-            })
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -506,4 +508,58 @@ pub async fn spawn_ticker(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
+}
+
+/// What one writer saw: acknowledged keys, errors with when they happened, and when its writes succeeded.
+#[derive(Default)]
+pub struct Writes {
+    pub acked: Vec<String>,
+    pub errors: Vec<(Instant, String)>,
+    pub ok_at: Vec<Instant>,
+}
+
+/// Writers that count errors and keep the keys they got acknowledged, until `stop`.
+pub fn spawn_writers(
+    addr: std::net::SocketAddr,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Writes>> {
+    (0..n)
+        .map(|w| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = client_at(addr).await;
+                let mut seen = Writes::default();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("s{w}:{i}");
+                    i += 1;
+                    match try_q(&mut c, &["SET", &key, "1"]).await {
+                        Ok(_) => {
+                            seen.acked.push(key);
+                            seen.ok_at.push(Instant::now());
+                        }
+                        Err(e) => seen.errors.push((Instant::now(), e.to_string())),
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+/// Stops the writers and merges what they saw.
+pub async fn stop_writers(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Writes>>,
+) -> Writes {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Writes::default();
+    for w in writers {
+        let seen = w.await.expect("writer");
+        all.acked.extend(seen.acked);
+        all.errors.extend(seen.errors);
+        all.ok_at.extend(seen.ok_at);
+    }
+    all
 }

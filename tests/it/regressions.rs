@@ -558,7 +558,7 @@ async fn a_write_answered_with_a_readonly_text_error_runs_once() {
 /// rotation because it lags is exactly the one that misses acknowledged writes.
 #[tokio::test]
 async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_writes() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
     let cluster = sentinel_cluster(2).await;
@@ -590,22 +590,7 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
     let old = cluster.primary().addr();
     // Writes flow long enough for replica 0 to fall out of rotation (1.5 s behind, limit 300 ms).
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (stop, addr) = (stop.clone(), proxy.listen);
-        async move {
-            let mut c = client_at(addr).await;
-            let mut acked = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("w:{i}");
-                i += 1;
-                if try_q(&mut c, &["SET", &key, "1"]).await.is_ok() {
-                    acked.push(key);
-                }
-            }
-            acked
-        }
-    });
+    let writers = spawn_writers(proxy.listen, 1, stop.clone());
     let r0_node = cluster.replicas()[0].addr();
     eventually!(
         "replica 0 out of rotation",
@@ -619,8 +604,7 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let (status, body) = http(proxy.admin, "POST", "/failover").await;
     eprintln!("switchover: {status} {body}");
-    stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.expect("writer");
+    let Writes { acked, .. } = stop_writers(&stop, writers).await;
     assert_eq!(status, 200, "{body}");
     let new = primary_addr(&proxy).expect("primary");
     assert_ne!(new, old);
