@@ -1,4 +1,4 @@
-//! Per-command cost of read routing: `router::ReadState::route` and the bookkeeping a session does around
+//! Per-command cost of read routing: `route::ReadState::route` and the bookkeeping a session does around
 //! every command it sends (`sent` when it goes upstream, `replied` when its reply comes back).
 //!
 //! Run with `cargo bench --bench route` (`-- --quick` for a short run, `-- 8_replicas` to filter).
@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::Criterion;
-use redsplit::backend::Settings;
 use redsplit::config::{Addr, Consistency, Fallback};
 use redsplit::resp::Limits;
-use redsplit::router::{ReadState, ReadTarget};
+use redsplit::route::{ReadState, ReadTarget};
 use redsplit::topology::{Topo, Topology};
+use redsplit::upstream::Settings;
 
 /// Replica counts benchmarked.
 const SIZES: [usize; 2] = [2, 8];

@@ -15,22 +15,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::resp::Value as OwnedFrame;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use redis_protocol::resp2::types::OwnedFrame;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::Node;
-use crate::config::Addr;
-use crate::topology::control::{call, Control};
+use crate::node::Addr;
 use crate::topology::probe::Role;
 use crate::topology::{sentinel, AddressMap, Topo, Topology};
+use crate::upstream::control::{call, Control};
+use crate::upstream::Node;
 
 /// How a switchover is done, by topology source.
 #[derive(Debug, Clone)]

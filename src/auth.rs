@@ -6,7 +6,25 @@
 
 use std::sync::Arc;
 
-use crate::config::ClientUser;
+/// A user clients authenticate as, to the proxy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientUser {
+    /// Name (`default` for requirepass).
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// May run only read-only commands.
+    pub readonly: bool,
+}
+
+impl std::fmt::Debug for ClientUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientUser")
+            .field("name", &self.name)
+            .field("readonly", &self.readonly)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The users clients may authenticate as.
 #[derive(Debug)]

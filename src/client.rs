@@ -20,8 +20,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
 use crate::command::SharedTable;
-use crate::config::{Config, Consistency, Fallback};
 use crate::resp::Limits;
+use crate::route::{Consistency, Fallback};
 use crate::topology::Topo;
 
 /// Everything sessions share.
@@ -56,39 +56,74 @@ pub struct Context {
     /// Proxy-side client authentication, if configured; replaced by a config reload.
     pub auth: arc_swap::ArcSwapOption<crate::auth::Auth>,
     /// The user of connections made while authentication is off: everything allowed.
-    pub open_user: Arc<crate::config::ClientUser>,
+    pub open_user: Arc<crate::auth::ClientUser>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     next_id: AtomicU64,
 }
 
+/// What the configuration says about serving clients.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Read consistency.
+    pub consistency: Consistency,
+    /// No-replica behaviour.
+    pub fallback: Fallback,
+    /// Request scanner limits.
+    pub limits: Limits,
+    /// Per-client limit on bytes received and not yet forwarded.
+    pub max_request_bytes: usize,
+    /// Per-client limit on commands awaiting replies.
+    pub max_inflight: usize,
+    /// How long a write waits for a primary.
+    pub write_hold: Duration,
+    /// How long a read may take on one node before a retry elsewhere.
+    pub read_timeout: Duration,
+    /// Per-client limit on reply bytes waiting to be written.
+    pub max_output: Option<usize>,
+    /// Idle client timeout.
+    pub idle_timeout: Option<Duration>,
+    /// Most client connections.
+    pub max_clients: usize,
+}
+
 impl Context {
-    /// A context; session ids start at 1.
+    /// A context; session ids start at 1. `auth`: proxy-side authentication, if configured.
     pub fn new(
         topo: Arc<Topo>,
         table: SharedTable,
-        config: &Config,
+        settings: Settings,
+        auth: Option<Arc<crate::auth::Auth>>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Context> {
+        let Settings {
+            consistency,
+            fallback,
+            limits,
+            max_request_bytes,
+            max_inflight,
+            write_hold,
+            read_timeout,
+            max_output,
+            idle_timeout,
+            max_clients,
+        } = settings;
         Arc::new(Context {
             topo,
             table,
-            consistency: config.consistency,
-            fallback: config.fallback,
-            limits: config.limits,
-            max_request_bytes: config.max_request_bytes,
-            max_inflight: config.max_client_inflight,
-            write_hold: config.write_hold,
-            read_timeout: config.read_timeout,
-            max_output: config.max_client_output_bytes,
-            idle_timeout: config.client_idle_timeout,
-            max_clients: config.max_clients,
+            consistency,
+            fallback,
+            limits,
+            max_request_bytes,
+            max_inflight,
+            write_hold,
+            read_timeout,
+            max_output,
+            idle_timeout,
+            max_clients,
             clients: std::sync::atomic::AtomicUsize::new(0),
-            auth: arc_swap::ArcSwapOption::new(crate::auth::Auth::new(
-                config.requirepass.clone(),
-                config.users.clone(),
-            )),
-            open_user: Arc::new(crate::config::ClientUser {
+            auth: arc_swap::ArcSwapOption::new(auth),
+            open_user: Arc::new(crate::auth::ClientUser {
                 name: "default".into(),
                 password: String::new(),
                 readonly: false,

@@ -10,8 +10,8 @@ mod builtin;
 
 use std::sync::Arc;
 
+use crate::resp::Value as OwnedFrame;
 use arc_swap::ArcSwap;
-use redis_protocol::resp2::types::OwnedFrame;
 use rustc_hash::FxHashMap;
 
 /// Flag bits, as plain constants so the generated table can combine them in a `const`.
@@ -377,6 +377,16 @@ pub enum Kind {
     Other,
 }
 
+impl From<Kind> for crate::metrics::Kind {
+    fn from(k: Kind) -> crate::metrics::Kind {
+        match k {
+            Kind::Read => crate::metrics::Kind::Read,
+            Kind::Write => crate::metrics::Kind::Write,
+            Kind::Other => crate::metrics::Kind::Other,
+        }
+    }
+}
+
 /// Classifies one command. `arg(i)` gives argument `i` (0 is the name) if the scanner kept it.
 pub fn classify<'a>(
     table: &Table,
@@ -690,9 +700,7 @@ mod tests {
     fn command_reply_builds_a_table_with_subcommands() {
         let input = b"*2\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*1\r\n+@read\r\n*0\r\n*0\r\n*0\r\n\
 *10\r\n$6\r\nobject\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*0\r\n*0\r\n*0\r\n*1\r\n*10\r\n$11\r\nobject|freq\r\n:3\r\n*1\r\n+readonly\r\n:2\r\n:2\r\n:1\r\n*0\r\n*0\r\n*0\r\n*0\r\n";
-        let (frame, _) = redis_protocol::resp2::decode::decode(input)
-            .expect("valid")
-            .expect("complete");
+        let frame = crate::resp::value::decode_one(input).expect("a complete value");
         let table = Table::from_command_reply(&frame, "test".into()).expect("table");
         assert_eq!(table.len(), 3);
         assert!(table

@@ -11,29 +11,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::ClientUser;
+pub use crate::node::Addr;
 use crate::resp::Limits;
-
-/// How reads are routed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    /// Read-your-writes and monotonic reads per client session, within the lag limit.
-    Session,
-    /// Any replica within the lag limit.
-    Eventual,
-    /// Every read goes to the primary.
-    Primary,
-}
-
-/// What a read does when no replica is eligible.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Fallback {
-    /// Read from the primary.
-    Primary,
-    /// Fail the read with an error.
-    Error,
-}
+pub use crate::route::{Consistency, Fallback};
+use crate::upstream::Credentials;
 
 /// Where the topology comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -258,47 +240,6 @@ options! {
     log_format: LogFormat = LogFormat::Text;
 }
 
-/// An upstream address as configured: `host:port`, resolved when connecting (hosts may be names).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Addr(String);
-
-impl Addr {
-    /// Checks that `s` is `host:port` with a numeric port.
-    pub fn parse(s: &str) -> Result<Addr, String> {
-        match s.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
-                Ok(Addr(s.to_string()))
-            }
-            _ => Err(format!("`{s}` is not host:port")),
-        }
-    }
-
-    /// The address as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Host part, without brackets.
-    pub fn host(&self) -> &str {
-        let host = self.0.rsplit_once(':').map_or("", |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']')
-    }
-
-    /// Port part.
-    pub fn port(&self) -> u16 {
-        self.0
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Where the topology comes from, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -323,43 +264,6 @@ pub enum Source {
         /// How many sentinels.
         sentinels: u32,
     },
-}
-
-/// Credentials for upstream connections.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Credentials {
-    /// ACL user; `None` for the default user.
-    pub username: Option<String>,
-    /// Password.
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A user clients authenticate as, to the proxy.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClientUser {
-    /// Name (`default` for requirepass).
-    pub name: String,
-    /// Password.
-    pub password: String,
-    /// May run only read-only commands.
-    pub readonly: bool,
-}
-
-impl std::fmt::Debug for ClientUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientUser")
-            .field("name", &self.name)
-            .field("readonly", &self.readonly)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A secret given as `env:NAME` (an environment variable) or `file:PATH` (a file, trailing newline
@@ -446,7 +350,23 @@ pub struct Config {
 }
 
 impl Config {
-    /// The options, other than those a reload applies (see [`crate::reload`]), whose values differ
+    /// What serving clients needs of the configuration.
+    pub fn client_settings(&self) -> crate::client::Settings {
+        crate::client::Settings {
+            consistency: self.consistency,
+            fallback: self.fallback,
+            limits: self.limits,
+            max_request_bytes: self.max_request_bytes,
+            max_inflight: self.max_client_inflight,
+            write_hold: self.write_hold,
+            read_timeout: self.read_timeout,
+            max_output: self.max_client_output_bytes,
+            idle_timeout: self.client_idle_timeout,
+            max_clients: self.max_clients,
+        }
+    }
+
+    /// The options, other than those a reload applies (the reload module), whose values differ
     /// between `self` and `new`: they take effect only when the proxy restarts.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut names = Vec::new();

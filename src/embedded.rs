@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::resp::Value as OwnedFrame;
 use bytes::BytesMut;
-use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::backend::encode_command;
-use crate::config::Addr;
+use crate::node::Addr;
+use crate::resp::encode_command;
 
 /// How long a server may take to start and, for a replica, to finish its first sync.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -465,7 +464,7 @@ pub async fn call_as(
     let mut skip = usize::from(password.is_some());
     loop {
         while let Some((frame, len)) =
-            decode(&buf).map_err(|e| std::io::Error::other(e.to_string()))?
+            crate::resp::value::decode(&buf).map_err(std::io::Error::other)?
         {
             let _ = buf.split_to(len);
             if skip == 0 {

@@ -6,8 +6,8 @@
 //! - [`client`]: accept a connection, run its session (order of replies, session state, MULTI, pub/sub)
 //! - [`resp`]: find request and reply frames (hand-written hot path)
 //! - [`command`]: classify a command (read, write, blocking, connection state) from the command table
-//! - [`router`]: choose the node for a read (lag, read-your-writes, monotonic reads, balancing)
-//! - [`backend`]: upstream connections, shared and pipelined or dedicated
+//! - [`route`]: choose the node for a read (lag, read-your-writes, monotonic reads, balancing)
+//! - [`upstream`]: upstream connections, shared and pipelined or dedicated
 //! - [`topology`]: the immutable topology snapshot, offsets and lag, the prober
 //! - [`client::reply`]: every reply the proxy makes itself
 //!
@@ -17,18 +17,19 @@
 
 pub mod admin;
 pub mod auth;
-pub mod backend;
 pub mod client;
 pub mod command;
 pub mod config;
 pub mod embedded;
 pub mod io;
 pub mod metrics;
+pub mod node;
 pub mod reload;
 pub mod resp;
-pub mod router;
+pub mod route;
 pub mod tls;
 pub mod topology;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,7 +118,7 @@ impl Proxy {
             )),
             None => None,
         };
-        let settings = Arc::new(backend::Settings {
+        let settings = Arc::new(upstream::Settings {
             metrics: Some(metrics.clone()),
             connections: config.backend_connections,
             connect_timeout: config.connect_timeout,
@@ -127,7 +128,7 @@ impl Proxy {
             tls: tls_client.clone().filter(|_| config.backend_tls.is_some()),
         });
         // Sentinels get their own credentials, never the data nodes'.
-        let sentinel_settings = Arc::new(backend::Settings {
+        let sentinel_settings = Arc::new(upstream::Settings {
             credentials: config.sentinel_credentials.clone(),
             metrics: None,
             tls: tls_client.clone().filter(|_| config.sentinel_tls.is_some()),
@@ -249,7 +250,13 @@ impl Proxy {
         {
             tracing::warn!("no topology yet; serving anyway");
         }
-        let ctx = client::Context::new(topo.clone(), table.clone(), &config, metrics.clone());
+        let ctx = client::Context::new(
+            topo.clone(),
+            table.clone(),
+            config.client_settings(),
+            auth::Auth::new(config.requirepass.clone(), config.users.clone()),
+            metrics.clone(),
+        );
         let mut sessions = Vec::new();
         let mut tls_listeners = tls_listeners.map(Vec::into_iter);
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -399,7 +406,7 @@ fn run_worker(
     cancel: CancellationToken,
     sessions: TaskTracker,
 ) {
-    backend::set_worker_id(id);
+    upstream::set_worker_id(id);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -7,8 +7,6 @@ use prometheus::{
     Registry,
 };
 
-use crate::router::PrimaryReason;
-
 /// What a command does, the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -32,14 +30,23 @@ impl Kind {
     }
 }
 
-impl From<crate::command::Kind> for Kind {
-    fn from(k: crate::command::Kind) -> Kind {
-        match k {
-            crate::command::Kind::Read => Kind::Read,
-            crate::command::Kind::Write => Kind::Write,
-            crate::command::Kind::Other => Kind::Other,
-        }
-    }
+/// Why a read went to the primary, the `reason` label of `redsplit_reads_on_primary_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadReason {
+    /// Read-your-writes or monotonic reads: no replica is known to hold what the session wrote or read.
+    Session = 0,
+    /// Replicas exist but none is within the lag limit.
+    Lag = 1,
+    /// There are no replicas.
+    NoReplica = 2,
+    /// Inside MULTI/WATCH, or otherwise on the session's own primary connection.
+    Transaction = 3,
+    /// `consistency = "primary"`, or a retry after a replica failed.
+    Policy = 4,
+}
+
+impl ReadReason {
+    const LABELS: [&'static str; 5] = ["session", "lag", "no_replica", "transaction", "policy"];
 }
 
 /// Upstream failure kinds, the `kind` label of `redsplit_backend_errors_total`.
@@ -207,7 +214,6 @@ impl Metrics {
                 &["reason"],
             )?,
         )?;
-        let reasons = ["session", "lag", "no_replica", "transaction", "policy"];
         Ok(Metrics {
             client_connections: reg(
                 registry,
@@ -221,7 +227,7 @@ impl Metrics {
                 )?,
             )?,
             durations: Kind::ALL.map(|k| durations_vec.with_label_values(&[k.label()])),
-            reads_on_primary: reasons.map(|r| reads_vec.with_label_values(&[r])),
+            reads_on_primary: ReadReason::LABELS.map(|r| reads_vec.with_label_values(&[r])),
             commands,
             lag_bytes: reg(
                 registry,
@@ -355,15 +361,8 @@ impl Metrics {
 
     /// Counts a read sent to the primary.
     #[inline]
-    pub fn read_on_primary(&self, reason: PrimaryReason) {
-        let i = match reason {
-            PrimaryReason::Session => 0,
-            PrimaryReason::Lag => 1,
-            PrimaryReason::NoReplica => 2,
-            PrimaryReason::Transaction => 3,
-            PrimaryReason::Policy => 4,
-        };
-        self.reads_on_primary[i].inc();
+    pub fn read_on_primary(&self, reason: ReadReason) {
+        self.reads_on_primary[reason as usize].inc();
     }
 }
 

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, Switchover};
-use crate::backend::{Node, Settings};
 use crate::config::{Config, Source};
 use crate::topology::probe::LagLimits;
 use crate::topology::{self, AddressMap, Topo};
+use crate::upstream::{Node, Settings};
 use crate::{auth, client, tls};
 
 /// What a reload did.

@@ -11,9 +11,11 @@
 mod props;
 pub mod reply;
 pub mod request;
+pub mod value;
 
 pub use reply::{ReplyFrame, ReplyScanner};
 pub use request::{Request, RequestScanner};
+pub use value::{encode_command, Value};
 
 /// Size limits applied while scanning. Every limit is checked before anything is buffered past it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::config::Addr;
+use crate::node::Addr;
 
 /// The files of the client listener's TLS (`tls_cert_file`, `tls_key_file`, `tls_client_ca_file`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,13 +16,13 @@ use tokio::sync::oneshot;
 use super::pinned::Pinned;
 use super::reply::{ClientError, Encoder, OK, PONG, RESET};
 use super::session::{Entry, ReplyMode, Sent, Session, Then, Wait};
-use crate::backend::{self, ConnKey, Node, Pool};
 use crate::command::{classify, Class, Local};
-use crate::config::Credentials;
 use crate::metrics::Kind;
 use crate::resp::Request;
-use crate::router::ReadTarget;
+use crate::route::ReadTarget;
 use crate::topology::Topology;
+use crate::upstream::Credentials;
+use crate::upstream::{self, ConnKey, Node, Pool};
 
 /// Requests at the start of the input buffer bound for one shared connection.
 pub(super) struct Batch {
@@ -173,7 +173,7 @@ impl Session {
                 ReadTarget::Replica(n) => self.add(batch, n, false, true, req),
                 ReadTarget::Primary(reason) => match read_primary {
                     Some(p) => {
-                        self.ctx.metrics.read_on_primary(reason);
+                        self.ctx.metrics.read_on_primary(reason.into());
                         self.add(batch, p, true, true, req)
                     }
                     None => self.hold_new(batch, req, true),
@@ -197,7 +197,7 @@ impl Session {
                 for r in &topo.replicas {
                     let conn = self.conn_for(r);
                     r.metrics.load().commands(false, Kind::Other, 1);
-                    drop(backend::submit(&conn, bytes.clone(), 1));
+                    drop(upstream::submit(&conn, bytes.clone(), 1));
                 }
                 self.sent_to_primary(p.id, 1);
                 self.submit(p, true, false, bytes, 1, [0, 0, 1]);
@@ -521,7 +521,7 @@ impl Session {
     /// doubling, at most 5 s), holding the requests behind it, so guessing passwords is slow.
     fn authenticated(
         &mut self,
-        user: Option<Arc<crate::config::ClientUser>>,
+        user: Option<Arc<crate::auth::ClientUser>>,
         batch: &mut Option<Batch>,
         req: &Request,
         ok: Bytes,
@@ -587,7 +587,7 @@ impl Session {
             Some(c) => {
                 let mut cmd = Vec::new();
                 let user = c.username.as_deref().unwrap_or("default");
-                backend::encode_command(
+                crate::resp::encode_command(
                     &mut cmd,
                     &[b"AUTH", user.as_bytes(), c.password.as_bytes()],
                 );
@@ -643,8 +643,8 @@ impl Session {
         // ROLE on this session's own primary connection runs after its writes, so its offset covers them.
         let conn = self.conn_for(&p);
         let mut role = Vec::new();
-        backend::encode_command(&mut role, &[b"ROLE"]);
-        let role_rx = backend::submit(&conn, Bytes::from(role), 1);
+        crate::resp::encode_command(&mut role, &[b"ROLE"]);
+        let role_rx = upstream::submit(&conn, Bytes::from(role), 1);
         let (tx, rx) = oneshot::channel();
         let topo_handle = self.ctx.topo.clone();
         let timeout = (timeout > 0).then(|| Duration::from_millis(timeout as u64));
@@ -692,7 +692,7 @@ impl Session {
             return Step::Next;
         };
         let conn = p.pool(&key).pick(&p);
-        let rx = backend::submit(&conn, bytes, 1);
+        let rx = upstream::submit(&conn, bytes, 1);
         self.sent_to_primary(p.id, 1);
         self.push(
             Wait::Upstream(rx),
@@ -799,7 +799,7 @@ impl Session {
             }
         }
         let conn = self.conn_for(&node);
-        let rx = backend::submit(&conn, bytes.clone(), count);
+        let rx = upstream::submit(&conn, bytes.clone(), count);
         let silent = self.take_silent();
         let deadline = reads_only.then(|| Instant::now() + self.ctx.read_timeout);
         if primary {
@@ -946,16 +946,7 @@ impl Session {
     /// more than the kept ones).
     fn all_args(&self, req: &Request, start: usize) -> Vec<Vec<u8>> {
         let frame = self.scanner.frame(req, &self.inbuf[start..]);
-        match redis_protocol::resp2::decode::decode(frame) {
-            Ok(Some((redis_protocol::resp2::types::OwnedFrame::Array(items), _))) => items
-                .into_iter()
-                .filter_map(|f| match f {
-                    redis_protocol::resp2::types::OwnedFrame::BulkString(b) => Some(b),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
+        crate::resp::value::request_args(frame).unwrap_or_default()
     }
 
     /// Whether the next entry's reply is dropped (`CLIENT REPLY`).
@@ -1195,14 +1186,14 @@ async fn blocking_call(
 /// Counts replicas at or past the primary offset that `role` reports, until `want` or the timeout.
 async fn wait_for_replicas(
     topo: Arc<crate::topology::Topo>,
-    role: oneshot::Receiver<Result<backend::Reply, backend::Error>>,
+    role: oneshot::Receiver<Result<upstream::Reply, upstream::Error>>,
     want: usize,
     timeout: Option<Duration>,
     mut tx: oneshot::Sender<Bytes>,
 ) {
     let target = match role.await {
-        Ok(Ok(r)) => match redis_protocol::resp2::decode::decode(&r.bytes) {
-            Ok(Some((frame, _))) => match crate::topology::probe::Role::parse(&frame) {
+        Ok(Ok(r)) => match crate::resp::value::decode_one(&r.bytes) {
+            Some(frame) => match crate::topology::probe::Role::parse(&frame) {
                 Some(crate::topology::probe::Role::Master { offset }) => offset,
                 _ => {
                     let _ = tx.send(Bytes::from_static(

@@ -26,11 +26,12 @@ use tracing::{debug, error};
 use super::dispatch::Step;
 use super::reply::ClientError;
 use super::session::{Outcome, Sent, Session, Then, Wait};
-use crate::backend::{self, encode_command, Dedicated};
 use crate::command::{Class, Local, Pin};
-use crate::config::Credentials;
+use crate::resp::encode_command;
 use crate::resp::{Limits, ReplyFrame, ReplyScanner, Request};
 use crate::topology::Generation;
+use crate::upstream::Credentials;
+use crate::upstream::{self, Dedicated};
 use tokio::sync::watch;
 
 /// The dedicated connection and what the proxy knows of its state.
@@ -369,7 +370,7 @@ impl Session {
     }
 
     /// Handles a frame from the dedicated connection.
-    pub(super) fn on_pinned_frame(&mut self, r: Result<(Bytes, ReplyFrame), backend::Error>) {
+    pub(super) fn on_pinned_frame(&mut self, r: Result<(Bytes, ReplyFrame), upstream::Error>) {
         self.drain_ready();
         let Some(p) = self.pinned.as_mut() else {
             return;
@@ -546,7 +547,7 @@ impl Session {
     }
 
     /// Changes the session key and the dedicated connection's alike (they are the same connection state).
-    fn set_pinned_key(&mut self, change: impl FnOnce(&mut crate::backend::ConnKey)) {
+    fn set_pinned_key(&mut self, change: impl FnOnce(&mut crate::upstream::ConnKey)) {
         let mut key = self.key.clone();
         change(&mut key);
         if let Some(p) = self.pinned.as_mut() {
@@ -580,7 +581,7 @@ impl Session {
             if kind == crate::metrics::Kind::Read {
                 self.ctx
                     .metrics
-                    .read_on_primary(crate::router::PrimaryReason::Transaction);
+                    .read_on_primary(crate::metrics::ReadReason::Transaction);
             }
             p.out.push(bytes);
         }

@@ -4,8 +4,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::backend;
-use crate::router::PrimaryReason;
+use crate::route::PrimaryReason;
+use crate::upstream;
 
 /// `+OK`
 pub const OK: &[u8] = b"+OK\r\n";
@@ -22,7 +22,7 @@ pub enum ClientError<'a> {
     /// A request larger than `max_request_bytes`; the connection closes after this.
     RequestTooLarge(usize),
     /// The upstream failed before or after the command was sent.
-    Upstream(&'a backend::Error),
+    Upstream(&'a upstream::Error),
     /// A read with `fallback = "error"` and no replica to serve it.
     NoReplica(PrimaryReason),
     /// No primary is known.
@@ -48,7 +48,7 @@ pub enum ClientError<'a> {
     /// `EXEC` or `DISCARD` without `MULTI`.
     WithoutMulti(&'a str),
     /// A connection of the client's own could not be opened for a transaction, pub/sub or blocking command.
-    Pin(&'a backend::Error),
+    Pin(&'a upstream::Error),
     /// The client's own connection (transaction, WATCH, pub/sub, tracking) is to a node that is no longer
     /// the primary.
     PrimaryChanged,
@@ -62,9 +62,9 @@ impl ClientError<'_> {
             ClientError::RequestTooLarge(limit) => {
                 format!("ERR Protocol error: request larger than {limit} bytes")
             }
-            ClientError::Upstream(backend::Error::Refused { reply, .. }) => reply.clone(),
+            ClientError::Upstream(upstream::Error::Refused { reply, .. }) => reply.clone(),
             ClientError::Upstream(
-                e @ (backend::Error::Lost { .. } | backend::Error::Protocol { .. }),
+                e @ (upstream::Error::Lost { .. } | upstream::Error::Protocol { .. }),
             ) => {
                 format!("ERR redsplit: {e}; the command may have run")
             }

@@ -27,12 +27,12 @@ use super::pinned::Pinned;
 use super::reply::ClientError;
 use super::wake::{Shutdown, WakeGate};
 use super::Context;
-use crate::backend::{self, ConnKey, Node, Reply, Shared};
 use crate::io::OutBuf;
 use crate::metrics::{BackendError, Kind};
 use crate::resp::RequestScanner;
-use crate::router::{ReadState, ReadTarget};
+use crate::route::{ReadState, ReadTarget};
 use crate::topology::Generation;
+use crate::upstream::{self, ConnKey, Node, Reply, Shared};
 
 /// Runs a session to its end.
 pub(super) async fn run(
@@ -80,7 +80,7 @@ pub(super) enum Wait {
     /// Made by the proxy.
     Ready(Bytes),
     /// Replies from a shared connection.
-    Upstream(oneshot::Receiver<Result<Reply, backend::Error>>),
+    Upstream(oneshot::Receiver<Result<Reply, upstream::Error>>),
     /// A reply computed by a task (blocking commands, WAIT).
     Task(oneshot::Receiver<Bytes>),
     /// One reply from the session's dedicated connection.
@@ -89,13 +89,13 @@ pub(super) enum Wait {
     /// requests wait too, so order is kept.
     Held,
     /// A reply already taken from its channel (while looking at what later requests did).
-    Done(Result<Reply, backend::Error>),
+    Done(Result<Reply, upstream::Error>),
 }
 
 impl Wait {
     /// The reply taken early, if this is one. It leaves an empty `Ready`, not `Held`: `Held` would say
     /// the node's answer does not count for the session's read routing.
-    fn take_done(&mut self) -> Option<Result<Reply, backend::Error>> {
+    fn take_done(&mut self) -> Option<Result<Reply, upstream::Error>> {
         if !matches!(self, Wait::Done(_)) {
             return None;
         }
@@ -175,7 +175,7 @@ pub(super) struct Entry {
 
 /// A reply as it arrives at the front of the queue.
 pub(super) enum Outcome {
-    Upstream(Result<Reply, backend::Error>),
+    Upstream(Result<Reply, upstream::Error>),
     Bytes(Bytes),
     /// A read's deadline passed without a reply.
     TimedOut,
@@ -255,7 +255,7 @@ pub(super) struct Session {
     /// as Redis's `lastinteraction`, a client that waited long for a reply is not idle once it gets it.
     pub last_active: Instant,
     /// Who the client authenticated as to the proxy (`None` until then, with proxy-side auth on).
-    pub user: Option<Arc<crate::config::ClientUser>>,
+    pub user: Option<Arc<crate::auth::ClientUser>>,
     /// Failed authentications in a row: each one answers slower.
     pub auth_failures: u32,
 }
@@ -271,7 +271,7 @@ impl Drop for Session {
 
 impl Session {
     /// Who a new (or RESET) connection is: nobody until it authenticates, with auth on; else the open user.
-    pub(super) fn initial_user(&self) -> Option<Arc<crate::config::ClientUser>> {
+    pub(super) fn initial_user(&self) -> Option<Arc<crate::auth::ClientUser>> {
         initial_user(&self.ctx)
     }
 
@@ -512,7 +512,7 @@ impl Session {
                     Outcome::Wake | Outcome::TimedOut => true,
                     // A read is safe to run again wherever it got; a write only if it never left us.
                     Outcome::Upstream(Err(e)) => {
-                        sent.reads_only || matches!(e, backend::Error::Connect { .. })
+                        sent.reads_only || matches!(e, upstream::Error::Connect { .. })
                     }
                     // Every reply READONLY: a demoted primary rejected the whole batch, nothing ran.
                     Outcome::Upstream(Ok(r)) => {
@@ -703,7 +703,7 @@ impl Session {
         sent.node = Some(node.clone());
         sent.primary = primary;
         let conn = self.conn_for(&node);
-        let rx = backend::submit(&conn, bytes, count);
+        let rx = upstream::submit(&conn, bytes, count);
         let entry = self.queue.front_mut().expect("front exists: we hold it");
         entry.wait = Wait::Upstream(rx);
         self.reads.sent(node.id, primary, count);
@@ -778,15 +778,14 @@ impl Session {
 }
 
 /// The error for an entry whose reply channel closed without an answer.
-fn lost(entry: &Entry) -> backend::Error {
+fn lost(entry: &Entry) -> upstream::Error {
     let addr = entry
         .sent
         .as_ref()
         .and_then(|s| s.node.as_ref())
         .map(|n| n.addr.clone());
-    backend::Error::Lost {
-        addr: addr
-            .unwrap_or_else(|| crate::config::Addr::parse("unknown:1").expect("valid literal")),
+    upstream::Error::Lost {
+        addr: addr.unwrap_or_else(|| crate::node::Addr::parse("unknown:1").expect("valid literal")),
     }
 }
 
@@ -836,7 +835,7 @@ async fn tick(interval: &mut Option<tokio::time::Interval>, gate: &mut WakeGate,
 async fn next_pinned(
     pinned: &mut Option<Pinned>,
     topo: &crate::topology::Topo,
-) -> Result<(Bytes, crate::resp::ReplyFrame), backend::Error> {
+) -> Result<(Bytes, crate::resp::ReplyFrame), upstream::Error> {
     let Some(p) = pinned else {
         return std::future::pending().await;
     };
@@ -850,13 +849,13 @@ async fn next_pinned(
                 }
                 let node = &p.conn.node;
                 if topo.snapshot().primary.as_ref().map(|n| n.id) != Some(node.id) {
-                    return Err(backend::Error::NotPrimary { addr: node.addr.clone() });
+                    return Err(upstream::Error::NotPrimary { addr: node.addr.clone() });
                 }
             }
         }
     }
 }
 
-fn initial_user(ctx: &Context) -> Option<Arc<crate::config::ClientUser>> {
+fn initial_user(ctx: &Context) -> Option<Arc<crate::auth::ClientUser>> {
     ctx.auth.load().is_none().then(|| ctx.open_user.clone())
 }

@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_protocol::resp2::types::OwnedFrame;
+use crate::resp::Value as OwnedFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::control::{call, Control};
 use super::{AddressMap, Topo};
-use crate::config::Addr;
+use crate::node::Addr;
+use crate::upstream::control::{call, Control};
 
 /// What one node says about its replication.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_protocol::resp2::types::OwnedFrame;
+use crate::resp::Value as OwnedFrame;
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use arc_swap::ArcSwap;
 
 use super::{Topo, Why};
-use crate::backend::{ConnKey, Dedicated, Node};
 use crate::command::{SharedTable, Table};
+use crate::upstream::{ConnKey, Dedicated, Node};
 
 /// What the prober needs to know.
 #[derive(Debug, Clone)]
@@ -357,17 +357,15 @@ async fn refresh_primary_info(
 }
 
 async fn call(c: &mut Dedicated, args: &[&[u8]]) -> Option<OwnedFrame> {
-    super::control::exchange(c, args).await
+    crate::upstream::control::exchange(c, args).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use redis_protocol::resp2::decode::decode;
-
     fn parse(input: &[u8]) -> Option<Role> {
-        let (frame, _) = decode(input).expect("valid").expect("complete");
+        let frame = crate::resp::value::decode_one(input).expect("a complete value");
         Role::parse(&frame)
     }
 

@@ -10,18 +10,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::types::OwnedFrame;
+use crate::resp::Value as OwnedFrame;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::control::{call, Control};
 use super::discovery::Decision;
 use super::probe::Role;
 use super::{AddressMap, Topo};
-use crate::backend::{encode_command, ConnKey, Dedicated, Node, Settings};
-use crate::config::Addr;
+use crate::node::Addr;
+use crate::resp::encode_command;
+use crate::upstream::control::{call, Control};
+use crate::upstream::{ConnKey, Dedicated, Node, Settings};
 
 /// Events that may change the master or its replicas.
 const EVENTS: &[&str] = &[
@@ -273,7 +273,7 @@ async fn listen(node: Arc<Node>, master_name: String, topo: Arc<Topo>, cancel: C
             topo.request_refresh();
             loop {
                 let (frame, _) = conn.next_frame().await.ok()?;
-                if let Ok(Some((OwnedFrame::Array(parts), _))) = decode(&frame) {
+                if let Some(OwnedFrame::Array(parts)) = crate::resp::value::decode_one(&frame) {
                     if let [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(channel), OwnedFrame::BulkString(payload)] =
                         parts.as_slice()
                     {

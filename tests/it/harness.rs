@@ -269,7 +269,7 @@ pub fn text(f: redis_protocol::resp2::types::OwnedFrame) -> String {
 pub fn resp(args: &[&str]) -> Vec<u8> {
     let mut out = Vec::new();
     let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    redsplit::backend::encode_command(&mut out, &args);
+    redsplit::resp::encode_command(&mut out, &args);
     out
 }
 
@@ -447,7 +447,7 @@ pub async fn sentinel_priority(s: &redsplit::embedded::Server, port: &str) -> Op
 pub fn replica_node(
     p: &Proxy,
     addr: &redsplit::config::Addr,
-) -> std::sync::Arc<redsplit::backend::Node> {
+) -> std::sync::Arc<redsplit::upstream::Node> {
     p.topo
         .snapshot()
         .replicas

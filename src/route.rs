@@ -20,10 +20,32 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rand::Rng;
+use serde::Deserialize;
 
-use crate::backend::Node;
-use crate::config::{Consistency, Fallback};
 use crate::topology::Topology;
+use crate::upstream::Node;
+
+/// How reads are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Read-your-writes and monotonic reads per client session, within the lag limit.
+    Session,
+    /// Any replica within the lag limit.
+    Eventual,
+    /// Every read goes to the primary.
+    Primary,
+}
+
+/// What a read does when no replica is eligible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Read from the primary.
+    Primary,
+    /// Fail the read with an error.
+    Error,
+}
 
 /// Why a read went to the primary (the label of `redsplit_reads_on_primary_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +60,19 @@ pub enum PrimaryReason {
     Transaction,
     /// `consistency = "primary"`, or a retry after a replica failed.
     Policy,
+}
+
+impl From<PrimaryReason> for crate::metrics::ReadReason {
+    fn from(r: PrimaryReason) -> crate::metrics::ReadReason {
+        use crate::metrics::ReadReason as M;
+        match r {
+            PrimaryReason::Session => M::Session,
+            PrimaryReason::Lag => M::Lag,
+            PrimaryReason::NoReplica => M::NoReplica,
+            PrimaryReason::Transaction => M::Transaction,
+            PrimaryReason::Policy => M::Policy,
+        }
+    }
 }
 
 /// Where one read goes.
@@ -239,11 +274,11 @@ fn least_outstanding<'a>(nodes: impl Iterator<Item = &'a Arc<Node>>) -> Option<A
 mod tests {
 
     use super::*;
-    use crate::config::Addr;
+    use crate::node::Addr;
     use crate::topology::Topo;
 
     fn setup() -> (Arc<Topo>, Arc<Topology>) {
-        let topo = Topo::new(crate::backend::test_settings());
+        let topo = Topo::new(crate::upstream::test_settings());
         let addr = |s: &str| Addr::parse(s).expect("addr");
         let t = topo.publish(Some(&addr("p:1")), &[addr("r:1"), addr("r:2")]);
         for r in &t.replicas {

@@ -7,6 +7,7 @@
 //! connection of their own (MULTI, blocking commands, pub/sub, MONITOR, tracking) take a [`Dedicated`] one.
 
 mod conn;
+pub mod control;
 mod dedicated;
 
 use std::io::IoSlice;
@@ -25,9 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use conn::Shared;
 pub use dedicated::Dedicated;
 
-use crate::config::{Addr, Credentials};
-use crate::resp::{self, Limits, ReplyScanner};
-use crate::topology::ReplState;
+use crate::node::Addr;
+use crate::node::ReplState;
+use crate::resp::{self, encode_command, Limits, ReplyScanner};
 
 /// Upstream failures. Each says whether the request may have reached the node: a request that was never
 /// sent may be retried anywhere; one that may have been sent must not be re-sent if it can write.
@@ -216,17 +217,17 @@ impl Node {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= TRIP_AFTER && self.repl.is_eligible() {
             tracing::warn!(upstream = %self.addr, failures = n, "node keeps failing, taking it out of rotation");
-            self.set_eligibility(crate::topology::Why::Tripped);
+            self.set_eligibility(crate::node::Why::Tripped);
         }
     }
 
     /// Sets read eligibility and its reason, and the eligibility gauge.
-    pub fn set_eligibility(&self, why: crate::topology::Why) {
+    pub fn set_eligibility(&self, why: crate::node::Why) {
         self.repl.set(why);
         self.metrics
             .load()
             .eligible
-            .set(i64::from(why == crate::topology::Why::Eligible));
+            .set(i64::from(why == crate::node::Why::Eligible));
     }
 
     /// Counts a success: the failure streak is over.
@@ -532,16 +533,6 @@ pub(crate) async fn connect(
     }
 }
 
-/// Appends `args` as a RESP multibulk command.
-pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
 /// Sends `job` on `conn`, counting it as outstanding on `node` until answered.
 pub fn submit(conn: &Shared, bytes: Bytes, count: u32) -> oneshot::Receiver<Result<Reply, Error>> {
     let (tx, rx) = oneshot::channel();
@@ -582,19 +573,29 @@ fn node_error(frame: &[u8]) -> NodeError {
     }
 }
 
+/// Credentials for upstream connections.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// ACL user; `None` for the default user.
+    pub username: Option<String>,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A job sender, kept beside the task that owns the connection.
 type JobTx = mpsc::UnboundedSender<Job>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encode_command_writes_multibulk() {
-        let mut out = Vec::new();
-        encode_command(&mut out, &[b"SELECT", b"3"]);
-        assert_eq!(out, b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n");
-    }
 
     #[test]
     fn only_node_specific_errors_are_retryable() {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::types::OwnedFrame;
+use crate::resp::Value as OwnedFrame;
 
-use crate::backend::{encode_command, ConnKey, Dedicated, Node};
+use super::{ConnKey, Dedicated, Node};
+use crate::resp::encode_command;
 
 /// A lazily (re)connected control connection to one node.
 #[derive(Debug)]
@@ -84,8 +84,5 @@ pub async fn exchange(conn: &mut Dedicated, args: &[&[u8]]) -> Option<OwnedFrame
     let mut out = Vec::new();
     encode_command(&mut out, args);
     let bytes = conn.exchange(&out).await.ok()?;
-    match decode(&bytes) {
-        Ok(Some((frame, _))) => Some(frame),
-        _ => None,
-    }
+    crate::resp::value::decode_one(&bytes)
 }

@@ -1,0 +1,282 @@
+//! What a node is, below everything that talks to one: its address, its identity (the Redis process and the
+//! replication history it follows), its zone, and its replication health as the prober last measured it.
+//!
+//! A node is known by what it is, not by the address someone used for it: two addresses answering with
+//! the same `run_id` are one node (see [`Identity`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// An upstream address as configured: `host:port`, resolved when connecting (hosts may be names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr(String);
+
+impl Addr {
+    /// Checks that `s` is `host:port` with a numeric port.
+    pub fn parse(s: &str) -> Result<Addr, String> {
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+                Ok(Addr(s.to_string()))
+            }
+            _ => Err(format!("`{s}` is not host:port")),
+        }
+    }
+
+    /// The address as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Host part, without brackets.
+    pub fn host(&self) -> &str {
+        let host = self.0.rsplit_once(':').map_or("", |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// Port part.
+    pub fn port(&self) -> u16 {
+        self.0
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Replication measurements of one node, written by its prober.
+#[derive(Debug, Default)]
+pub struct ReplState {
+    /// Epoch of the probe that produced `offset`; 0 before the first answer.
+    epoch: AtomicU64,
+    /// Replication offset reported by that probe.
+    offset: AtomicU64,
+    /// Lag behind the primary in bytes, as of the last probe.
+    pub lag_bytes: AtomicU64,
+    /// Lag behind the primary in milliseconds, as of the last probe.
+    pub lag_ms: AtomicU64,
+    /// May serve reads (replicas only): answering, link up, within the lag limits.
+    pub eligible: AtomicBool,
+    /// Why it may or may not ([`Why`] as a number).
+    why: std::sync::atomic::AtomicU8,
+    /// When a probe last got an answer, in milliseconds since the process started (0: never, or the
+    /// last probe failed).
+    last_answer_ms: AtomicU64,
+    /// The last probe found the node down for certain (connection refused or closed), not merely slow.
+    down: AtomicBool,
+    /// When the first probe to fail since the last answer gave up (0: the last probe answered, or none
+    /// failed yet). The node has said nothing since at least then.
+    silent_since_ms: AtomicU64,
+}
+
+/// Why a node may or may not serve reads (for `/topology` and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Why {
+    /// Not probed yet.
+    Unprobed = 0,
+    /// It may.
+    Eligible = 1,
+    /// Lag in time over the limit.
+    Lag = 2,
+    /// Lag in bytes over the limit.
+    LagBytes = 3,
+    /// Its link to the primary is down while the primary answers.
+    LinkDown = 4,
+    /// It does not answer probes within the timeout.
+    NoAnswer = 5,
+    /// It does not report being a replica.
+    NotReplica = 6,
+    /// It is the primary.
+    IsPrimary = 7,
+    /// Requests to it keep failing (circuit breaker open until a probe finds it healthy).
+    Tripped = 8,
+    /// Its lag cannot be measured yet (the primary's offset history does not reach back far enough).
+    Unmeasured = 9,
+}
+
+impl Why {
+    fn from_u8(n: u8) -> Why {
+        [
+            Why::Unprobed,
+            Why::Eligible,
+            Why::Lag,
+            Why::LagBytes,
+            Why::LinkDown,
+            Why::NoAnswer,
+            Why::NotReplica,
+            Why::IsPrimary,
+            Why::Tripped,
+            Why::Unmeasured,
+        ]
+        .get(usize::from(n))
+        .copied()
+        .unwrap_or(Why::Unprobed)
+    }
+
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Why::Unprobed => "not probed yet",
+            Why::Eligible => "eligible",
+            Why::Lag => "lag over max_lag_ms",
+            Why::LagBytes => "lag over max_lag_bytes",
+            Why::LinkDown => "master link down",
+            Why::NoAnswer => "not answering probes",
+            Why::NotReplica => "not a replica",
+            Why::IsPrimary => "primary",
+            Why::Tripped => "requests keep failing",
+            Why::Unmeasured => "lag not measurable yet",
+        }
+    }
+}
+
+/// The offset a node reported, and the epoch of the probe that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Probe epoch.
+    pub epoch: u64,
+    /// Replication offset.
+    pub offset: u64,
+}
+
+impl ReplState {
+    /// Records a probe answer. The offset is stored before the epoch: a reader that sees the new epoch
+    /// sees this offset or a later, larger one, and a larger offset only makes a floor stricter.
+    pub fn record(&self, epoch: u64, offset: u64) {
+        self.offset.store(offset, Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The latest sample, if any probe has answered.
+    pub fn sample(&self) -> Option<Sample> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        (epoch > 0).then(|| Sample {
+            epoch,
+            offset: self.offset.load(Ordering::Acquire),
+        })
+    }
+
+    /// Offset known to be reached (0 if unknown).
+    pub fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    /// Notes that a probe got an answer now.
+    pub fn answered(&self) -> u64 {
+        let now = since_start_ms();
+        self.last_answer_ms.store(now, Ordering::Relaxed);
+        self.silent_since_ms.store(0, Ordering::Relaxed);
+        self.down.store(false, Ordering::Relaxed);
+        now
+    }
+
+    /// True if the last probe found the node down for certain: it takes no writes from anyone.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a probe failed (now, as it gave up): the node no longer counts as answering. `down`:
+    /// the node refused or closed the connection (down for certain), rather than timing out (slow).
+    pub fn unanswered(&self, down: bool) {
+        self.last_answer_ms.store(0, Ordering::Relaxed);
+        self.down.store(down, Ordering::Relaxed);
+        let _ = self.silent_since_ms.compare_exchange(
+            0,
+            since_start_ms().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// True if its last probe answered.
+    pub fn answering(&self) -> bool {
+        self.last_answer_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// True if the node has been silent for longer than `window`: counted from when the first probe
+    /// that failed gave up, so anyone who heard from the node (a sentinel) heard it no later than that,
+    /// however seldom the probes run.
+    pub fn silent_longer_than(&self, window: Duration) -> bool {
+        let since = self.silent_since_ms.load(Ordering::Relaxed);
+        since != 0 && since_start_ms().saturating_sub(since) > window.as_millis() as u64
+    }
+
+    /// True if a probe got an answer within `window` and none failed since.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        last != 0 && since_start_ms().saturating_sub(last) <= window.as_millis() as u64
+    }
+
+    /// Sets eligibility and its reason together.
+    pub fn set(&self, why: Why) {
+        self.why.store(why as u8, Ordering::Relaxed);
+        self.eligible.store(why == Why::Eligible, Ordering::Relaxed);
+    }
+
+    /// Why it may or may not serve reads.
+    pub fn why(&self) -> Why {
+        Why::from_u8(self.why.load(Ordering::Relaxed))
+    }
+
+    /// True if it may serve reads.
+    pub fn is_eligible(&self) -> bool {
+        self.eligible.load(Ordering::Relaxed)
+    }
+}
+
+/// Milliseconds since the first call (at least 1, so 0 can mean never).
+fn since_start_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// A Redis process, as `INFO server` names it (`run_id`): new with every start of the server. Two addresses
+/// that answer with the same run id are one node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(pub String);
+
+/// A replication history (`master_replid` of `INFO replication`): a primary and every replica synced
+/// with it, directly or through other replicas, report the same one. A promoted replica starts a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplId(pub String);
+
+/// A node's availability zone (datacenter, site), when known.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Zone(pub String);
+
+/// What a node is: the process and the replication history it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The process.
+    pub run_id: RunId,
+    /// The replication history it is on, if it reported one.
+    pub replid: Option<ReplId>,
+}
+
+impl Identity {
+    /// Reads `run_id` (INFO server) and `master_replid` (INFO replication) from INFO text with either or
+    /// both sections. `None` without a run id.
+    pub fn from_info(text: &str) -> Option<Identity> {
+        let run_id = info_field(text, "run_id")?;
+        if run_id.is_empty() {
+            return None;
+        }
+        Some(Identity {
+            run_id: RunId(run_id.to_string()),
+            replid: info_field(text, "master_replid")
+                .filter(|r| !r.is_empty())
+                .map(|r| ReplId(r.to_string())),
+        })
+    }
+}
+
+/// The value of `name` in INFO text (`name:value` lines).
+pub fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+}
