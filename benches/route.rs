@@ -48,7 +48,7 @@ fn main() {
 
 fn routing(c: &mut Criterion, replicas: usize) {
     let (topo, t) = topology(replicas);
-    let primary = t.primary.as_ref().expect("topology has a primary").id;
+    let primary = t.primary().expect("topology has a primary").id;
 
     let mut g = c.benchmark_group(format!("{replicas}_replicas"));
     g.bench_function("route eventual", |b| {
@@ -56,14 +56,14 @@ fn routing(c: &mut Criterion, replicas: usize) {
         b.iter(|| replica(s.route(&t, Consistency::Eventual, Fallback::Primary)))
     });
     // Distinct loads: the same walk over the replicas without drawing a random number per tie.
-    for (load, r) in t.replicas.iter().enumerate() {
+    for (load, r) in t.replica_nodes().enumerate() {
         r.outstanding.store(load, Ordering::Relaxed);
     }
     g.bench_function("route eventual (no ties)", |b| {
         let mut s = ReadState::default();
         b.iter(|| replica(s.route(&t, Consistency::Eventual, Fallback::Primary)))
     });
-    for r in &t.replicas {
+    for r in t.replica_nodes() {
         r.outstanding.store(0, Ordering::Relaxed);
     }
     g.bench_function("route session (fresh)", |b| {
@@ -125,7 +125,7 @@ fn topology(replicas: usize) -> (Arc<Topo>, Arc<Topology>) {
     for n in t.nodes() {
         n.repl.record(epoch, 1_000_000);
     }
-    for r in &t.replicas {
+    for r in t.replica_nodes() {
         r.repl.eligible.store(true, Ordering::Relaxed);
     }
     (topo, t)

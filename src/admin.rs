@@ -114,7 +114,7 @@ type Reply = (StatusCode, Json<Value>);
 /// bound before this server starts.)
 async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, String) {
     let snapshot = s.topo.snapshot();
-    match &snapshot.primary {
+    match snapshot.primary() {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no primary is known\n".into(),
@@ -147,10 +147,10 @@ async fn metrics(
 async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
     let t = s.topo.snapshot();
     let replicas: Vec<Value> = t
-        .replicas
+        .replicas()
         .iter()
-        .zip(&t.parents)
-        .map(|(n, parent)| {
+        .map(|r| {
+            let (n, parent) = (&r.node, &r.parent);
             let lag_ms = n.repl.lag_ms.load(Ordering::Relaxed);
             json!({
                 "addr": n.addr.to_string(),
@@ -167,7 +167,7 @@ async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
         .collect();
     Json(json!({
         "generation": t.generation.0,
-        "primary": t.primary.as_ref().map(|p| json!({"addr": p.addr.to_string(), "offset": p.repl.offset()})),
+        "primary": t.primary().map(|p| json!({"addr": p.addr.to_string(), "offset": p.repl.offset()})),
         "writes_held": s.topo.writes_held(),
         "failovers": s.topo.failovers(),
         "replicas": replicas,
@@ -201,7 +201,7 @@ async fn failover(State(s): State<Arc<AdminState>>, Query(q): Query<FailoverQuer
 async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
     let started = Instant::now();
     let snapshot = s.topo.snapshot();
-    let Some(old) = snapshot.primary.clone() else {
+    let Some(old) = snapshot.primary().cloned() else {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "no primary is known"}),
@@ -216,10 +216,9 @@ async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
     match &*switchover {
         Switchover::Static => {
             let target = match to {
-                Some(a) => snapshot.replicas.iter().find(|n| n.addr == a).cloned(),
+                Some(a) => snapshot.replica_nodes().find(|n| n.addr == a).cloned(),
                 None => snapshot
-                    .replicas
-                    .iter()
+                    .replica_nodes()
                     .filter(|n| n.repl.is_eligible())
                     .max_by_key(|n| n.repl.offset())
                     .cloned(),
@@ -414,19 +413,10 @@ async fn not_started(primary: &mut Control, status: StatusCode, error: &str) -> 
 async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
     s.topo.request_refresh();
     let switched = wait_until(s.timeout, || {
-        s.topo
-            .snapshot()
-            .primary
-            .as_ref()
-            .is_some_and(|n| n.id != old.id)
+        s.topo.snapshot().primary().is_some_and(|n| n.id != old.id)
     })
     .await;
-    let now = s
-        .topo
-        .snapshot()
-        .primary
-        .as_ref()
-        .map(|n| n.addr.to_string());
+    let now = s.topo.snapshot().primary().map(|n| n.addr.to_string());
     if !switched {
         return reply(
             StatusCode::GATEWAY_TIMEOUT,
@@ -483,14 +473,13 @@ fn replicas_behind(
             || !n.repl.silent_longer_than(sentinel::REPLICA_VALIDITY)
     };
     let mut behind: Vec<Arc<Node>> = snapshot
-        .replicas
-        .iter()
+        .replica_nodes()
         .filter(|n| counts(n) && n.repl.offset() < target)
         .cloned()
         .collect();
     for addr in promotable.into_iter().flatten() {
-        let known = snapshot.replicas.iter().any(|n| &n.addr == addr);
-        if !known && snapshot.primary.as_ref().is_none_or(|p| &p.addr != addr) {
+        let known = snapshot.replica_nodes().any(|n| &n.addr == addr);
+        if !known && snapshot.primary().is_none_or(|p| &p.addr != addr) {
             behind.push(topo.node(addr));
         }
     }

@@ -125,13 +125,13 @@ impl ReadState {
         fallback: Fallback,
         avoid: Option<u64>,
     ) -> ReadTarget {
-        let primary_id = topo.primary.as_ref().map(|p| p.id);
+        let primary_id = topo.primary().map(|p| p.id);
         let eligible =
             |n: &Arc<Node>| n.repl.is_eligible() && Some(n.id) != primary_id && Some(n.id) != avoid;
         let target = match consistency {
             Consistency::Primary => return ReadTarget::Primary(PrimaryReason::Policy),
             Consistency::Eventual => {
-                least_outstanding(topo.replicas.iter().filter(|n| eligible(n)))
+                least_outstanding(topo.replica_nodes().filter(|n| eligible(n)))
             }
             Consistency::Session => {
                 if self.unreplied_primary > 0 {
@@ -139,20 +139,18 @@ impl ReadState {
                 }
                 self.resolve(topo);
                 if let Some((id, _)) = self.sticky {
-                    match topo.replicas.iter().find(|n| n.id == id) {
+                    match topo.replica_nodes().find(|n| n.id == id) {
                         Some(n) if eligible(n) => return ReadTarget::Replica(n.clone()),
                         _ => return ReadTarget::Primary(PrimaryReason::Session),
                     }
                 }
                 match self.pending {
                     Some(p) => topo
-                        .replicas
-                        .iter()
+                        .replica_nodes()
                         .find(|n| n.id == p.node && eligible(n))
                         .cloned(),
                     None => least_outstanding(
-                        topo.replicas
-                            .iter()
+                        topo.replica_nodes()
                             .filter(|n| eligible(n) && n.repl.offset() >= self.floor),
                     ),
                 }
@@ -161,9 +159,9 @@ impl ReadState {
         match target {
             Some(n) => ReadTarget::Replica(n),
             None => {
-                let reason = if topo.replicas.is_empty() {
+                let reason = if topo.replicas().is_empty() {
                     PrimaryReason::NoReplica
-                } else if topo.replicas.iter().any(eligible) {
+                } else if topo.replica_nodes().any(eligible) {
                     PrimaryReason::Session
                 } else {
                     PrimaryReason::Lag
@@ -238,7 +236,7 @@ impl ReadState {
             // The node left the topology (failover): demand a fresh sample of the current primary, whose
             // data includes everything the old node had acknowledged to this session.
             None => {
-                self.pending = topo.primary.as_ref().map(|n| Pending {
+                self.pending = topo.primary().map(|n| Pending {
                     node: n.id,
                     epoch: p.epoch,
                 });
@@ -281,7 +279,7 @@ mod tests {
         let topo = Topo::new(crate::upstream::test_settings());
         let addr = |s: &str| Addr::parse(s).expect("addr");
         let t = topo.publish(Some(&addr("p:1")), &[addr("r:1"), addr("r:2")]);
-        for r in &t.replicas {
+        for r in t.replica_nodes() {
             r.repl.eligible.store(true, Ordering::Relaxed);
         }
         (topo, t)
@@ -298,7 +296,7 @@ mod tests {
     fn read_goes_to_primary_while_a_write_is_unanswered() {
         let (_, t) = setup();
         let mut s = ReadState::default();
-        let p = t.primary.as_ref().expect("primary").id;
+        let p = t.primary().expect("primary").id;
         s.sent(p, true, 1);
         let r = s.route(&t, Consistency::Session, Fallback::Primary);
         assert!(matches!(r, ReadTarget::Primary(PrimaryReason::Session)));
@@ -307,8 +305,8 @@ mod tests {
     #[test]
     fn read_after_write_waits_for_a_replica_known_to_hold_the_write() {
         let (topo, t) = setup();
-        let p = t.primary.as_ref().expect("primary");
-        let (r1, r2) = (&t.replicas[0], &t.replicas[1]);
+        let p = t.primary().expect("primary");
+        let (r1, r2) = (&t.replicas()[0].node, &t.replicas()[1].node);
         r1.repl.record(1, 100);
         r2.repl.record(1, 100);
         let mut s = ReadState::default();
@@ -353,7 +351,7 @@ mod tests {
     #[test]
     fn lagging_replicas_get_no_reads_and_error_fallback_refuses() {
         let (_, t) = setup();
-        for r in &t.replicas {
+        for r in t.replica_nodes() {
             r.repl.eligible.store(false, Ordering::Relaxed);
         }
         let mut s = ReadState::default();
@@ -370,16 +368,16 @@ mod tests {
     #[test]
     fn eventual_reads_balance_by_outstanding_requests() {
         let (_, t) = setup();
-        t.replicas[0].outstanding.store(5, Ordering::Relaxed);
+        t.replicas()[0].node.outstanding.store(5, Ordering::Relaxed);
         let mut s = ReadState::default();
         for _ in 0..10 {
             assert_eq!(
                 replica(&s.route(&t, Consistency::Eventual, Fallback::Primary)),
-                t.replicas[1].id
+                t.replicas()[1].node.id
             );
         }
-        t.replicas[0].outstanding.store(0, Ordering::Relaxed);
-        t.replicas[1].outstanding.store(0, Ordering::Relaxed);
+        t.replicas()[0].node.outstanding.store(0, Ordering::Relaxed);
+        t.replicas()[1].node.outstanding.store(0, Ordering::Relaxed);
         let picks: std::collections::HashSet<u64> = (0..200)
             .map(|_| replica(&s.route(&t, Consistency::Eventual, Fallback::Primary)))
             .collect();

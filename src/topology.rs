@@ -12,11 +12,10 @@
 pub mod discovery;
 pub mod probe;
 pub mod sentinel;
+pub mod shard;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
@@ -25,28 +24,55 @@ use tokio::sync::watch;
 use crate::node::Addr;
 pub use crate::node::{ReplState, Sample, Why};
 use crate::upstream::{Node, Settings};
+pub use shard::{Replica, Shard, ShardId, ShardState};
 
 /// Topology generation: increases by one with every published snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Generation(pub u64);
 
-/// One immutable view of the replication topology.
+/// One immutable view of the replication topology: shards, each a primary with its replicas. One shard
+/// in front of a replicated primary.
 #[derive(Debug)]
 pub struct Topology {
     /// Its generation.
     pub generation: Generation,
-    /// The primary, if one is known. Writes wait while there is none.
-    pub primary: Option<Arc<Node>>,
-    /// Replicas, in discovery order.
-    pub replicas: Vec<Arc<Node>>,
-    /// The master each replica follows (the primary, or another replica), index for index.
-    pub parents: Vec<Addr>,
+    /// The shards; never empty (a shard without a primary stands for one not found yet).
+    pub shards: Vec<Shard>,
 }
 
 impl Topology {
-    /// Every node, primary first.
+    /// The shard of a replicated primary (the first).
+    pub fn shard(&self) -> &Shard {
+        self.shards
+            .first()
+            .expect("a topology always has a shard: Topo publishes at least one")
+    }
+
+    /// The primary of the first shard, if one is known.
+    pub fn primary(&self) -> Option<&Arc<Node>> {
+        self.shard().primary.as_ref()
+    }
+
+    /// The replicas of the first shard.
+    pub fn replicas(&self) -> &[Replica] {
+        &self.shard().replicas
+    }
+
+    /// The replica nodes of the first shard.
+    pub fn replica_nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.replicas().iter().map(|r| &r.node)
+    }
+
+    /// Every node of every shard, each shard's primary first.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.primary.iter().chain(self.replicas.iter())
+        self.shards.iter().flat_map(Shard::nodes)
+    }
+
+    /// The shard `node` (by id) belongs to, if any.
+    pub fn shard_of(&self, node: u64) -> Option<&Shard> {
+        self.shards
+            .iter()
+            .find(|s| s.is_primary(node) || s.replica(node).is_some())
     }
 }
 
@@ -77,9 +103,6 @@ impl AddressMap {
     }
 }
 
-/// How long the primary's offset history reaches back. Lag older than this reads as this.
-const HISTORY_SPAN: Duration = Duration::from_secs(120);
-
 /// The live topology and what goes with it.
 #[derive(Debug)]
 pub struct Topo {
@@ -87,36 +110,32 @@ pub struct Topo {
     changed: watch::Sender<Generation>,
     /// Probe epoch counter; see the module documentation.
     pub epoch: AtomicU64,
-    /// `(when, primary offset)`, oldest first, for lag in time.
-    history: Mutex<VecDeque<(Instant, u64)>>,
     /// Redis version of the primary, for proxy-made HELLO replies.
     pub server_version: ArcSwap<String>,
     settings: Arc<Settings>,
     nodes: Mutex<FxHashMap<Addr, Arc<Node>>>,
     failovers: AtomicU64,
-    /// Set during a manual switchover: writes wait as if there were no primary, reads go on.
-    writes_held: AtomicBool,
+    /// What the shard keeps across snapshots.
+    state: Arc<ShardState>,
 }
 
 impl Topo {
-    /// An empty topology (generation 0, no primary).
+    /// An empty topology (generation 0, one shard without a primary).
     pub fn new(settings: Arc<Settings>) -> Arc<Topo> {
+        let state = Arc::new(ShardState::default());
         let empty = Topology {
             generation: Generation(0),
-            primary: None,
-            replicas: Vec::new(),
-            parents: Vec::new(),
+            shards: vec![Shard::empty(ShardId(0), state.clone())],
         };
         Arc::new(Topo {
             current: ArcSwap::from_pointee(empty),
             changed: watch::channel(Generation(0)).0,
             epoch: AtomicU64::new(1),
-            history: Mutex::new(VecDeque::new()),
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             settings,
             nodes: Mutex::new(FxHashMap::default()),
             failovers: AtomicU64::new(0),
-            writes_held: AtomicBool::new(false),
+            state,
         })
     }
 
@@ -128,6 +147,11 @@ impl Topo {
     /// The current snapshot, owned.
     pub fn snapshot(&self) -> Arc<Topology> {
         self.current.load_full()
+    }
+
+    /// What the (first) shard keeps across snapshots: offset history, held writes.
+    pub fn shard_state(&self) -> &Arc<ShardState> {
+        &self.state
     }
 
     /// Publishes a snapshot with `primary` and `replicas` following it directly.
@@ -145,14 +169,14 @@ impl Topo {
     /// Publishes `decision` unless the current snapshot already says the same. Returns the new snapshot.
     pub fn publish_if_changed(&self, decision: &discovery::Decision) -> Option<Arc<Topology>> {
         let cur = self.current.load();
-        let same = cur.primary.as_ref().map(|n| &n.addr) == decision.primary.as_ref()
-            && cur.replicas.len() == decision.replicas.len()
-            && cur
+        let shard = cur.shard();
+        let same = shard.primary.as_ref().map(|n| &n.addr) == decision.primary.as_ref()
+            && shard.replicas.len() == decision.replicas.len()
+            && shard
                 .replicas
                 .iter()
-                .zip(&cur.parents)
                 .zip(&decision.replicas)
-                .all(|((n, parent), (addr, want))| n.addr == *addr && parent == want);
+                .all(|(r, (addr, parent))| r.node.addr == *addr && r.parent == *parent);
         (!same).then(|| self.publish_tree(decision))
     }
 
@@ -163,19 +187,30 @@ impl Topo {
             let replicas = decision
                 .replicas
                 .iter()
-                .map(|(a, _)| self.node(a))
+                .map(|(a, parent)| {
+                    let node = self.node(a);
+                    Replica {
+                        identity: node.identity(),
+                        node,
+                        parent: parent.clone(),
+                        zone: None,
+                    }
+                })
                 .collect();
-            let parents = decision.replicas.iter().map(|(_, p)| p.clone()).collect();
             let generation = Generation(self.current.load().generation.0 + 1);
             Arc::new(Topology {
                 generation,
-                primary,
-                replicas,
-                parents,
+                shards: vec![Shard {
+                    id: ShardId(0),
+                    primary,
+                    replicas,
+                    state: self.state.clone(),
+                }],
             })
         };
         let old = self.current.swap(next.clone());
-        let failover = matches!((&old.primary, &next.primary), (Some(a), Some(b)) if a.id != b.id);
+        let failover =
+            matches!((old.primary(), next.primary()), (Some(a), Some(b)) if a.id != b.id);
         if failover {
             self.failovers.fetch_add(1, Ordering::Relaxed);
         }
@@ -187,10 +222,10 @@ impl Topo {
             // Series exist exactly for the nodes in the topology, and lag and eligibility only for
             // replicas: handles are resolved again whenever a node joins or changes role.
             let role = |t: &Topology, id: u64| {
-                if t.primary.as_ref().is_some_and(|p| p.id == id) {
+                if t.primary().is_some_and(|p| p.id == id) {
                     Some(true)
                 } else {
-                    t.replicas.iter().any(|r| r.id == id).then_some(false)
+                    t.shard().replica(id).map(|_| false)
                 }
             };
             for n in next.nodes() {
@@ -209,10 +244,14 @@ impl Topo {
             }
         }
         self.changed.send_replace(next.generation);
-        let replicas: Vec<String> = next.replicas.iter().map(|n| n.addr.to_string()).collect();
+        let replicas: Vec<String> = next
+            .replicas()
+            .iter()
+            .map(|r| r.node.addr.to_string())
+            .collect();
         tracing::info!(
             generation = next.generation.0,
-            primary = next.primary.as_ref().map(|n| n.addr.to_string()).unwrap_or_else(|| "none".into()),
+            primary = next.primary().map(|n| n.addr.to_string()).unwrap_or_else(|| "none".into()),
             replicas = %replicas.join(","),
             "topology published"
         );
@@ -245,7 +284,7 @@ impl Topo {
     /// Holds (true) or releases (false) writes, as during a manual switchover. Releasing wakes held
     /// commands at once.
     pub fn hold_writes(&self, hold: bool) {
-        self.writes_held.store(hold, Ordering::SeqCst);
+        self.state.hold_writes(hold);
         if !hold {
             let generation = self.current.load().generation;
             self.changed.send_replace(generation);
@@ -254,7 +293,7 @@ impl Topo {
 
     /// True while writes are held.
     pub fn writes_held(&self) -> bool {
-        self.writes_held.load(Ordering::Relaxed)
+        self.state.writes_held()
     }
 
     /// Primary changes seen since start.
@@ -276,57 +315,6 @@ impl Topo {
     pub fn next_epoch(&self) -> u64 {
         self.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
-
-    /// Records the primary's offset at `at`.
-    pub fn record_primary_offset(&self, at: Instant, offset: u64) {
-        let mut h = self.history.lock().expect("history lock is never poisoned");
-        if h.back().is_some_and(|&(_, o)| o > offset) {
-            // The offset went backwards: a different primary or a restart. Old history means nothing now.
-            h.clear();
-        }
-        h.push_back((at, offset));
-        while h
-            .front()
-            .is_some_and(|&(t, _)| at.duration_since(t) > HISTORY_SPAN)
-        {
-            h.pop_front();
-        }
-    }
-
-    /// How far in time `offset` trails `reference` in the primary's history: the lag of a replica
-    /// measured against the freshest one while the primary is gone.
-    pub fn lag_behind(&self, offset: u64, reference: u64) -> Option<Duration> {
-        let at = {
-            let h = self.history.lock().expect("history lock is never poisoned");
-            let &(newest, _) = h.back()?;
-            h.iter()
-                .find(|&&(_, o)| o >= reference)
-                .map_or(newest, |&(t, _)| t)
-        };
-        self.lag_at(at, offset)
-    }
-
-    /// Lag in time of a replica that reported `offset` at `at`: how long before `at` the primary was last
-    /// known to be at or below that offset. A replica with all the primary is known to have may still
-    /// miss what was written since the newest sample: its lag is the age of that sample. (Counting it as
-    /// zero let a replica 600 ms behind read as level with an old sample when the primary's probes came
-    /// slowly under load, and serve reads under a 300 ms limit.) `None` if the history cannot tell (no
-    /// sample yet).
-    pub fn lag_at(&self, at: Instant, offset: u64) -> Option<Duration> {
-        let h = self.history.lock().expect("history lock is never poisoned");
-        let &(sampled, newest) = h.back()?;
-        if offset >= newest {
-            return Some(at.saturating_duration_since(sampled));
-        }
-        // The primary passed `offset` after the last sample at or below it: the replica misses writes at
-        // least that old. Conservative by up to one probe interval.
-        match h.iter().rev().find(|&&(_, o)| o <= offset) {
-            Some(&(t, _)) => Some(at.saturating_duration_since(t)),
-            None => h
-                .front()
-                .map(|&(t, _)| at.saturating_duration_since(t).max(HISTORY_SPAN)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -346,29 +334,10 @@ mod tests {
         let g2 = t.publish(Some(&b), std::slice::from_ref(&a));
         assert_eq!(g2.generation, Generation(g1.generation.0 + 1));
         assert_eq!(
-            g1.primary.as_ref().map(|n| n.id),
-            g2.replicas.first().map(|n| n.id)
+            g1.primary().map(|n| n.id),
+            g2.replicas().first().map(|r| r.node.id)
         );
         assert_eq!(*t.subscribe().borrow(), g2.generation);
-    }
-
-    #[test]
-    fn lag_is_how_long_ago_the_primary_was_at_the_replica_offset() {
-        let t = topo();
-        let t0 = Instant::now();
-        for (ms, off) in [(0, 100), (100, 200), (200, 200), (300, 400)] {
-            t.record_primary_offset(t0 + Duration::from_millis(ms), off);
-        }
-        let now = t0 + Duration::from_millis(300);
-        assert_eq!(t.lag_at(now, 400), Some(Duration::ZERO));
-        // Level with the newest sample, asked later: whatever came since may be missing.
-        assert_eq!(
-            t.lag_at(now + Duration::from_millis(700), 400),
-            Some(Duration::from_millis(700))
-        );
-        assert_eq!(t.lag_at(now, 250), Some(Duration::from_millis(100)));
-        assert_eq!(t.lag_at(now, 150), Some(Duration::from_millis(300)));
-        assert!(t.lag_at(now, 50).expect("known") >= HISTORY_SPAN);
     }
 
     #[test]

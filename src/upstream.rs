@@ -27,7 +27,7 @@ pub use conn::Shared;
 pub use dedicated::Dedicated;
 
 use crate::node::Addr;
-use crate::node::ReplState;
+use crate::node::{Identity, ReplState};
 use crate::resp::{self, encode_command, Limits, ReplyScanner};
 
 /// Upstream failures. Each says whether the request may have reached the node: a request that was never
@@ -186,6 +186,8 @@ pub struct Node {
     pub outstanding: AtomicUsize,
     /// Replication offsets and lag, written by the prober.
     pub repl: ReplState,
+    /// What the node is (run id, replication history), once a probe or discovery has asked it.
+    identity: arc_swap::ArcSwapOption<Identity>,
     /// Metric handles; registered while the node is in the topology, detached otherwise.
     pub metrics: arc_swap::ArcSwap<crate::metrics::NodeMetrics>,
     /// Consecutive failures seen on the data path; past [`TRIP_AFTER`] the node gets no reads until its
@@ -204,11 +206,24 @@ impl Node {
             addr,
             outstanding: AtomicUsize::new(0),
             repl: ReplState::default(),
+            identity: arc_swap::ArcSwapOption::empty(),
             metrics: arc_swap::ArcSwap::from_pointee(crate::metrics::NodeMetrics::detached()),
             failures: std::sync::atomic::AtomicU32::new(0),
             settings,
             pools: Mutex::new(FxHashMap::default()),
         })
+    }
+
+    /// What the node is, as last learned.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.load().as_deref().cloned()
+    }
+
+    /// Records what the node said it is (INFO server and replication).
+    pub fn set_identity(&self, identity: Identity) {
+        if self.identity.load().as_deref() != Some(&identity) {
+            self.identity.store(Some(Arc::new(identity)));
+        }
     }
 
     /// Counts a failure (broken connection, timeout) of a request to this node; takes it out of read

@@ -159,11 +159,11 @@ impl Session {
         batch: &mut Option<Batch>,
     ) -> Step {
         // During a manual switchover writes wait as if there were no primary; reads do not.
-        let read_primary = topo.primary.clone();
+        let read_primary = topo.primary().cloned();
         let primary = if self.ctx.topo.writes_held() {
             None
         } else {
-            topo.primary.clone()
+            topo.primary().cloned()
         };
         match class {
             Class::Read => match self
@@ -194,7 +194,7 @@ impl Session {
                 self.flush(batch);
                 let bytes = self.take_frame(req);
                 // Same connection as this session's later reads, so an EVALSHA_RO sent next finds the script.
-                for r in &topo.replicas {
+                for r in topo.replica_nodes() {
                     let conn = self.conn_for(r);
                     r.metrics.load().commands(false, Kind::Other, 1);
                     drop(upstream::submit(&conn, bytes.clone(), 1));
@@ -636,7 +636,7 @@ impl Session {
         if self.barrier(batch) {
             return Step::Wait;
         }
-        let Some(p) = topo.primary.clone() else {
+        let Some(p) = topo.primary().cloned() else {
             return self.reply_local(batch, req, ClientError::NoPrimary.frame());
         };
         self.inbuf.advance(req.len);
@@ -683,7 +683,7 @@ impl Session {
         key: ConnKey,
         hello: Option<Option<Bytes>>,
     ) -> Step {
-        let Some(p) = topo.primary.clone() else {
+        let Some(p) = topo.primary().cloned() else {
             self.push(
                 Wait::Ready(ClientError::NoPrimary.frame()),
                 None,
@@ -1218,8 +1218,7 @@ async fn wait_for_replicas(
     let acked = loop {
         let snapshot = topo.snapshot();
         let acked = snapshot
-            .replicas
-            .iter()
+            .replica_nodes()
             .filter(|r| r.repl.offset() >= target)
             .count();
         if acked >= want || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {

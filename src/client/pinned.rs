@@ -215,7 +215,7 @@ impl Session {
         // A session on a connection to a node that is no longer the primary must not go on there: its
         // writes would be acknowledged by a demoted (or cut-off) node and lost. Its state (transaction,
         // WATCH, subscriptions, tracking) cannot move with it: the client is told and closed.
-        let primary = self.ctx.topo.snapshot().primary.as_ref().map(|n| n.id);
+        let primary = self.ctx.topo.snapshot().primary().map(|n| n.id);
         if self
             .pinned
             .as_ref()

@@ -667,12 +667,12 @@ impl Session {
                     .route_avoiding(&topo, consistency, fallback, avoid)
                 {
                     ReadTarget::Replica(n) => Some((n, false)),
-                    ReadTarget::Primary(_) => topo.primary.clone().map(|p| (p, true)),
+                    ReadTarget::Primary(_) => topo.primary().cloned().map(|p| (p, true)),
                     ReadTarget::Refuse(_) => None,
                 }
             }
             Later::None if self.ctx.topo.writes_held() => None,
-            Later::None => topo.primary.clone().map(|p| (p, true)),
+            Later::None => topo.primary().cloned().map(|p| (p, true)),
         };
         // The node that just failed gets another try only after a pause (as a held entry), so a dead
         // primary is not hammered while the failover runs.
@@ -848,7 +848,7 @@ async fn next_pinned(
                     return p.conn.next_frame().await;
                 }
                 let node = &p.conn.node;
-                if topo.snapshot().primary.as_ref().map(|n| n.id) != Some(node.id) {
+                if topo.snapshot().primary().map(|n| n.id) != Some(node.id) {
                     return Err(upstream::Error::NotPrimary { addr: node.addr.clone() });
                 }
             }

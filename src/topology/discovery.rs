@@ -222,7 +222,7 @@ pub async fn run(
             }
         }
         let snapshot = topo.snapshot();
-        let current = snapshot.primary.as_ref().map(|n| n.addr.clone());
+        let current = snapshot.primary().map(|n| n.addr.clone());
         let decision = decide(&seen, current.as_ref());
         if decision.primary.is_none() && current.is_some() {
             warn!(current = %current.as_ref().map(Addr::to_string).unwrap_or_default(), "no primary the tree agrees on; writes wait");

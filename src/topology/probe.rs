@@ -169,11 +169,7 @@ async fn probe_node(
                 .await
             {
                 Ok(Ok(mut c)) => {
-                    let is_primary = topo
-                        .load()
-                        .primary
-                        .as_ref()
-                        .is_some_and(|p| p.id == node.id);
+                    let is_primary = topo.load().primary().is_some_and(|p| p.id == node.id);
                     if is_primary {
                         refresh_primary_info(&mut c, &topo, &table, &cfg, timeout).await;
                     }
@@ -214,12 +210,12 @@ async fn probe_node(
         };
         node.repl.answered();
         let snapshot = topo.load();
-        let is_primary = snapshot.primary.as_ref().is_some_and(|p| p.id == node.id);
+        let is_primary = snapshot.primary().is_some_and(|p| p.id == node.id);
         match role {
             Role::Master { offset } => {
                 node.repl.record(epoch, offset);
                 if is_primary {
-                    topo.record_primary_offset(at, offset);
+                    topo.shard_state().record_primary_offset(at, offset);
                     node.set_eligibility(Why::IsPrimary);
                 } else {
                     node.set_eligibility(Why::NotReplica);
@@ -238,13 +234,13 @@ async fn probe_node(
                 // A primary that is only slow may still be taking writes: its replicas are measured
                 // against its history (whose newest sample ages meanwhile). Only one that is down for
                 // certain (refusing or closing connections) is taken for gone.
-                let primary_answers = snapshot.primary.as_ref().is_some_and(|p| {
+                let primary_answers = snapshot.primary().is_some_and(|p| {
                     p.id != node.id && (p.repl.answered_within(timeout * 2) || !p.repl.is_down())
                 });
-                let (lag, lag_bytes) = if primary_answers || snapshot.primary.is_none() {
-                    let primary_offset = snapshot.primary.as_ref().map_or(0, |p| p.repl.offset());
+                let (lag, lag_bytes) = if primary_answers || snapshot.primary().is_none() {
+                    let primary_offset = snapshot.primary().map_or(0, |p| p.repl.offset());
                     (
-                        topo.lag_at(at, offset),
+                        topo.shard_state().lag_at(at, offset),
                         primary_offset.saturating_sub(offset),
                     )
                 } else {
@@ -252,13 +248,12 @@ async fn probe_node(
                     // freshest reachable replica holds all the data that still exists. Lag is measured
                     // against it, so reads keep flowing from replicas that have everything.
                     let freshest = snapshot
-                        .replicas
-                        .iter()
+                        .replica_nodes()
                         .filter(|r| r.repl.answered_within(timeout * 2))
                         .map(|r| r.repl.offset())
                         .fold(offset, u64::max);
                     (
-                        topo.lag_behind(offset, freshest),
+                        topo.shard_state().lag_behind(offset, freshest),
                         freshest.saturating_sub(offset),
                     )
                 };

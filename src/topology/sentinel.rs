@@ -124,7 +124,7 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
         *answers.entry(addr.clone()).or_default() += 1;
         named[i] = Some(addr);
     }
-    let current = topo.snapshot().primary.as_ref().map(|n| n.addr.clone());
+    let current = topo.snapshot().primary().map(|n| n.addr.clone());
     let Some((candidate, votes)) = answers
         .iter()
         .max_by_key(|(a, n)| (**n, Some(*a) == current.as_ref()))
@@ -173,8 +173,7 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
     let snapshot = topo.snapshot();
     replicas.extend(
         snapshot
-            .replicas
-            .iter()
+            .replica_nodes()
             .map(|n| n.addr.clone())
             .filter(|a| !down.contains(a)),
     );

@@ -200,7 +200,7 @@ async fn sentinels_get_their_own_credentials_and_never_the_data_nodes() {
         ..sentinel_flags(&cluster)
     })
     .await;
-    assert!(without.topo.snapshot().primary.is_none());
+    assert!(without.topo.snapshot().primary().is_none());
 }
 
 // Found by the second review.

@@ -19,7 +19,7 @@ async fn over(mock: &MockRedis) -> redsplit::Proxy {
         ..Flags::default()
     };
     let p = proxy_with(f).await;
-    eventually!("topology", p.topo.snapshot().primary.is_some());
+    eventually!("topology", p.topo.snapshot().primary().is_some());
     p
 }
 

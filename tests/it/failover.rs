@@ -65,12 +65,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
                 if changes.changed().await.is_err() {
                     return None;
                 }
-                if topo
-                    .snapshot()
-                    .primary
-                    .as_ref()
-                    .is_some_and(|n| n.addr != old)
-                {
+                if topo.snapshot().primary().is_some_and(|n| n.addr != old) {
                     return Some(Instant::now());
                 }
             }
@@ -89,7 +84,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
                 if matches!(changed, Ok(Err(_))) {
                     break;
                 }
-                let now = topo.snapshot().primary.as_ref().map(|n| n.addr.to_string());
+                let now = topo.snapshot().primary().map(|n| n.addr.to_string());
                 if seen.last().map(|(_, p)| p) != Some(&now) {
                     seen.push((Instant::now(), now));
                 }
@@ -104,8 +99,7 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
         proxy
             .topo
             .snapshot()
-            .primary
-            .as_ref()
+            .primary()
             .is_some_and(|n| n.addr != old),
         PATIENCE * 3
     );
@@ -570,7 +564,7 @@ async fn separate_batches_refused_by_a_demoted_primary_all_run_on_the_new_one_in
     let _: () = q(&mut old, &["CLIENT", "PAUSE", "20000", "WRITE"]).await;
     // Five requests read one at a time, so five batches: each is on the primary before the next is sent.
     let mut raw = Raw::connect(&proxy).await;
-    let node = proxy.topo.snapshot().primary.clone().expect("a primary");
+    let node = proxy.topo.snapshot().primary().cloned().expect("a primary");
     let outstanding = || node.outstanding.load(std::sync::atomic::Ordering::Relaxed);
     for (i, v) in ["a", "b", "c", "d", "e"].iter().enumerate() {
         raw.send(format!("*3\r\n$5\r\nRPUSH\r\n$1\r\nl\r\n$1\r\n{v}\r\n").as_bytes())
@@ -757,8 +751,7 @@ async fn a_sentinel_switchover_waits_for_a_replica_only_the_sentinels_reach() {
         proxy
             .topo
             .snapshot()
-            .replicas
-            .iter()
+            .replica_nodes()
             .any(|n| n.addr == unreachable && n.repl.silent_longer_than(Duration::from_secs(5)))
     );
     let (status, body) = http(proxy.admin, "POST", "/failover").await;

@@ -111,8 +111,7 @@ pub async fn wait_eligible(p: &Proxy, n: usize) {
         "replicas eligible",
         p.topo
             .snapshot()
-            .replicas
-            .iter()
+            .replica_nodes()
             .filter(|r| r.repl.is_eligible())
             .count()
             >= n
@@ -450,8 +449,7 @@ pub fn replica_node(
 ) -> std::sync::Arc<redsplit::upstream::Node> {
     p.topo
         .snapshot()
-        .replicas
-        .iter()
+        .replica_nodes()
         .find(|n| &n.addr == addr)
         .cloned()
         .expect("the replica is in the topology")
@@ -459,7 +457,7 @@ pub fn replica_node(
 
 /// The primary the proxy's topology names now.
 pub fn primary_addr(p: &Proxy) -> Option<redsplit::config::Addr> {
-    p.topo.snapshot().primary.as_ref().map(|n| n.addr.clone())
+    p.topo.snapshot().primary().map(|n| n.addr.clone())
 }
 
 /// The port of `addr`, as a command argument.

@@ -221,7 +221,10 @@ async fn a_node_that_leaves_the_topology_loses_its_series() {
         "series exist while it is in the topology"
     );
     cluster.replicas_mut()[1].kill();
-    eventually!("replica dropped", proxy.topo.snapshot().replicas.len() == 1);
+    eventually!(
+        "replica dropped",
+        proxy.topo.snapshot().replicas().len() == 1
+    );
     let m = metrics(&proxy).await;
     assert!(
         !m.keys().any(|k| k.contains(&gone)),

@@ -597,8 +597,7 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
         proxy
             .topo
             .snapshot()
-            .replicas
-            .iter()
+            .replica_nodes()
             .any(|n| n.addr == r0_node && !n.repl.is_eligible())
     );
     tokio::time::sleep(Duration::from_millis(2000)).await;

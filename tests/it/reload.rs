@@ -27,10 +27,10 @@ async fn lag_limits_change_on_reload() {
         ..flags(&cluster)
     };
     let proxy = proxy_with(with_limit(300)).await;
-    eventually!("topology", proxy.topo.snapshot().replicas.len() == 1);
+    eventually!("topology", proxy.topo.snapshot().replicas().len() == 1);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_ticker(cluster.primary(), stop.clone()).await;
-    let node = proxy.topo.snapshot().replicas[0].clone();
+    let node = proxy.topo.snapshot().replicas()[0].node.clone();
     eventually!(
         "lag measured",
         (500..10_000).contains(&node.repl.lag_ms.load(Ordering::Relaxed))
@@ -69,11 +69,10 @@ async fn new_seeds_take_over_while_clients_stay_connected() {
         proxy
             .topo
             .snapshot()
-            .primary
-            .as_ref()
+            .primary()
             .is_some_and(|p| p.addr == second.primary().addr())
     );
-    assert!(proxy.topo.snapshot().replicas.is_empty());
+    assert!(proxy.topo.snapshot().replicas().is_empty());
     // The same client connection writes on, now to the new primary.
     let _: () = q(&mut c, &["SET", "after", "2"]).await;
     let mut old = direct(first.primary()).await;

@@ -229,7 +229,7 @@ async fn an_upstream_certificate_from_another_ca_is_refused() {
         try_q(&mut c, &["SET", "k", "v"]).await.is_err(),
         "a write went to a server whose certificate is not trusted"
     );
-    assert!(p.topo.snapshot().primary.is_none());
+    assert!(p.topo.snapshot().primary().is_none());
 }
 
 #[tokio::test]
@@ -247,7 +247,7 @@ async fn sentinels_are_asked_over_tls() {
     wait_eligible(&p, 1).await;
     let snap = p.topo.snapshot();
     assert_eq!(
-        snap.primary.as_ref().map(|n| n.addr.port()),
+        snap.primary().map(|n| n.addr.port()),
         Some(servers.primary.port),
         "the sentinel named the primary"
     );

@@ -28,17 +28,17 @@ async fn replicas_of_replicas_are_discovered_and_their_lag_measured() {
     let proxy = proxy_with(f).await;
     eventually!(
         "both replicas discovered",
-        proxy.topo.snapshot().replicas.len() == 2
+        proxy.topo.snapshot().replicas().len() == 2
     );
     let topo = proxy.topo.snapshot();
     let second = cluster.replicas()[1].addr();
     let i = topo
-        .replicas
-        .iter()
+        .replica_nodes()
         .position(|n| n.addr == second)
         .expect("second-level replica in the topology");
     assert_eq!(
-        topo.parents[i], via,
+        topo.replicas()[i].parent,
+        via,
         "its parent is the first-level replica"
     );
     wait_eligible(&proxy, 2).await;
@@ -55,7 +55,7 @@ async fn replicas_of_replicas_are_discovered_and_their_lag_measured() {
         },
         other => panic!("{other:?}"),
     };
-    let node = topo.replicas[i].clone();
+    let node = topo.replicas()[i].node.clone();
     eventually!(
         "second-level replica caught up",
         node.repl.offset() >= primary_offset
@@ -141,8 +141,7 @@ async fn a_replica_frozen_with_sigstop_leaves_rotation_without_read_errors_and_r
     let node = proxy
         .topo
         .snapshot()
-        .replicas
-        .iter()
+        .replica_nodes()
         .find(|n| n.addr == frozen)
         .cloned()
         .expect("node");
@@ -186,11 +185,11 @@ async fn reads_on_delayed_replica(max_lag_ms: u64) -> (u64, u64) {
         ..flags(&cluster)
     };
     let proxy = proxy_with(f).await;
-    eventually!("topology", proxy.topo.snapshot().replicas.len() == 1);
+    eventually!("topology", proxy.topo.snapshot().replicas().len() == 1);
     // Keep the replication stream moving, as a live primary does.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_ticker(cluster.primary(), stop.clone()).await;
-    let node = proxy.topo.snapshot().replicas[0].clone();
+    let node = proxy.topo.snapshot().replicas()[0].node.clone();
     // Until the primary's offset history reaches back to the replica's offset, its lag reads as very old:
     // wait for a real measurement, and for the eligibility decided on it.
     eventually!(

@@ -1,0 +1,178 @@
+//! One shard: a primary and the replicas under it, as a snapshot sees it ([`Shard`]), and what lives as
+//! long as the shard rather than one snapshot ([`ShardState`]): the primary's offset history (lag in
+//! time is read from it) and whether writes are held (a switchover under way).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::node::{Addr, Identity, Zone};
+use crate::upstream::Node;
+
+/// A shard's number in the topology: 0 for the one shard a replicated primary is; one per slot range
+/// in front of a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ShardId(pub u16);
+
+/// A primary and its replicas, in one snapshot.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    /// Its number.
+    pub id: ShardId,
+    /// The primary, if one is known. Writes wait while there is none.
+    pub primary: Option<Arc<Node>>,
+    /// Replicas whose replication leads to the primary, directly or through other replicas, in
+    /// discovery order.
+    pub replicas: Vec<Replica>,
+    /// What outlives this snapshot: offset history, held writes.
+    pub state: Arc<ShardState>,
+}
+
+/// A replica in a shard.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The node.
+    pub node: Arc<Node>,
+    /// The master it follows: the primary, another replica, or an address only it knows (a relay in
+    /// front of the primary).
+    pub parent: Addr,
+    /// Its zone, when known.
+    pub zone: Option<Zone>,
+    /// What it is, as last learned (run id, replication history).
+    pub identity: Option<Identity>,
+}
+
+impl Shard {
+    /// An empty shard: no primary, no replicas.
+    pub fn empty(id: ShardId, state: Arc<ShardState>) -> Shard {
+        Shard {
+            id,
+            primary: None,
+            replicas: Vec::new(),
+            state,
+        }
+    }
+
+    /// Every node, primary first.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.primary
+            .iter()
+            .chain(self.replicas.iter().map(|r| &r.node))
+    }
+
+    /// The replica `node` (by id), if it is one of this shard's.
+    pub fn replica(&self, node: u64) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.node.id == node)
+    }
+
+    /// True if `node` (by id) is this shard's primary.
+    pub fn is_primary(&self, node: u64) -> bool {
+        self.primary.as_ref().is_some_and(|p| p.id == node)
+    }
+}
+
+/// How far back a shard's offset history reaches. Lag older than this reads as this.
+pub const HISTORY_SPAN: Duration = Duration::from_secs(120);
+
+/// What a shard keeps across snapshots.
+#[derive(Debug, Default)]
+pub struct ShardState {
+    /// `(when, primary offset)`, oldest first, for lag in time.
+    history: Mutex<VecDeque<(Instant, u64)>>,
+    /// Set during a manual switchover: writes wait as if there were no primary, reads go on.
+    writes_held: AtomicBool,
+}
+
+impl ShardState {
+    /// Holds (true) or releases (false) writes.
+    pub fn hold_writes(&self, hold: bool) {
+        self.writes_held.store(hold, Ordering::SeqCst);
+    }
+
+    /// True while writes are held.
+    pub fn writes_held(&self) -> bool {
+        self.writes_held.load(Ordering::Relaxed)
+    }
+
+    /// Records the primary's offset at `at`.
+    pub fn record_primary_offset(&self, at: Instant, offset: u64) {
+        let mut h = self.history();
+        if h.back().is_some_and(|&(_, o)| o > offset) {
+            // The offset went backwards: a different primary or a restart. Old history means nothing now.
+            h.clear();
+        }
+        h.push_back((at, offset));
+        while h
+            .front()
+            .is_some_and(|&(t, _)| at.duration_since(t) > HISTORY_SPAN)
+        {
+            h.pop_front();
+        }
+    }
+
+    /// How far in time `offset` trails `reference` in the primary's history: the lag of a replica
+    /// measured against the freshest one while the primary is gone.
+    pub fn lag_behind(&self, offset: u64, reference: u64) -> Option<Duration> {
+        let at = {
+            let h = self.history();
+            let &(newest, _) = h.back()?;
+            h.iter()
+                .find(|&&(_, o)| o >= reference)
+                .map_or(newest, |&(t, _)| t)
+        };
+        self.lag_at(at, offset)
+    }
+
+    /// Lag in time of a replica that reported `offset` at `at`: how long before `at` the primary was last
+    /// known to be at or below that offset. A replica with all the primary is known to have may still
+    /// miss what was written since the newest sample: its lag is the age of that sample. (Counting it as
+    /// zero let a replica 600 ms behind read as level with an old sample when the primary's probes came
+    /// slowly under load, and serve reads under a 300 ms limit.) `None` if the history cannot tell (no
+    /// sample yet).
+    pub fn lag_at(&self, at: Instant, offset: u64) -> Option<Duration> {
+        let h = self.history();
+        let &(sampled, newest) = h.back()?;
+        if offset >= newest {
+            return Some(at.saturating_duration_since(sampled));
+        }
+        // The primary passed `offset` after the last sample at or below it: the replica misses writes at
+        // least that old. Conservative by up to one probe interval.
+        match h.iter().rev().find(|&&(_, o)| o <= offset) {
+            Some(&(t, _)) => Some(at.saturating_duration_since(t)),
+            None => h
+                .front()
+                .map(|&(t, _)| at.saturating_duration_since(t).max(HISTORY_SPAN)),
+        }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, u64)>> {
+        self.history
+            .lock()
+            .expect("history lock is never poisoned: nothing panics while holding it")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_how_long_ago_the_primary_was_at_the_replica_offset() {
+        let s = ShardState::default();
+        let t0 = Instant::now();
+        for (ms, off) in [(0, 100), (100, 200), (200, 200), (300, 400)] {
+            s.record_primary_offset(t0 + Duration::from_millis(ms), off);
+        }
+        let now = t0 + Duration::from_millis(300);
+        assert_eq!(s.lag_at(now, 400), Some(Duration::ZERO));
+        // Level with the newest sample, asked later: whatever came since may be missing.
+        assert_eq!(
+            s.lag_at(now + Duration::from_millis(700), 400),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(s.lag_at(now, 250), Some(Duration::from_millis(100)));
+        assert_eq!(s.lag_at(now, 150), Some(Duration::from_millis(300)));
+        assert!(s.lag_at(now, 50).expect("known") >= HISTORY_SPAN);
+    }
+}
