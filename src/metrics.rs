@@ -1,6 +1,7 @@
 //! Prometheus metrics, registered on an injected registry. Handles are resolved once (per node when the
-//! node is created), so counting a command on the hot path is an atomic add. Labels come from closed sets
-//! and node addresses only; a node that leaves the topology has its series removed.
+//! node joins the topology), so counting a command on the hot path is an atomic add. Labels come from
+//! closed sets and node addresses only. A node's counters are kept when it leaves the topology, so they
+//! never go backwards; its replica gauges (lag, eligibility) exist only while it is a replica.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -330,23 +331,8 @@ impl Metrics {
         }
     }
 
-    /// Removes every series of a node that left the topology.
-    pub fn forget_node(&self, addr: &str) {
-        for role in ["primary", "replica"] {
-            for k in Kind::ALL {
-                let _ = self.commands.remove_label_values(&[addr, role, k.label()]);
-            }
-        }
-        for k in BackendError::ALL {
-            let _ = self.backend_errors.remove_label_values(&[addr, k.label()]);
-        }
-        let _ = self.lag_bytes.remove_label_values(&[addr]);
-        let _ = self.lag_seconds.remove_label_values(&[addr]);
-        let _ = self.eligible.remove_label_values(&[addr]);
-        let _ = self.upstream_connections.remove_label_values(&[addr]);
-    }
-
-    /// Removes the replica-only series (lag, eligibility) of a node that is the primary now.
+    /// Removes the replica-only series (lag, eligibility) of a node that is the primary now, or no
+    /// longer in the topology.
     pub fn forget_replica_series(&self, addr: &str) {
         let _ = self.lag_bytes.remove_label_values(&[addr]);
         let _ = self.lag_seconds.remove_label_values(&[addr]);
@@ -371,7 +357,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_forgotten_node_has_no_series_left() {
+    fn a_node_that_is_no_longer_a_replica_keeps_its_counters_but_not_its_gauges() {
         let registry = Registry::new();
         let m = Metrics::new(&registry).expect("metrics register");
         let n = m.node("10.0.0.1:6379");
@@ -384,10 +370,13 @@ mod tests {
                 .expect("encode");
             out
         };
-        assert!(text(&registry).contains(
-            "redsplit_commands_total{kind=\"read\",node=\"10.0.0.1:6379\",role=\"replica\"} 3"
-        ));
-        m.forget_node("10.0.0.1:6379");
-        assert!(!text(&registry).contains("10.0.0.1:6379"));
+        let counted =
+            "redsplit_commands_total{kind=\"read\",node=\"10.0.0.1:6379\",role=\"replica\"} 3";
+        assert!(text(&registry).contains(counted));
+        m.forget_replica_series("10.0.0.1:6379");
+        assert!(!text(&registry).contains("redsplit_replica_lag_bytes{node=\"10.0.0.1:6379\"}"));
+        // Back again: the same series, counting on from where it was.
+        m.node("10.0.0.1:6379").commands(false, Kind::Read, 1);
+        assert!(text(&registry).contains(&counted.replace("} 3", "} 4")));
     }
 }

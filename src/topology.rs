@@ -219,8 +219,9 @@ impl Topo {
             if failover {
                 m.failovers.inc();
             }
-            // Series exist exactly for the nodes in the topology, and lag and eligibility only for
-            // replicas: handles are resolved again whenever a node joins or changes role.
+            // A node's series appear when it first joins. Its counters stay for the life of the proxy,
+            // so they never go backwards when it leaves and comes back (operators read error counts
+            // after a failover); lag and eligibility exist only while it is a replica.
             let role = |t: &Topology, id: u64| {
                 if t.primary().is_some_and(|p| p.id == id) {
                     Some(true)
@@ -237,10 +238,8 @@ impl Topo {
                     }
                 }
             }
-            for n in old.nodes().filter(|o| !next.nodes().any(|n| n.id == o.id)) {
-                m.forget_node(n.addr.as_str());
-                n.metrics
-                    .store(Arc::new(crate::metrics::NodeMetrics::detached()));
+            for n in old.nodes().filter(|o| role(&next, o.id).is_none()) {
+                m.forget_replica_series(n.addr.as_str());
             }
         }
         self.changed.send_replace(next.generation);

@@ -211,25 +211,56 @@ async fn topology_shows_a_delayed_replica_as_lagging() {
 }
 
 #[tokio::test]
-async fn a_node_that_leaves_the_topology_loses_its_series() {
+async fn a_node_that_leaves_the_topology_and_returns_keeps_its_counters() {
     let mut cluster = cluster(2).await;
     let proxy = proxy(&cluster).await;
     let gone = cluster.replicas()[1].addr().to_string();
-    let m = metrics(&proxy).await;
+    let mut c = client(&proxy).await;
+    let served =
+        format!("redsplit_commands_total{{kind=\"read\",node=\"{gone}\",role=\"replica\"}}");
+    let eligible = format!("redsplit_replica_eligible{{node=\"{gone}\"}}");
+    eventually!("reads served by {gone}", {
+        let _: Option<String> = q(&mut c, &["GET", "k"]).await;
+        value(&metrics(&proxy).await, &served) >= 10.0
+    });
+    let before = metrics(&proxy).await;
+    let counters: Vec<(&String, &f64)> = before
+        .iter()
+        .filter(|(k, _)| k.contains(&gone) && k.contains("_total"))
+        .collect();
     assert!(
-        m.keys().any(|k| k.contains(&gone)),
-        "series exist while it is in the topology"
+        !counters.is_empty(),
+        "counters exist while it is in the topology"
     );
     cluster.replicas_mut()[1].kill();
     eventually!(
         "replica dropped",
         proxy.topo.snapshot().replicas().len() == 1
     );
-    let m = metrics(&proxy).await;
+    let left = metrics(&proxy).await;
+    for (series, was) in &counters {
+        assert!(
+            left.get(*series).is_some_and(|now| now >= *was),
+            "{series} went from {was} to {:?} when the node left",
+            left.get(*series)
+        );
+    }
     assert!(
-        !m.keys().any(|k| k.contains(&gone)),
-        "no series left for {gone}"
+        !left.contains_key(&eligible),
+        "no replica gauges while it is gone"
     );
+    cluster.replicas_mut()[1]
+        .restart_empty()
+        .expect("the replica starts again");
+    eventually!("replica back", proxy.topo.snapshot().replicas().len() == 2);
+    let back = metrics(&proxy).await;
+    for (series, was) in &counters {
+        assert!(
+            back.get(*series).is_some_and(|now| now >= *was),
+            "{series} went from {was} to {:?} when the node came back",
+            back.get(*series)
+        );
+    }
 }
 
 #[tokio::test]
