@@ -376,15 +376,27 @@ impl Proxy {
 
 /// Binds one listener per worker on `addr`, sharing the port (SO_REUSEPORT) so the kernel spreads
 /// connections over the workers. With port 0 the first bind picks the port and the others take it too.
+///
+/// SO_REUSEPORT would also let another process of the same user bind the port and take half the new
+/// clients, so the port is first claimed without it: a socket bound with SO_REUSEADDR alone fails while
+/// any other socket listens there (a second redsplit, or anything else), yet not for connections of an
+/// earlier run left in TIME_WAIT. It is released just before the workers bind.
 fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut addr = addr;
+    let socket = || {
+        if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    };
+    let claim = socket()?;
+    claim.set_reuseaddr(true)?;
+    claim.bind(addr)?;
+    let mut addr = claim.local_addr()?;
+    drop(claim);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        let sock = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
+        let sock = socket()?;
         sock.set_reuseaddr(true)?;
         sock.set_reuseport(true)?;
         sock.bind(addr)?;

@@ -145,3 +145,37 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
         .unwrap_or_else(|| panic!("a JSON log line for the topology: {logs}"));
     assert!(published["fields"]["generation"].as_u64().is_some());
 }
+
+#[tokio::test]
+async fn a_second_proxy_on_a_held_port_exits_with_an_error_and_the_first_keeps_every_client() {
+    let cluster = cluster(0).await;
+    // Two workers of one process share the port.
+    let mut f = flags(&cluster);
+    f.worker_threads = Some(2);
+    let first = proxy_with(f).await;
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new(BIN)
+            .args(["--primary", cluster.primary().addr().as_str()])
+            .args(["--listen", &first.listen.to_string()])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second proxy exits instead of serving")
+    .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(
+        stderr.contains(&format!("cannot listen on {}", first.listen)),
+        "{stderr}"
+    );
+    // Every new client reaches the first proxy (CLIENT ID counts its own clients).
+    for _ in 0..20 {
+        let mut c = client(&first).await;
+        let _: i64 = q(&mut c, &["CLIENT", "ID"]).await;
+    }
+    let ids: i64 = q(&mut client(&first).await, &["CLIENT", "ID"]).await;
+    assert!(ids >= 21, "the first proxy saw {ids} clients");
+}
