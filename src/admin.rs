@@ -154,6 +154,8 @@ async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
             let lag_ms = n.repl.lag_ms.load(Ordering::Relaxed);
             json!({
                 "addr": n.addr.to_string(),
+                "aliases": t.aliases_of(&n.addr).map(ToString::to_string).collect::<Vec<_>>(),
+                "run_id": r.identity.as_ref().map(|i| i.run_id.0.clone()),
                 "parent": parent.to_string(),
                 "zone": Value::Null,
                 "offset": n.repl.offset(),
@@ -167,7 +169,12 @@ async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
         .collect();
     Json(json!({
         "generation": t.generation.0,
-        "primary": t.primary().map(|p| json!({"addr": p.addr.to_string(), "offset": p.repl.offset()})),
+        "primary": t.primary().map(|p| json!({
+            "addr": p.addr.to_string(),
+            "aliases": t.aliases_of(&p.addr).map(ToString::to_string).collect::<Vec<_>>(),
+            "run_id": p.identity().map(|i| i.run_id.0),
+            "offset": p.repl.offset(),
+        })),
         "writes_held": s.topo.writes_held(),
         "failovers": s.topo.failovers(),
         "replicas": replicas,

@@ -38,6 +38,9 @@ pub struct Topology {
     pub generation: Generation,
     /// The shards; never empty (a shard without a primary stands for one not found yet).
     pub shards: Vec<Shard>,
+    /// Other addresses of nodes in the shards (`alias -> address used`): the same Redis process answers
+    /// there (a relay in front of it, another name for its host). The proxy never talks through them.
+    pub aliases: std::collections::BTreeMap<Addr, Addr>,
 }
 
 impl Topology {
@@ -66,6 +69,14 @@ impl Topology {
     /// Every node of every shard, each shard's primary first.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
         self.shards.iter().flat_map(Shard::nodes)
+    }
+
+    /// The other addresses of the node at `addr`.
+    pub fn aliases_of<'a>(&'a self, addr: &'a Addr) -> impl Iterator<Item = &'a Addr> {
+        self.aliases
+            .iter()
+            .filter(move |(_, to)| *to == addr)
+            .map(|(alias, _)| alias)
     }
 
     /// The shard `node` (by id) belongs to, if any.
@@ -126,6 +137,7 @@ impl Topo {
         let empty = Topology {
             generation: Generation(0),
             shards: vec![Shard::empty(ShardId(0), state.clone())],
+            aliases: Default::default(),
         };
         Arc::new(Topo {
             current: ArcSwap::from_pointee(empty),
@@ -163,6 +175,7 @@ impl Topo {
         self.publish_tree(&discovery::Decision {
             primary: primary.cloned(),
             replicas: tree,
+            aliases: Default::default(),
         })
     }
 
@@ -176,7 +189,8 @@ impl Topo {
                 .replicas
                 .iter()
                 .zip(&decision.replicas)
-                .all(|(r, (addr, parent))| r.node.addr == *addr && r.parent == *parent);
+                .all(|(r, (addr, parent))| r.node.addr == *addr && r.parent == *parent)
+            && cur.aliases == decision.aliases;
         (!same).then(|| self.publish_tree(decision))
     }
 
@@ -206,6 +220,7 @@ impl Topo {
                     replicas,
                     state: self.state.clone(),
                 }],
+                aliases: decision.aliases.clone(),
             })
         };
         let old = self.current.swap(next.clone());
@@ -248,10 +263,16 @@ impl Topo {
             .iter()
             .map(|r| r.node.addr.to_string())
             .collect();
+        let aliases: Vec<String> = next
+            .aliases
+            .iter()
+            .map(|(alias, to)| format!("{alias}={to}"))
+            .collect();
         tracing::info!(
             generation = next.generation.0,
             primary = next.primary().map(|n| n.addr.to_string()).unwrap_or_else(|| "none".into()),
             replicas = %replicas.join(","),
+            aliases = %aliases.join(","),
             "topology published"
         );
         next

@@ -1,5 +1,13 @@
-//! Static-mode discovery: from seed addresses, find the replication tree by asking every node
-//! `INFO replication`, and decide which node is the primary.
+//! Static-mode discovery: from seed addresses, find the replication tree by asking every node `INFO
+//! server` and `INFO replication`, and decide which node is the primary.
+//!
+//! A node is known by its `run_id`, not by an address: an address that answers with the run id of a node
+//! already known under a more direct address (a seed, then one a master lists among its replicas, then
+//! one a replica names as its master) is an alias of it, never a second node, and the proxy talks to the
+//! node through the direct address. So a replica that replicates through a relay (a tunnel, NAT, a
+//! cross-region link) and names the relay as its master is placed under the primary the relay leads to.
+//! A replica whose named master cannot be reached is placed by lineage: under the reachable master that
+//! lists it among its replicas, or whose replication ID (`master_replid`) it shares.
 //!
 //! A node's own claim to be primary is not enough (after a failover the old primary may come back empty,
 //! still saying `role:master`): every reachable node votes. A master votes for itself, a replica votes
@@ -16,12 +24,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{AddressMap, Topo};
-use crate::node::Addr;
+use crate::node::{Addr, Identity};
 use crate::upstream::control::{call, Control};
 
-/// What one node says about its replication.
+/// What one node says about itself and its replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
+    /// What it is: run id and replication id (`None` if INFO server did not say).
+    pub identity: Option<Identity>,
     /// Its role.
     pub role: SeenRole,
     /// `master_repl_offset`.
@@ -44,7 +54,7 @@ pub enum SeenRole {
     },
 }
 
-/// Parses `INFO replication`, mapping announced addresses.
+/// Parses `INFO server` and `INFO replication` (one text, either order), mapping announced addresses.
 pub fn parse_info(text: &str, map: &AddressMap) -> Option<Seen> {
     let field = |name: &str| {
         text.lines()
@@ -84,6 +94,7 @@ pub fn parse_info(text: &str, map: &AddressMap) -> Option<Seen> {
         _ => return None,
     };
     Some(Seen {
+        identity: Identity::from_info(text),
         role,
         offset,
         replicas,
@@ -97,6 +108,8 @@ pub struct Decision {
     pub primary: Option<Addr>,
     /// Replicas whose chain of masters leads to the primary, with the master each follows.
     pub replicas: Vec<(Addr, Addr)>,
+    /// Other addresses of the nodes above (`alias -> address used`): the same process answers there.
+    pub aliases: BTreeMap<Addr, Addr>,
 }
 
 /// Decides the primary and its tree from what every node said (`None`: unreachable).
@@ -157,6 +170,7 @@ pub fn decide(seen: &BTreeMap<Addr, Option<Seen>>, current: Option<&Addr>) -> De
     Decision {
         primary: Some(primary),
         replicas,
+        aliases: BTreeMap::new(),
     }
 }
 
@@ -176,6 +190,164 @@ fn root<'a>(seen: &'a BTreeMap<Addr, Option<Seen>>, start: &'a Addr) -> &'a Addr
     hop
 }
 
+/// How directly an address was learned: the proxy talks to a node through its most direct address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Directness {
+    /// Configured (a seed).
+    Given,
+    /// Listed by a master among its replicas.
+    Listed,
+    /// Named by a replica as its master: possibly a relay in front of the master.
+    Named,
+}
+
+/// Every address asked in one round and what it said (`None`: unreachable), with how directly each was
+/// learned and in which order (ties go to the first learned).
+#[derive(Debug, Default)]
+pub struct Round {
+    /// What each address said.
+    pub seen: BTreeMap<Addr, Option<Seen>>,
+    learned: BTreeMap<Addr, (Directness, usize)>,
+}
+
+impl Round {
+    /// Notes that `addr` was learned `how`; keeps the most direct way.
+    pub fn learn(&mut self, addr: &Addr, how: Directness) {
+        let order = self.learned.len();
+        let e = self.learned.entry(addr.clone()).or_insert((how, order));
+        e.0 = e.0.min(how);
+    }
+
+    /// Records what `addr` said.
+    pub fn saw(&mut self, addr: Addr, info: Option<Seen>) {
+        if let Some(s) = &info {
+            for r in &s.replicas {
+                self.learn(r, Directness::Listed);
+            }
+            if let SeenRole::Replica { master, .. } = &s.role {
+                self.learn(master, Directness::Named);
+            }
+        }
+        self.seen.insert(addr, info);
+    }
+
+    /// The addresses learned but not asked yet, most direct first.
+    fn unasked(&self) -> Vec<Addr> {
+        let mut v: Vec<(&(Directness, usize), &Addr)> = self
+            .learned
+            .iter()
+            .filter(|(a, _)| !self.seen.contains_key(*a))
+            .map(|(a, k)| (k, a))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// One entry per node: addresses answering with the run id of a node known under a more direct
+    /// address become that address everywhere (as a replica's master, in a master's replica list), and
+    /// replicas whose master cannot be reached are placed by lineage. Returns the resolved view and the
+    /// aliases found (`alias -> address used`).
+    pub fn resolve(&self) -> (BTreeMap<Addr, Option<Seen>>, BTreeMap<Addr, Addr>) {
+        let rank = |a: &Addr| {
+            self.learned
+                .get(a)
+                .copied()
+                .unwrap_or((Directness::Named, usize::MAX))
+        };
+        let mut by_run: BTreeMap<&str, &Addr> = BTreeMap::new();
+        for (addr, s) in &self.seen {
+            let Some(id) = s.as_ref().and_then(|s| s.identity.as_ref()) else {
+                continue;
+            };
+            let best = by_run.entry(&id.run_id.0).or_insert(addr);
+            if rank(addr) < rank(best) {
+                *best = addr;
+            }
+        }
+        let aliases: BTreeMap<Addr, Addr> = self
+            .seen
+            .iter()
+            .filter_map(|(addr, s)| {
+                let id = s.as_ref()?.identity.as_ref()?;
+                let to = *by_run.get(id.run_id.0.as_str())?;
+                (to != addr).then(|| (addr.clone(), to.clone()))
+            })
+            .collect();
+        let canon = |a: &Addr| aliases.get(a).cloned().unwrap_or_else(|| a.clone());
+        let mut out: BTreeMap<Addr, Option<Seen>> = self
+            .seen
+            .iter()
+            .filter(|(a, _)| !aliases.contains_key(*a))
+            .map(|(a, s)| {
+                let s = s.clone().map(|mut s| {
+                    s.replicas = s.replicas.iter().map(&canon).collect();
+                    if let SeenRole::Replica { master, .. } = &mut s.role {
+                        *master = canon(master);
+                    }
+                    s
+                });
+                (a.clone(), s)
+            })
+            .collect();
+        place_by_lineage(&mut out);
+        (out, aliases)
+    }
+}
+
+/// A replica whose master is not a node that answered follows the reachable master that lists it among
+/// its replicas, or the one whose replication ID it reports (the history it is synced with). Only a
+/// master's current replication ID counts: a promoted replica keeps the old one as its second ID, and
+/// replicas still following the old primary must not vote for it.
+fn place_by_lineage(seen: &mut BTreeMap<Addr, Option<Seen>>) {
+    let masters: Vec<(Addr, Option<Identity>, Vec<Addr>)> = seen
+        .iter()
+        .filter_map(|(a, s)| match s {
+            Some(s) if s.role == SeenRole::Master => {
+                Some((a.clone(), s.identity.clone(), s.replicas.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let reachable: BTreeSet<Addr> = seen
+        .iter()
+        .filter(|(_, s)| s.is_some())
+        .map(|(a, _)| a.clone())
+        .collect();
+    for (addr, s) in seen.iter_mut() {
+        let Some(Seen {
+            identity,
+            role: SeenRole::Replica { master, .. },
+            ..
+        }) = s
+        else {
+            continue;
+        };
+        if reachable.contains(master) {
+            continue;
+        }
+        let replid = identity.as_ref().and_then(|i| i.replid.as_ref());
+        let mut found = masters.iter().filter(|(_, id, listed)| {
+            listed.contains(addr)
+                || replid.is_some_and(|r| id.as_ref().and_then(|i| i.replid.as_ref()) == Some(r))
+        });
+        if let (Some((m, _, _)), None) = (found.next(), found.next()) {
+            *master = m.clone();
+        }
+    }
+}
+
+/// Asks `addr` who it is and what it replicates.
+async fn ask(conn: &mut Control, map: &AddressMap) -> Option<Seen> {
+    let mut text = String::new();
+    for section in [&b"server"[..], b"replication"] {
+        match call(conn, &[b"INFO", section]).await {
+            Some(OwnedFrame::BulkString(b)) => text.push_str(&String::from_utf8_lossy(&b)),
+            _ => return None,
+        }
+    }
+    parse_info(&text, map)
+}
+
 /// Runs static discovery until `cancel` fires.
 pub async fn run(
     topo: Arc<Topo>,
@@ -184,71 +356,55 @@ pub async fn run(
     interval: Duration,
     cancel: CancellationToken,
 ) {
-    let seeds: BTreeSet<Addr> = seeds.into_iter().collect();
-    let mut known = seeds.clone();
+    let seed_set: BTreeSet<Addr> = seeds.iter().cloned().collect();
+    let mut known: Vec<Addr> = Vec::new();
     let mut conns: BTreeMap<Addr, Control> = BTreeMap::new();
     let mut missing: BTreeMap<Addr, u32> = BTreeMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut seen: BTreeMap<Addr, Option<Seen>> = BTreeMap::new();
+        let mut round = Round::default();
+        for s in &seeds {
+            round.learn(s, Directness::Given);
+        }
+        for a in &known {
+            round.learn(a, Directness::Named);
+        }
         // Ask every known node; newly referenced nodes are asked in the same round.
         for _ in 0..4 {
-            let ask: Vec<Addr> = known
-                .iter()
-                .filter(|a| !seen.contains_key(*a))
-                .cloned()
-                .collect();
-            if ask.is_empty() {
+            let ask_now = round.unasked();
+            if ask_now.is_empty() {
                 break;
             }
-            for addr in ask {
+            for addr in ask_now {
                 let conn = conns
                     .entry(addr.clone())
                     .or_insert_with(|| Control::new(topo.node(&addr)));
-                let info = match call(conn, &[b"INFO", b"replication"]).await {
-                    Some(OwnedFrame::BulkString(b)) => {
-                        parse_info(&String::from_utf8_lossy(&b), &map)
-                    }
-                    _ => None,
-                };
-                if let Some(s) = &info {
-                    known.extend(s.replicas.iter().cloned());
-                    if let SeenRole::Replica { master, .. } = &s.role {
-                        known.insert(master.clone());
-                    }
-                }
-                seen.insert(addr, info);
+                let info = ask(conn, &map).await;
+                round.saw(addr, info);
+            }
+        }
+        let (seen, aliases) = round.resolve();
+        for (addr, s) in &seen {
+            if let Some(id) = s.as_ref().and_then(|s| s.identity.clone()) {
+                topo.node(addr).set_identity(id);
             }
         }
         let snapshot = topo.snapshot();
         let current = snapshot.primary().map(|n| n.addr.clone());
-        let decision = decide(&seen, current.as_ref());
+        let mut decision = decide(&seen, current.as_ref());
+        decision.aliases = aliases
+            .into_iter()
+            .filter(|(_, to)| {
+                decision.primary.as_ref() == Some(to)
+                    || decision.replicas.iter().any(|(r, _)| r == to)
+            })
+            .collect();
         if decision.primary.is_none() && current.is_some() {
             warn!(current = %current.as_ref().map(Addr::to_string).unwrap_or_default(), "no primary the tree agrees on; writes wait");
         }
         topo.publish_if_changed(&decision);
-        // Forget discovered nodes long gone (never seeds): a replica removed for good stops being asked.
-        for (addr, s) in &seen {
-            if s.is_some() {
-                missing.remove(addr);
-            } else if !seeds.contains(addr) {
-                *missing.entry(addr.clone()).or_default() += 1;
-            }
-        }
-        missing.retain(|addr, rounds| {
-            let referenced = seen.values().flatten().any(|s| {
-                s.replicas.contains(addr)
-                    || matches!(&s.role, SeenRole::Replica { master, .. } if master == addr)
-            });
-            if *rounds > 60 && !referenced {
-                debug!(node = %addr, "forgetting unreachable node");
-                known.remove(addr);
-                conns.remove(addr);
-                return false;
-            }
-            true
-        });
+        known = forget_long_gone(&round.seen, &seed_set, &mut missing, &mut conns);
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
@@ -256,6 +412,43 @@ pub async fn run(
             _ = topo.refresh_requested() => info!("topology refresh requested"),
         }
     }
+}
+
+/// The addresses to ask next round: all seen this round, except discovered ones (never seeds) that no
+/// node has answered from or referred to for 60 rounds, whose connections are dropped.
+fn forget_long_gone(
+    seen: &BTreeMap<Addr, Option<Seen>>,
+    seeds: &BTreeSet<Addr>,
+    missing: &mut BTreeMap<Addr, u32>,
+    conns: &mut BTreeMap<Addr, Control>,
+) -> Vec<Addr> {
+    for (addr, s) in seen {
+        if s.is_some() {
+            missing.remove(addr);
+        } else if !seeds.contains(addr) {
+            *missing.entry(addr.clone()).or_default() += 1;
+        }
+    }
+    let referenced = |addr: &Addr| {
+        seen.values().flatten().any(|s| {
+            s.replicas.contains(addr)
+                || matches!(&s.role, SeenRole::Replica { master, .. } if master == addr)
+        })
+    };
+    let gone: BTreeSet<Addr> = missing
+        .iter()
+        .filter(|(a, rounds)| **rounds > 60 && !referenced(a))
+        .map(|(a, _)| a.clone())
+        .collect();
+    for addr in &gone {
+        debug!(node = %addr, "forgetting unreachable node");
+        missing.remove(addr);
+        conns.remove(addr);
+    }
+    seen.keys()
+        .filter(|a| !gone.contains(*a))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -268,6 +461,7 @@ mod tests {
 
     fn master(offset: u64) -> Option<Seen> {
         Some(Seen {
+            identity: None,
             role: SeenRole::Master,
             offset,
             replicas: vec![],
@@ -276,6 +470,7 @@ mod tests {
 
     fn replica(of: &str) -> Option<Seen> {
         Some(Seen {
+            identity: None,
             role: SeenRole::Replica {
                 master: a(of),
                 link_up: true,
@@ -378,5 +573,118 @@ mod tests {
                 link_up: false
             }
         );
+    }
+
+    fn id(run: &str, replid: &str) -> Option<Identity> {
+        Some(Identity {
+            run_id: crate::node::RunId(run.into()),
+            replid: Some(crate::node::ReplId(replid.into())),
+        })
+    }
+
+    fn with(s: Option<Seen>, identity: Option<Identity>, replicas: &[&str]) -> Option<Seen> {
+        s.map(|mut s| {
+            s.identity = identity;
+            s.replicas = replicas.iter().map(|r| a(r)).collect();
+            s
+        })
+    }
+
+    /// A round in which `nodes` were learned in order (`given` ones as seeds) and answered.
+    fn round(given: &[&str], nodes: &[(&str, Option<Seen>)]) -> Round {
+        let mut r = Round::default();
+        for g in given {
+            r.learn(&a(g), Directness::Given);
+        }
+        for (addr, s) in nodes {
+            r.learn(&a(addr), Directness::Named);
+            r.saw(a(addr), s.clone());
+        }
+        r
+    }
+
+    #[test]
+    fn a_relay_answering_as_the_primary_is_an_alias_not_a_primary() {
+        // far:1 replicates through relay:1, which forwards to p:1: the relay answers with p:1's run id.
+        let p = with(master(100), id("P", "h1"), &["near:1", "far:1"]);
+        let r = round(
+            &["p:1", "near:1", "far:1"],
+            &[
+                ("p:1", p.clone()),
+                ("near:1", with(replica("p:1"), id("N", "h1"), &[])),
+                ("far:1", with(replica("relay:1"), id("F", "h1"), &[])),
+                ("relay:1", p),
+            ],
+        );
+        let (seen, aliases) = r.resolve();
+        assert_eq!(aliases.get(&a("relay:1")), Some(&a("p:1")));
+        let d = decide(&seen, None);
+        assert_eq!(d.primary, Some(a("p:1")));
+        assert_eq!(
+            d.replicas,
+            vec![(a("far:1"), a("p:1")), (a("near:1"), a("p:1"))]
+        );
+    }
+
+    #[test]
+    fn a_replica_behind_an_unreachable_relay_is_placed_by_its_replication_id() {
+        let r = round(
+            &["p:1", "near:1", "far:1"],
+            &[
+                ("p:1", with(master(100), id("P", "h1"), &["near:1"])),
+                ("near:1", with(replica("p:1"), id("N", "h1"), &[])),
+                ("far:1", with(replica("relay:1"), id("F", "h1"), &[])),
+                ("relay:1", None),
+            ],
+        );
+        let d = decide(&r.resolve().0, None);
+        assert_eq!(d.primary, Some(a("p:1")));
+        assert!(d.replicas.contains(&(a("far:1"), a("p:1"))), "{d:?}");
+    }
+
+    #[test]
+    fn a_replica_a_master_lists_belongs_to_it_without_a_replication_id() {
+        let r = round(
+            &["p:1", "far:1"],
+            &[
+                ("p:1", with(master(100), None, &["far:1"])),
+                ("far:1", with(replica("relay:1"), None, &[])),
+                ("relay:1", None),
+            ],
+        );
+        let d = decide(&r.resolve().0, None);
+        assert_eq!(d.replicas, vec![(a("far:1"), a("p:1"))]);
+    }
+
+    #[test]
+    fn replicas_of_a_dead_primary_do_not_follow_a_promoted_one_by_its_old_replication_id() {
+        // r:1 was promoted (new replication ID h2); r:2 still follows the dead p:1 on h1.
+        let r = round(
+            &["p:1", "r:1", "r:2"],
+            &[
+                ("p:1", None),
+                ("r:1", with(master(500), id("R1", "h2"), &[])),
+                ("r:2", with(replica("p:1"), id("R2", "h1"), &[])),
+            ],
+        );
+        assert_eq!(decide(&r.resolve().0, Some(&a("p:1"))).primary, None);
+    }
+
+    #[test]
+    fn one_node_given_under_two_addresses_is_one_node_under_the_first() {
+        let p = with(master(100), id("P", "h1"), &["r:1"]);
+        let r = round(
+            &["127.0.0.1:1", "localhost:1", "r:1"],
+            &[
+                ("127.0.0.1:1", p.clone()),
+                ("localhost:1", p),
+                ("r:1", with(replica("localhost:1"), id("R", "h1"), &[])),
+            ],
+        );
+        let (seen, aliases) = r.resolve();
+        assert_eq!(aliases.get(&a("localhost:1")), Some(&a("127.0.0.1:1")));
+        let d = decide(&seen, None);
+        assert_eq!(d.primary, Some(a("127.0.0.1:1")));
+        assert_eq!(d.replicas, vec![(a("r:1"), a("127.0.0.1:1"))]);
     }
 }

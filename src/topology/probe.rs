@@ -169,6 +169,7 @@ async fn probe_node(
                 .await
             {
                 Ok(Ok(mut c)) => {
+                    learn_identity(&mut c, timeout).await;
                     let is_primary = topo.load().primary().is_some_and(|p| p.id == node.id);
                     if is_primary {
                         refresh_primary_info(&mut c, &topo, &table, &cfg, timeout).await;
@@ -316,6 +317,20 @@ fn eligibility(
         Why::LagBytes
     } else {
         Why::Eligible
+    }
+}
+
+/// On connecting: what the node is (a restart, which changes its run id, breaks the connection).
+async fn learn_identity(c: &mut Dedicated, timeout: Duration) {
+    let mut text = String::new();
+    for section in [&b"server"[..], b"replication"] {
+        match tokio::time::timeout(timeout, call(c, &[b"INFO", section])).await {
+            Ok(Some(OwnedFrame::BulkString(b))) => text.push_str(&String::from_utf8_lossy(&b)),
+            _ => return,
+        }
+    }
+    if let Some(id) = crate::node::Identity::from_info(&text) {
+        c.node.set_identity(id);
     }
 }
 

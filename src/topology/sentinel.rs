@@ -185,6 +185,7 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
     topo.publish_if_changed(&Decision {
         primary: Some(candidate),
         replicas,
+        aliases: Default::default(),
     });
     Look::Settled
 }

@@ -12,6 +12,7 @@ mod badinput;
 mod cli;
 mod consistency;
 mod failover;
+mod identity;
 mod limits;
 mod mock;
 mod observability;
