@@ -9,6 +9,7 @@
 mod conn;
 pub mod control;
 mod dedicated;
+pub mod verdict;
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use conn::Shared;
 pub use dedicated::Dedicated;
+pub use verdict::{Verdict, Verdicts};
 
 use crate::node::Addr;
 use crate::node::{Identity, ReplState};
@@ -90,12 +92,8 @@ impl Error {
 pub struct Reply {
     /// The reply frames.
     pub bytes: Bytes,
-    /// True if some frame is an error a different node might not give (`LOADING`, `MASTERDOWN`,
-    /// `NOSCRIPT`, `READONLY`): a read that got one may be retried on the primary.
-    pub retryable: bool,
-    /// How many frames are `READONLY` errors. When every frame is one, the node rejected the whole job
-    /// (it is a replica now) and the job may be sent to the new primary.
-    pub readonly: u32,
+    /// What each frame says, where it is more than an answer (see [`verdict::judge`]).
+    pub verdicts: Verdicts,
 }
 
 /// Work for a shared connection: request frames written as one unit, answered by `count` replies.
@@ -559,35 +557,6 @@ pub fn submit(conn: &Shared, bytes: Bytes, count: u32) -> oneshot::Receiver<Resu
     rx
 }
 
-/// What an error reply says about the node that sent it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NodeError {
-    /// An error about the command, not the node.
-    None,
-    /// The node cannot serve this now but another might: `NOSCRIPT` (script cache is per node).
-    Retry,
-    /// The node's role or state changed (`READONLY`: demoted; `MASTERDOWN`, `LOADING`): retry elsewhere,
-    /// and look at the topology again.
-    Topology,
-    /// `READONLY` specifically: the command was rejected, not run.
-    ReadOnly,
-}
-
-/// Classifies an error reply frame.
-fn node_error(frame: &[u8]) -> NodeError {
-    // Redis's own words for a write refused by a replica ("replica", "slave" before 5.0): a script's or a
-    // module's error that merely starts with READONLY may come after it wrote.
-    if frame.starts_with(b"-READONLY You can't write against a read only ") {
-        NodeError::ReadOnly
-    } else if frame.starts_with(b"-LOADING") || frame.starts_with(b"-MASTERDOWN") {
-        NodeError::Topology
-    } else if frame.starts_with(b"-NOSCRIPT") {
-        NodeError::Retry
-    } else {
-        NodeError::None
-    }
-}
-
 /// Credentials for upstream connections.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Credentials {
@@ -608,34 +577,3 @@ impl std::fmt::Debug for Credentials {
 /// A job sender, kept beside the task that owns the connection.
 type JobTx = mpsc::UnboundedSender<Job>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_node_specific_errors_are_retryable() {
-        assert_eq!(
-            node_error(b"-NOSCRIPT No matching script.\r\n"),
-            NodeError::Retry
-        );
-        assert_eq!(
-            node_error(b"-LOADING Redis is loading\r\n"),
-            NodeError::Topology
-        );
-        assert_eq!(
-            node_error(b"-READONLY You can't write against a read only replica.\r\n"),
-            NodeError::ReadOnly
-        );
-        assert_eq!(
-            node_error(b"-ERR wrong number of arguments\r\n"),
-            NodeError::None
-        );
-        assert_eq!(node_error(b"-WRONGTYPE Operation\r\n"), NodeError::None);
-        assert_eq!(
-            node_error(b"-READONLY You can't write against a read only slave.\r\n"),
-            NodeError::ReadOnly
-        );
-        // A script's own error: it may have written first.
-        assert_eq!(node_error(b"-READONLY not really\r\n"), NodeError::None);
-    }
-}

@@ -30,7 +30,7 @@ use super::Context;
 use crate::io::OutBuf;
 use crate::metrics::{BackendError, Kind};
 use crate::resp::RequestScanner;
-use crate::route::{ReadState, ReadTarget};
+use crate::route::{retry, ReadState, ReadTarget};
 use crate::topology::Generation;
 use crate::upstream::{self, ConnKey, Node, Reply, Shared};
 
@@ -507,28 +507,25 @@ impl Session {
                     Outcome::Bytes(_) | Outcome::Wake => {}
                 }
             }
-            let again = sent.bytes.is_some()
-                && match &outcome {
-                    Outcome::Wake | Outcome::TimedOut => true,
-                    // A read is safe to run again wherever it got; a write only if it never left us.
-                    Outcome::Upstream(Err(e)) => {
-                        sent.reads_only || matches!(e, upstream::Error::Connect { .. })
-                    }
-                    // Every reply READONLY: a demoted primary rejected the whole batch, nothing ran.
-                    Outcome::Upstream(Ok(r)) => {
-                        (sent.reads_only && r.retryable) || (r.readonly == count && count > 0)
-                    }
-                    Outcome::Bytes(_) => false,
+            let attempt = match &outcome {
+                Outcome::Upstream(Ok(r)) => Some(retry::Attempt::Replied(r)),
+                Outcome::Upstream(Err(e)) => Some(retry::Attempt::Failed(e)),
+                Outcome::TimedOut => Some(retry::Attempt::TimedOut),
+                Outcome::Wake => Some(retry::Attempt::Woken),
+                Outcome::Bytes(_) => None,
+            };
+            let batch = retry::Batch {
+                reads_only: sent.reads_only,
+                count,
+                resendable: sent.bytes.is_some(),
+            };
+            let next = attempt.map_or(retry::Next::Deliver, |a| retry::choose(a, batch));
+            if let retry::Next::Again { reached, refused } = next {
+                let refusal = match (&outcome, refused) {
+                    (Outcome::Upstream(Ok(r)), true) => Some(r.bytes.clone()),
+                    _ => None,
                 };
-            if again {
-                // Failures of a request that reached a node count toward the cap on read retries;
-                // requests that never left the proxy wait for a node within the hold.
-                let reached = match &outcome {
-                    Outcome::Wake => false,
-                    Outcome::Upstream(Err(e)) => e.maybe_sent(),
-                    _ => true,
-                };
-                match self.resend_front(reached, &outcome) {
+                match self.resend_front(reached, refusal) {
                     Resend::Sent | Resend::Held => return,
                     Resend::GiveUp => match outcome {
                         Outcome::Wake => {
@@ -610,7 +607,7 @@ impl Session {
     /// Sends the front entry again: reads to any node the router allows but the one that failed them,
     /// writes to the current primary. With nowhere to send, the entry is held until the topology changes
     /// or a moment passes, for at most `write_hold_ms` from its first failure.
-    fn resend_front(&mut self, reached: bool, outcome: &Outcome) -> Resend {
+    fn resend_front(&mut self, reached: bool, refusal: Option<Bytes>) -> Resend {
         let now = Instant::now();
         let topo = self.ctx.topo.snapshot();
         let (consistency, fallback, hold, read_timeout) = (
@@ -627,10 +624,8 @@ impl Session {
             .as_mut()
             .expect("called for an entry with a send record");
         let failed = if was_held { None } else { sent.node.clone() };
-        if let (Some(node), Outcome::Upstream(Ok(r))) = (&failed, outcome) {
-            if !sent.reads_only && r.readonly == count && count > 0 {
-                sent.refused_by = Some((node.id, r.bytes.clone()));
-            }
+        if let (Some(node), Some(replies)) = (&failed, refusal) {
+            sent.refused_by = Some((node.id, replies));
         }
         if let Some(node) = &failed {
             // The failed attempt is over for consistency bookkeeping.
@@ -730,7 +725,7 @@ impl Session {
                 // Never reached a node: it ran nowhere.
                 Wait::Done(Err(err)) if !err.maybe_sent() => {}
                 // Refused whole by a demoted primary: nothing ran.
-                Wait::Done(Ok(r)) if r.readonly == e.count && e.count > 0 => {}
+                Wait::Done(Ok(r)) if retry::refused_whole(r, e.count) => {}
                 Wait::Upstream(_) => later = Later::Unknown,
                 // Blocking commands write; WAIT (no send record) does not.
                 Wait::Task(_) if e.sent.is_none() => {}

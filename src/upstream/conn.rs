@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
-use super::{connect, node_error, ConnKey, Error, Job, JobTx, Node, NodeError, Reply, Stream};
+use super::{connect, verdict, ConnKey, Error, Job, JobTx, Node, Reply, Stream, Verdicts};
 use crate::io::OutBuf;
 use crate::metrics::BackendError;
 use crate::resp::ReplyScanner;
@@ -238,8 +238,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut scanner = ReplyScanner::new(node.settings().limits);
     let mut answered = 0u32;
     let mut scanned = 0usize;
-    let mut retryable = false;
-    let mut readonly = 0u32;
+    let mut verdicts = Verdicts::default();
     loop {
         if writer_done.load(Ordering::Relaxed) && lock(inflight).is_empty() {
             return None;
@@ -273,15 +272,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 continue;
             }
             if frame.is_error() {
-                match node_error(&buf[scanned..scanned + frame.len]) {
-                    NodeError::None => {}
-                    NodeError::Retry => retryable = true,
-                    kind @ (NodeError::Topology | NodeError::ReadOnly) => {
-                        retryable = true;
-                        readonly += u32::from(kind == NodeError::ReadOnly);
-                        node.settings().refresh.notify_one();
-                    }
+                let v = verdict::judge(&buf[scanned..scanned + frame.len]);
+                if v.topology_changed() {
+                    node.settings().refresh.notify_one();
                 }
+                verdicts.note(answered, v);
             }
             scanned += frame.len;
             answered += 1;
@@ -302,13 +297,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 // A client that went away dropped its receiver; its replies are discarded.
                 let _ = job.reply.send(Ok(Reply {
                     bytes,
-                    retryable,
-                    readonly,
+                    verdicts: std::mem::take(&mut verdicts),
                 }));
                 scanned = 0;
                 answered = 0;
-                retryable = false;
-                readonly = 0;
             }
         }
     }
