@@ -53,7 +53,7 @@ fn routing(c: &mut Criterion, replicas: usize) {
     let mut g = c.benchmark_group(format!("{replicas}_replicas"));
     g.bench_function("route eventual", |b| {
         let mut s = ReadState::default();
-        b.iter(|| replica(s.route(&t, Consistency::Eventual, Fallback::Primary)))
+        b.iter(|| replica(s.route(t.shard(), Consistency::Eventual, Fallback::Primary)))
     });
     // Distinct loads: the same walk over the replicas without drawing a random number per tie.
     for (load, r) in t.replica_nodes().enumerate() {
@@ -61,7 +61,7 @@ fn routing(c: &mut Criterion, replicas: usize) {
     }
     g.bench_function("route eventual (no ties)", |b| {
         let mut s = ReadState::default();
-        b.iter(|| replica(s.route(&t, Consistency::Eventual, Fallback::Primary)))
+        b.iter(|| replica(s.route(t.shard(), Consistency::Eventual, Fallback::Primary)))
     });
     for r in t.replica_nodes() {
         r.outstanding.store(0, Ordering::Relaxed);
@@ -69,14 +69,14 @@ fn routing(c: &mut Criterion, replicas: usize) {
     g.bench_function("route session (fresh)", |b| {
         b.iter(|| {
             let mut s = ReadState::default();
-            replica(s.route(&t, Consistency::Session, Fallback::Primary))
+            replica(s.route(t.shard(), Consistency::Session, Fallback::Primary))
         })
     });
     g.bench_function("route session (behind a write)", |b| {
         let mut s = ReadState::default();
         s.sent(primary, true, 1);
         b.iter(|| {
-            let target = s.route(&t, Consistency::Session, Fallback::Primary);
+            let target = s.route(t.shard(), Consistency::Session, Fallback::Primary);
             assert!(matches!(target, ReadTarget::Primary(_)), "{target:?}");
         })
     });
@@ -87,7 +87,7 @@ fn routing(c: &mut Criterion, replicas: usize) {
         g.bench_function(name, |b| {
             let mut s = ReadState::default();
             b.iter(|| {
-                let node = replica(s.route(&t, consistency, Fallback::Primary));
+                let node = replica(s.route(t.shard(), consistency, Fallback::Primary));
                 s.sent(node, false, 1);
                 s.replied(node, false, 1, topo.current_epoch());
                 node

@@ -1,9 +1,17 @@
 //! Downstream side: accept clients and run one session per connection.
 
+mod complete;
+mod dedicated;
 mod dispatch;
+mod gate;
+mod input;
+mod local;
 mod pinned;
+mod queue;
 pub mod reply;
 mod session;
+mod state;
+mod tasks;
 mod wake;
 
 #[doc(hidden)]
@@ -131,6 +139,12 @@ impl Context {
             metrics,
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// Who a new (or RESET) connection is: nobody until it authenticates, with auth on; else the open
+    /// user.
+    fn initial_user(&self) -> Option<Arc<crate::auth::ClientUser>> {
+        self.auth.load().is_none().then(|| self.open_user.clone())
     }
 
     fn next_id(&self) -> u64 {

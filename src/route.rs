@@ -1,13 +1,18 @@
 //! Routing decisions, free of I/O: given a command's class, a session's state and the topology snapshot,
-//! where the command goes ([`plan`](self)); where a read goes and what the session has seen ([`read`]); what
+//! where the command goes ([`plan()`]); where a read goes and what the session has seen ([`read`]); what
 //! a node's replies mean for the batch they answer ([`retry`]).
 
 pub mod read;
 pub mod retry;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
-pub use read::{ReadState, ReadTarget};
+use crate::command::{Class, Local};
+use crate::topology::Shard;
+use crate::upstream::Node;
+pub use read::{ReadState, ReadTarget, Reads};
 
 /// How reads are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -56,5 +61,200 @@ impl From<PrimaryReason> for crate::metrics::ReadReason {
             PrimaryReason::Transaction => M::Transaction,
             PrimaryReason::Policy => M::Policy,
         }
+    }
+}
+
+/// What the configuration says about reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Read consistency.
+    pub consistency: Consistency,
+    /// Where reads go when no replica qualifies.
+    pub fallback: Fallback,
+}
+
+/// Where one command goes.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// To `node` over a shared connection; `primary`: in its role as the primary. A read sent to the
+    /// primary says why.
+    Forward {
+        /// The node.
+        node: Arc<Node>,
+        /// It is the shard's primary.
+        primary: bool,
+        /// Why a read went to the primary.
+        reason: Option<PrimaryReason>,
+    },
+    /// To the primary on a connection of the session's own, kept (transactions, WATCH, subscriptions,
+    /// MONITOR, tracking).
+    Pin(Arc<Node>),
+    /// To the primary on a connection of its own for this one command (blocking commands).
+    Block(Arc<Node>),
+    /// To the primary and to every replica (the script cache is per node); the client gets the
+    /// primary's reply.
+    Broadcast {
+        /// The primary.
+        primary: Arc<Node>,
+        /// Every replica.
+        replicas: Vec<Arc<Node>>,
+    },
+    /// Answered or handled by the proxy.
+    Local(Local),
+    /// Nowhere yet: no primary is known (a failover) or writes are held (a switchover). The command
+    /// waits, at most `write_hold_ms`.
+    Hold,
+    /// Nowhere: a read with `fallback = "error"` and no replica to serve it.
+    Refuse(PrimaryReason),
+}
+
+/// Why a write cannot go to a primary now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoWriter {
+    /// No primary is known.
+    NoPrimary,
+    /// Writes are held for a switchover.
+    Held,
+}
+
+/// The node writes go to now. Every command that may write, or that must run where writes run (state
+/// changes of the session, WAIT), goes through here: the held-writes rule lives in this one place.
+pub fn writer(shard: &Shard) -> Result<&Arc<Node>, NoWriter> {
+    if shard.state.writes_held() {
+        return Err(NoWriter::Held);
+    }
+    shard.primary.as_ref().ok_or(NoWriter::NoPrimary)
+}
+
+/// Where a command of `class` goes in `shard`, for a session whose reads are `reads`. Reads are not held
+/// by a switchover: only a primary that is gone holds them.
+pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: Policy) -> Plan {
+    let to_writer = |f: fn(Arc<Node>) -> Plan| match writer(shard) {
+        Ok(p) => f(p.clone()),
+        Err(_) => Plan::Hold,
+    };
+    match class {
+        Class::Read => match reads.route(shard, policy.consistency, policy.fallback) {
+            ReadTarget::Replica(node) => Plan::Forward {
+                node,
+                primary: false,
+                reason: None,
+            },
+            ReadTarget::Primary(reason) => match &shard.primary {
+                Some(p) => Plan::Forward {
+                    node: p.clone(),
+                    primary: true,
+                    reason: Some(reason),
+                },
+                None => Plan::Hold,
+            },
+            ReadTarget::Refuse(reason) => Plan::Refuse(reason),
+        },
+        Class::Primary => to_writer(|node| Plan::Forward {
+            node,
+            primary: true,
+            reason: None,
+        }),
+        Class::Blocking => to_writer(Plan::Block),
+        Class::Pin(_) => to_writer(Plan::Pin),
+        Class::Broadcast => match writer(shard) {
+            Ok(p) => Plan::Broadcast {
+                primary: p.clone(),
+                replicas: shard.replica_nodes().cloned().collect(),
+            },
+            Err(_) => Plan::Hold,
+        },
+        Class::Local(local) => Plan::Local(local),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Addr;
+    use crate::topology::Topo;
+
+    fn shard(primary: bool) -> (Arc<Topo>, Arc<crate::topology::Topology>) {
+        let topo = Topo::new(crate::upstream::test_settings());
+        let addr = |s: &str| Addr::parse(s).expect("addr");
+        let p = addr("p:1");
+        let t = topo.publish(primary.then_some(&p), &[addr("r:1")]);
+        (topo, t)
+    }
+
+    const SESSION: Policy = Policy {
+        consistency: Consistency::Session,
+        fallback: Fallback::Primary,
+    };
+
+    fn is_primary(plan: &Plan) -> bool {
+        matches!(plan, Plan::Forward { primary: true, .. })
+    }
+
+    #[test]
+    fn writes_go_to_the_primary_and_wait_while_there_is_none() {
+        let (_, t) = shard(true);
+        let mut reads = ReadState::default();
+        assert!(is_primary(&plan(
+            Class::Primary,
+            &mut reads,
+            t.shard(),
+            SESSION
+        )));
+        let (_, none) = shard(false);
+        assert!(matches!(
+            plan(Class::Primary, &mut reads, none.shard(), SESSION),
+            Plan::Hold
+        ));
+    }
+
+    #[test]
+    fn held_writes_hold_every_command_that_may_write_but_no_read() {
+        let (topo, t) = shard(true);
+        for r in t.replica_nodes() {
+            r.repl.set(crate::node::Why::Eligible);
+        }
+        topo.hold_writes(true);
+        let mut reads = ReadState::default();
+        for class in [
+            Class::Primary,
+            Class::Blocking,
+            Class::Broadcast,
+            Class::Pin(crate::command::Pin::Multi),
+        ] {
+            assert!(
+                matches!(plan(class, &mut reads, t.shard(), SESSION), Plan::Hold),
+                "{class:?}"
+            );
+        }
+        assert!(matches!(
+            plan(Class::Read, &mut reads, t.shard(), SESSION),
+            Plan::Forward { primary: false, .. }
+        ));
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        topo.hold_writes(false);
+        assert!(writer(t.shard()).is_ok());
+    }
+
+    #[test]
+    fn a_read_with_no_replica_goes_to_the_primary_or_is_refused() {
+        let (_, t) = shard(true);
+        let mut reads = ReadState::default();
+        match plan(Class::Read, &mut reads, t.shard(), SESSION) {
+            Plan::Forward {
+                primary: true,
+                reason: Some(PrimaryReason::Lag),
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        let strict = Policy {
+            fallback: Fallback::Error,
+            ..SESSION
+        };
+        assert!(matches!(
+            plan(Class::Read, &mut reads, t.shard(), strict),
+            Plan::Refuse(PrimaryReason::Lag)
+        ));
     }
 }

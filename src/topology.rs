@@ -63,7 +63,7 @@ impl Topology {
 
     /// The replica nodes of the first shard.
     pub fn replica_nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.replicas().iter().map(|r| &r.node)
+        self.shard().replica_nodes()
     }
 
     /// Every node of every shard, each shard's primary first.

@@ -576,4 +576,3 @@ impl std::fmt::Debug for Credentials {
 
 /// A job sender, kept beside the task that owns the connection.
 type JobTx = mpsc::UnboundedSender<Job>;
-

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use super::{Consistency, Fallback, PrimaryReason};
-use crate::topology::Topology;
+use crate::topology::{Shard, ShardId};
 use crate::upstream::Node;
 
 /// Where one read goes.
@@ -60,47 +60,48 @@ impl ReadState {
     /// Chooses the node for a read.
     pub fn route(
         &mut self,
-        topo: &Topology,
+        shard: &Shard,
         consistency: Consistency,
         fallback: Fallback,
     ) -> ReadTarget {
-        self.route_avoiding(topo, consistency, fallback, None)
+        self.route_avoiding(shard, consistency, fallback, None)
     }
 
     /// Chooses the node for a read, never the replica `avoid` (it just failed this read).
     pub fn route_avoiding(
         &mut self,
-        topo: &Topology,
+        shard: &Shard,
         consistency: Consistency,
         fallback: Fallback,
         avoid: Option<u64>,
     ) -> ReadTarget {
-        let primary_id = topo.primary().map(|p| p.id);
+        let primary_id = shard.primary.as_ref().map(|p| p.id);
         let eligible =
             |n: &Arc<Node>| n.repl.is_eligible() && Some(n.id) != primary_id && Some(n.id) != avoid;
         let target = match consistency {
             Consistency::Primary => return ReadTarget::Primary(PrimaryReason::Policy),
             Consistency::Eventual => {
-                least_outstanding(topo.replica_nodes().filter(|n| eligible(n)))
+                least_outstanding(shard.replica_nodes().filter(|n| eligible(n)))
             }
             Consistency::Session => {
                 if self.unreplied_primary > 0 {
                     return ReadTarget::Primary(PrimaryReason::Session);
                 }
-                self.resolve(topo);
+                self.resolve(shard);
                 if let Some((id, _)) = self.sticky {
-                    match topo.replica_nodes().find(|n| n.id == id) {
+                    match shard.replica_nodes().find(|n| n.id == id) {
                         Some(n) if eligible(n) => return ReadTarget::Replica(n.clone()),
                         _ => return ReadTarget::Primary(PrimaryReason::Session),
                     }
                 }
                 match self.pending {
-                    Some(p) => topo
+                    Some(p) => shard
                         .replica_nodes()
                         .find(|n| n.id == p.node && eligible(n))
                         .cloned(),
                     None => least_outstanding(
-                        topo.replica_nodes()
+                        shard
+                            .replica_nodes()
                             .filter(|n| eligible(n) && n.repl.offset() >= self.floor),
                     ),
                 }
@@ -109,9 +110,9 @@ impl ReadState {
         match target {
             Some(n) => ReadTarget::Replica(n),
             None => {
-                let reason = if topo.replicas().is_empty() {
+                let reason = if shard.replicas.is_empty() {
                     PrimaryReason::NoReplica
-                } else if topo.replica_nodes().any(eligible) {
+                } else if shard.replica_nodes().any(eligible) {
                     PrimaryReason::Session
                 } else {
                     PrimaryReason::Lag
@@ -174,9 +175,9 @@ impl ReadState {
     }
 
     /// Turns the pending node into a floor once a later probe of it has answered.
-    fn resolve(&mut self, topo: &Topology) {
+    fn resolve(&mut self, shard: &Shard) {
         let Some(p) = self.pending else { return };
-        match topo.nodes().find(|n| n.id == p.node) {
+        match shard.nodes().find(|n| n.id == p.node) {
             Some(n) => {
                 if let Some(s) = n.repl.sample().filter(|s| s.epoch > p.epoch) {
                     self.floor = self.floor.max(s.offset);
@@ -186,12 +187,35 @@ impl ReadState {
             // The node left the topology (failover): demand a fresh sample of the current primary, whose
             // data includes everything the old node had acknowledged to this session.
             None => {
-                self.pending = topo.primary().map(|n| Pending {
+                self.pending = shard.primary.as_ref().map(|n| Pending {
                     node: n.id,
                     epoch: p.epoch,
                 });
             }
         }
+    }
+}
+
+/// A session's read state, per shard: what it has written and read is known per replication history.
+#[derive(Debug, Default)]
+pub struct Reads(Vec<(ShardId, ReadState)>);
+
+impl Reads {
+    /// The state for reads of shard `id`.
+    pub fn shard(&mut self, id: ShardId) -> &mut ReadState {
+        match self.0.iter().position(|(s, _)| *s == id) {
+            Some(i) => &mut self.0[i].1,
+            None => {
+                self.0.push((id, ReadState::default()));
+                let last = self.0.len() - 1;
+                &mut self.0[last].1
+            }
+        }
+    }
+
+    /// Forgets everything (RESET, database switch).
+    pub fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -223,7 +247,7 @@ mod tests {
 
     use super::*;
     use crate::node::Addr;
-    use crate::topology::Topo;
+    use crate::topology::{Topo, Topology};
 
     fn setup() -> (Arc<Topo>, Arc<Topology>) {
         let topo = Topo::new(crate::upstream::test_settings());
@@ -248,7 +272,7 @@ mod tests {
         let mut s = ReadState::default();
         let p = t.primary().expect("primary").id;
         s.sent(p, true, 1);
-        let r = s.route(&t, Consistency::Session, Fallback::Primary);
+        let r = s.route(t.shard(), Consistency::Session, Fallback::Primary);
         assert!(matches!(r, ReadTarget::Primary(PrimaryReason::Session)));
     }
 
@@ -264,7 +288,7 @@ mod tests {
         s.replied(p.id, true, 1, topo.current_epoch());
         // No probe since the reply: only the primary is safe.
         assert!(matches!(
-            s.route(&t, Consistency::Session, Fallback::Primary),
+            s.route(t.shard(), Consistency::Session, Fallback::Primary),
             ReadTarget::Primary(_)
         ));
         // The primary's next probe says the write is at offset 150; r2 has it, r1 does not.
@@ -272,7 +296,7 @@ mod tests {
         r1.repl.record(topo.next_epoch(), 120);
         r2.repl.record(topo.next_epoch(), 150);
         assert_eq!(
-            replica(&s.route(&t, Consistency::Session, Fallback::Primary)),
+            replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary)),
             r2.id
         );
     }
@@ -281,18 +305,18 @@ mod tests {
     fn reads_stay_on_one_replica_until_its_offset_is_known() {
         let (topo, t) = setup();
         let mut s = ReadState::default();
-        let first = replica(&s.route(&t, Consistency::Session, Fallback::Primary));
+        let first = replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary));
         s.sent(first, false, 1);
         for _ in 0..20 {
             assert_eq!(
-                replica(&s.route(&t, Consistency::Session, Fallback::Primary)),
+                replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary)),
                 first
             );
         }
         s.replied(first, false, 1, topo.current_epoch());
         for _ in 0..20 {
             assert_eq!(
-                replica(&s.route(&t, Consistency::Session, Fallback::Primary)),
+                replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary)),
                 first
             );
         }
@@ -306,11 +330,11 @@ mod tests {
         }
         let mut s = ReadState::default();
         assert!(matches!(
-            s.route(&t, Consistency::Eventual, Fallback::Primary),
+            s.route(t.shard(), Consistency::Eventual, Fallback::Primary),
             ReadTarget::Primary(PrimaryReason::Lag)
         ));
         assert!(matches!(
-            s.route(&t, Consistency::Eventual, Fallback::Error),
+            s.route(t.shard(), Consistency::Eventual, Fallback::Error),
             ReadTarget::Refuse(PrimaryReason::Lag)
         ));
     }
@@ -322,14 +346,14 @@ mod tests {
         let mut s = ReadState::default();
         for _ in 0..10 {
             assert_eq!(
-                replica(&s.route(&t, Consistency::Eventual, Fallback::Primary)),
+                replica(&s.route(t.shard(), Consistency::Eventual, Fallback::Primary)),
                 t.replicas()[1].node.id
             );
         }
         t.replicas()[0].node.outstanding.store(0, Ordering::Relaxed);
         t.replicas()[1].node.outstanding.store(0, Ordering::Relaxed);
         let picks: std::collections::HashSet<u64> = (0..200)
-            .map(|_| replica(&s.route(&t, Consistency::Eventual, Fallback::Primary)))
+            .map(|_| replica(&s.route(t.shard(), Consistency::Eventual, Fallback::Primary)))
             .collect();
         assert_eq!(picks.len(), 2, "ties are broken at random");
     }

@@ -54,6 +54,11 @@ impl Shard {
         }
     }
 
+    /// The replicas' nodes.
+    pub fn replica_nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.replicas.iter().map(|r| &r.node)
+    }
+
     /// Every node, primary first.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
         self.primary

@@ -1,0 +1,285 @@
+//! What happens when a reply arrives: the front entry of the queue is delivered, sent again, or held
+//! (see `route::retry` for when a batch may go again), and frames from the dedicated connection are
+//! passed on or matched to their entries.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::pinned::{Change, Effect};
+use super::queue::{Later, Outcome, Then, Wait};
+use super::reply::ClientError;
+use super::session::Session;
+use crate::metrics::{BackendError, Kind};
+use crate::route::{self, retry, ReadTarget};
+use crate::upstream;
+
+/// What became of an entry that could not be delivered as it was.
+enum Resend {
+    /// Sent again; keep waiting.
+    Sent,
+    /// Waiting for a node to send it to.
+    Held,
+    /// No more tries: deliver the failure.
+    GiveUp,
+}
+
+/// Failures of one read batch on nodes it reached before its failure is delivered: one retry. A read
+/// that is merely slow would time out again, and every retry runs it once more.
+const MAX_READ_FAILURES: u8 = 2;
+
+impl Session {
+    /// Completes every entry at the front whose reply is already there; true if there was one.
+    pub(super) fn drain_ready(&mut self) -> bool {
+        let mut any = false;
+        while let Some(outcome) = self.queue.ready() {
+            self.complete_front(outcome);
+            any = true;
+        }
+        any
+    }
+
+    /// Handles the reply of the front entry and pops it; or sends it again if it failed in a way that allows
+    /// that (reads that failed anywhere, writes that never ran), or holds it for a primary.
+    pub(super) fn complete_front(&mut self, outcome: Outcome) {
+        let Some(entry) = self.queue.front() else {
+            return;
+        };
+        let count = entry.count;
+        let Some(sent) = &entry.sent else {
+            return self.deliver_front(outcome);
+        };
+        if let Some(node) = &sent.node {
+            match &outcome {
+                Outcome::Upstream(Ok(_)) => node.record_success(),
+                Outcome::Upstream(Err(_)) => node.record_failure(),
+                Outcome::TimedOut => {
+                    node.record_failure();
+                    node.metrics.load().error(BackendError::Timeout);
+                }
+                Outcome::Bytes(_) | Outcome::Wake => {}
+            }
+        }
+        let attempt = match &outcome {
+            Outcome::Upstream(Ok(r)) => retry::Attempt::Replied(r),
+            Outcome::Upstream(Err(e)) => retry::Attempt::Failed(e),
+            Outcome::TimedOut => retry::Attempt::TimedOut,
+            Outcome::Wake => retry::Attempt::Woken,
+            Outcome::Bytes(_) => return self.deliver_front(outcome),
+        };
+        let batch = retry::Batch {
+            reads_only: sent.reads_only,
+            count,
+            resendable: sent.bytes.is_some(),
+        };
+        let retry::Next::Again { reached, refused } = retry::choose(attempt, batch) else {
+            return self.deliver_front(outcome);
+        };
+        let refusal = match (&outcome, refused) {
+            (Outcome::Upstream(Ok(r)), true) => Some(r.bytes.clone()),
+            _ => None,
+        };
+        let outcome = match self.resend_front(reached, refusal) {
+            Resend::Sent | Resend::Held => return,
+            Resend::GiveUp => match outcome {
+                Outcome::Wake => {
+                    let refused = self
+                        .queue
+                        .front()
+                        .and_then(|e| e.sent.as_ref()?.refused_by.as_ref().map(|(_, b)| b.clone()));
+                    let held = self.ctx.write_hold.as_millis() as u64;
+                    Outcome::Bytes(
+                        refused.unwrap_or_else(|| ClientError::NoPrimaryAfter(held).frames(count)),
+                    )
+                }
+                Outcome::TimedOut => Outcome::Bytes(ClientError::ReadTimedOut.frames(count)),
+                other => other,
+            },
+        };
+        self.deliver_front(outcome);
+    }
+
+    /// Pops the front entry and gives the client its replies (unless silenced).
+    fn deliver_front(&mut self, outcome: Outcome) {
+        let epoch = self.ctx.topo.current_epoch();
+        let Some(entry) = self.queue.pop() else {
+            return;
+        };
+        let count = entry.count;
+        if let Some(sent) = &entry.sent {
+            if let (Some(node), false) = (&sent.node, matches!(entry.wait, Wait::Held)) {
+                let shard = self.ctx.topo.load().shard().id;
+                self.state
+                    .reads
+                    .shard(shard)
+                    .replied(node.id, sent.primary, count, epoch);
+            }
+        }
+        if let Some(started) = entry.started {
+            let seconds = started.elapsed().as_secs_f64();
+            for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
+                .into_iter()
+                .zip(entry.kinds)
+            {
+                for _ in 0..n {
+                    self.ctx.metrics.duration(kind, seconds);
+                }
+            }
+        }
+        let bytes = match outcome {
+            Outcome::Bytes(b) => b,
+            Outcome::Upstream(Ok(r)) => r.bytes,
+            Outcome::Upstream(Err(e)) => ClientError::Upstream(&e).frames(count),
+            Outcome::TimedOut | Outcome::Wake => ClientError::NoPrimaryAfter(0).frames(count),
+        };
+        let bytes = self.then(entry.then, bytes);
+        if !entry.silent {
+            self.out.push(bytes);
+        }
+    }
+
+    /// Applies what an entry's reply changes in the session; returns the bytes the client gets.
+    fn then(&mut self, then: Then, bytes: Bytes) -> Bytes {
+        match then {
+            Then::Nothing => bytes,
+            Then::SwitchKey { .. } if bytes.first() == Some(&b'-') => bytes,
+            Then::SwitchKey { key, hello } => {
+                self.state.set_key(key);
+                match hello {
+                    None => bytes,
+                    Some(name) => {
+                        if name.is_some() {
+                            self.state.name = name;
+                        }
+                        self.hello_reply()
+                    }
+                }
+            }
+            Then::Effect(Effect::Replace(frame)) => frame,
+            Then::Effect(effect) => {
+                self.apply_effect(effect, &bytes);
+                bytes
+            }
+        }
+    }
+
+    /// Applies a forwarded command's effect on the dedicated connection, and what it changes in the
+    /// session.
+    fn apply_effect(&mut self, effect: Effect, reply: &[u8]) {
+        let Some(p) = self.pinned.as_mut() else {
+            return;
+        };
+        for change in p.apply(effect, reply) {
+            self.apply_change(change);
+        }
+    }
+
+    pub(super) fn apply_change(&mut self, change: Change) {
+        match change {
+            Change::Key(key) => self.state.set_key(key),
+            Change::Name(name) => self.state.name = name,
+            Change::Reset => self.state.reset(self.ctx.initial_user()),
+        }
+    }
+
+    /// Sends the front entry again: reads to any node the router allows but the one that failed them,
+    /// writes to the current primary. With nowhere to send, the entry is held until the topology changes
+    /// or a moment passes, for at most `write_hold_ms` from its first failure. `refusal`: the node's
+    /// replies if it refused the whole batch for its role.
+    fn resend_front(&mut self, reached: bool, refusal: Option<Bytes>) -> Resend {
+        let now = Instant::now();
+        let topo = self.ctx.topo.snapshot();
+        let shard = topo.shard();
+        let Some(entry) = self.queue.front_mut() else {
+            return Resend::GiveUp;
+        };
+        let count = entry.count;
+        let was_held = matches!(entry.wait, Wait::Held);
+        let Some(sent) = entry.sent.as_mut() else {
+            return Resend::GiveUp;
+        };
+        let failed = if was_held { None } else { sent.node.clone() };
+        if let (Some(node), Some(replies)) = (&failed, refusal) {
+            sent.refused_by = Some((node.id, replies));
+        }
+        let reads_only = sent.reads_only;
+        if let Some(node) = &failed {
+            // The failed attempt is over for consistency bookkeeping.
+            self.state
+                .reads
+                .shard(shard.id)
+                .abandoned(node.id, sent.primary, count);
+        }
+        let since = *sent.held_since.get_or_insert(now);
+        sent.failures += u8::from(reached);
+        let spent = now.duration_since(since) > self.ctx.write_hold
+            || (reads_only && sent.failures >= MAX_READ_FAILURES);
+        entry.wait = Wait::Held;
+        // Sending it again after later commands of this session may have written would let it see (or,
+        // for a write, overtake) them: deliver the failure instead. While a later write's reply is still
+        // out, wait for it: a demoted primary refuses every batch in flight, and those did not write.
+        let later = if spent {
+            Later::Written
+        } else {
+            self.queue.later_writes()
+        };
+        let target = match later {
+            Later::Written => return Resend::GiveUp,
+            // Only a write waits for the later write's verdict; a read's failure is delivered now, as
+            // its own error (waiting would turn it into a late hold error).
+            Later::Unknown if reads_only => return Resend::GiveUp,
+            Later::Unknown => None,
+            Later::None if reads_only => {
+                let avoid = failed.as_ref().map(|n| n.id);
+                let reads = self.state.reads.shard(shard.id);
+                match reads.route_avoiding(shard, self.ctx.consistency, self.ctx.fallback, avoid) {
+                    ReadTarget::Replica(n) => Some((n, false)),
+                    ReadTarget::Primary(_) => shard.primary.clone().map(|p| (p, true)),
+                    ReadTarget::Refuse(_) => None,
+                }
+            }
+            Later::None => route::writer(shard).ok().map(|p| (p.clone(), true)),
+        };
+        let Some(entry) = self.queue.front_mut() else {
+            return Resend::GiveUp;
+        };
+        let Some(sent) = entry.sent.as_mut() else {
+            return Resend::GiveUp;
+        };
+        // The node that just failed gets another try only after a pause (as a held entry), so a dead
+        // primary is not hammered while the failover runs.
+        let target = target.filter(|(n, _)| {
+            failed.as_ref().is_none_or(|f| f.id != n.id)
+                && sent.refused_by.as_ref().is_none_or(|(id, _)| *id != n.id)
+        });
+        let Some((node, primary)) = target else {
+            self.flow.hold = true;
+            if !was_held {
+                self.ctx.metrics.writes_held.inc();
+            }
+            return Resend::Held;
+        };
+        if was_held {
+            self.ctx
+                .metrics
+                .write_hold_seconds
+                .observe(now.duration_since(since).as_secs_f64());
+        }
+        if reads_only && !was_held {
+            self.ctx.metrics.read_retries.inc();
+        }
+        let Some(bytes) = sent.bytes.clone() else {
+            return Resend::GiveUp;
+        };
+        sent.deadline = reads_only.then(|| now + self.ctx.read_timeout);
+        sent.node = Some(node.clone());
+        sent.primary = primary;
+        let conn = self.state.conn_for(&node);
+        let rx = upstream::submit(&conn, bytes, count);
+        if let Some(entry) = self.queue.front_mut() {
+            entry.wait = Wait::Upstream(rx);
+        }
+        self.state.sent(shard.id, node.id, primary, count);
+        Resend::Sent
+    }
+}

@@ -1,0 +1,188 @@
+//! The session's side of its dedicated connection: requests carried out as the [`Pinned`] state machine
+//! routes them, and frames from the connection passed on or matched to their queue entries.
+
+use bytes::Bytes;
+use tracing::{debug, error};
+
+use super::dispatch::Step;
+use super::gate::Args;
+use super::pinned::{Effect, Frame, Leave, Route, STAND_IN};
+use super::queue::{Outcome, Sent, Then, Wait};
+use super::reply::ClientError;
+use super::session::Session;
+use crate::command::Class;
+use crate::metrics::Kind;
+use crate::resp::{ReplyFrame, Request};
+use crate::topology::Shard;
+use crate::upstream;
+
+impl Session {
+    /// Handles one request while pinned to the dedicated connection.
+    pub(super) fn pinned_request(&mut self, class: Class, req: &Request, shard: &Shard) -> Step {
+        // A session on a connection to a node that is no longer the primary must not go on there: its
+        // writes would be acknowledged by a demoted (or cut-off) node and lost. Its state (transaction,
+        // WATCH, subscriptions, tracking) cannot move with it: the client is told and closed.
+        let primary = self.ctx.topo.snapshot().primary().map(|n| n.id);
+        let awaiting = self.queue.has_pinned();
+        let args = self.input.args(req, 0).kept();
+        if self.pinned.as_ref().map(|p| p.conn.node.id) != primary {
+            self.close_with(ClientError::PrimaryChanged.frame());
+            return Step::Stop;
+        }
+        let Some(p) = self.pinned.as_mut() else {
+            return Step::Stop;
+        };
+        match p.request(class, &args, req.argc, awaiting) {
+            Route::Forward {
+                replies,
+                effect,
+                closes,
+            } => {
+                self.forward(req);
+                if replies > 0 {
+                    self.push_pinned(replies, effect);
+                }
+                if closes {
+                    self.flow.closing = true;
+                    return Step::Stop;
+                }
+                Step::Next
+            }
+            Route::RefuseInMulti(error) => self.refuse_in_multi(req, error),
+            Route::Answer(reply) => self.reply_local(&mut None, req, reply),
+            Route::Local(l) => self.local(l, req, 0, shard, &mut None),
+            Route::Wait => Step::Wait,
+            Route::Park => Step::Park,
+        }
+    }
+
+    /// Forwards the request at the start of the input on the dedicated connection.
+    fn forward(&mut self, req: &Request) {
+        let bytes = self.input.take(req);
+        let kind = self.cur_kind;
+        if let Some(p) = self.pinned.as_mut() {
+            p.conn.node.metrics.load().commands(true, kind, 1);
+            if kind == Kind::Read {
+                self.ctx
+                    .metrics
+                    .read_on_primary(crate::metrics::ReadReason::Transaction);
+            }
+            p.send(bytes);
+        }
+    }
+
+    /// Queues an entry for `count` replies from the dedicated connection.
+    fn push_pinned(&mut self, count: u32, effect: Effect) {
+        let node = self.pinned.as_ref().map(|p| p.conn.node.clone());
+        if let Some(n) = &node {
+            let shard = self.ctx.topo.load().shard().id;
+            self.state.sent(shard, n.id, true, count);
+        }
+        let sent = node.map(|n| Sent::once(n, true));
+        self.push(Wait::Pinned, sent, Then::Effect(effect));
+        self.queue.set_back_count(count);
+    }
+
+    /// Refuses a command inside MULTI as Redis refuses one while queueing: the client gets the error, and
+    /// the transaction is flagged so that EXEC answers -EXECABORT instead of running the rest. The
+    /// request must start the input (nothing batched before it).
+    pub(super) fn refuse_in_multi(&mut self, req: &Request, error: Bytes) -> Step {
+        self.input.skip(req);
+        if let Some(p) = self.pinned.as_mut() {
+            p.send(Bytes::from_static(STAND_IN));
+        }
+        self.push_pinned(1, Effect::Replace(error));
+        Step::Next
+    }
+
+    /// Writes the requests forwarded on the dedicated connection during this turn.
+    pub(super) async fn flush_pinned(&mut self) {
+        if let Some(p) = self.pinned.as_mut() {
+            p.flush().await;
+        }
+    }
+
+    /// Handles a frame from the dedicated connection.
+    pub(super) fn on_pinned_frame(&mut self, r: Result<(Bytes, ReplyFrame), upstream::Error>) {
+        self.drain_ready();
+        let Some(p) = self.pinned.as_mut() else {
+            return;
+        };
+        let (bytes, info) = match r {
+            Ok(f) => f,
+            Err(e) => return self.pinned_lost(&e),
+        };
+        match p.on_frame(&bytes, info.is_push()) {
+            Frame::Marker => {}
+            Frame::Pass(changes) => {
+                for change in changes {
+                    self.apply_change(change);
+                }
+                self.out.push(bytes);
+            }
+            Frame::Reply => {
+                let Some(front) = self
+                    .queue
+                    .front()
+                    .filter(|e| matches!(e.wait, Wait::Pinned))
+                else {
+                    error!("reply on the dedicated connection with nothing awaiting it");
+                    self.flow.close_now = true;
+                    return;
+                };
+                if front.count > 1 {
+                    let silent = front.silent;
+                    let node = p.conn.node.id;
+                    self.queue.answered_one();
+                    if !silent {
+                        self.out.push(bytes);
+                    }
+                    let epoch = self.ctx.topo.current_epoch();
+                    let shard = self.ctx.topo.load().shard().id;
+                    self.state.reads.shard(shard).replied(node, true, 1, epoch);
+                } else {
+                    self.complete_front(Outcome::Bytes(bytes));
+                }
+            }
+        }
+        self.maybe_unpin();
+    }
+
+    /// The dedicated connection broke: its transaction or subscriptions are gone with it. The client
+    /// gets an error for each command in flight, then the connection closes so the client notices.
+    fn pinned_lost(&mut self, e: &upstream::Error) {
+        let quitting = self.pinned.as_ref().is_some_and(|p| p.quitting);
+        if !quitting {
+            debug!(error = %e, "dedicated connection lost");
+        }
+        self.pinned = None;
+        self.ctx.metrics.pinned_sessions.dec();
+        while let Some(entry) = self.queue.pop() {
+            if !entry.silent && !quitting {
+                self.out.push(ClientError::Upstream(e).frames(entry.count));
+            }
+        }
+        self.flow.close_now = true;
+    }
+
+    /// Leaves pinned mode once nothing needs the dedicated connection: at once if every reply is
+    /// accounted for, else after a `PING` marker's reply. A connection in its greeted state goes back to
+    /// the pool.
+    fn maybe_unpin(&mut self) {
+        let awaiting = self.queue.has_pinned();
+        let Some(p) = self.pinned.as_mut() else {
+            return;
+        };
+        let Leave::Now { reusable } = p.leave(awaiting, self.id) else {
+            return;
+        };
+        if let Some(mut p) = self.pinned.take() {
+            self.ctx.metrics.pinned_sessions.dec();
+            if reusable {
+                p.conn.mark_clean();
+                let node = p.conn.node.clone();
+                node.pool(&p.conn.key.clone()).give_back(p.conn);
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Carrying out what [`super::answer`] decided for a command the proxy handles itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{answer, Answer};
+use crate::client::dispatch::{Batch, Step};
+use crate::client::gate::Args;
+use crate::client::queue::{Sent, Then, Wait};
+use crate::client::reply::{OK, RESET};
+use crate::client::session::Session;
+use crate::command::Local;
+use crate::resp::{request::KEPT_ARGS, Request};
+use crate::route;
+use crate::topology::Shard;
+use crate::upstream;
+
+impl Session {
+    /// Commands the proxy answers or handles itself.
+    pub(in crate::client) fn local(
+        &mut self,
+        l: Local,
+        req: &Request,
+        start: usize,
+        shard: &Shard,
+        batch: &mut Option<Batch>,
+    ) -> Step {
+        let args = {
+            let a = self.input.args(req, start);
+            // UNSUBSCRIBE and friends confirm every name, past the kept arguments too.
+            if l == Local::Unsubscribe && req.argc > KEPT_ARGS {
+                a.all()
+            } else {
+                a.kept()
+            }
+        };
+        let who = self.who();
+        let proxy_auth = self.ctx.auth.load().is_some();
+        let answer = answer(l, &args, &mut self.state, &who, proxy_auth);
+        if answer.after_earlier_replies() && self.barrier(batch) {
+            return Step::Wait;
+        }
+        match answer {
+            Answer::Reply(reply) => self.reply_local(batch, req, reply),
+            Answer::Silence(mode) => {
+                // No reply of its own; what was batched before keeps its replies.
+                self.flush(batch);
+                self.input.skip(req);
+                self.state.reply_mode = mode;
+                Step::Next
+            }
+            Answer::Quit => {
+                self.reply_local(batch, req, Bytes::from_static(OK));
+                // Nothing after QUIT runs.
+                self.input.clear();
+                self.flow.closing = true;
+                Step::Stop
+            }
+            Answer::Reset => {
+                self.state.reset(self.ctx.initial_user());
+                self.reply_local(batch, req, Bytes::from_static(RESET))
+            }
+            Answer::Hello { key, name } => {
+                self.state.set_key(key);
+                if name.is_some() {
+                    self.state.name = name;
+                }
+                let reply = self.hello_reply();
+                self.reply_local(batch, req, reply)
+            }
+            Answer::Switch { key, frame, hello } => self.switch_key(req, shard, key, frame, hello),
+            Answer::Wait { want, timeout } => self.wait(req, shard, want, timeout),
+        }
+    }
+
+    /// Moves the session to `key` once the primary accepts it: `frame` (or the request itself) is sent on
+    /// a connection greeted for `key`, and the switch happens only if it succeeds.
+    fn switch_key(
+        &mut self,
+        req: &Request,
+        shard: &Shard,
+        key: upstream::ConnKey,
+        frame: Option<Bytes>,
+        hello: Option<Option<Bytes>>,
+    ) -> Step {
+        let Ok(p) = route::writer(shard).cloned() else {
+            return self.park(req);
+        };
+        let bytes = match frame {
+            Some(f) => {
+                self.input.skip(req);
+                f
+            }
+            None => self.input.take(req),
+        };
+        let conn = p.pool(&key).pick(&p);
+        let rx = upstream::submit(&conn, bytes, 1);
+        self.state.sent(shard.id, p.id, true, 1);
+        self.push(
+            Wait::Upstream(rx),
+            Some(Sent::once(p, true)),
+            Then::SwitchKey { key, hello },
+        );
+        self.flow.hold = true;
+        Step::Next
+    }
+
+    /// `WAIT numreplicas timeout`: on shared connections Redis's own WAIT would count other clients' writes
+    /// and block them all, so the proxy answers from the replicas' offsets: it takes the primary's offset
+    /// after this session's writes, then counts the replicas that reach it.
+    fn wait(
+        &mut self,
+        req: &Request,
+        shard: &Shard,
+        want: usize,
+        timeout: Option<Duration>,
+    ) -> Step {
+        let Ok(p) = route::writer(shard).cloned() else {
+            return self.park(req);
+        };
+        self.input.skip(req);
+        // ROLE on this session's own primary connection runs after its writes, so its offset covers them.
+        let conn = self.state.conn_for(&p);
+        let mut role = Vec::new();
+        crate::resp::encode_command(&mut role, &[b"ROLE"]);
+        let role_rx = upstream::submit(&conn, Bytes::from(role), 1);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(crate::client::tasks::wait_for_replicas(
+            self.ctx.topo.clone(),
+            role_rx,
+            want,
+            timeout,
+            tx,
+        ));
+        self.push(Wait::Task(rx), None, Then::Nothing);
+        Step::Next
+    }
+
+    /// Answers an authentication attempt: `ok` on success; on failure WRONGPASS, later each time (100 ms,
+    /// doubling, at most 5 s), holding the requests behind it, so guessing passwords is slow.
+    pub(in crate::client) fn authenticated(
+        &mut self,
+        user: Option<Arc<crate::auth::ClientUser>>,
+        batch: &mut Option<Batch>,
+        req: &Request,
+        ok: Bytes,
+    ) -> Step {
+        if let Some(u) = user {
+            self.state.user = Some(u);
+            self.state.auth_failures = 0;
+            return self.reply_local(batch, req, ok);
+        }
+        self.ctx.metrics.auth_failures.inc();
+        self.state.auth_failures += 1;
+        let delay = (Duration::from_millis(100) * (1 << (self.state.auth_failures - 1).min(6)))
+            .min(Duration::from_secs(5));
+        self.flush(batch);
+        self.input.skip(req);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Bytes::from_static(
+                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+            ));
+        });
+        self.push(Wait::Task(rx), None, Then::Nothing);
+        self.flow.hold = true;
+        Step::Next
+    }
+}
