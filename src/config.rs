@@ -15,10 +15,15 @@ use crate::resp::Limits;
 pub use crate::route::{Consistency, Fallback};
 use crate::upstream::Credentials;
 
+mod limits;
 mod options;
+mod value;
 
+use limits::{ClientLimits, Timing, Workers};
 use options::Raw;
 pub use options::{File, Flags, LogFormat, TopologyKind, OPTION_NAMES};
+pub use value::resolve_secret;
+use value::Ranged;
 
 /// Where the topology comes from, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,20 +49,6 @@ pub enum Source {
         /// How many sentinels.
         sentinels: u32,
     },
-}
-
-/// A secret given as `env:NAME` (an environment variable) or `file:PATH` (a file, trailing newline
-/// dropped), or literally.
-pub fn resolve_secret(value: &str) -> Result<String, String> {
-    if let Some(var) = value.strip_prefix("env:") {
-        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
-    } else if let Some(path) = value.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| format!("cannot read {path}: {e}"))
-    } else {
-        Ok(value.to_string())
-    }
 }
 
 /// The checked configuration.
@@ -205,90 +196,37 @@ impl Config {
     }
 
     fn check(raw: Raw, problems: &mut Vec<String>) -> Option<Config> {
-        let mut sock = |name: &str, v: &str| match v.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                problems.push(format!("option `{name}`: `{v}` is not ip:port"));
-                None
-            }
-        };
-        let listen = sock("listen", &raw.listen);
-        let admin_listen = sock("admin_listen", &raw.admin_listen);
-        let mut ranged = |name: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                problems.push(format!("option `{name}`: {v} is outside {lo}..={hi}"));
-            }
-            v
-        };
-        let probe = ranged("probe_interval_ms", raw.probe_interval_ms, 10, 60_000);
-        let conns = ranged(
-            "backend_connections",
-            u64::from(raw.backend_connections),
-            1,
-            64,
+        let listen = value::socket_addr("listen", &raw.listen, problems);
+        let admin_listen = value::socket_addr("admin_listen", &raw.admin_listen, problems);
+        let timing = Timing::parse(&raw, problems);
+        let workers = Workers::parse(&raw, problems);
+        let clients = ClientLimits::parse(&raw, problems);
+        Ranged::new(
+            "embedded_replicas",
+            raw.embedded_replicas.into(),
+            0..=16,
+            problems,
         );
-        let workers = match ranged("worker_threads", u64::from(raw.worker_threads), 0, 256) {
-            // Half the cores: on a shared host Redis and the clients need the rest (measured on 2 cores:
-            // one worker beats two by 20 to 40% in throughput and CPU per command).
-            0 => std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1)),
-            n => n as usize,
-        };
-        let connect = ranged("connect_timeout_ms", raw.connect_timeout_ms, 10, 600_000);
-        let max_lag = ranged("max_lag_ms", raw.max_lag_ms, 1, 86_400_000);
-        let bulk = ranged("max_bulk_bytes", raw.max_bulk_bytes, 1024, 4 << 30);
-        let array = ranged("max_array_len", raw.max_array_len, 16, i32::MAX as u64);
-        let inline = ranged("max_inline_bytes", raw.max_inline_bytes, 64, 1 << 30);
-        let depth = ranged("max_nesting_depth", raw.max_nesting_depth, 2, 4096);
-        let request = ranged("max_request_bytes", raw.max_request_bytes, 1024, 8 << 30);
-        let inflight = ranged("max_client_inflight", raw.max_client_inflight, 1, 1 << 20);
-        let output = ranged(
-            "max_client_output_bytes",
-            raw.max_client_output_bytes,
-            0,
-            1 << 40,
-        );
-        let max_clients = ranged("max_clients", raw.max_clients, 1, 10_000_000);
-        let idle = ranged(
-            "client_idle_timeout_ms",
-            raw.client_idle_timeout_ms,
-            0,
-            86_400_000,
-        );
-        let grace = ranged("shutdown_grace_ms", raw.shutdown_grace_ms, 0, 3_600_000);
-        ranged("embedded_replicas", u64::from(raw.embedded_replicas), 0, 16);
-        ranged(
+        Ranged::new(
             "embedded_sentinels",
-            u64::from(raw.embedded_sentinels),
-            0,
-            9,
+            raw.embedded_sentinels.into(),
+            0..=9,
+            problems,
         );
-        let discovery = ranged(
-            "discovery_interval_ms",
-            raw.discovery_interval_ms,
-            10,
-            600_000,
-        );
-        let write_hold = ranged("write_hold_ms", raw.write_hold_ms, 0, 600_000);
-        let read_timeout = ranged("read_timeout_ms", raw.read_timeout_ms, 10, 600_000);
-        if request < bulk {
-            problems.push(format!(
-                "option `max_request_bytes` ({request}) must be at least `max_bulk_bytes` ({bulk}) so one request fits"
-            ));
-        }
 
-        let mut addr = |name: &str, v: &str| match Addr::parse(v) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                problems.push(format!("option `{name}`: {e}"));
-                None
-            }
-        };
-        let primary = raw.primary.as_deref().map(|p| addr("primary", p));
-        let replicas: Vec<Option<Addr>> = raw.replica.iter().map(|r| addr("replica", r)).collect();
+        let primary = raw
+            .primary
+            .as_deref()
+            .map(|p| value::addr("primary", p, problems));
+        let replicas: Vec<Option<Addr>> = raw
+            .replica
+            .iter()
+            .map(|r| value::addr("replica", r, problems))
+            .collect();
         let sentinels: Vec<Addr> = raw
             .sentinel
             .iter()
-            .filter_map(|r| addr("sentinel", r))
+            .filter_map(|r| value::addr("sentinel", r, problems))
             .collect();
         let kind = raw.topology.unwrap_or(if raw.primary.is_some() {
             TopologyKind::Static
@@ -401,27 +339,18 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
             problems.push(format!("option `log_level`: {e}"));
         }
-        fn secret(problems: &mut Vec<String>, name: &str, v: &str) -> Option<String> {
-            match resolve_secret(v) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    problems.push(format!("option `{name}`: {e}"));
-                    None
-                }
-            }
-        }
         let backend_password = raw
             .backend_password
             .as_deref()
-            .and_then(|p| secret(problems, "backend_password", p));
+            .and_then(|p| value::secret("backend_password", p, problems));
         let sentinel_password = raw
             .sentinel_password
             .as_deref()
-            .and_then(|p| secret(problems, "sentinel_password", p));
+            .and_then(|p| value::secret("sentinel_password", p, problems));
         let requirepass = raw
             .requirepass
             .as_deref()
-            .and_then(|p| secret(problems, "requirepass", p));
+            .and_then(|p| value::secret("requirepass", p, problems));
         let mut users = Vec::new();
         for (option, readonly, entries) in [
             ("user", false, &raw.user),
@@ -430,7 +359,7 @@ impl Config {
             for entry in entries {
                 match entry.split_once(':') {
                     Some((name, password)) if !name.is_empty() => {
-                        if let Some(password) = secret(problems, option, password) {
+                        if let Some(password) = value::secret(option, password, problems) {
                             users.push(ClientUser {
                                 name: name.to_string(),
                                 password,
@@ -550,42 +479,38 @@ impl Config {
             problems.push("option `sentinel_tls` needs topology \"sentinel\"".into());
         }
 
+        let (timing, workers, clients) = (timing?, workers?, clients?);
         Some(Config {
             listen: listen?,
             admin_listen: admin_listen?,
             source: source?,
             consistency: raw.consistency,
-            max_lag: Duration::from_millis(max_lag),
+            max_lag: timing.max_lag,
             max_lag_bytes: (raw.max_lag_bytes > 0).then_some(raw.max_lag_bytes),
             fallback: raw.fallback,
-            probe_interval: Duration::from_millis(probe),
-            worker_threads: workers,
-            backend_connections: conns as usize,
-            connect_timeout: Duration::from_millis(connect),
+            probe_interval: timing.probe_interval,
+            worker_threads: workers.threads,
+            backend_connections: workers.backend_connections,
+            connect_timeout: timing.connect_timeout,
             backend_credentials,
             sentinel_credentials,
             requirepass,
             users,
             refresh_commands: raw.refresh_commands,
             address_map,
-            discovery_interval: Duration::from_millis(discovery),
-            write_hold: Duration::from_millis(write_hold),
-            read_timeout: Duration::from_millis(read_timeout),
-            limits: Limits {
-                max_bulk_bytes: bulk as usize,
-                max_array_len: array as usize,
-                max_inline_bytes: inline as usize,
-                max_depth: depth as usize,
-            },
-            max_request_bytes: request as usize,
-            max_client_inflight: inflight as usize,
-            max_client_output_bytes: (output > 0).then_some(output as usize),
-            max_clients: max_clients as usize,
-            client_idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
+            discovery_interval: timing.discovery_interval,
+            write_hold: timing.write_hold,
+            read_timeout: timing.read_timeout,
+            limits: clients.scanner,
+            max_request_bytes: clients.max_request_bytes,
+            max_client_inflight: clients.max_inflight,
+            max_client_output_bytes: clients.max_output_bytes,
+            max_clients: clients.max_clients,
+            client_idle_timeout: timing.client_idle_timeout,
             tls_listen,
             backend_tls: upstream_tls.clone().filter(|_| raw.backend_tls),
             sentinel_tls: upstream_tls.filter(|_| raw.sentinel_tls),
-            shutdown_grace: Duration::from_millis(grace),
+            shutdown_grace: timing.shutdown_grace,
             log_level: raw.log_level,
             log_format: raw.log_format,
         })
