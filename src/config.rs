@@ -17,39 +17,14 @@ use crate::upstream::Credentials;
 
 mod limits;
 mod options;
+mod source;
 mod value;
 
 use limits::{ClientLimits, Timing, Workers};
 use options::Raw;
 pub use options::{File, Flags, LogFormat, TopologyKind, OPTION_NAMES};
+pub use source::Source;
 pub use value::resolve_secret;
-use value::Ranged;
-
-/// Where the topology comes from, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// Seed nodes; roles and replicas are discovered from them.
-    Static {
-        /// The primary, as configured.
-        primary: Addr,
-        /// Replicas, as configured.
-        replicas: Vec<Addr>,
-    },
-    /// Sentinels.
-    Sentinel {
-        /// Their addresses.
-        sentinels: Vec<Addr>,
-        /// The monitored master's name.
-        master_name: String,
-    },
-    /// Local servers and sentinels the proxy starts.
-    Embedded {
-        /// How many replicas.
-        replicas: u32,
-        /// How many sentinels.
-        sentinels: u32,
-    },
-}
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -201,135 +176,9 @@ impl Config {
         let timing = Timing::parse(&raw, problems);
         let workers = Workers::parse(&raw, problems);
         let clients = ClientLimits::parse(&raw, problems);
-        Ranged::new(
-            "embedded_replicas",
-            raw.embedded_replicas.into(),
-            0..=16,
-            problems,
-        );
-        Ranged::new(
-            "embedded_sentinels",
-            raw.embedded_sentinels.into(),
-            0..=9,
-            problems,
-        );
-
-        let primary = raw
-            .primary
-            .as_deref()
-            .map(|p| value::addr("primary", p, problems));
-        let replicas: Vec<Option<Addr>> = raw
-            .replica
-            .iter()
-            .map(|r| value::addr("replica", r, problems))
-            .collect();
-        let sentinels: Vec<Addr> = raw
-            .sentinel
-            .iter()
-            .filter_map(|r| value::addr("sentinel", r, problems))
-            .collect();
-        let kind = raw.topology.unwrap_or(if raw.primary.is_some() {
-            TopologyKind::Static
-        } else if !raw.sentinel.is_empty() {
-            TopologyKind::Sentinel
-        } else {
-            TopologyKind::Embedded
-        });
-        let mut exclusive = |kind: &str, set: &[(&str, bool)]| {
-            for (name, is_set) in set {
-                if *is_set {
-                    problems.push(format!("topology \"{kind}\" does not use `{name}`"));
-                }
-            }
-        };
-        let source = match kind {
-            TopologyKind::Static => {
-                exclusive(
-                    "static",
-                    &[
-                        ("sentinel", !raw.sentinel.is_empty()),
-                        ("master_name", raw.master_name.is_some()),
-                    ],
-                );
-                match primary {
-                    None => {
-                        problems.push("topology \"static\" needs `primary`".into());
-                        None
-                    }
-                    Some(p) => {
-                        let replicas: Vec<Addr> = replicas.into_iter().flatten().collect();
-                        if let Some(p) = &p {
-                            if replicas.contains(p) {
-                                problems.push(format!("option `replica`: {p} is also the primary"));
-                            }
-                        }
-                        if has_duplicates(&replicas) {
-                            problems.push("option `replica`: an address is listed twice".into());
-                        }
-                        p.map(|primary| Source::Static { primary, replicas })
-                    }
-                }
-            }
-            TopologyKind::Sentinel => {
-                exclusive(
-                    "sentinel",
-                    &[
-                        ("primary", raw.primary.is_some()),
-                        ("replica", !raw.replica.is_empty()),
-                    ],
-                );
-                if raw.sentinel.is_empty() {
-                    problems.push("topology \"sentinel\" needs at least one `sentinel`".into());
-                }
-                if has_duplicates(&sentinels) {
-                    problems.push("option `sentinel`: an address is listed twice".into());
-                }
-                match &raw.master_name {
-                    None => {
-                        problems.push("topology \"sentinel\" needs `master_name`".into());
-                        None
-                    }
-                    Some(name) => Some(Source::Sentinel {
-                        sentinels,
-                        master_name: name.clone(),
-                    }),
-                }
-            }
-            TopologyKind::Embedded => {
-                exclusive(
-                    "embedded",
-                    &[
-                        ("primary", raw.primary.is_some()),
-                        ("replica", !raw.replica.is_empty()),
-                        ("sentinel", !raw.sentinel.is_empty()),
-                        ("master_name", raw.master_name.is_some()),
-                    ],
-                );
-                Some(Source::Embedded {
-                    replicas: raw.embedded_replicas,
-                    sentinels: raw.embedded_sentinels,
-                })
-            }
-        };
-        let address_map: Vec<(Addr, Addr)> = raw
-            .address_map
-            .iter()
-            .filter_map(|m| match m.split_once('=') {
-                Some((from, to)) => match (Addr::parse(from.trim()), Addr::parse(to.trim())) {
-                    (Ok(f), Ok(t)) => Some((f, t)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        problems.push(format!("option `address_map`: {e}"));
-                        None
-                    }
-                },
-                None => {
-                    problems.push(format!(
-                        "option `address_map`: `{m}` is not announced=reachable"
-                    ));
-                    None
-                }
-            })
-            .collect();
+        let kind = Source::kind(&raw);
+        let source = Source::parse(&raw, kind, problems);
+        let address_map = source::address_map(&raw.address_map, problems);
         if raw.backend_username.is_some() && raw.backend_password.is_none() {
             problems.push("option `backend_username` needs `backend_password`".into());
         }
@@ -497,7 +346,7 @@ impl Config {
             requirepass,
             users,
             refresh_commands: raw.refresh_commands,
-            address_map,
+            address_map: address_map?,
             discovery_interval: timing.discovery_interval,
             write_hold: timing.write_hold,
             read_timeout: timing.read_timeout,
@@ -515,12 +364,6 @@ impl Config {
             log_format: raw.log_format,
         })
     }
-}
-
-fn has_duplicates(addrs: &[Addr]) -> bool {
-    let mut sorted = addrs.to_vec();
-    sorted.sort();
-    sorted.windows(2).any(|w| w[0] == w[1])
 }
 
 /// Command line: `--config FILE`, `--check`, and one flag per option.
