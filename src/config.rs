@@ -15,6 +15,7 @@ use crate::resp::Limits;
 pub use crate::route::{Consistency, Fallback};
 use crate::upstream::Credentials;
 
+mod credentials;
 mod limits;
 mod options;
 mod source;
@@ -179,66 +180,11 @@ impl Config {
         let kind = Source::kind(&raw);
         let source = Source::parse(&raw, kind, problems);
         let address_map = source::address_map(&raw.address_map, problems);
-        if raw.backend_username.is_some() && raw.backend_password.is_none() {
-            problems.push("option `backend_username` needs `backend_password`".into());
-        }
-        if raw.sentinel_username.is_some() && raw.sentinel_password.is_none() {
-            problems.push("option `sentinel_username` needs `sentinel_password`".into());
-        }
+        let upstream = credentials::Upstream::parse(&raw, problems);
+        let client_auth = credentials::ClientAuth::parse(&raw, problems);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
             problems.push(format!("option `log_level`: {e}"));
         }
-        let backend_password = raw
-            .backend_password
-            .as_deref()
-            .and_then(|p| value::secret("backend_password", p, problems));
-        let sentinel_password = raw
-            .sentinel_password
-            .as_deref()
-            .and_then(|p| value::secret("sentinel_password", p, problems));
-        let requirepass = raw
-            .requirepass
-            .as_deref()
-            .and_then(|p| value::secret("requirepass", p, problems));
-        let mut users = Vec::new();
-        for (option, readonly, entries) in [
-            ("user", false, &raw.user),
-            ("readonly_user", true, &raw.readonly_user),
-        ] {
-            for entry in entries {
-                match entry.split_once(':') {
-                    Some((name, password)) if !name.is_empty() => {
-                        if let Some(password) = value::secret(option, password, problems) {
-                            users.push(ClientUser {
-                                name: name.to_string(),
-                                password,
-                                readonly,
-                            });
-                        }
-                    }
-                    // The entry is not shown: it may be a password given without its name.
-                    _ => problems.push(format!(
-                        "option `{option}`: an entry is not name:password (not shown: it may hold a password)"
-                    )),
-                }
-            }
-        }
-        let mut names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
-        names.sort_unstable();
-        if names.windows(2).any(|w| w[0] == w[1]) {
-            problems.push("options `user`/`readonly_user`: a user is defined twice".into());
-        }
-        if requirepass.is_some() && names.contains(&"default") {
-            problems.push("`requirepass` is the default user's password: do not define a user named default too".into());
-        }
-        let backend_credentials = backend_password.map(|password| Credentials {
-            username: raw.backend_username,
-            password,
-        });
-        let sentinel_credentials = sentinel_password.map(|password| Credentials {
-            username: raw.sentinel_username,
-            password,
-        });
         let tls_listen = match (&raw.tls_listen, &raw.tls_cert_file, &raw.tls_key_file) {
             (Some(listen), Some(cert), Some(key)) => {
                 let addr = listen.parse::<SocketAddr>();
@@ -329,6 +275,7 @@ impl Config {
         }
 
         let (timing, workers, clients) = (timing?, workers?, clients?);
+        let (upstream, client_auth) = (upstream?, client_auth?);
         Some(Config {
             listen: listen?,
             admin_listen: admin_listen?,
@@ -341,10 +288,10 @@ impl Config {
             worker_threads: workers.threads,
             backend_connections: workers.backend_connections,
             connect_timeout: timing.connect_timeout,
-            backend_credentials,
-            sentinel_credentials,
-            requirepass,
-            users,
+            backend_credentials: upstream.backend,
+            sentinel_credentials: upstream.sentinel,
+            requirepass: client_auth.requirepass,
+            users: client_auth.users,
             refresh_commands: raw.refresh_commands,
             address_map: address_map?,
             discovery_interval: timing.discovery_interval,
