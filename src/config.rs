@@ -4,6 +4,15 @@
 //! fields, the flags (`max_lag_ms` is `--max-lag-ms`) and the list of names the tests compare with
 //! `conf/redsplit.example.toml`. [`Config::load`] turns file and flags into a checked [`Config`], reporting
 //! every problem at once; nothing checks the values again after that.
+//!
+//! Checking is parsing, one concern per parser; each reports its problems and yields a typed value only if
+//! it found none:
+//!
+//! - `value`: one value of any option: a number within bounds (`Ranged`), an address, a secret
+//! - `limits`: intervals and timeouts, worker threads and connections, what one client may send and hold
+//! - `source`: the topology source ([`Source`]), with the options only one kind uses, and the address map
+//! - `credentials`: what the proxy presents upstream, and the users clients authenticate as
+//! - `tls`: the TLS listener and upstream TLS, whose files are loaded to be checked
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,12 +28,15 @@ mod credentials;
 mod limits;
 mod options;
 mod source;
+mod tls;
 mod value;
 
+use credentials::{ClientAuth, Upstream};
 use limits::{ClientLimits, Timing, Workers};
 use options::Raw;
 pub use options::{File, Flags, LogFormat, TopologyKind, OPTION_NAMES};
 pub use source::Source;
+use tls::UpstreamTls;
 pub use value::resolve_secret;
 
 /// The checked configuration.
@@ -171,6 +183,9 @@ impl Config {
         }
     }
 
+    /// Parses each concern of `raw` on its own: each parser reports its problems and yields a value only if
+    /// it found none. Every parser runs before any result is looked at, so every problem is reported; the
+    /// configuration exists only if every parser yielded a value.
     fn check(raw: Raw, problems: &mut Vec<String>) -> Option<Config> {
         let listen = value::socket_addr("listen", &raw.listen, problems);
         let admin_listen = value::socket_addr("admin_listen", &raw.admin_listen, problems);
@@ -180,102 +195,14 @@ impl Config {
         let kind = Source::kind(&raw);
         let source = Source::parse(&raw, kind, problems);
         let address_map = source::address_map(&raw.address_map, problems);
-        let upstream = credentials::Upstream::parse(&raw, problems);
-        let client_auth = credentials::ClientAuth::parse(&raw, problems);
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
-            problems.push(format!("option `log_level`: {e}"));
-        }
-        let tls_listen = match (&raw.tls_listen, &raw.tls_cert_file, &raw.tls_key_file) {
-            (Some(listen), Some(cert), Some(key)) => {
-                let addr = listen.parse::<SocketAddr>();
-                if addr.is_err() {
-                    problems.push(format!("option `tls_listen`: `{listen}` is not ip:port"));
-                }
-                let files = crate::tls::ServerFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: raw.tls_client_ca_file.clone(),
-                };
-                for p in crate::tls::check_server(&files) {
-                    problems.push(format!("TLS listener: {p}"));
-                }
-                addr.ok().map(|a| (a, files))
-            }
-            (Some(_), _, _) => {
-                problems
-                    .push("option `tls_listen` needs `tls_cert_file` and `tls_key_file`".into());
-                None
-            }
-            (None, _, _) => {
-                for (name, set) in [
-                    ("tls_cert_file", raw.tls_cert_file.is_some()),
-                    ("tls_key_file", raw.tls_key_file.is_some()),
-                    ("tls_client_ca_file", raw.tls_client_ca_file.is_some()),
-                ] {
-                    if set {
-                        problems.push(format!("option `{name}` needs `tls_listen`"));
-                    }
-                }
-                None
-            }
-        };
-        let upstream_tls = match &raw.backend_tls_ca_file {
-            Some(ca) if raw.backend_tls || raw.sentinel_tls => {
-                let identity = match (&raw.backend_tls_cert_file, &raw.backend_tls_key_file) {
-                    (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-                    (None, None) => None,
-                    _ => {
-                        problems.push(
-                            "options `backend_tls_cert_file` and `backend_tls_key_file` go together"
-                                .into(),
-                        );
-                        None
-                    }
-                };
-                let files = crate::tls::ClientFiles {
-                    ca: ca.clone(),
-                    server_name: raw.backend_tls_server_name.clone(),
-                    identity,
-                };
-                for p in crate::tls::check_client(&files) {
-                    problems.push(format!("upstream TLS: {p}"));
-                }
-                Some(files)
-            }
-            None if raw.backend_tls || raw.sentinel_tls => {
-                problems.push(
-                    "options `backend_tls` and `sentinel_tls` need `backend_tls_ca_file`".into(),
-                );
-                None
-            }
-            _ => {
-                for (name, set) in [
-                    ("backend_tls_ca_file", raw.backend_tls_ca_file.is_some()),
-                    (
-                        "backend_tls_server_name",
-                        raw.backend_tls_server_name.is_some(),
-                    ),
-                    ("backend_tls_cert_file", raw.backend_tls_cert_file.is_some()),
-                    ("backend_tls_key_file", raw.backend_tls_key_file.is_some()),
-                ] {
-                    if set {
-                        problems.push(format!(
-                            "option `{name}` needs `backend_tls` or `sentinel_tls`"
-                        ));
-                    }
-                }
-                None
-            }
-        };
-        if raw.backend_tls && kind == TopologyKind::Embedded {
-            problems.push("option `backend_tls`: the embedded servers do not speak TLS".into());
-        }
-        if raw.sentinel_tls && kind != TopologyKind::Sentinel {
-            problems.push("option `sentinel_tls` needs topology \"sentinel\"".into());
-        }
-
+        let upstream = Upstream::parse(&raw, problems);
+        let client_auth = ClientAuth::parse(&raw, problems);
+        let tls_listen = tls::listener(&raw, problems);
+        let upstream_tls = UpstreamTls::parse(&raw, kind, problems);
+        let log_level = log_level(&raw.log_level, problems);
         let (timing, workers, clients) = (timing?, workers?, clients?);
         let (upstream, client_auth) = (upstream?, client_auth?);
+        let (tls_listen, upstream_tls) = (tls_listen?, upstream_tls?);
         Some(Config {
             listen: listen?,
             admin_listen: admin_listen?,
@@ -304,12 +231,23 @@ impl Config {
             max_clients: clients.max_clients,
             client_idle_timeout: timing.client_idle_timeout,
             tls_listen,
-            backend_tls: upstream_tls.clone().filter(|_| raw.backend_tls),
-            sentinel_tls: upstream_tls.filter(|_| raw.sentinel_tls),
+            backend_tls: upstream_tls.backend,
+            sentinel_tls: upstream_tls.sentinel,
             shutdown_grace: timing.shutdown_grace,
-            log_level: raw.log_level,
+            log_level: log_level?,
             log_format: raw.log_format,
         })
+    }
+}
+
+/// The `log_level` filter, if it parses (RUST_LOG syntax).
+fn log_level(level: &str, problems: &mut Vec<String>) -> Option<String> {
+    match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(_) => Some(level.to_string()),
+        Err(e) => {
+            problems.push(format!("option `log_level`: {e}"));
+            None
+        }
     }
 }
 
