@@ -179,5 +179,5 @@ async fn failover(State(s): State<Arc<AdminState>>, Query(q): Query<FailoverQuer
         }
     }
     let _release = Release(&s);
-    switchover::switch(&s, q).await
+    switchover::switch(&s, q.to.as_deref()).await
 }

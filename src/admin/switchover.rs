@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{reply, AdminState, FailoverQuery, Reply};
+use super::{reply, AdminState, Reply};
 use crate::node::Addr;
 use crate::resp::Value as OwnedFrame;
 use crate::topology::probe::Role;
@@ -49,9 +49,9 @@ pub enum Switchover {
     },
 }
 
-/// Switches the primary over as `q` asks and waits for the topology to follow. The caller holds the
-/// switchover lock and releases held writes.
-pub(super) async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
+/// Switches the primary over, to the replica `to` (`host:port`, static mode only) if given, and waits for
+/// the topology to follow. The caller holds the switchover lock and releases held writes.
+pub(super) async fn switch(s: &AdminState, to: Option<&str>) -> Reply {
     let started = Instant::now();
     let snapshot = s.topo.snapshot();
     let Some(old) = snapshot.primary().cloned() else {
@@ -60,227 +60,272 @@ pub(super) async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
             json!({"error": "no primary is known"}),
         );
     };
-    let to = match q.to.as_deref().map(Addr::parse) {
+    let to = match to.map(Addr::parse) {
         Some(Ok(a)) => Some(a),
         Some(Err(e)) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
         None => None,
     };
     let switchover = s.switchover.load_full();
-    match &*switchover {
-        Switchover::Static => {
-            let target = match to {
-                Some(a) => snapshot.replica_nodes().find(|n| n.addr == a).cloned(),
-                None => snapshot
-                    .replica_nodes()
-                    .filter(|n| n.repl.is_eligible())
-                    .max_by_key(|n| n.repl.offset())
-                    .cloned(),
-            };
-            let Some(target) = target else {
-                return reply(
-                    StatusCode::CONFLICT,
-                    json!({"error": "no replica to promote (name one of the topology's replicas, or wait for one to catch up)"}),
-                );
-            };
-            info!(from = %old.addr, to = %target.addr, "switchover requested");
-            s.topo.hold_writes(true);
-            let announced = s.map.announced(&target.addr);
-            let port = announced.port().to_string();
-            let timeout_ms = (s.timeout.as_millis() as u64 / 2).max(1000).to_string();
-            let mut c = Control::with_timeout(old.clone(), s.timeout);
-            let args: [&[u8]; 6] = [
-                b"FAILOVER",
-                b"TO",
-                announced.host().as_bytes(),
-                port.as_bytes(),
-                b"TIMEOUT",
-                timeout_ms.as_bytes(),
-            ];
-            match call(&mut c, &args).await {
-                Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {}
-                Some(OwnedFrame::Error(e)) => {
-                    return reply(
-                        StatusCode::CONFLICT,
-                        json!({"error": format!("primary refused FAILOVER: {e}")}),
-                    )
-                }
-                other => {
-                    return reply(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": format!("FAILOVER failed: {other:?}")}),
-                    )
-                }
-            }
-            let mut t = Control::new(target.clone());
-            let deadline = Instant::now() + s.timeout;
-            let mut promoted = false;
-            while Instant::now() < deadline {
-                if matches!(
-                    call(&mut t, &[b"ROLE"])
-                        .await
-                        .as_ref()
-                        .and_then(Role::parse),
-                    Some(Role::Master { .. })
-                ) {
-                    promoted = true;
-                    break;
-                }
-                tokio::time::sleep(POLL).await;
-            }
-            if !promoted {
-                return reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    json!({"error": "the replica did not become primary in time"}),
-                );
-            }
-            finish(s, &old, started).await
-        }
+    let switched = match &*switchover {
+        Switchover::Static => static_switchover(s, &snapshot, &old, to).await,
+        Switchover::Sentinel { .. } if to.is_some() => Err(reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "in sentinel mode Sentinel chooses the replica; omit `to`"}),
+        )),
         Switchover::Sentinel {
             sentinels,
             master_name,
-        } => {
-            if to.is_some() {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": "in sentinel mode Sentinel chooses the replica; omit `to`"}),
-                );
+        } => sentinel_switchover(s, &snapshot, &old, sentinels, master_name).await,
+    };
+    match switched {
+        Ok(()) => finish(s, &old, started).await,
+        Err(refused) => refused,
+    }
+}
+
+// --- Static: FAILOVER TO ------------------------------------------------------------------------------
+
+/// Asks the primary `old` to hand over to the replica `to` (or the best caught-up one) and waits until
+/// that replica says it is the primary.
+async fn static_switchover(
+    s: &AdminState,
+    snapshot: &Topology,
+    old: &Arc<Node>,
+    to: Option<Addr>,
+) -> Result<(), Reply> {
+    let Some(target) = static_target(snapshot, to) else {
+        return Err(reply(
+            StatusCode::CONFLICT,
+            json!({"error": "no replica to promote (name one of the topology's replicas, or wait for one to catch up)"}),
+        ));
+    };
+    info!(from = %old.addr, to = %target.addr, "switchover requested");
+    s.topo.hold_writes(true);
+    failover_to(s, old, &target).await?;
+    wait_promoted(s, target).await
+}
+
+/// The replica to promote: the one named, or else the one eligible for reads with the largest offset.
+fn static_target(snapshot: &Topology, to: Option<Addr>) -> Option<Arc<Node>> {
+    match to {
+        Some(a) => snapshot.replica_nodes().find(|n| n.addr == a).cloned(),
+        None => snapshot
+            .replica_nodes()
+            .filter(|n| n.repl.is_eligible())
+            .max_by_key(|n| n.repl.offset())
+            .cloned(),
+    }
+}
+
+/// `FAILOVER TO` on the primary, naming the target as the primary knows it (its announced address).
+async fn failover_to(s: &AdminState, old: &Arc<Node>, target: &Node) -> Result<(), Reply> {
+    let announced = s.map.announced(&target.addr);
+    let port = announced.port().to_string();
+    let timeout_ms = (s.timeout.as_millis() as u64 / 2).max(1000).to_string();
+    let mut c = Control::with_timeout(old.clone(), s.timeout);
+    let args: [&[u8]; 6] = [
+        b"FAILOVER",
+        b"TO",
+        announced.host().as_bytes(),
+        port.as_bytes(),
+        b"TIMEOUT",
+        timeout_ms.as_bytes(),
+    ];
+    match call(&mut c, &args).await {
+        Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => Ok(()),
+        Some(OwnedFrame::Error(e)) => Err(reply(
+            StatusCode::CONFLICT,
+            json!({"error": format!("primary refused FAILOVER: {e}")}),
+        )),
+        other => Err(reply(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": format!("FAILOVER failed: {other:?}")}),
+        )),
+    }
+}
+
+/// Polls the target's ROLE until it says master, for at most the switchover timeout.
+async fn wait_promoted(s: &AdminState, target: Arc<Node>) -> Result<(), Reply> {
+    let mut t = Control::new(target);
+    let deadline = Instant::now() + s.timeout;
+    while Instant::now() < deadline {
+        let role = call(&mut t, &[b"ROLE"]).await;
+        if matches!(
+            role.as_ref().and_then(Role::parse),
+            Some(Role::Master { .. })
+        ) {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Err(reply(
+        StatusCode::GATEWAY_TIMEOUT,
+        json!({"error": "the replica did not become primary in time"}),
+    ))
+}
+
+// --- Sentinel: SENTINEL FAILOVER once every promotable replica has caught up -----------------------------
+
+/// Holds and pauses writes, waits until every replica Sentinel could promote has the primary's offset,
+/// then asks a sentinel to fail over. Writes are unpaused at the primary if that does not happen.
+async fn sentinel_switchover(
+    s: &AdminState,
+    snapshot: &Topology,
+    old: &Arc<Node>,
+    sentinels: &[Arc<Node>],
+    master_name: &str,
+) -> Result<(), Reply> {
+    info!(from = %old.addr, "switchover requested from sentinel");
+    let mut views: Vec<Control> = sentinels.iter().map(|n| Control::new(n.clone())).collect();
+    refuse_if_blind(s, snapshot, &mut views, master_name).await?;
+    s.topo.hold_writes(true);
+    let mut primary = Control::new(old.clone());
+    pause_writes(s, &mut primary).await?;
+    let asked = catch_up_and_ask(
+        s,
+        snapshot,
+        &mut primary,
+        &mut views,
+        sentinels,
+        master_name,
+    )
+    .await;
+    if asked.is_err() {
+        // The switchover did not start: the primary's writes, paused for it, go on.
+        let _ = call(&mut primary, &[b"CLIENT", b"UNPAUSE"]).await;
+    }
+    asked
+}
+
+/// Refuses when a replica Sentinel could promote has an offset this proxy cannot read now (its probes
+/// fail, or it probes no such node): it could never be shown to have the data. Nothing is paused yet: a
+/// pause held for nothing would also stall Sentinel's own link to the primary, and with a short
+/// down-after-milliseconds Sentinel fails over on its own.
+async fn refuse_if_blind(
+    s: &AdminState,
+    snapshot: &Topology,
+    views: &mut [Control],
+    master_name: &str,
+) -> Result<(), Reply> {
+    let promotable = promotable_replicas(views, master_name, &s.map).await;
+    let blind: Vec<String> = replicas_behind(&s.topo, snapshot, promotable.as_ref(), u64::MAX)
+        .iter()
+        .filter(|n| !n.repl.answering())
+        .map(|n| n.addr.to_string())
+        .collect();
+    if blind.is_empty() {
+        return Ok(());
+    }
+    Err(reply(
+        StatusCode::GATEWAY_TIMEOUT,
+        json!({"error": format!(
+            "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
+            blind.join(", ")
+        )}),
+    ))
+}
+
+/// Pauses writes at the primary itself, as Redis's FAILOVER does, for those that do not pass the hold
+/// (sessions on connections of their own: WATCH, subscriptions, tracking). The pause outlasts the
+/// switchover; once demoted, the node refuses them (READONLY).
+async fn pause_writes(s: &AdminState, primary: &mut Control) -> Result<(), Reply> {
+    let pause_ms = (s.timeout.as_millis() as u64).max(1000).to_string();
+    match call(
+        primary,
+        &[b"CLIENT", b"PAUSE", pause_ms.as_bytes(), b"WRITE"],
+    )
+    .await
+    {
+        Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => Ok(()),
+        other => Err(reply(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": format!("the primary did not pause writes: {other:?}")}),
+        )),
+    }
+}
+
+/// With writes held and paused: waits for the replicas to reach the primary's offset, then asks the
+/// sentinels, one after another, until one accepts.
+async fn catch_up_and_ask(
+    s: &AdminState,
+    snapshot: &Topology,
+    primary: &mut Control,
+    views: &mut [Control],
+    sentinels: &[Arc<Node>],
+    master_name: &str,
+) -> Result<(), Reply> {
+    let target = match call(primary, &[b"ROLE"])
+        .await
+        .as_ref()
+        .and_then(Role::parse)
+    {
+        Some(Role::Master { offset }) => offset,
+        _ => {
+            return Err(not_started(
+                StatusCode::BAD_GATEWAY,
+                "the primary does not answer ROLE",
+            ))
+        }
+    };
+    wait_caught_up(s, snapshot, views, master_name, target).await?;
+    ask_sentinels(sentinels, master_name).await
+}
+
+/// Waits, for half the switchover timeout, until every replica Sentinel could promote has offset
+/// `target`; then any promoted one has it all. Every replica, not only those eligible for reads: Sentinel
+/// ranks by replica-priority before offset and may promote one that lags.
+async fn wait_caught_up(
+    s: &AdminState,
+    snapshot: &Topology,
+    views: &mut [Control],
+    master_name: &str,
+    target: u64,
+) -> Result<(), Reply> {
+    let deadline = Instant::now() + s.timeout / 2;
+    let behind = loop {
+        let promotable = promotable_replicas(views, master_name, &s.map).await;
+        let behind = replicas_behind(&s.topo, snapshot, promotable.as_ref(), target);
+        if behind.is_empty() || Instant::now() >= deadline {
+            break behind;
+        }
+        tokio::time::sleep(POLL * 10).await;
+    };
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = behind
+        .iter()
+        .map(|n| format!("{} at {}", n.addr, n.repl.offset()))
+        .collect();
+    Err(not_started(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "replicas did not catch up with offset {target} ({}); switchover not started",
+            names.join(", ")
+        ),
+    ))
+}
+
+/// `SENTINEL FAILOVER` on each sentinel in turn until one accepts.
+async fn ask_sentinels(sentinels: &[Arc<Node>], master_name: &str) -> Result<(), Reply> {
+    for sentinel in sentinels {
+        let mut c = Control::new(sentinel.clone());
+        match call(&mut c, &[b"SENTINEL", b"FAILOVER", master_name.as_bytes()]).await {
+            Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => return Ok(()),
+            other => {
+                warn!(sentinel = %sentinel.addr, reply = ?other, "sentinel refused the failover")
             }
-            info!(from = %old.addr, "switchover requested from sentinel");
-            // A replica Sentinel could promote whose offset this proxy cannot read now (its probes
-            // fail, or it probes no such node) could never be shown to have the data: refuse before
-            // pausing anything. A pause held for nothing would also stall Sentinel's own link to the
-            // primary, and with a short down-after-milliseconds Sentinel fails over on its own.
-            let mut views: Vec<Control> =
-                sentinels.iter().map(|n| Control::new(n.clone())).collect();
-            let promotable = promotable_replicas(&mut views, master_name, &s.map).await;
-            let blind: Vec<String> =
-                replicas_behind(&s.topo, &snapshot, promotable.as_ref(), u64::MAX)
-                    .iter()
-                    .filter(|n| !n.repl.answering())
-                    .map(|n| n.addr.to_string())
-                    .collect();
-            if !blind.is_empty() {
-                return reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    json!({"error": format!(
-                        "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
-                        blind.join(", ")
-                    )}),
-                );
-            }
-            s.topo.hold_writes(true);
-            let mut p = Control::new(old.clone());
-            // Writes that do not pass the hold (sessions on connections of their own: WATCH,
-            // subscriptions, tracking) are paused at the primary itself, as Redis's FAILOVER does. The
-            // pause outlasts the switchover; once demoted, the node refuses them (READONLY).
-            let pause_ms = (s.timeout.as_millis() as u64).max(1000).to_string();
-            match call(
-                &mut p,
-                &[b"CLIENT", b"PAUSE", pause_ms.as_bytes(), b"WRITE"],
-            )
-            .await
-            {
-                Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {}
-                other => {
-                    return reply(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": format!("the primary did not pause writes: {other:?}")}),
-                    )
-                }
-            }
-            // Writes are held and paused: once every replica Sentinel could promote has the primary's
-            // offset, any promoted one has it all. Every replica, not only those eligible for reads:
-            // Sentinel ranks by replica-priority before offset and may promote one that lags.
-            let target = match call(&mut p, &[b"ROLE"])
-                .await
-                .as_ref()
-                .and_then(Role::parse)
-            {
-                Some(Role::Master { offset }) => offset,
-                _ => {
-                    return not_started(
-                        &mut p,
-                        StatusCode::BAD_GATEWAY,
-                        "the primary does not answer ROLE",
-                    )
-                    .await
-                }
-            };
-            let deadline = Instant::now() + s.timeout / 2;
-            let behind = loop {
-                let promotable = promotable_replicas(&mut views, master_name, &s.map).await;
-                let behind = replicas_behind(&s.topo, &snapshot, promotable.as_ref(), target);
-                if behind.is_empty() || Instant::now() >= deadline {
-                    break behind;
-                }
-                tokio::time::sleep(POLL * 10).await;
-            };
-            if !behind.is_empty() {
-                let names: Vec<String> = behind
-                    .iter()
-                    .map(|n| format!("{} at {}", n.addr, n.repl.offset()))
-                    .collect();
-                return not_started(
-                    &mut p,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "replicas did not catch up with offset {target} ({}); switchover not started",
-                        names.join(", ")
-                    ),
-                )
-                .await;
-            }
-            let mut asked = None;
-            for sentinel in sentinels {
-                let mut c = Control::new(sentinel.clone());
-                match call(&mut c, &[b"SENTINEL", b"FAILOVER", master_name.as_bytes()]).await {
-                    Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {
-                        asked = Some(sentinel.addr.clone());
-                        break;
-                    }
-                    other => {
-                        warn!(sentinel = %sentinel.addr, reply = ?other, "sentinel refused the failover")
-                    }
-                }
-            }
-            if asked.is_none() {
-                return not_started(
-                    &mut p,
-                    StatusCode::BAD_GATEWAY,
-                    "no sentinel accepted SENTINEL FAILOVER",
-                )
-                .await;
-            }
-            finish(s, &old, started).await
         }
     }
+    Err(not_started(
+        StatusCode::BAD_GATEWAY,
+        "no sentinel accepted SENTINEL FAILOVER",
+    ))
 }
 
-/// A sentinel switchover that did not start: the primary's writes, paused for it, go on.
-async fn not_started(primary: &mut Control, status: StatusCode, error: &str) -> Reply {
-    let _ = call(primary, &[b"CLIENT", b"UNPAUSE"]).await;
+/// The reply of a sentinel switchover that did not start (the caller lifts the pause).
+fn not_started(status: StatusCode, error: &str) -> Reply {
     reply(status, json!({ "error": error }))
-}
-
-/// Waits for the topology to publish a primary other than `old`.
-async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
-    s.topo.request_refresh();
-    let switched = wait_until(s.timeout, || {
-        s.topo.snapshot().primary().is_some_and(|n| n.id != old.id)
-    })
-    .await;
-    let now = s.topo.snapshot().primary().map(|n| n.addr.to_string());
-    if !switched {
-        return reply(
-            StatusCode::GATEWAY_TIMEOUT,
-            json!({"error": "the topology did not switch in time", "primary": now}),
-        );
-    }
-    info!(from = %old.addr, to = now.as_deref().unwrap_or(""), "switchover done");
-    reply(
-        StatusCode::OK,
-        json!({"from": old.addr.to_string(), "to": now, "ms": started.elapsed().as_millis() as u64}),
-    )
 }
 
 /// The replicas (as this proxy reaches them) that some sentinel could promote now, by its own view;
@@ -337,6 +382,29 @@ fn replicas_behind(
         }
     }
     behind
+}
+
+// --- Both ---------------------------------------------------------------------------------------------
+
+/// Waits for the topology to publish a primary other than `old`.
+async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
+    s.topo.request_refresh();
+    let switched = wait_until(s.timeout, || {
+        s.topo.snapshot().primary().is_some_and(|n| n.id != old.id)
+    })
+    .await;
+    let now = s.topo.snapshot().primary().map(|n| n.addr.to_string());
+    if !switched {
+        return reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            json!({"error": "the topology did not switch in time", "primary": now}),
+        );
+    }
+    info!(from = %old.addr, to = now.as_deref().unwrap_or(""), "switchover done");
+    reply(
+        StatusCode::OK,
+        json!({"from": old.addr.to_string(), "to": now, "ms": started.elapsed().as_millis() as u64}),
+    )
 }
 
 /// How often a switchover looks at the state it waits for.
