@@ -1,21 +1,10 @@
 //! Admin HTTP server: probes (`/live`, `/ready`), Prometheus metrics (`/metrics`), the topology
-//! (`/topology`), and the manual switchover (`POST /failover`).
-//!
-//! A switchover must not lose an acknowledged write. Static mode uses Redis 7's `FAILOVER TO host port`,
-//! which pauses writes on the primary and waits for the target to catch up before switching; the proxy
-//! also holds new writes so they go straight to the new primary. Sentinel mode asks a sentinel
-//! (`SENTINEL FAILOVER`), which does not pause the old primary: the proxy holds writes, pauses them at
-//! the primary too, and waits until every replica Sentinel could promote has the primary's offset, so
-//! whichever one it promotes has everything. A replica leaves that wait only when no sentinel could
-//! promote it and this proxy has not heard from it for Sentinel's validity window; one it could promote
-//! but this proxy cannot probe makes the switchover refuse before anything is held.
+//! (`/topology`), and the manual switchover (`POST /failover`), which `admin/switchover.rs` carries out.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::resp::Value as OwnedFrame;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -24,27 +13,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::node::Addr;
-use crate::topology::probe::Role;
-use crate::topology::{sentinel, AddressMap, Topo, Topology};
-use crate::upstream::control::{call, Control};
-use crate::upstream::Node;
+use crate::topology::{AddressMap, Topo};
 
-/// How a switchover is done, by topology source.
-#[derive(Debug, Clone)]
-pub enum Switchover {
-    /// `FAILOVER TO` on the primary.
-    Static,
-    /// `SENTINEL FAILOVER` on a sentinel.
-    Sentinel {
-        /// The sentinels.
-        sentinels: Vec<Arc<Node>>,
-        /// The master's name.
-        master_name: String,
-    },
-}
+mod switchover;
+
+pub use switchover::Switchover;
 
 /// What the admin endpoints need.
 #[derive(Debug)]
@@ -181,10 +156,12 @@ async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
     }))
 }
 
+/// A JSON reply.
 fn reply(status: StatusCode, body: Value) -> Reply {
     (status, Json(body))
 }
 
+/// `POST /failover`: one switchover at a time; writes it held are released however it ends.
 async fn failover(State(s): State<Arc<AdminState>>, Query(q): Query<FailoverQuery>) -> Reply {
     if s.busy.swap(true, Ordering::SeqCst) {
         return reply(
@@ -202,310 +179,5 @@ async fn failover(State(s): State<Arc<AdminState>>, Query(q): Query<FailoverQuer
         }
     }
     let _release = Release(&s);
-    switch(&s, q).await
-}
-
-async fn switch(s: &AdminState, q: FailoverQuery) -> Reply {
-    let started = Instant::now();
-    let snapshot = s.topo.snapshot();
-    let Some(old) = snapshot.primary().cloned() else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "no primary is known"}),
-        );
-    };
-    let to = match q.to.as_deref().map(Addr::parse) {
-        Some(Ok(a)) => Some(a),
-        Some(Err(e)) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
-        None => None,
-    };
-    let switchover = s.switchover.load_full();
-    match &*switchover {
-        Switchover::Static => {
-            let target = match to {
-                Some(a) => snapshot.replica_nodes().find(|n| n.addr == a).cloned(),
-                None => snapshot
-                    .replica_nodes()
-                    .filter(|n| n.repl.is_eligible())
-                    .max_by_key(|n| n.repl.offset())
-                    .cloned(),
-            };
-            let Some(target) = target else {
-                return reply(
-                    StatusCode::CONFLICT,
-                    json!({"error": "no replica to promote (name one of the topology's replicas, or wait for one to catch up)"}),
-                );
-            };
-            info!(from = %old.addr, to = %target.addr, "switchover requested");
-            s.topo.hold_writes(true);
-            let announced = s.map.announced(&target.addr);
-            let port = announced.port().to_string();
-            let timeout_ms = (s.timeout.as_millis() as u64 / 2).max(1000).to_string();
-            let mut c = Control::with_timeout(old.clone(), s.timeout);
-            let args: [&[u8]; 6] = [
-                b"FAILOVER",
-                b"TO",
-                announced.host().as_bytes(),
-                port.as_bytes(),
-                b"TIMEOUT",
-                timeout_ms.as_bytes(),
-            ];
-            match call(&mut c, &args).await {
-                Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {}
-                Some(OwnedFrame::Error(e)) => {
-                    return reply(
-                        StatusCode::CONFLICT,
-                        json!({"error": format!("primary refused FAILOVER: {e}")}),
-                    )
-                }
-                other => {
-                    return reply(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": format!("FAILOVER failed: {other:?}")}),
-                    )
-                }
-            }
-            let mut t = Control::new(target.clone());
-            let deadline = Instant::now() + s.timeout;
-            let mut promoted = false;
-            while Instant::now() < deadline {
-                if matches!(
-                    call(&mut t, &[b"ROLE"])
-                        .await
-                        .as_ref()
-                        .and_then(Role::parse),
-                    Some(Role::Master { .. })
-                ) {
-                    promoted = true;
-                    break;
-                }
-                tokio::time::sleep(POLL).await;
-            }
-            if !promoted {
-                return reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    json!({"error": "the replica did not become primary in time"}),
-                );
-            }
-            finish(s, &old, started).await
-        }
-        Switchover::Sentinel {
-            sentinels,
-            master_name,
-        } => {
-            if to.is_some() {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": "in sentinel mode Sentinel chooses the replica; omit `to`"}),
-                );
-            }
-            info!(from = %old.addr, "switchover requested from sentinel");
-            // A replica Sentinel could promote whose offset this proxy cannot read now (its probes
-            // fail, or it probes no such node) could never be shown to have the data: refuse before
-            // pausing anything. A pause held for nothing would also stall Sentinel's own link to the
-            // primary, and with a short down-after-milliseconds Sentinel fails over on its own.
-            let mut views: Vec<Control> =
-                sentinels.iter().map(|n| Control::new(n.clone())).collect();
-            let promotable = promotable_replicas(&mut views, master_name, &s.map).await;
-            let blind: Vec<String> =
-                replicas_behind(&s.topo, &snapshot, promotable.as_ref(), u64::MAX)
-                    .iter()
-                    .filter(|n| !n.repl.answering())
-                    .map(|n| n.addr.to_string())
-                    .collect();
-            if !blind.is_empty() {
-                return reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    json!({"error": format!(
-                        "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
-                        blind.join(", ")
-                    )}),
-                );
-            }
-            s.topo.hold_writes(true);
-            let mut p = Control::new(old.clone());
-            // Writes that do not pass the hold (sessions on connections of their own: WATCH,
-            // subscriptions, tracking) are paused at the primary itself, as Redis's FAILOVER does. The
-            // pause outlasts the switchover; once demoted, the node refuses them (READONLY).
-            let pause_ms = (s.timeout.as_millis() as u64).max(1000).to_string();
-            match call(
-                &mut p,
-                &[b"CLIENT", b"PAUSE", pause_ms.as_bytes(), b"WRITE"],
-            )
-            .await
-            {
-                Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {}
-                other => {
-                    return reply(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": format!("the primary did not pause writes: {other:?}")}),
-                    )
-                }
-            }
-            // Writes are held and paused: once every replica Sentinel could promote has the primary's
-            // offset, any promoted one has it all. Every replica, not only those eligible for reads:
-            // Sentinel ranks by replica-priority before offset and may promote one that lags.
-            let target = match call(&mut p, &[b"ROLE"])
-                .await
-                .as_ref()
-                .and_then(Role::parse)
-            {
-                Some(Role::Master { offset }) => offset,
-                _ => {
-                    return not_started(
-                        &mut p,
-                        StatusCode::BAD_GATEWAY,
-                        "the primary does not answer ROLE",
-                    )
-                    .await
-                }
-            };
-            let deadline = Instant::now() + s.timeout / 2;
-            let behind = loop {
-                let promotable = promotable_replicas(&mut views, master_name, &s.map).await;
-                let behind = replicas_behind(&s.topo, &snapshot, promotable.as_ref(), target);
-                if behind.is_empty() || Instant::now() >= deadline {
-                    break behind;
-                }
-                tokio::time::sleep(POLL * 10).await;
-            };
-            if !behind.is_empty() {
-                let names: Vec<String> = behind
-                    .iter()
-                    .map(|n| format!("{} at {}", n.addr, n.repl.offset()))
-                    .collect();
-                return not_started(
-                    &mut p,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "replicas did not catch up with offset {target} ({}); switchover not started",
-                        names.join(", ")
-                    ),
-                )
-                .await;
-            }
-            let mut asked = None;
-            for sentinel in sentinels {
-                let mut c = Control::new(sentinel.clone());
-                match call(&mut c, &[b"SENTINEL", b"FAILOVER", master_name.as_bytes()]).await {
-                    Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => {
-                        asked = Some(sentinel.addr.clone());
-                        break;
-                    }
-                    other => {
-                        warn!(sentinel = %sentinel.addr, reply = ?other, "sentinel refused the failover")
-                    }
-                }
-            }
-            if asked.is_none() {
-                return not_started(
-                    &mut p,
-                    StatusCode::BAD_GATEWAY,
-                    "no sentinel accepted SENTINEL FAILOVER",
-                )
-                .await;
-            }
-            finish(s, &old, started).await
-        }
-    }
-}
-
-/// A sentinel switchover that did not start: the primary's writes, paused for it, go on.
-async fn not_started(primary: &mut Control, status: StatusCode, error: &str) -> Reply {
-    let _ = call(primary, &[b"CLIENT", b"UNPAUSE"]).await;
-    reply(status, json!({ "error": error }))
-}
-
-/// Waits for the topology to publish a primary other than `old`.
-async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
-    s.topo.request_refresh();
-    let switched = wait_until(s.timeout, || {
-        s.topo.snapshot().primary().is_some_and(|n| n.id != old.id)
-    })
-    .await;
-    let now = s.topo.snapshot().primary().map(|n| n.addr.to_string());
-    if !switched {
-        return reply(
-            StatusCode::GATEWAY_TIMEOUT,
-            json!({"error": "the topology did not switch in time", "primary": now}),
-        );
-    }
-    info!(from = %old.addr, to = now.as_deref().unwrap_or(""), "switchover done");
-    reply(
-        StatusCode::OK,
-        json!({"from": old.addr.to_string(), "to": now, "ms": started.elapsed().as_millis() as u64}),
-    )
-}
-
-/// The replicas (as this proxy reaches them) that some sentinel could promote now, by its own view;
-/// `None` if no sentinel answered (then any replica may be).
-async fn promotable_replicas(
-    sentinels: &mut [Control],
-    master_name: &str,
-    map: &AddressMap,
-) -> Option<BTreeSet<Addr>> {
-    let mut answered = false;
-    let mut promotable = BTreeSet::new();
-    for c in sentinels.iter_mut() {
-        let Some(OwnedFrame::Array(items)) =
-            call(c, &[b"SENTINEL", b"replicas", master_name.as_bytes()]).await
-        else {
-            continue;
-        };
-        answered = true;
-        promotable.extend(
-            items
-                .iter()
-                .filter_map(sentinel::promotable_replica)
-                .filter(|(_, p)| *p)
-                .map(|(a, _)| map.map(a)),
-        );
-    }
-    answered.then_some(promotable)
-}
-
-/// The replicas Sentinel could promote that lack the primary's offset `target`. A replica is left out
-/// only if both this proxy has not heard from it for Sentinel's validity window (counted from its first
-/// failed probe) and no sentinel could promote it now: the probes see a replica thawing before a
-/// sentinel's view says so, and the sentinels see one that only this proxy cannot reach. A replica a
-/// sentinel could promote that this proxy does not probe counts as behind: its offset is unknown.
-fn replicas_behind(
-    topo: &Topo,
-    snapshot: &Topology,
-    promotable: Option<&BTreeSet<Addr>>,
-    target: u64,
-) -> Vec<Arc<Node>> {
-    let counts = |n: &Node| {
-        promotable.is_none_or(|p| p.contains(&n.addr))
-            || !n.repl.silent_longer_than(sentinel::REPLICA_VALIDITY)
-    };
-    let mut behind: Vec<Arc<Node>> = snapshot
-        .replica_nodes()
-        .filter(|n| counts(n) && n.repl.offset() < target)
-        .cloned()
-        .collect();
-    for addr in promotable.into_iter().flatten() {
-        let known = snapshot.replica_nodes().any(|n| &n.addr == addr);
-        if !known && snapshot.primary().is_none_or(|p| &p.addr != addr) {
-            behind.push(topo.node(addr));
-        }
-    }
-    behind
-}
-
-/// How often a switchover looks at the state it waits for.
-const POLL: Duration = Duration::from_millis(10);
-
-/// Polls `cond` until it holds or `timeout` passes.
-async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    switchover::switch(&s, q.to.as_deref()).await
 }

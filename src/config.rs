@@ -1,15 +1,22 @@
 //! Configuration: a TOML file, overridden option by option by command-line flags of the same name.
 //!
-//! Every option is declared once, in the `options!` macro, which generates the file's fields, the flags
-//! (`max_lag_ms` is `--max-lag-ms`) and the list of names the tests compare with
+//! Every option is declared once, in the `options!` macro (`config/options.rs`), which generates the file's
+//! fields, the flags (`max_lag_ms` is `--max-lag-ms`) and the list of names the tests compare with
 //! `conf/redsplit.example.toml`. [`Config::load`] turns file and flags into a checked [`Config`], reporting
 //! every problem at once; nothing checks the values again after that.
+//!
+//! Checking is parsing, one concern per parser; each reports its problems and yields a typed value only if
+//! it found none:
+//!
+//! - `value`: one value of any option: a number within bounds (`Ranged`), an address, a secret
+//! - `limits`: intervals and timeouts, worker threads and connections, what one client may send and hold
+//! - `source`: the topology source ([`Source`]), with the options only one kind uses, and the address map
+//! - `credentials`: what the proxy presents upstream, and the users clients authenticate as
+//! - `tls`: the TLS listener and upstream TLS, whose files are loaded to be checked
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::auth::ClientUser;
 pub use crate::node::Addr;
@@ -17,268 +24,20 @@ use crate::resp::Limits;
 pub use crate::route::{Consistency, Fallback};
 use crate::upstream::Credentials;
 
-/// Where the topology comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum TopologyKind {
-    /// `primary` and `replica` seed discovery; roles are verified with ROLE and followed as they change.
-    Static,
-    /// Redis Sentinel (`sentinel`, `master_name`) says which node is the primary.
-    Sentinel,
-    /// The proxy starts a local primary, replicas and sentinels itself (for trying it out).
-    Embedded,
-}
+mod credentials;
+mod limits;
+mod options;
+mod source;
+mod tls;
+mod value;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// The merged type of an option: `T` with a default, `Option<T>` without.
-macro_rules! merged_ty {
-    ($ty:ty) => { Option<$ty> };
-    ($ty:ty, $default:expr) => { $ty };
-}
-
-/// The merged value of an option: flag, else file, else default (if it has one).
-macro_rules! merged {
-    ($v:expr) => {
-        $v
-    };
-    ($v:expr, $default:expr) => {
-        $v.unwrap_or_else(|| $default)
-    };
-}
-
-macro_rules! options {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty $(= $default:expr)? ; )*) => {
-        /// The TOML file, as written. Every field is optional; defaults apply after flags.
-        #[derive(Debug, Default, Clone, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct File {
-            $( $(#[doc = $doc])* pub $name: Option<$ty>, )*
-        }
-
-        /// One flag per file option, same name in kebab case; a flag overrides the file.
-        #[derive(Debug, Default, Clone, clap::Args)]
-        pub struct Flags {
-            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
-        }
-
-        /// The name of every option, as written in the file.
-        pub const OPTION_NAMES: &[&str] = &[$(stringify!($name)),*];
-
-        /// Option values after merging file, flags and defaults, not yet checked.
-        #[derive(Debug, Clone)]
-        struct Raw { $( $name: merged_ty!($ty $(, $default)?), )* }
-
-        impl File {
-            /// Reads one TOML document option by option, so that every bad option is reported, not
-            /// only the first.
-            pub fn parse(text: &str, problems: &mut Vec<String>) -> File {
-                let table: toml::Table = match text.parse() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        problems.push(format!("config is not valid TOML: {e}"));
-                        return File::default();
-                    }
-                };
-                let mut file = File::default();
-                for (key, value) in table {
-                    match key.as_str() {
-                        $( stringify!($name) => match value.try_into() {
-                            Ok(v) => file.$name = Some(v),
-                            Err(e) => problems.push(format!("option `{key}`: {e}")),
-                        }, )*
-                        _ => problems.push(format!("unknown option `{key}`")),
-                    }
-                }
-                file
-            }
-
-            fn merge(self, flags: Flags) -> Raw {
-                Raw { $( $name: merged!(flags.$name.or(self.$name) $(, $default)?), )* }
-            }
-        }
-    };
-}
-
-options! {
-    /// Client listener address. Default "127.0.0.1:6380".
-    listen: String = "127.0.0.1:6380".into();
-    /// Admin HTTP listener (`/live`) address. Default "127.0.0.1:9121".
-    admin_listen: String = "127.0.0.1:9121".into();
-    /// Where the topology comes from: "static" (primary and replica seeds), "sentinel" (sentinel and
-    /// master_name) or "embedded" (start local Redis servers and sentinels). Default: "static" when
-    /// `primary` is set, "sentinel" when `sentinel` is, else "embedded".
-    topology: TopologyKind;
-    /// Primary address, host:port: a seed of discovery. Static topology only. No default.
-    primary: String;
-    /// Replica addresses, host:port, repeatable: seeds of discovery. Static topology only. Default none.
-    replica: Vec<String> = Vec::new();
-    /// Sentinel addresses, host:port, repeatable. Sentinel topology only. Default none.
-    sentinel: Vec<String> = Vec::new();
-    /// Name of the master the sentinels monitor. Sentinel topology only. No default.
-    master_name: String;
-    /// Address mapping, repeatable "announced=reachable" (host:port each): addresses nodes and sentinels
-    /// announce (containers, NAT) are replaced by the reachable ones. Default none.
-    address_map: Vec<String> = Vec::new();
-    /// Replicas the embedded topology starts. Default 2.
-    embedded_replicas: u32 = 2;
-    /// Sentinels the embedded topology starts. Default 3.
-    embedded_sentinels: u32 = 3;
-    /// Interval between topology discoveries (INFO replication of every node, or the sentinels' view), in
-    /// milliseconds; failures and sentinel events trigger one at once. Default 1000.
-    discovery_interval_ms: u64 = 1000;
-    /// How long a write waits for a primary when none is reachable (failover), in milliseconds; past it
-    /// the write fails. Default 10000.
-    write_hold_ms: u64 = 10_000;
-    /// How long a read may take on one node before it is retried on another, in milliseconds. Default 1000.
-    read_timeout_ms: u64 = 1000;
-    /// Read consistency: "session" (read-your-writes, monotonic reads), "eventual" (lag limit only),
-    /// "primary" (all reads to the primary). Default "session".
-    consistency: Consistency = Consistency::Session;
-    /// Largest replication lag, in milliseconds, at which a replica still gets reads. Default 1000. Lag
-    /// is known only to within one probe interval, counted against the replica: keep it well above
-    /// `probe_interval_ms`.
-    max_lag_ms: u64 = 1000;
-    /// Largest replication lag, in bytes of replication stream, at which a replica still gets reads; 0
-    /// disables the byte limit. Default 0.
-    max_lag_bytes: u64 = 0;
-    /// Where reads go when no replica is eligible: "primary" or "error". Default "primary".
-    fallback: Fallback = Fallback::Primary;
-    /// Interval between replication offset probes (ROLE) of every node, in milliseconds. Default 100.
-    probe_interval_ms: u64 = 100;
-    /// Threads serving clients, each with its own connections to every node; 0: half the CPU cores, at
-    /// least one. Default 0.
-    worker_threads: u32 = 0;
-    /// Shared pipelined connections per upstream node, per worker thread (and per database and protocol
-    /// in use). Default 1.
-    backend_connections: u32 = 1;
-    /// Timeout for connecting to and greeting an upstream node, in milliseconds. Default 1000.
-    connect_timeout_ms: u64 = 1000;
-    /// Username for upstream connections (Redis ACL). Default none (the `default` user).
-    backend_username: String;
-    /// Password for upstream connections; "env:NAME" or "file:PATH" reads it from there. Default none.
-    backend_password: String;
-    /// Username for Sentinel connections (Sentinel's own ACL). Default none (the `default` user).
-    sentinel_username: String;
-    /// Password for Sentinel connections (Sentinel's own `requirepass`, not the data nodes'); "env:NAME"
-    /// or "file:PATH" reads it from there. Default none.
-    sentinel_password: String;
-    /// Password clients must give (AUTH password) before anything else, independent of the upstream
-    /// credentials; "env:NAME" or "file:PATH" reads it from there. Default none: no proxy-side auth.
-    requirepass: String;
-    /// Named users, repeatable, "name:password" (AUTH name password, HELLO 3 AUTH name password); the
-    /// password may be "env:NAME" or "file:PATH". Default none.
-    user: Vec<String> = Vec::new();
-    /// Read-only users, repeatable, "name:password": they may run only read-only commands; anything else
-    /// gets -NOPERM. Default none.
-    readonly_user: Vec<String> = Vec::new();
-    /// Refresh the command table from the primary's COMMAND reply: true or false. Default true.
-    refresh_commands: bool = true;
-    /// Largest bulk string in a request or reply, in bytes. Default 536870912 (512 MiB, as Redis).
-    max_bulk_bytes: u64 = 512 * 1024 * 1024;
-    /// Most arguments in one request. Default 1048576.
-    max_array_len: u64 = 1024 * 1024;
-    /// Longest inline (telnet-style) command line, in bytes. Default 65536.
-    max_inline_bytes: u64 = 64 * 1024;
-    /// Deepest nesting of aggregate replies. Default 128.
-    max_nesting_depth: u64 = 128;
-    /// Most bytes a client may have sent that are not yet forwarded (one request must fit), in bytes.
-    /// Default 1073741824 (1 GiB, as Redis's client-query-buffer-limit).
-    max_request_bytes: u64 = 1024 * 1024 * 1024;
-    /// Most commands of one client awaiting replies; past it the proxy stops reading from that client.
-    /// Default 4096.
-    max_client_inflight: u64 = 4096;
-    /// Most reply bytes waiting for a client that does not read them; past it the client is
-    /// disconnected (Redis's client-output-buffer-limit). 0 disables the limit. Default 1073741824 (1 GiB).
-    max_client_output_bytes: u64 = 1024 * 1024 * 1024;
-    /// Most client connections; past it a new client gets "-ERR max number of clients reached" and is
-    /// closed. Default 10000.
-    max_clients: u64 = 10_000;
-    /// Close a client idle this long, in milliseconds (not pub/sub, MONITOR or blocked clients); 0
-    /// disables it. Default 0.
-    client_idle_timeout_ms: u64 = 0;
-    /// TLS client listener address (ip:port), served alongside `listen`; needs `tls_cert_file` and
-    /// `tls_key_file`. A client's handshake must finish within `connect_timeout_ms`. Default none (no TLS
-    /// listener).
-    tls_listen: String;
-    /// Certificate chain (PEM, leaf first) the TLS listener presents; read again on SIGHUP. Default none.
-    tls_cert_file: PathBuf;
-    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`; read again on SIGHUP. Default none.
-    tls_key_file: PathBuf;
-    /// CA bundle (PEM) for mutual TLS: clients of the TLS listener must present a certificate it signed;
-    /// read again on SIGHUP. Default none (no client certificate asked for).
-    tls_client_ca_file: PathBuf;
-    /// Connect to Redis nodes over TLS: true or false; needs `backend_tls_ca_file`. Default false.
-    backend_tls: bool = false;
-    /// CA bundle (PEM) that upstream certificates (nodes with `backend_tls`, sentinels with `sentinel_tls`)
-    /// must chain to; read again on SIGHUP. Default none.
-    backend_tls_ca_file: PathBuf;
-    /// Name upstream certificates are verified against, and sent as SNI. Default: the host part of each
-    /// address connected to (an IP address is checked against the certificate's IP addresses).
-    backend_tls_server_name: String;
-    /// Client certificate chain (PEM) for upstream servers that ask for one; needs `backend_tls_key_file`;
-    /// read again on SIGHUP. Default none.
-    backend_tls_cert_file: PathBuf;
-    /// Private key (PEM) of `backend_tls_cert_file`; read again on SIGHUP. Default none.
-    backend_tls_key_file: PathBuf;
-    /// Connect to sentinels over TLS, with the `backend_tls_*` CA, name and certificate: true or false.
-    /// Default false.
-    sentinel_tls: bool = false;
-    /// Time allowed for in-flight replies after SIGTERM, in milliseconds. Default 5000.
-    shutdown_grace_ms: u64 = 5000;
-    /// Log level or filter (RUST_LOG syntax), used when RUST_LOG is unset. Default "info".
-    log_level: String = "info".into();
-    /// Log format: "text" or "json". Default "text".
-    log_format: LogFormat = LogFormat::Text;
-}
-
-/// Where the topology comes from, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// Seed nodes; roles and replicas are discovered from them.
-    Static {
-        /// The primary, as configured.
-        primary: Addr,
-        /// Replicas, as configured.
-        replicas: Vec<Addr>,
-    },
-    /// Sentinels.
-    Sentinel {
-        /// Their addresses.
-        sentinels: Vec<Addr>,
-        /// The monitored master's name.
-        master_name: String,
-    },
-    /// Local servers and sentinels the proxy starts.
-    Embedded {
-        /// How many replicas.
-        replicas: u32,
-        /// How many sentinels.
-        sentinels: u32,
-    },
-}
-
-/// A secret given as `env:NAME` (an environment variable) or `file:PATH` (a file, trailing newline
-/// dropped), or literally.
-pub fn resolve_secret(value: &str) -> Result<String, String> {
-    if let Some(var) = value.strip_prefix("env:") {
-        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
-    } else if let Some(path) = value.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| format!("cannot read {path}: {e}"))
-    } else {
-        Ok(value.to_string())
-    }
-}
+use credentials::{ClientAuth, Upstream};
+use limits::{ClientLimits, Timing, Workers};
+use options::Raw;
+pub use options::{File, Flags, LogFormat, TopologyKind, OPTION_NAMES};
+pub use source::Source;
+use tls::UpstreamTls;
+pub use value::resolve_secret;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -424,398 +183,72 @@ impl Config {
         }
     }
 
+    /// Parses each concern of `raw` on its own: each parser reports its problems and yields a value only if
+    /// it found none. Every parser runs before any result is looked at, so every problem is reported; the
+    /// configuration exists only if every parser yielded a value.
     fn check(raw: Raw, problems: &mut Vec<String>) -> Option<Config> {
-        let mut sock = |name: &str, v: &str| match v.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                problems.push(format!("option `{name}`: `{v}` is not ip:port"));
-                None
-            }
-        };
-        let listen = sock("listen", &raw.listen);
-        let admin_listen = sock("admin_listen", &raw.admin_listen);
-        let mut ranged = |name: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                problems.push(format!("option `{name}`: {v} is outside {lo}..={hi}"));
-            }
-            v
-        };
-        let probe = ranged("probe_interval_ms", raw.probe_interval_ms, 10, 60_000);
-        let conns = ranged(
-            "backend_connections",
-            u64::from(raw.backend_connections),
-            1,
-            64,
-        );
-        let workers = match ranged("worker_threads", u64::from(raw.worker_threads), 0, 256) {
-            // Half the cores: on a shared host Redis and the clients need the rest (measured on 2 cores:
-            // one worker beats two by 20 to 40% in throughput and CPU per command).
-            0 => std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1)),
-            n => n as usize,
-        };
-        let connect = ranged("connect_timeout_ms", raw.connect_timeout_ms, 10, 600_000);
-        let max_lag = ranged("max_lag_ms", raw.max_lag_ms, 1, 86_400_000);
-        let bulk = ranged("max_bulk_bytes", raw.max_bulk_bytes, 1024, 4 << 30);
-        let array = ranged("max_array_len", raw.max_array_len, 16, i32::MAX as u64);
-        let inline = ranged("max_inline_bytes", raw.max_inline_bytes, 64, 1 << 30);
-        let depth = ranged("max_nesting_depth", raw.max_nesting_depth, 2, 4096);
-        let request = ranged("max_request_bytes", raw.max_request_bytes, 1024, 8 << 30);
-        let inflight = ranged("max_client_inflight", raw.max_client_inflight, 1, 1 << 20);
-        let output = ranged(
-            "max_client_output_bytes",
-            raw.max_client_output_bytes,
-            0,
-            1 << 40,
-        );
-        let max_clients = ranged("max_clients", raw.max_clients, 1, 10_000_000);
-        let idle = ranged(
-            "client_idle_timeout_ms",
-            raw.client_idle_timeout_ms,
-            0,
-            86_400_000,
-        );
-        let grace = ranged("shutdown_grace_ms", raw.shutdown_grace_ms, 0, 3_600_000);
-        ranged("embedded_replicas", u64::from(raw.embedded_replicas), 0, 16);
-        ranged(
-            "embedded_sentinels",
-            u64::from(raw.embedded_sentinels),
-            0,
-            9,
-        );
-        let discovery = ranged(
-            "discovery_interval_ms",
-            raw.discovery_interval_ms,
-            10,
-            600_000,
-        );
-        let write_hold = ranged("write_hold_ms", raw.write_hold_ms, 0, 600_000);
-        let read_timeout = ranged("read_timeout_ms", raw.read_timeout_ms, 10, 600_000);
-        if request < bulk {
-            problems.push(format!(
-                "option `max_request_bytes` ({request}) must be at least `max_bulk_bytes` ({bulk}) so one request fits"
-            ));
-        }
-
-        let mut addr = |name: &str, v: &str| match Addr::parse(v) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                problems.push(format!("option `{name}`: {e}"));
-                None
-            }
-        };
-        let primary = raw.primary.as_deref().map(|p| addr("primary", p));
-        let replicas: Vec<Option<Addr>> = raw.replica.iter().map(|r| addr("replica", r)).collect();
-        let sentinels: Vec<Addr> = raw
-            .sentinel
-            .iter()
-            .filter_map(|r| addr("sentinel", r))
-            .collect();
-        let kind = raw.topology.unwrap_or(if raw.primary.is_some() {
-            TopologyKind::Static
-        } else if !raw.sentinel.is_empty() {
-            TopologyKind::Sentinel
-        } else {
-            TopologyKind::Embedded
-        });
-        let mut exclusive = |kind: &str, set: &[(&str, bool)]| {
-            for (name, is_set) in set {
-                if *is_set {
-                    problems.push(format!("topology \"{kind}\" does not use `{name}`"));
-                }
-            }
-        };
-        let source = match kind {
-            TopologyKind::Static => {
-                exclusive(
-                    "static",
-                    &[
-                        ("sentinel", !raw.sentinel.is_empty()),
-                        ("master_name", raw.master_name.is_some()),
-                    ],
-                );
-                match primary {
-                    None => {
-                        problems.push("topology \"static\" needs `primary`".into());
-                        None
-                    }
-                    Some(p) => {
-                        let replicas: Vec<Addr> = replicas.into_iter().flatten().collect();
-                        if let Some(p) = &p {
-                            if replicas.contains(p) {
-                                problems.push(format!("option `replica`: {p} is also the primary"));
-                            }
-                        }
-                        if has_duplicates(&replicas) {
-                            problems.push("option `replica`: an address is listed twice".into());
-                        }
-                        p.map(|primary| Source::Static { primary, replicas })
-                    }
-                }
-            }
-            TopologyKind::Sentinel => {
-                exclusive(
-                    "sentinel",
-                    &[
-                        ("primary", raw.primary.is_some()),
-                        ("replica", !raw.replica.is_empty()),
-                    ],
-                );
-                if raw.sentinel.is_empty() {
-                    problems.push("topology \"sentinel\" needs at least one `sentinel`".into());
-                }
-                if has_duplicates(&sentinels) {
-                    problems.push("option `sentinel`: an address is listed twice".into());
-                }
-                match &raw.master_name {
-                    None => {
-                        problems.push("topology \"sentinel\" needs `master_name`".into());
-                        None
-                    }
-                    Some(name) => Some(Source::Sentinel {
-                        sentinels,
-                        master_name: name.clone(),
-                    }),
-                }
-            }
-            TopologyKind::Embedded => {
-                exclusive(
-                    "embedded",
-                    &[
-                        ("primary", raw.primary.is_some()),
-                        ("replica", !raw.replica.is_empty()),
-                        ("sentinel", !raw.sentinel.is_empty()),
-                        ("master_name", raw.master_name.is_some()),
-                    ],
-                );
-                Some(Source::Embedded {
-                    replicas: raw.embedded_replicas,
-                    sentinels: raw.embedded_sentinels,
-                })
-            }
-        };
-        let address_map: Vec<(Addr, Addr)> = raw
-            .address_map
-            .iter()
-            .filter_map(|m| match m.split_once('=') {
-                Some((from, to)) => match (Addr::parse(from.trim()), Addr::parse(to.trim())) {
-                    (Ok(f), Ok(t)) => Some((f, t)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        problems.push(format!("option `address_map`: {e}"));
-                        None
-                    }
-                },
-                None => {
-                    problems.push(format!(
-                        "option `address_map`: `{m}` is not announced=reachable"
-                    ));
-                    None
-                }
-            })
-            .collect();
-        if raw.backend_username.is_some() && raw.backend_password.is_none() {
-            problems.push("option `backend_username` needs `backend_password`".into());
-        }
-        if raw.sentinel_username.is_some() && raw.sentinel_password.is_none() {
-            problems.push("option `sentinel_username` needs `sentinel_password`".into());
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
-            problems.push(format!("option `log_level`: {e}"));
-        }
-        fn secret(problems: &mut Vec<String>, name: &str, v: &str) -> Option<String> {
-            match resolve_secret(v) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    problems.push(format!("option `{name}`: {e}"));
-                    None
-                }
-            }
-        }
-        let backend_password = raw
-            .backend_password
-            .as_deref()
-            .and_then(|p| secret(problems, "backend_password", p));
-        let sentinel_password = raw
-            .sentinel_password
-            .as_deref()
-            .and_then(|p| secret(problems, "sentinel_password", p));
-        let requirepass = raw
-            .requirepass
-            .as_deref()
-            .and_then(|p| secret(problems, "requirepass", p));
-        let mut users = Vec::new();
-        for (option, readonly, entries) in [
-            ("user", false, &raw.user),
-            ("readonly_user", true, &raw.readonly_user),
-        ] {
-            for entry in entries {
-                match entry.split_once(':') {
-                    Some((name, password)) if !name.is_empty() => {
-                        if let Some(password) = secret(problems, option, password) {
-                            users.push(ClientUser {
-                                name: name.to_string(),
-                                password,
-                                readonly,
-                            });
-                        }
-                    }
-                    // The entry is not shown: it may be a password given without its name.
-                    _ => problems.push(format!(
-                        "option `{option}`: an entry is not name:password (not shown: it may hold a password)"
-                    )),
-                }
-            }
-        }
-        let mut names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
-        names.sort_unstable();
-        if names.windows(2).any(|w| w[0] == w[1]) {
-            problems.push("options `user`/`readonly_user`: a user is defined twice".into());
-        }
-        if requirepass.is_some() && names.contains(&"default") {
-            problems.push("`requirepass` is the default user's password: do not define a user named default too".into());
-        }
-        let backend_credentials = backend_password.map(|password| Credentials {
-            username: raw.backend_username,
-            password,
-        });
-        let sentinel_credentials = sentinel_password.map(|password| Credentials {
-            username: raw.sentinel_username,
-            password,
-        });
-        let tls_listen = match (&raw.tls_listen, &raw.tls_cert_file, &raw.tls_key_file) {
-            (Some(listen), Some(cert), Some(key)) => {
-                let addr = listen.parse::<SocketAddr>();
-                if addr.is_err() {
-                    problems.push(format!("option `tls_listen`: `{listen}` is not ip:port"));
-                }
-                let files = crate::tls::ServerFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: raw.tls_client_ca_file.clone(),
-                };
-                for p in crate::tls::check_server(&files) {
-                    problems.push(format!("TLS listener: {p}"));
-                }
-                addr.ok().map(|a| (a, files))
-            }
-            (Some(_), _, _) => {
-                problems
-                    .push("option `tls_listen` needs `tls_cert_file` and `tls_key_file`".into());
-                None
-            }
-            (None, _, _) => {
-                for (name, set) in [
-                    ("tls_cert_file", raw.tls_cert_file.is_some()),
-                    ("tls_key_file", raw.tls_key_file.is_some()),
-                    ("tls_client_ca_file", raw.tls_client_ca_file.is_some()),
-                ] {
-                    if set {
-                        problems.push(format!("option `{name}` needs `tls_listen`"));
-                    }
-                }
-                None
-            }
-        };
-        let upstream_tls = match &raw.backend_tls_ca_file {
-            Some(ca) if raw.backend_tls || raw.sentinel_tls => {
-                let identity = match (&raw.backend_tls_cert_file, &raw.backend_tls_key_file) {
-                    (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-                    (None, None) => None,
-                    _ => {
-                        problems.push(
-                            "options `backend_tls_cert_file` and `backend_tls_key_file` go together"
-                                .into(),
-                        );
-                        None
-                    }
-                };
-                let files = crate::tls::ClientFiles {
-                    ca: ca.clone(),
-                    server_name: raw.backend_tls_server_name.clone(),
-                    identity,
-                };
-                for p in crate::tls::check_client(&files) {
-                    problems.push(format!("upstream TLS: {p}"));
-                }
-                Some(files)
-            }
-            None if raw.backend_tls || raw.sentinel_tls => {
-                problems.push(
-                    "options `backend_tls` and `sentinel_tls` need `backend_tls_ca_file`".into(),
-                );
-                None
-            }
-            _ => {
-                for (name, set) in [
-                    ("backend_tls_ca_file", raw.backend_tls_ca_file.is_some()),
-                    (
-                        "backend_tls_server_name",
-                        raw.backend_tls_server_name.is_some(),
-                    ),
-                    ("backend_tls_cert_file", raw.backend_tls_cert_file.is_some()),
-                    ("backend_tls_key_file", raw.backend_tls_key_file.is_some()),
-                ] {
-                    if set {
-                        problems.push(format!(
-                            "option `{name}` needs `backend_tls` or `sentinel_tls`"
-                        ));
-                    }
-                }
-                None
-            }
-        };
-        if raw.backend_tls && kind == TopologyKind::Embedded {
-            problems.push("option `backend_tls`: the embedded servers do not speak TLS".into());
-        }
-        if raw.sentinel_tls && kind != TopologyKind::Sentinel {
-            problems.push("option `sentinel_tls` needs topology \"sentinel\"".into());
-        }
-
+        let listen = value::socket_addr("listen", &raw.listen, problems);
+        let admin_listen = value::socket_addr("admin_listen", &raw.admin_listen, problems);
+        let timing = Timing::parse(&raw, problems);
+        let workers = Workers::parse(&raw, problems);
+        let clients = ClientLimits::parse(&raw, problems);
+        let kind = Source::kind(&raw);
+        let source = Source::parse(&raw, kind, problems);
+        let address_map = source::address_map(&raw.address_map, problems);
+        let upstream = Upstream::parse(&raw, problems);
+        let client_auth = ClientAuth::parse(&raw, problems);
+        let tls_listen = tls::listener(&raw, problems);
+        let upstream_tls = UpstreamTls::parse(&raw, kind, problems);
+        let log_level = log_level(&raw.log_level, problems);
+        let (timing, workers, clients) = (timing?, workers?, clients?);
+        let (upstream, client_auth) = (upstream?, client_auth?);
+        let (tls_listen, upstream_tls) = (tls_listen?, upstream_tls?);
         Some(Config {
             listen: listen?,
             admin_listen: admin_listen?,
             source: source?,
             consistency: raw.consistency,
-            max_lag: Duration::from_millis(max_lag),
+            max_lag: timing.max_lag,
             max_lag_bytes: (raw.max_lag_bytes > 0).then_some(raw.max_lag_bytes),
             fallback: raw.fallback,
-            probe_interval: Duration::from_millis(probe),
-            worker_threads: workers,
-            backend_connections: conns as usize,
-            connect_timeout: Duration::from_millis(connect),
-            backend_credentials,
-            sentinel_credentials,
-            requirepass,
-            users,
+            probe_interval: timing.probe_interval,
+            worker_threads: workers.threads,
+            backend_connections: workers.backend_connections,
+            connect_timeout: timing.connect_timeout,
+            backend_credentials: upstream.backend,
+            sentinel_credentials: upstream.sentinel,
+            requirepass: client_auth.requirepass,
+            users: client_auth.users,
             refresh_commands: raw.refresh_commands,
-            address_map,
-            discovery_interval: Duration::from_millis(discovery),
-            write_hold: Duration::from_millis(write_hold),
-            read_timeout: Duration::from_millis(read_timeout),
-            limits: Limits {
-                max_bulk_bytes: bulk as usize,
-                max_array_len: array as usize,
-                max_inline_bytes: inline as usize,
-                max_depth: depth as usize,
-            },
-            max_request_bytes: request as usize,
-            max_client_inflight: inflight as usize,
-            max_client_output_bytes: (output > 0).then_some(output as usize),
-            max_clients: max_clients as usize,
-            client_idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
+            address_map: address_map?,
+            discovery_interval: timing.discovery_interval,
+            write_hold: timing.write_hold,
+            read_timeout: timing.read_timeout,
+            limits: clients.scanner,
+            max_request_bytes: clients.max_request_bytes,
+            max_client_inflight: clients.max_inflight,
+            max_client_output_bytes: clients.max_output_bytes,
+            max_clients: clients.max_clients,
+            client_idle_timeout: timing.client_idle_timeout,
             tls_listen,
-            backend_tls: upstream_tls.clone().filter(|_| raw.backend_tls),
-            sentinel_tls: upstream_tls.filter(|_| raw.sentinel_tls),
-            shutdown_grace: Duration::from_millis(grace),
-            log_level: raw.log_level,
+            backend_tls: upstream_tls.backend,
+            sentinel_tls: upstream_tls.sentinel,
+            shutdown_grace: timing.shutdown_grace,
+            log_level: log_level?,
             log_format: raw.log_format,
         })
     }
 }
 
-fn has_duplicates(addrs: &[Addr]) -> bool {
-    let mut sorted = addrs.to_vec();
-    sorted.sort();
-    sorted.windows(2).any(|w| w[0] == w[1])
+/// The `log_level` filter, if it parses (RUST_LOG syntax).
+fn log_level(level: &str, problems: &mut Vec<String>) -> Option<String> {
+    match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(_) => Some(level.to_string()),
+        Err(e) => {
+            problems.push(format!("option `log_level`: {e}"));
+            None
+        }
+    }
 }
 
 /// Command line: `--config FILE`, `--check`, and one flag per option.

@@ -1,0 +1,425 @@
+//! The manual switchover behind `POST /failover`.
+//!
+//! A switchover must not lose an acknowledged write. Static mode uses Redis 7's `FAILOVER TO host port`,
+//! which pauses writes on the primary and waits for the target to catch up before switching; the proxy
+//! also holds new writes so they go straight to the new primary. Sentinel mode asks a sentinel
+//! (`SENTINEL FAILOVER`), which does not pause the old primary: the proxy holds writes, pauses them at
+//! the primary too, and waits until every replica Sentinel could promote has the primary's offset, so
+//! whichever one it promotes has everything. A replica leaves that wait only when no sentinel could
+//! promote it and this proxy has not heard from it for Sentinel's validity window; one it could promote
+//! but this proxy cannot probe makes the switchover refuse before anything is held.
+//!
+//! ```text
+//! static    choose the replica -> hold writes -> FAILOVER TO -> its ROLE says master -------+
+//! sentinel  every promotable replica answers -> hold writes -> CLIENT PAUSE WRITE ->        |
+//!           promotable replicas reach the primary's offset -> SENTINEL FAILOVER ------------+
+//!                                                   the topology publishes another primary <+
+//! ```
+//!
+//! A step that fails ends the switchover with its reply (once writes are paused at the primary, after
+//! CLIENT UNPAUSE); the HTTP handler releases held writes however it ends.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{reply, AdminState, Reply};
+use crate::node::Addr;
+use crate::resp::Value as OwnedFrame;
+use crate::topology::probe::Role;
+use crate::topology::{sentinel, AddressMap, Topo, Topology};
+use crate::upstream::control::{call, Control};
+use crate::upstream::Node;
+
+/// How a switchover is done, by topology source.
+#[derive(Debug, Clone)]
+pub enum Switchover {
+    /// `FAILOVER TO` on the primary.
+    Static,
+    /// `SENTINEL FAILOVER` on a sentinel.
+    Sentinel {
+        /// The sentinels.
+        sentinels: Vec<Arc<Node>>,
+        /// The master's name.
+        master_name: String,
+    },
+}
+
+/// Switches the primary over, to the replica `to` (`host:port`, static mode only) if given, and waits for
+/// the topology to follow. The caller holds the switchover lock and releases held writes.
+pub(super) async fn switch(s: &AdminState, to: Option<&str>) -> Reply {
+    let started = Instant::now();
+    let snapshot = s.topo.snapshot();
+    let Some(old) = snapshot.primary().cloned() else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "no primary is known"}),
+        );
+    };
+    let to = match to.map(Addr::parse) {
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
+        None => None,
+    };
+    let switchover = s.switchover.load_full();
+    let switched = match &*switchover {
+        Switchover::Static => static_switchover(s, &snapshot, &old, to).await,
+        Switchover::Sentinel { .. } if to.is_some() => Err(reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "in sentinel mode Sentinel chooses the replica; omit `to`"}),
+        )),
+        Switchover::Sentinel {
+            sentinels,
+            master_name,
+        } => sentinel_switchover(s, &snapshot, &old, sentinels, master_name).await,
+    };
+    match switched {
+        Ok(()) => finish(s, &old, started).await,
+        Err(refused) => refused,
+    }
+}
+
+// --- Static: FAILOVER TO ------------------------------------------------------------------------------
+
+/// Asks the primary `old` to hand over to the replica `to` (or the best caught-up one) and waits until
+/// that replica says it is the primary.
+async fn static_switchover(
+    s: &AdminState,
+    snapshot: &Topology,
+    old: &Arc<Node>,
+    to: Option<Addr>,
+) -> Result<(), Reply> {
+    let Some(target) = static_target(snapshot, to) else {
+        return Err(reply(
+            StatusCode::CONFLICT,
+            json!({"error": "no replica to promote (name one of the topology's replicas, or wait for one to catch up)"}),
+        ));
+    };
+    info!(from = %old.addr, to = %target.addr, "switchover requested");
+    s.topo.hold_writes(true);
+    failover_to(s, old, &target).await?;
+    wait_promoted(s, target).await
+}
+
+/// The replica to promote: the one named, or else the one eligible for reads with the largest offset.
+fn static_target(snapshot: &Topology, to: Option<Addr>) -> Option<Arc<Node>> {
+    match to {
+        Some(a) => snapshot.replica_nodes().find(|n| n.addr == a).cloned(),
+        None => snapshot
+            .replica_nodes()
+            .filter(|n| n.repl.is_eligible())
+            .max_by_key(|n| n.repl.offset())
+            .cloned(),
+    }
+}
+
+/// `FAILOVER TO` on the primary, naming the target as the primary knows it (its announced address).
+async fn failover_to(s: &AdminState, old: &Arc<Node>, target: &Node) -> Result<(), Reply> {
+    let announced = s.map.announced(&target.addr);
+    let port = announced.port().to_string();
+    let timeout_ms = (s.timeout.as_millis() as u64 / 2).max(1000).to_string();
+    let mut c = Control::with_timeout(old.clone(), s.timeout);
+    let args: [&[u8]; 6] = [
+        b"FAILOVER",
+        b"TO",
+        announced.host().as_bytes(),
+        port.as_bytes(),
+        b"TIMEOUT",
+        timeout_ms.as_bytes(),
+    ];
+    match call(&mut c, &args).await {
+        Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => Ok(()),
+        Some(OwnedFrame::Error(e)) => Err(reply(
+            StatusCode::CONFLICT,
+            json!({"error": format!("primary refused FAILOVER: {e}")}),
+        )),
+        other => Err(reply(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": format!("FAILOVER failed: {other:?}")}),
+        )),
+    }
+}
+
+/// Polls the target's ROLE until it says master, for at most the switchover timeout.
+async fn wait_promoted(s: &AdminState, target: Arc<Node>) -> Result<(), Reply> {
+    let mut t = Control::new(target);
+    let deadline = Instant::now() + s.timeout;
+    while Instant::now() < deadline {
+        let role = call(&mut t, &[b"ROLE"]).await;
+        if matches!(
+            role.as_ref().and_then(Role::parse),
+            Some(Role::Master { .. })
+        ) {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Err(reply(
+        StatusCode::GATEWAY_TIMEOUT,
+        json!({"error": "the replica did not become primary in time"}),
+    ))
+}
+
+// --- Sentinel: SENTINEL FAILOVER once every promotable replica has caught up -----------------------------
+
+/// Holds and pauses writes, waits until every replica Sentinel could promote has the primary's offset,
+/// then asks a sentinel to fail over. Writes are unpaused at the primary if that does not happen.
+async fn sentinel_switchover(
+    s: &AdminState,
+    snapshot: &Topology,
+    old: &Arc<Node>,
+    sentinels: &[Arc<Node>],
+    master_name: &str,
+) -> Result<(), Reply> {
+    info!(from = %old.addr, "switchover requested from sentinel");
+    let mut views: Vec<Control> = sentinels.iter().map(|n| Control::new(n.clone())).collect();
+    refuse_if_blind(s, snapshot, &mut views, master_name).await?;
+    s.topo.hold_writes(true);
+    let mut primary = Control::new(old.clone());
+    pause_writes(s, &mut primary).await?;
+    let asked = catch_up_and_ask(
+        s,
+        snapshot,
+        &mut primary,
+        &mut views,
+        sentinels,
+        master_name,
+    )
+    .await;
+    if asked.is_err() {
+        // The switchover did not start: the primary's writes, paused for it, go on.
+        let _ = call(&mut primary, &[b"CLIENT", b"UNPAUSE"]).await;
+    }
+    asked
+}
+
+/// Refuses when a replica Sentinel could promote has an offset this proxy cannot read now (its probes
+/// fail, or it probes no such node): it could never be shown to have the data. Nothing is paused yet: a
+/// pause held for nothing would also stall Sentinel's own link to the primary, and with a short
+/// down-after-milliseconds Sentinel fails over on its own.
+async fn refuse_if_blind(
+    s: &AdminState,
+    snapshot: &Topology,
+    views: &mut [Control],
+    master_name: &str,
+) -> Result<(), Reply> {
+    let promotable = promotable_replicas(views, master_name, &s.map).await;
+    let blind: Vec<String> = replicas_behind(&s.topo, snapshot, promotable.as_ref(), u64::MAX)
+        .iter()
+        .filter(|n| !n.repl.answering())
+        .map(|n| n.addr.to_string())
+        .collect();
+    if blind.is_empty() {
+        return Ok(());
+    }
+    Err(reply(
+        StatusCode::GATEWAY_TIMEOUT,
+        json!({"error": format!(
+            "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
+            blind.join(", ")
+        )}),
+    ))
+}
+
+/// Pauses writes at the primary itself, as Redis's FAILOVER does, for those that do not pass the hold
+/// (sessions on connections of their own: WATCH, subscriptions, tracking). The pause outlasts the
+/// switchover; once demoted, the node refuses them (READONLY).
+async fn pause_writes(s: &AdminState, primary: &mut Control) -> Result<(), Reply> {
+    let pause_ms = (s.timeout.as_millis() as u64).max(1000).to_string();
+    match call(
+        primary,
+        &[b"CLIENT", b"PAUSE", pause_ms.as_bytes(), b"WRITE"],
+    )
+    .await
+    {
+        Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => Ok(()),
+        other => Err(reply(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": format!("the primary did not pause writes: {other:?}")}),
+        )),
+    }
+}
+
+/// With writes held and paused: waits for the replicas to reach the primary's offset, then asks the
+/// sentinels, one after another, until one accepts.
+async fn catch_up_and_ask(
+    s: &AdminState,
+    snapshot: &Topology,
+    primary: &mut Control,
+    views: &mut [Control],
+    sentinels: &[Arc<Node>],
+    master_name: &str,
+) -> Result<(), Reply> {
+    let target = match call(primary, &[b"ROLE"])
+        .await
+        .as_ref()
+        .and_then(Role::parse)
+    {
+        Some(Role::Master { offset }) => offset,
+        _ => {
+            return Err(not_started(
+                StatusCode::BAD_GATEWAY,
+                "the primary does not answer ROLE",
+            ))
+        }
+    };
+    wait_caught_up(s, snapshot, views, master_name, target).await?;
+    ask_sentinels(sentinels, master_name).await
+}
+
+/// Waits, for half the switchover timeout, until every replica Sentinel could promote has offset
+/// `target`; then any promoted one has it all. Every replica, not only those eligible for reads: Sentinel
+/// ranks by replica-priority before offset and may promote one that lags.
+async fn wait_caught_up(
+    s: &AdminState,
+    snapshot: &Topology,
+    views: &mut [Control],
+    master_name: &str,
+    target: u64,
+) -> Result<(), Reply> {
+    let deadline = Instant::now() + s.timeout / 2;
+    let behind = loop {
+        let promotable = promotable_replicas(views, master_name, &s.map).await;
+        let behind = replicas_behind(&s.topo, snapshot, promotable.as_ref(), target);
+        if behind.is_empty() || Instant::now() >= deadline {
+            break behind;
+        }
+        tokio::time::sleep(POLL * 10).await;
+    };
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = behind
+        .iter()
+        .map(|n| format!("{} at {}", n.addr, n.repl.offset()))
+        .collect();
+    Err(not_started(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "replicas did not catch up with offset {target} ({}); switchover not started",
+            names.join(", ")
+        ),
+    ))
+}
+
+/// `SENTINEL FAILOVER` on each sentinel in turn until one accepts.
+async fn ask_sentinels(sentinels: &[Arc<Node>], master_name: &str) -> Result<(), Reply> {
+    for sentinel in sentinels {
+        let mut c = Control::new(sentinel.clone());
+        match call(&mut c, &[b"SENTINEL", b"FAILOVER", master_name.as_bytes()]).await {
+            Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => return Ok(()),
+            other => {
+                warn!(sentinel = %sentinel.addr, reply = ?other, "sentinel refused the failover")
+            }
+        }
+    }
+    Err(not_started(
+        StatusCode::BAD_GATEWAY,
+        "no sentinel accepted SENTINEL FAILOVER",
+    ))
+}
+
+/// The reply of a sentinel switchover that did not start (the caller lifts the pause).
+fn not_started(status: StatusCode, error: &str) -> Reply {
+    reply(status, json!({ "error": error }))
+}
+
+/// The replicas (as this proxy reaches them) that some sentinel could promote now, by its own view;
+/// `None` if no sentinel answered (then any replica may be).
+async fn promotable_replicas(
+    sentinels: &mut [Control],
+    master_name: &str,
+    map: &AddressMap,
+) -> Option<BTreeSet<Addr>> {
+    let mut answered = false;
+    let mut promotable = BTreeSet::new();
+    for c in sentinels.iter_mut() {
+        let Some(OwnedFrame::Array(items)) =
+            call(c, &[b"SENTINEL", b"replicas", master_name.as_bytes()]).await
+        else {
+            continue;
+        };
+        answered = true;
+        promotable.extend(
+            items
+                .iter()
+                .filter_map(sentinel::promotable_replica)
+                .filter(|(_, p)| *p)
+                .map(|(a, _)| map.map(a)),
+        );
+    }
+    answered.then_some(promotable)
+}
+
+/// The replicas Sentinel could promote that lack the primary's offset `target`. A replica is left out
+/// only if both this proxy has not heard from it for Sentinel's validity window (counted from its first
+/// failed probe) and no sentinel could promote it now: the probes see a replica thawing before a
+/// sentinel's view says so, and the sentinels see one that only this proxy cannot reach. A replica a
+/// sentinel could promote that this proxy does not probe counts as behind: its offset is unknown.
+fn replicas_behind(
+    topo: &Topo,
+    snapshot: &Topology,
+    promotable: Option<&BTreeSet<Addr>>,
+    target: u64,
+) -> Vec<Arc<Node>> {
+    let counts = |n: &Node| {
+        promotable.is_none_or(|p| p.contains(&n.addr))
+            || !n.repl.silent_longer_than(sentinel::REPLICA_VALIDITY)
+    };
+    let mut behind: Vec<Arc<Node>> = snapshot
+        .replica_nodes()
+        .filter(|n| counts(n) && n.repl.offset() < target)
+        .cloned()
+        .collect();
+    for addr in promotable.into_iter().flatten() {
+        let known = snapshot.replica_nodes().any(|n| &n.addr == addr);
+        if !known && snapshot.primary().is_none_or(|p| &p.addr != addr) {
+            behind.push(topo.node(addr));
+        }
+    }
+    behind
+}
+
+// --- Both ---------------------------------------------------------------------------------------------
+
+/// Waits for the topology to publish a primary other than `old`.
+async fn finish(s: &AdminState, old: &Arc<Node>, started: Instant) -> Reply {
+    s.topo.request_refresh();
+    let switched = wait_until(s.timeout, || {
+        s.topo.snapshot().primary().is_some_and(|n| n.id != old.id)
+    })
+    .await;
+    let now = s.topo.snapshot().primary().map(|n| n.addr.to_string());
+    if !switched {
+        return reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            json!({"error": "the topology did not switch in time", "primary": now}),
+        );
+    }
+    info!(from = %old.addr, to = now.as_deref().unwrap_or(""), "switchover done");
+    reply(
+        StatusCode::OK,
+        json!({"from": old.addr.to_string(), "to": now, "ms": started.elapsed().as_millis() as u64}),
+    )
+}
+
+/// How often a switchover looks at the state it waits for.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `cond` until it holds or `timeout` passes.
+async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

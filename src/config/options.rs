@@ -1,0 +1,234 @@
+//! The options as the file and the flags write them. Each is declared once, in the `options!` macro below,
+//! which generates the file's fields ([`File`]), the flags ([`Flags`]: `max_lag_ms` is `--max-lag-ms`), the
+//! list of names the tests compare with `conf/redsplit.example.toml` ([`OPTION_NAMES`]), and the merged
+//! values ([`Raw`]) the rest of this module checks.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{Consistency, Fallback};
+
+/// Where the topology comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologyKind {
+    /// `primary` and `replica` seed discovery; roles are verified with ROLE and followed as they change.
+    Static,
+    /// Redis Sentinel (`sentinel`, `master_name`) says which node is the primary.
+    Sentinel,
+    /// The proxy starts a local primary, replicas and sentinels itself (for trying it out).
+    Embedded,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The merged type of an option: `T` with a default, `Option<T>` without.
+macro_rules! merged_ty {
+    ($ty:ty) => { Option<$ty> };
+    ($ty:ty, $default:expr) => { $ty };
+}
+
+/// The merged value of an option: flag, else file, else default (if it has one).
+macro_rules! merged {
+    ($v:expr) => {
+        $v
+    };
+    ($v:expr, $default:expr) => {
+        $v.unwrap_or_else(|| $default)
+    };
+}
+
+macro_rules! options {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty $(= $default:expr)? ; )*) => {
+        /// The TOML file, as written. Every field is optional; defaults apply after flags.
+        #[derive(Debug, Default, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct File {
+            $( $(#[doc = $doc])* pub $name: Option<$ty>, )*
+        }
+
+        /// One flag per file option, same name in kebab case; a flag overrides the file.
+        #[derive(Debug, Default, Clone, clap::Args)]
+        pub struct Flags {
+            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        }
+
+        /// The name of every option, as written in the file.
+        pub const OPTION_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        /// Option values after merging file, flags and defaults, not yet checked.
+        #[derive(Debug, Clone)]
+        pub(super) struct Raw { $( pub(super) $name: merged_ty!($ty $(, $default)?), )* }
+
+        impl File {
+            /// Reads one TOML document option by option, so that every bad option is reported, not
+            /// only the first.
+            pub fn parse(text: &str, problems: &mut Vec<String>) -> File {
+                let table: toml::Table = match text.parse() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        problems.push(format!("config is not valid TOML: {e}"));
+                        return File::default();
+                    }
+                };
+                let mut file = File::default();
+                for (key, value) in table {
+                    match key.as_str() {
+                        $( stringify!($name) => match value.try_into() {
+                            Ok(v) => file.$name = Some(v),
+                            Err(e) => problems.push(format!("option `{key}`: {e}")),
+                        }, )*
+                        _ => problems.push(format!("unknown option `{key}`")),
+                    }
+                }
+                file
+            }
+
+            /// Applies `flags` over the file, then the defaults.
+            pub(super) fn merge(self, flags: Flags) -> Raw {
+                Raw { $( $name: merged!(flags.$name.or(self.$name) $(, $default)?), )* }
+            }
+        }
+    };
+}
+
+options! {
+    /// Client listener address. Default "127.0.0.1:6380".
+    listen: String = "127.0.0.1:6380".into();
+    /// Admin HTTP listener (`/live`) address. Default "127.0.0.1:9121".
+    admin_listen: String = "127.0.0.1:9121".into();
+    /// Where the topology comes from: "static" (primary and replica seeds), "sentinel" (sentinel and
+    /// master_name) or "embedded" (start local Redis servers and sentinels). Default: "static" when
+    /// `primary` is set, "sentinel" when `sentinel` is, else "embedded".
+    topology: TopologyKind;
+    /// Primary address, host:port: a seed of discovery. Static topology only. No default.
+    primary: String;
+    /// Replica addresses, host:port, repeatable: seeds of discovery. Static topology only. Default none.
+    replica: Vec<String> = Vec::new();
+    /// Sentinel addresses, host:port, repeatable. Sentinel topology only. Default none.
+    sentinel: Vec<String> = Vec::new();
+    /// Name of the master the sentinels monitor. Sentinel topology only. No default.
+    master_name: String;
+    /// Address mapping, repeatable "announced=reachable" (host:port each): addresses nodes and sentinels
+    /// announce (containers, NAT) are replaced by the reachable ones. Default none.
+    address_map: Vec<String> = Vec::new();
+    /// Replicas the embedded topology starts. Default 2.
+    embedded_replicas: u32 = 2;
+    /// Sentinels the embedded topology starts. Default 3.
+    embedded_sentinels: u32 = 3;
+    /// Interval between topology discoveries (INFO replication of every node, or the sentinels' view), in
+    /// milliseconds; failures and sentinel events trigger one at once. Default 1000.
+    discovery_interval_ms: u64 = 1000;
+    /// How long a write waits for a primary when none is reachable (failover), in milliseconds; past it
+    /// the write fails. Default 10000.
+    write_hold_ms: u64 = 10_000;
+    /// How long a read may take on one node before it is retried on another, in milliseconds. Default 1000.
+    read_timeout_ms: u64 = 1000;
+    /// Read consistency: "session" (read-your-writes, monotonic reads), "eventual" (lag limit only),
+    /// "primary" (all reads to the primary). Default "session".
+    consistency: Consistency = Consistency::Session;
+    /// Largest replication lag, in milliseconds, at which a replica still gets reads. Default 1000. Lag
+    /// is known only to within one probe interval, counted against the replica: keep it well above
+    /// `probe_interval_ms`.
+    max_lag_ms: u64 = 1000;
+    /// Largest replication lag, in bytes of replication stream, at which a replica still gets reads; 0
+    /// disables the byte limit. Default 0.
+    max_lag_bytes: u64 = 0;
+    /// Where reads go when no replica is eligible: "primary" or "error". Default "primary".
+    fallback: Fallback = Fallback::Primary;
+    /// Interval between replication offset probes (ROLE) of every node, in milliseconds. Default 100.
+    probe_interval_ms: u64 = 100;
+    /// Threads serving clients, each with its own connections to every node; 0: half the CPU cores, at
+    /// least one. Default 0.
+    worker_threads: u32 = 0;
+    /// Shared pipelined connections per upstream node, per worker thread (and per database and protocol
+    /// in use). Default 1.
+    backend_connections: u32 = 1;
+    /// Timeout for connecting to and greeting an upstream node, in milliseconds. Default 1000.
+    connect_timeout_ms: u64 = 1000;
+    /// Username for upstream connections (Redis ACL). Default none (the `default` user).
+    backend_username: String;
+    /// Password for upstream connections; "env:NAME" or "file:PATH" reads it from there. Default none.
+    backend_password: String;
+    /// Username for Sentinel connections (Sentinel's own ACL). Default none (the `default` user).
+    sentinel_username: String;
+    /// Password for Sentinel connections (Sentinel's own `requirepass`, not the data nodes'); "env:NAME"
+    /// or "file:PATH" reads it from there. Default none.
+    sentinel_password: String;
+    /// Password clients must give (AUTH password) before anything else, independent of the upstream
+    /// credentials; "env:NAME" or "file:PATH" reads it from there. Default none: no proxy-side auth.
+    requirepass: String;
+    /// Named users, repeatable, "name:password" (AUTH name password, HELLO 3 AUTH name password); the
+    /// password may be "env:NAME" or "file:PATH". Default none.
+    user: Vec<String> = Vec::new();
+    /// Read-only users, repeatable, "name:password": they may run only read-only commands; anything else
+    /// gets -NOPERM. Default none.
+    readonly_user: Vec<String> = Vec::new();
+    /// Refresh the command table from the primary's COMMAND reply: true or false. Default true.
+    refresh_commands: bool = true;
+    /// Largest bulk string in a request or reply, in bytes. Default 536870912 (512 MiB, as Redis).
+    max_bulk_bytes: u64 = 512 * 1024 * 1024;
+    /// Most arguments in one request. Default 1048576.
+    max_array_len: u64 = 1024 * 1024;
+    /// Longest inline (telnet-style) command line, in bytes. Default 65536.
+    max_inline_bytes: u64 = 64 * 1024;
+    /// Deepest nesting of aggregate replies. Default 128.
+    max_nesting_depth: u64 = 128;
+    /// Most bytes a client may have sent that are not yet forwarded (one request must fit), in bytes.
+    /// Default 1073741824 (1 GiB, as Redis's client-query-buffer-limit).
+    max_request_bytes: u64 = 1024 * 1024 * 1024;
+    /// Most commands of one client awaiting replies; past it the proxy stops reading from that client.
+    /// Default 4096.
+    max_client_inflight: u64 = 4096;
+    /// Most reply bytes waiting for a client that does not read them; past it the client is
+    /// disconnected (Redis's client-output-buffer-limit). 0 disables the limit. Default 1073741824 (1 GiB).
+    max_client_output_bytes: u64 = 1024 * 1024 * 1024;
+    /// Most client connections; past it a new client gets "-ERR max number of clients reached" and is
+    /// closed. Default 10000.
+    max_clients: u64 = 10_000;
+    /// Close a client idle this long, in milliseconds (not pub/sub, MONITOR or blocked clients); 0
+    /// disables it. Default 0.
+    client_idle_timeout_ms: u64 = 0;
+    /// TLS client listener address (ip:port), served alongside `listen`; needs `tls_cert_file` and
+    /// `tls_key_file`. A client's handshake must finish within `connect_timeout_ms`. Default none (no TLS
+    /// listener).
+    tls_listen: String;
+    /// Certificate chain (PEM, leaf first) the TLS listener presents; read again on SIGHUP. Default none.
+    tls_cert_file: PathBuf;
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`; read again on SIGHUP. Default none.
+    tls_key_file: PathBuf;
+    /// CA bundle (PEM) for mutual TLS: clients of the TLS listener must present a certificate it signed;
+    /// read again on SIGHUP. Default none (no client certificate asked for).
+    tls_client_ca_file: PathBuf;
+    /// Connect to Redis nodes over TLS: true or false; needs `backend_tls_ca_file`. Default false.
+    backend_tls: bool = false;
+    /// CA bundle (PEM) that upstream certificates (nodes with `backend_tls`, sentinels with `sentinel_tls`)
+    /// must chain to; read again on SIGHUP. Default none.
+    backend_tls_ca_file: PathBuf;
+    /// Name upstream certificates are verified against, and sent as SNI. Default: the host part of each
+    /// address connected to (an IP address is checked against the certificate's IP addresses).
+    backend_tls_server_name: String;
+    /// Client certificate chain (PEM) for upstream servers that ask for one; needs `backend_tls_key_file`;
+    /// read again on SIGHUP. Default none.
+    backend_tls_cert_file: PathBuf;
+    /// Private key (PEM) of `backend_tls_cert_file`; read again on SIGHUP. Default none.
+    backend_tls_key_file: PathBuf;
+    /// Connect to sentinels over TLS, with the `backend_tls_*` CA, name and certificate: true or false.
+    /// Default false.
+    sentinel_tls: bool = false;
+    /// Time allowed for in-flight replies after SIGTERM, in milliseconds. Default 5000.
+    shutdown_grace_ms: u64 = 5000;
+    /// Log level or filter (RUST_LOG syntax), used when RUST_LOG is unset. Default "info".
+    log_level: String = "info".into();
+    /// Log format: "text" or "json". Default "text".
+    log_format: LogFormat = LogFormat::Text;
+}
