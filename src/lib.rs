@@ -101,109 +101,13 @@ impl Drop for Proxy {
 impl Proxy {
     /// Binds the listeners, publishes the first topology, and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
-        let refresh = Arc::new(tokio::sync::Notify::new());
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(metrics::Metrics::new(&registry).map_err(StartError::Metrics)?);
-        let tls_server = match &config.tls_listen {
-            Some((_, files)) => Some(Arc::new(
-                tls::Server::load(files.clone(), config.connect_timeout)
-                    .map_err(StartError::Tls)?,
-            )),
-            None => None,
-        };
-        // Nodes and sentinels use the same files: one client configuration, reloaded once.
-        let tls_client = match config.backend_tls.as_ref().or(config.sentinel_tls.as_ref()) {
-            Some(files) => Some(Arc::new(
-                tls::Client::load(files.clone()).map_err(StartError::Tls)?,
-            )),
-            None => None,
-        };
-        let settings = Arc::new(upstream::Settings {
-            metrics: Some(metrics.clone()),
-            connections: config.backend_connections,
-            connect_timeout: config.connect_timeout,
-            credentials: config.backend_credentials.clone(),
-            limits: config.limits,
-            refresh: refresh.clone(),
-            tls: tls_client.clone().filter(|_| config.backend_tls.is_some()),
-        });
-        // Sentinels get their own credentials, never the data nodes'.
-        let sentinel_settings = Arc::new(upstream::Settings {
-            credentials: config.sentinel_credentials.clone(),
-            metrics: None,
-            tls: tls_client.clone().filter(|_| config.sentinel_tls.is_some()),
-            ..(*settings).clone()
-        });
-        let embedded = match &config.source {
-            Source::Embedded {
-                replicas,
-                sentinels,
-            } => Some(
-                embedded::Cluster::builder()
-                    .replicas(*replicas as usize)
-                    .sentinels(*sentinels as usize)
-                    .start()
-                    .await
-                    .map_err(StartError::Embedded)?,
-            ),
-            _ => None,
-        };
-        let source = match (&config.source, &embedded) {
-            (Source::Embedded { .. }, Some(c)) if !c.sentinels().is_empty() => Source::Sentinel {
-                sentinels: c.sentinels().iter().map(|s| s.addr()).collect(),
-                master_name: embedded::MASTER_NAME.to_string(),
-            },
-            (Source::Embedded { .. }, Some(c)) => Source::Static {
-                primary: c.primary().addr(),
-                replicas: c.replicas().iter().map(|r| r.addr()).collect(),
-            },
-            (source, _) => source.clone(),
-        };
-        let workers = config.worker_threads;
-        let listeners =
-            bind_workers(config.listen, workers).map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let tls_listeners = match &config.tls_listen {
-            Some((addr, _)) => {
-                Some(
-                    bind_workers(*addr, workers).map_err(|source| StartError::Bind {
-                        addr: *addr,
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let admin_listener = TcpListener::bind(config.admin_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.admin_listen,
-                source,
-            })?;
-        let listen = listeners[0]
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let tls_listen = match (&tls_listeners, &config.tls_listen) {
-            (Some(l), Some((addr, _))) => {
-                Some(l[0].local_addr().map_err(|source| StartError::Bind {
-                    addr: *addr,
-                    source,
-                })?)
-            }
-            _ => None,
-        };
-        let admin = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.admin_listen,
-                source,
-            })?;
-
+        let tls = Tls::load(&config)?;
+        let (settings, sentinel_settings) = upstream_settings(&config, &metrics, &tls);
+        let embedded = start_embedded(&config.source).await?;
+        let source = resolve_source(&config.source, embedded.as_ref());
+        let listeners = Listeners::bind(&config).await?;
         let topo = Topo::new(settings);
         let map = topology::AddressMap::new(config.address_map.clone());
         let table: command::SharedTable =
@@ -257,21 +161,13 @@ impl Proxy {
             auth::Auth::new(config.requirepass.clone(), config.users.clone()),
             metrics.clone(),
         );
-        let mut sessions = Vec::new();
-        let mut tls_listeners = tls_listeners.map(Vec::into_iter);
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let worker = TaskTracker::new();
-            sessions.push(worker.clone());
-            let (ctx, cancel) = (ctx.clone(), cancel.clone());
-            // Each worker also gets its own TLS listener on the shared TLS port.
-            let tls = tls_server
-                .clone()
-                .zip(tls_listeners.as_mut().and_then(Iterator::next));
-            std::thread::Builder::new()
-                .name(format!("redsplit-worker-{i}"))
-                .spawn(move || run_worker(i, listener, tls, ctx, cancel, worker))
-                .map_err(StartError::Worker)?;
-        }
+        let Listeners {
+            addrs,
+            clients,
+            tls_clients,
+            admin: admin_listener,
+        } = listeners;
+        let sessions = spawn_workers(clients, tls_clients, tls.server.clone(), &ctx, &cancel)?;
         tracker.spawn(admin::serve(
             admin_listener,
             admin_state.clone(),
@@ -285,13 +181,13 @@ impl Proxy {
             admin: admin_state,
             source: runner,
             following: std::sync::Mutex::new((source, following)),
-            tls_server,
-            tls_client,
+            tls_server: tls.server,
+            tls_client: tls.client,
         };
         Ok(Proxy {
-            listen,
-            tls_listen,
-            admin,
+            listen: addrs.listen,
+            tls_listen: addrs.tls_listen,
+            admin: addrs.admin,
             topo,
             table,
             embedded,
@@ -372,6 +268,183 @@ impl Proxy {
             tracing::warn!("shutdown grace period over with sessions still open");
         }
     }
+}
+
+/// The certificates of both sides, loaded once.
+struct Tls {
+    /// The client listener's.
+    server: Option<Arc<tls::Server>>,
+    /// For nodes and sentinels: one client configuration, reloaded once.
+    client: Option<Arc<tls::Client>>,
+}
+
+impl Tls {
+    fn load(config: &Config) -> Result<Tls, StartError> {
+        let server = match &config.tls_listen {
+            Some((_, files)) => Some(Arc::new(
+                tls::Server::load(files.clone(), config.connect_timeout)
+                    .map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
+        let client = match config.backend_tls.as_ref().or(config.sentinel_tls.as_ref()) {
+            Some(files) => Some(Arc::new(
+                tls::Client::load(files.clone()).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
+        Ok(Tls { server, client })
+    }
+}
+
+/// Settings of the connections to data nodes, and to sentinels (which get their own credentials,
+/// never the data nodes', and no node metrics).
+fn upstream_settings(
+    config: &Config,
+    metrics: &Arc<metrics::Metrics>,
+    tls: &Tls,
+) -> (Arc<upstream::Settings>, Arc<upstream::Settings>) {
+    let nodes = upstream::Settings {
+        metrics: Some(metrics.clone()),
+        connections: config.backend_connections,
+        connect_timeout: config.connect_timeout,
+        credentials: config.backend_credentials.clone(),
+        limits: config.limits,
+        refresh: Arc::new(tokio::sync::Notify::new()),
+        tls: tls.client.clone().filter(|_| config.backend_tls.is_some()),
+    };
+    let sentinels = upstream::Settings {
+        credentials: config.sentinel_credentials.clone(),
+        metrics: None,
+        tls: tls.client.clone().filter(|_| config.sentinel_tls.is_some()),
+        ..nodes.clone()
+    };
+    (Arc::new(nodes), Arc::new(sentinels))
+}
+
+/// In embedded mode, the local servers the proxy starts for itself.
+async fn start_embedded(source: &Source) -> Result<Option<embedded::Cluster>, StartError> {
+    let Source::Embedded {
+        replicas,
+        sentinels,
+    } = source
+    else {
+        return Ok(None);
+    };
+    embedded::Cluster::builder()
+        .replicas(*replicas as usize)
+        .sentinels(*sentinels as usize)
+        .start()
+        .await
+        .map(Some)
+        .map_err(StartError::Embedded)
+}
+
+/// The source to follow: the configured one, or the embedded servers' (their sentinels, if any).
+fn resolve_source(source: &Source, embedded: Option<&embedded::Cluster>) -> Source {
+    match (source, embedded) {
+        (Source::Embedded { .. }, Some(c)) if !c.sentinels().is_empty() => Source::Sentinel {
+            sentinels: c.sentinels().iter().map(|s| s.addr()).collect(),
+            master_name: embedded::MASTER_NAME.to_string(),
+        },
+        (Source::Embedded { .. }, Some(c)) => Source::Static {
+            primary: c.primary().addr(),
+            replicas: c.replicas().iter().map(|r| r.addr()).collect(),
+        },
+        (source, _) => source.clone(),
+    }
+}
+
+/// Where the proxy listens, once bound.
+struct Addrs {
+    listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
+    admin: SocketAddr,
+}
+
+/// The bound listeners: one per worker on the client port (and the TLS port), and the admin one.
+struct Listeners {
+    addrs: Addrs,
+    clients: Vec<std::net::TcpListener>,
+    tls_clients: Option<Vec<std::net::TcpListener>>,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let workers = config.worker_threads;
+        let bind = |addr: SocketAddr| {
+            let listeners =
+                bind_workers(addr, workers).map_err(|source| StartError::Bind { addr, source })?;
+            let local = first_local_addr(&listeners, addr)?;
+            Ok::<_, StartError>((listeners, local))
+        };
+        let (clients, listen) = bind(config.listen)?;
+        let (tls_clients, tls_listen) = match &config.tls_listen {
+            Some((addr, _)) => {
+                let (l, local) = bind(*addr)?;
+                (Some(l), Some(local))
+            }
+            None => (None, None),
+        };
+        let bind_error = |source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        };
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(bind_error)?;
+        let admin_addr = admin.local_addr().map_err(bind_error)?;
+        Ok(Listeners {
+            addrs: Addrs {
+                listen,
+                tls_listen,
+                admin: admin_addr,
+            },
+            clients,
+            tls_clients,
+            admin,
+        })
+    }
+}
+
+/// The address the first of `listeners` (bound for `addr`) took: the port, when `addr` asked for any.
+fn first_local_addr(
+    listeners: &[std::net::TcpListener],
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    let bound = listeners
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .unwrap_or_else(|| Err(std::io::Error::other("no listener bound")));
+    bound.map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Starts one worker thread per client listener, each with its TLS listener if any; returns each
+/// worker's session tracker.
+fn spawn_workers(
+    clients: Vec<std::net::TcpListener>,
+    tls_clients: Option<Vec<std::net::TcpListener>>,
+    tls_server: Option<Arc<tls::Server>>,
+    ctx: &Arc<client::Context>,
+    cancel: &CancellationToken,
+) -> Result<Vec<TaskTracker>, StartError> {
+    let mut sessions = Vec::new();
+    let mut tls_clients = tls_clients.map(Vec::into_iter);
+    for (i, listener) in clients.into_iter().enumerate() {
+        let worker = TaskTracker::new();
+        sessions.push(worker.clone());
+        let (ctx, cancel) = (ctx.clone(), cancel.clone());
+        // Each worker also gets its own TLS listener on the shared TLS port.
+        let tls = tls_server
+            .clone()
+            .zip(tls_clients.as_mut().and_then(Iterator::next));
+        std::thread::Builder::new()
+            .name(format!("redsplit-worker-{i}"))
+            .spawn(move || run_worker(i, listener, tls, ctx, cancel, worker))
+            .map_err(StartError::Worker)?;
+    }
+    Ok(sessions)
 }
 
 /// Binds one listener per worker on `addr`, sharing the port (SO_REUSEPORT) so the kernel spreads

@@ -180,7 +180,10 @@ impl Topo {
     }
 
     /// Publishes `decision` unless the current snapshot already says the same. Returns the new snapshot.
+    /// A replica whose address answers with the run id of a node already in the decision (the primary,
+    /// or a replica listed before it) is that node under another name: it is left out, as an alias.
     pub fn publish_if_changed(&self, decision: &discovery::Decision) -> Option<Arc<Topology>> {
+        let decision = &self.one_node_per_process(decision);
         let cur = self.current.load();
         let shard = cur.shard();
         let same = shard.primary.as_ref().map(|n| &n.addr) == decision.primary.as_ref()
@@ -192,6 +195,34 @@ impl Topo {
                 .all(|(r, (addr, parent))| r.node.addr == *addr && r.parent == *parent)
             && cur.aliases == decision.aliases;
         (!same).then(|| self.publish_tree(decision))
+    }
+
+    /// `decision` with every process once: replicas that are a node already in it, by run id, become
+    /// aliases. Run ids are those the probes and discovery learned.
+    fn one_node_per_process(&self, decision: &discovery::Decision) -> discovery::Decision {
+        let mut out = decision.clone();
+        let mut seen: Vec<(crate::node::RunId, Addr)> = Vec::new();
+        let mut note = |addr: &Addr| -> Option<Addr> {
+            let run_id = self.node(addr).identity()?.run_id;
+            match seen.iter().find(|(r, _)| *r == run_id) {
+                Some((_, first)) => Some(first.clone()),
+                None => {
+                    seen.push((run_id, addr.clone()));
+                    None
+                }
+            }
+        };
+        if let Some(p) = &decision.primary {
+            note(p);
+        }
+        out.replicas.retain(|(addr, _)| match note(addr) {
+            Some(first) => {
+                out.aliases.insert(addr.clone(), first);
+                false
+            }
+            None => true,
+        });
+        out
     }
 
     /// Publishes a new snapshot. Nodes already known keep their connections and measurements.
@@ -230,32 +261,7 @@ impl Topo {
             self.failovers.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(m) = &self.settings.metrics {
-            m.generation.set(next.generation.0 as i64);
-            if failover {
-                m.failovers.inc();
-            }
-            // A node's series appear when it first joins. Its counters stay for the life of the proxy,
-            // so they never go backwards when it leaves and comes back (operators read error counts
-            // after a failover); lag and eligibility exist only while it is a replica.
-            let role = |t: &Topology, id: u64| {
-                if t.primary().is_some_and(|p| p.id == id) {
-                    Some(true)
-                } else {
-                    t.shard().replica(id).map(|_| false)
-                }
-            };
-            for n in next.nodes() {
-                let now = role(&next, n.id);
-                if role(&old, n.id) != now {
-                    n.metrics.store(Arc::new(m.node(n.addr.as_str())));
-                    if now == Some(true) {
-                        m.forget_replica_series(n.addr.as_str());
-                    }
-                }
-            }
-            for n in old.nodes().filter(|o| role(&next, o.id).is_none()) {
-                m.forget_replica_series(n.addr.as_str());
-            }
+            count_published(m, &old, &next, failover);
         }
         self.changed.send_replace(next.generation);
         let replicas: Vec<String> = next
@@ -337,6 +343,32 @@ impl Topo {
     }
 }
 
+/// Metrics of a published snapshot: generation, failovers, and the series of nodes that joined, left or
+/// changed role.
+fn count_published(m: &crate::metrics::Metrics, old: &Topology, next: &Topology, failover: bool) {
+    m.generation.set(next.generation.0 as i64);
+    if failover {
+        m.failovers.inc();
+    }
+    // A node's series appear when it first joins. Its counters stay for the life of the proxy,
+    // so they never go backwards when it leaves and comes back (operators read error counts
+    // after a failover); lag and eligibility exist only while it is a replica.
+    // Some(true): a primary; Some(false): a replica; None: not in the topology.
+    let role = |t: &Topology, id: u64| t.shard_of(id).map(|s| s.is_primary(id));
+    for n in next.nodes() {
+        let now = role(next, n.id);
+        if role(old, n.id) != now {
+            n.metrics.store(Arc::new(m.node(n.addr.as_str())));
+            if now == Some(true) {
+                m.forget_replica_series(n.addr.as_str());
+            }
+        }
+    }
+    for n in old.nodes().filter(|o| role(next, o.id).is_none()) {
+        m.forget_replica_series(n.addr.as_str());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,5 +404,31 @@ mod tests {
                 offset: 1234
             })
         );
+    }
+
+    #[test]
+    fn a_replica_that_is_a_known_node_under_another_address_is_an_alias() {
+        let t = topo();
+        let a = |s: &str| Addr::parse(s).expect("addr");
+        let id = |run: &str| crate::node::Identity {
+            run_id: crate::node::RunId(run.into()),
+            replid: None,
+        };
+        t.node(&a("127.0.0.1:1")).set_identity(id("P"));
+        t.node(&a("localhost:1")).set_identity(id("P"));
+        t.node(&a("r:1")).set_identity(id("R"));
+        let decision = discovery::Decision {
+            primary: Some(a("127.0.0.1:1")),
+            replicas: vec![
+                (a("localhost:1"), a("127.0.0.1:1")),
+                (a("r:1"), a("127.0.0.1:1")),
+            ],
+            aliases: Default::default(),
+        };
+        let snap = t.publish_if_changed(&decision).expect("published");
+        assert_eq!(snap.replicas().len(), 1);
+        assert_eq!(snap.replicas()[0].node.addr, a("r:1"));
+        assert_eq!(snap.aliases.get(&a("localhost:1")), Some(&a("127.0.0.1:1")));
+        assert!(t.publish_if_changed(&decision).is_none(), "nothing changed");
     }
 }

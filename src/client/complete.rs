@@ -2,6 +2,7 @@
 //! (see `route::retry` for when a batch may go again), and frames from the dedicated connection are
 //! passed on or matched to their entries.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -12,7 +13,8 @@ use super::reply::ClientError;
 use super::session::Session;
 use crate::metrics::{BackendError, Kind};
 use crate::route::{self, retry, ReadTarget};
-use crate::upstream;
+use crate::topology::Shard;
+use crate::upstream::{self, Node};
 
 /// What became of an entry that could not be delivered as it was.
 enum Resend {
@@ -229,16 +231,7 @@ impl Session {
             // its own error (waiting would turn it into a late hold error).
             Later::Unknown if reads_only => return Resend::GiveUp,
             Later::Unknown => None,
-            Later::None if reads_only => {
-                let avoid = failed.as_ref().map(|n| n.id);
-                let reads = self.state.reads.shard(shard.id);
-                match reads.route_avoiding(shard, self.ctx.consistency, self.ctx.fallback, avoid) {
-                    ReadTarget::Replica(n) => Some((n, false)),
-                    ReadTarget::Primary(_) => shard.primary.clone().map(|p| (p, true)),
-                    ReadTarget::Refuse(_) => None,
-                }
-            }
-            Later::None => route::writer(shard).ok().map(|p| (p.clone(), true)),
+            Later::None => self.resend_target(shard, reads_only, failed.as_ref().map(|n| n.id)),
         };
         let Some(entry) = self.queue.front_mut() else {
             return Resend::GiveUp;
@@ -281,5 +274,24 @@ impl Session {
         }
         self.state.sent(shard.id, node.id, primary, count);
         Resend::Sent
+    }
+
+    /// Where a batch goes again: reads wherever the router allows but the node `avoid` that failed them,
+    /// writes to the node writes go to now (if any).
+    fn resend_target(
+        &mut self,
+        shard: &Shard,
+        reads_only: bool,
+        avoid: Option<u64>,
+    ) -> Option<(Arc<Node>, bool)> {
+        if !reads_only {
+            return route::writer(shard).ok().map(|p| (p.clone(), true));
+        }
+        let reads = self.state.reads.shard(shard.id);
+        match reads.route_avoiding(shard, self.ctx.consistency, self.ctx.fallback, avoid) {
+            ReadTarget::Replica(n) => Some((n, false)),
+            ReadTarget::Primary(_) => shard.primary.clone().map(|p| (p, true)),
+            ReadTarget::Refuse(_) => None,
+        }
     }
 }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use arc_swap::ArcSwap;
 
-use super::{Topo, Why};
+use super::{Shard, Topo, Why};
 use crate::command::{SharedTable, Table};
 use crate::upstream::{ConnKey, Dedicated, Node};
 
@@ -165,58 +165,25 @@ async fn probe_node(
         let limits = **cfg.limits.load();
         let timeout = probe_timeout(cfg.interval, &limits);
         if conn.is_none() {
-            match tokio::time::timeout(timeout, Dedicated::open(node.clone(), ConnKey::default()))
-                .await
-            {
-                Ok(Ok(mut c)) => {
-                    learn_identity(&mut c, timeout).await;
-                    let is_primary = topo.load().primary().is_some_and(|p| p.id == node.id);
-                    if is_primary {
-                        refresh_primary_info(&mut c, &topo, &table, &cfg, timeout).await;
-                    }
-                    conn = Some(c);
-                }
-                Ok(Err(e)) => {
-                    debug!(upstream = %node.addr, error = %e, "probe connect failed");
-                    node.set_eligibility(Why::NoAnswer);
-                    node.repl.unanswered(true);
-                    continue;
-                }
-                Err(_) => {
-                    node.set_eligibility(Why::NoAnswer);
-                    node.repl.unanswered(false);
-                    continue;
-                }
-            }
+            conn = connect(&node, &topo, &table, &cfg, timeout).await;
         }
         let Some(c) = conn.as_mut() else { continue };
         let epoch = topo.next_epoch();
-        // A closed connection means the node is down; a timeout only that it is slow.
-        let (role, down) = match tokio::time::timeout(timeout, call(c, &[b"ROLE"])).await {
-            Ok(Some(frame)) => (Role::parse(&frame), false),
-            Ok(None) => (None, true),
-            Err(_) => (None, false),
-        };
-        let at = Instant::now();
-        let Some(role) = role else {
-            // No answer within the timeout (frozen, overloaded, loading) or the link broke: no reads until
-            // it answers again.
-            if node.repl.is_eligible() {
-                warn!(upstream = %node.addr, "replica stopped answering probes, taking it out of rotation");
-            }
-            node.set_eligibility(Why::NoAnswer);
-            node.repl.unanswered(down);
+        let Some(role) = ask_role(&node, c, timeout).await else {
             conn = None;
             continue;
         };
+        let at = Instant::now();
         node.repl.answered();
         let snapshot = topo.load();
-        let is_primary = snapshot.primary().is_some_and(|p| p.id == node.id);
+        let shard = snapshot
+            .shard_of(node.id)
+            .unwrap_or_else(|| snapshot.shard());
         match role {
             Role::Master { offset } => {
                 node.repl.record(epoch, offset);
-                if is_primary {
-                    topo.shard_state().record_primary_offset(at, offset);
+                if shard.is_primary(node.id) {
+                    shard.state.record_primary_offset(at, offset);
                     node.set_eligibility(Why::IsPrimary);
                 } else {
                     node.set_eligibility(Why::NotReplica);
@@ -232,59 +199,151 @@ async fn probe_node(
                     }
                     None => node.repl.offset(),
                 };
-                // A primary that is only slow may still be taking writes: its replicas are measured
-                // against its history (whose newest sample ages meanwhile). Only one that is down for
-                // certain (refusing or closing connections) is taken for gone.
-                let primary_answers = snapshot.primary().is_some_and(|p| {
-                    p.id != node.id && (p.repl.answered_within(timeout * 2) || !p.repl.is_down())
-                });
-                let (lag, lag_bytes) = if primary_answers || snapshot.primary().is_none() {
-                    let primary_offset = snapshot.primary().map_or(0, |p| p.repl.offset());
-                    (
-                        topo.shard_state().lag_at(at, offset),
-                        primary_offset.saturating_sub(offset),
-                    )
-                } else {
-                    // The primary is unreachable (failover under way): nobody is writing, and the
-                    // freshest reachable replica holds all the data that still exists. Lag is measured
-                    // against it, so reads keep flowing from replicas that have everything.
-                    let freshest = snapshot
-                        .replica_nodes()
-                        .filter(|r| r.repl.answered_within(timeout * 2))
-                        .map(|r| r.repl.offset())
-                        .fold(offset, u64::max);
-                    (
-                        topo.shard_state().lag_behind(offset, freshest),
-                        freshest.saturating_sub(offset),
-                    )
+                let report = Report {
+                    at,
+                    offset,
+                    linked: state == "connected",
                 };
-                node.repl.lag_bytes.store(lag_bytes, Ordering::Relaxed);
-                node.repl.lag_ms.store(
-                    lag.map_or(u64::MAX, |d| d.as_millis() as u64),
-                    Ordering::Relaxed,
-                );
-                let was = node.repl.is_eligible();
-                // A link down to a primary that still answers us means the replica falls behind while
-                // others write. A link down to a primary nobody reaches (failover under way) means no one
-                // is writing: the replica is as fresh as its lag says, and reads keep flowing.
-                let link_ok = state == "connected" || !primary_answers;
-                let why = if is_primary {
-                    Why::IsPrimary
-                } else {
-                    eligibility(was, link_ok, lag, lag_bytes, &limits)
-                };
-                let m = node.metrics.load();
-                m.lag_bytes.set(lag_bytes as i64);
-                m.lag_seconds
-                    .set(lag.map_or(f64::INFINITY, |d| d.as_secs_f64()));
-                node.set_eligibility(why);
-                let now = why == Why::Eligible;
-                if was != now {
-                    info!(upstream = %node.addr, lag_ms = lag.map(|d| d.as_millis() as u64), lag_bytes, state, eligible = now, why = why.label(), "replica eligibility changed");
-                }
+                let why = measure_replica(&node, shard, report, timeout, &limits);
+                log_eligibility(&node, why, &state);
             }
             Role::Other => node.set_eligibility(Why::NotReplica),
         }
+    }
+}
+
+/// Opens the probe's connection; on connecting, learns what the node is, and from the primary the
+/// command table and the server version. `None` (the node marked unanswering) if it cannot.
+async fn connect(
+    node: &Arc<Node>,
+    topo: &Topo,
+    table: &SharedTable,
+    cfg: &ProbeConfig,
+    timeout: Duration,
+) -> Option<Dedicated> {
+    match tokio::time::timeout(timeout, Dedicated::open(node.clone(), ConnKey::default())).await {
+        Ok(Ok(mut c)) => {
+            learn_identity(&mut c, timeout).await;
+            // The same process under another address already in the topology: the source publishes
+            // again, and the snapshot keeps one of them.
+            let run_id = node.identity().map(|i| i.run_id);
+            let twin = topo
+                .load()
+                .nodes()
+                .any(|n| n.id != node.id && n.identity().map(|i| i.run_id) == run_id);
+            if run_id.is_some() && twin {
+                topo.request_refresh();
+            }
+            if topo.load().primary().is_some_and(|p| p.id == node.id) {
+                refresh_primary_info(&mut c, topo, table, cfg, timeout).await;
+            }
+            Some(c)
+        }
+        Ok(Err(e)) => {
+            debug!(upstream = %node.addr, error = %e, "probe connect failed");
+            node.set_eligibility(Why::NoAnswer);
+            node.repl.unanswered(true);
+            None
+        }
+        Err(_) => {
+            node.set_eligibility(Why::NoAnswer);
+            node.repl.unanswered(false);
+            None
+        }
+    }
+}
+
+/// Asks `ROLE`. `None` if the node did not answer within the timeout (frozen, overloaded, loading) or
+/// the link broke: it gets no reads until it answers again. A closed connection means the node is
+/// down; a timeout only that it is slow.
+async fn ask_role(node: &Node, c: &mut Dedicated, timeout: Duration) -> Option<Role> {
+    let (role, down) = match tokio::time::timeout(timeout, call(c, &[b"ROLE"])).await {
+        Ok(Some(frame)) => (Role::parse(&frame), false),
+        Ok(None) => (None, true),
+        Err(_) => (None, false),
+    };
+    if role.is_none() {
+        if node.repl.is_eligible() {
+            warn!(upstream = %node.addr, "replica stopped answering probes, taking it out of rotation");
+        }
+        node.set_eligibility(Why::NoAnswer);
+        node.repl.unanswered(down);
+    }
+    role
+}
+
+/// What a replica's ROLE said, when.
+struct Report {
+    at: Instant,
+    /// Its offset (the last one it reported, while its link is down).
+    offset: u64,
+    /// Its link to its master is up.
+    linked: bool,
+}
+
+/// Measures a replica's lag from its report and decides whether it serves reads.
+fn measure_replica(
+    node: &Node,
+    shard: &Shard,
+    r: Report,
+    timeout: Duration,
+    limits: &LagLimits,
+) -> Why {
+    // A primary that is only slow may still be taking writes: its replicas are measured against its
+    // history (whose newest sample ages meanwhile). Only one that is down for certain (refusing or
+    // closing connections) is taken for gone.
+    let primary_answers = shard.primary.as_ref().is_some_and(|p| {
+        p.id != node.id && (p.repl.answered_within(timeout * 2) || !p.repl.is_down())
+    });
+    let (lag, lag_bytes) = if primary_answers || shard.primary.is_none() {
+        let primary_offset = shard.primary.as_ref().map_or(0, |p| p.repl.offset());
+        (
+            shard.state.lag_at(r.at, r.offset),
+            primary_offset.saturating_sub(r.offset),
+        )
+    } else {
+        // The primary is unreachable (failover under way): nobody is writing, and the freshest
+        // reachable replica holds all the data that still exists. Lag is measured against it, so reads
+        // keep flowing from replicas that have everything.
+        let freshest = shard
+            .replica_nodes()
+            .filter(|n| n.repl.answered_within(timeout * 2))
+            .map(|n| n.repl.offset())
+            .fold(r.offset, u64::max);
+        (
+            shard.state.lag_behind(r.offset, freshest),
+            freshest.saturating_sub(r.offset),
+        )
+    };
+    node.repl.lag_bytes.store(lag_bytes, Ordering::Relaxed);
+    node.repl.lag_ms.store(
+        lag.map_or(u64::MAX, |d| d.as_millis() as u64),
+        Ordering::Relaxed,
+    );
+    let m = node.metrics.load();
+    m.lag_bytes.set(lag_bytes as i64);
+    m.lag_seconds
+        .set(lag.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+    // A link down to a primary that still answers us means the replica falls behind while others
+    // write. A link down to a primary nobody reaches (failover under way) means no one is writing: the
+    // replica is as fresh as its lag says, and reads keep flowing.
+    let link_ok = r.linked || !primary_answers;
+    if shard.is_primary(node.id) {
+        Why::IsPrimary
+    } else {
+        eligibility(node.repl.is_eligible(), link_ok, lag, lag_bytes, limits)
+    }
+}
+
+/// Sets a replica's eligibility, and says so when it changes.
+fn log_eligibility(node: &Node, why: Why, state: &str) {
+    let was = node.repl.is_eligible();
+    node.set_eligibility(why);
+    let now = why == Why::Eligible;
+    if was != now {
+        let lag_ms = node.repl.lag_ms.load(Ordering::Relaxed);
+        let lag_bytes = node.repl.lag_bytes.load(Ordering::Relaxed);
+        info!(upstream = %node.addr, lag_ms = (lag_ms != u64::MAX).then_some(lag_ms), lag_bytes, state, eligible = now, why = why.label(), "replica eligibility changed");
     }
 }
 
