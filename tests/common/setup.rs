@@ -1,7 +1,8 @@
 //! Proxy settings shared by the integration and packaging tests.
 
 use redsplit::config::Flags;
-use redsplit::embedded::Cluster;
+
+use crate::cluster::Cluster;
 
 /// Flags for a static topology over `cluster`, on free ports, probing fast.
 pub fn flags(cluster: &Cluster) -> Flags {

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use redsplit::config::Flags;
-use redsplit::embedded::Cluster;
 
 use crate::harness::*;
 
@@ -13,8 +12,7 @@ async fn setup() -> (Cluster, redsplit::Proxy) {
         .replicas(1)
         .password("backendpw")
         .start()
-        .await
-        .expect("servers start");
+        .await;
     let f = Flags {
         backend_password: Some("backendpw".into()),
         requirepass: Some("clientpw".into()),
@@ -179,8 +177,7 @@ async fn sentinels_get_their_own_credentials_and_never_the_data_nodes() {
         .password("nodepw")
         .sentinel_password("sentinelpw")
         .start()
-        .await
-        .expect("servers and a sentinel start");
+        .await;
     // With the sentinel's password, the primary and replica are found through it.
     let proxy = proxy_with(Flags {
         backend_password: Some("nodepw".into()),

@@ -5,7 +5,6 @@
 
 use redis::aio::MultiplexedConnection;
 use redsplit::config::Consistency;
-use redsplit::embedded::Cluster;
 use redsplit::Proxy;
 
 use crate::harness::*;

@@ -1,4 +1,4 @@
-//! Test harness: real redis-server processes on loopback (from `redsplit::embedded`, killed on drop) and the
+//! Test harness: real redis-server processes on loopback (from `common/cluster.rs`, killed on drop) and the
 //! proxy started in-process on free ports, driven by real clients.
 
 #![allow(dead_code)]
@@ -12,48 +12,18 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use redsplit::config::{Config, Flags};
-use redsplit::embedded::{Cluster, Server};
 use redsplit::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use crate::admin::http;
+pub use crate::cluster::{Cluster, Server};
 pub use crate::setup::flags;
-
-/// Polls a condition (an expression, `.await` allowed) until it holds, failing the test after
-/// [`PATIENCE`], or after the given patience for conditions that wait on a slow timer of Redis's own.
-macro_rules! eventually {
-    ($what:expr, $cond:expr) => {
-        eventually!($what, $cond, $crate::harness::PATIENCE)
-    };
-    ($what:expr, $cond:expr, $patience:expr) => {{
-        let started = tokio::time::Instant::now();
-        let deadline = started + $patience;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {:?} waiting for: {}",
-                started.elapsed(),
-                $what
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }};
-}
-
-/// How long any condition in a test may take before the test fails.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub use crate::wait::PATIENCE;
 
 /// A primary with `replicas` replicas.
 pub async fn cluster(replicas: usize) -> Cluster {
-    Cluster::builder()
-        .replicas(replicas)
-        .start()
-        .await
-        .expect("redis servers start (is redis-server installed?)")
+    Cluster::builder().replicas(replicas).start().await
 }
 
 /// Flags for sentinel mode over `cluster`.
@@ -402,21 +372,17 @@ impl Drop for Running {
     }
 }
 
-/// A primary, `replicas` replicas and three sentinels watching them, on loopback. The tests that use it
-/// switch over on purpose; a down-after-milliseconds of 5 s keeps Sentinel from failing over on its own
-/// when a loaded machine delays a ping (at 1 s it did, in the kill -9 test, 2 runs in 98).
+/// A primary, `replicas` replicas and three sentinels watching them, on loopback.
 pub async fn sentinel_cluster(replicas: usize) -> Cluster {
     Cluster::builder()
         .replicas(replicas)
         .sentinels(3)
-        .down_after_ms(5000)
         .start()
         .await
-        .expect("servers and sentinels start")
 }
 
 /// The `slave-priority` a sentinel reports for the replica on `port`.
-pub async fn sentinel_priority(s: &redsplit::embedded::Server, port: &str) -> Option<String> {
+pub async fn sentinel_priority(s: &Server, port: &str) -> Option<String> {
     use redis_protocol::resp2::types::OwnedFrame;
     let f = s
         .call(&["SENTINEL", "replicas", redsplit::embedded::MASTER_NAME])

@@ -92,7 +92,7 @@ async fn a_request_larger_than_the_limit_is_refused() {
 
 /// A proxy that allows 16 commands in flight per client, a client, and a 100 KB value under `big`.
 async fn a_big_value_and_16_in_flight() -> (
-    redsplit::embedded::Cluster,
+    Cluster,
     redsplit::Proxy,
     redis::aio::MultiplexedConnection,
     String,

@@ -562,10 +562,6 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
     use std::sync::Arc;
 
     let cluster = sentinel_cluster(2).await;
-    cluster
-        .wait_sentinels_ready()
-        .await
-        .expect("sentinels ready");
     // Sentinel prefers replica 0; it replicates through a slow link.
     cluster.replicas()[0]
         .call(&["CONFIG", "SET", "replica-priority", "1"])
@@ -633,10 +629,6 @@ async fn a_lag_limit_under_250_ms_still_probes_the_replicas() {
 #[tokio::test]
 async fn one_sentinel_out_of_three_cannot_move_writes_to_another_master() {
     let cluster = sentinel_cluster(1).await;
-    cluster
-        .wait_sentinels_ready()
-        .await
-        .expect("sentinels ready");
     let other = crate::harness::cluster(0).await;
     let proxy = proxy_with(sentinel_flags(&cluster)).await;
     let primary = cluster.primary().addr();

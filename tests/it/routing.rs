@@ -1,7 +1,6 @@
 //! Which node each command reaches, checked against what every real server says it ran.
 
 use redis::Value;
-use redsplit::embedded::Server;
 
 use crate::harness::*;
 

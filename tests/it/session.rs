@@ -59,12 +59,11 @@ async fn select_isolates_databases_and_replicas_serve_the_selected_one() {
 
 #[tokio::test]
 async fn auth_uses_the_clients_credentials_and_backend_credentials_stay_hidden() {
-    let cluster = redsplit::embedded::Cluster::builder()
+    let cluster = Cluster::builder()
         .replicas(1)
         .password("s3cret")
         .start()
-        .await
-        .expect("servers start");
+        .await;
     let mut f = flags(&cluster);
     f.backend_password = Some("s3cret".into());
     let proxy = proxy_with(f).await;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redsplit::config::{Consistency, Flags};
-use redsplit::embedded::wait_synced;
 
 use crate::harness::*;
 use crate::relay::Relay;
@@ -18,7 +17,7 @@ async fn replicas_of_replicas_are_discovered_and_their_lag_measured() {
     let mut r1 = direct(&cluster.replicas()[1]).await;
     let via = cluster.replicas()[0].addr();
     let _: () = q(&mut r1, &["REPLICAOF", "127.0.0.1", &port(&via)]).await;
-    wait_synced(&cluster.replicas()[1]).await.expect("resynced");
+    cluster.replicas()[1].wait_synced().await;
     // Only the primary is named: the rest is found.
     let f = Flags {
         replica: Some(vec![]),
