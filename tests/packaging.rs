@@ -26,8 +26,12 @@ mod dashboard;
 mod image;
 #[path = "packaging/kubernetes.rs"]
 mod kubernetes;
-#[path = "common/setup.rs"]
-mod setup;
+#[allow(dead_code)]
+#[path = "common/relay.rs"]
+mod relay;
+#[allow(dead_code)]
+#[path = "common/scenario.rs"]
+mod scenario;
 
 use std::path::{Path, PathBuf};
 

@@ -1,35 +1,50 @@
 //! The servers a test runs: a real `redis-server` primary, replicas and sentinels on loopback, each on a
 //! free port with a temporary directory of its own, started with the library's own pieces
 //! (`redsplit::embedded`) and killed on drop. Beyond what the embedded mode starts, a test can protect them
-//! with passwords, and kill, freeze or empty a server.
+//! with passwords, slow a replica's link, make Sentinel prefer a replica, and kill, freeze or empty a
+//! server. [`Builder::proxy`] starts a proxy over them too (see `scenario.rs`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use redis_protocol::resp2::types::OwnedFrame;
 use redsplit::config::Addr;
 use redsplit::embedded::{self, MASTER_NAME};
+
+use crate::relay::Relay;
+use crate::scenario::ProxyOptions;
+use crate::wait::PATIENCE;
 
 /// A primary, its replicas and the sentinels watching them, as a test set them up.
 pub struct Cluster {
     primary: Server,
     replicas: Vec<Server>,
     sentinels: Vec<Server>,
+    /// The relays that delay replicas' links.
+    pub(crate) relays: Vec<Relay>,
+    /// The servers' password, if they have one.
+    pub(crate) password: Option<String>,
+    /// The sentinels' password, if they have one.
+    pub(crate) sentinel_password: Option<String>,
     // Declared last, so dropped last: the processes are gone before their directories.
     _root: tempfile::TempDir,
 }
 
-/// What servers to start, and how (see [`Cluster::builder`]).
-pub struct Builder {
+/// What servers to start, and how (see [`Cluster::builder`]); and, for [`Builder::proxy`], the proxy.
+pub struct Builder<'a> {
     replicas: usize,
     sentinels: usize,
     down_after_ms: u64,
     password: Option<String>,
     sentinel_password: Option<String>,
+    delays: Vec<(usize, Duration)>,
+    preferred: Option<usize>,
+    pub(crate) proxy: ProxyOptions<'a>,
 }
 
 impl Cluster {
     /// A primary alone, unless the builder asks for more.
-    pub fn builder() -> Builder {
+    pub fn builder<'a>() -> Builder<'a> {
         Builder {
             replicas: 0,
             sentinels: 0,
@@ -39,6 +54,9 @@ impl Cluster {
             down_after_ms: 5000,
             password: None,
             sentinel_password: None,
+            delays: Vec::new(),
+            preferred: None,
+            proxy: ProxyOptions::default(),
         }
     }
 
@@ -73,7 +91,7 @@ impl Cluster {
     }
 }
 
-impl Builder {
+impl<'a> Builder<'a> {
     /// Number of replicas of the primary.
     pub fn replicas(mut self, n: usize) -> Self {
         self.replicas = n;
@@ -93,20 +111,36 @@ impl Builder {
     }
 
     /// Protects every server with this password (`requirepass`, and `masterauth` for replication). The
-    /// sentinels are given it.
+    /// sentinels and the proxy are given it.
     pub fn password(mut self, password: &str) -> Self {
         self.password = Some(password.to_string());
         self
     }
 
     /// Protects every sentinel with this password (Sentinel's `requirepass`; sentinels use it with each
-    /// other too).
+    /// other too). The proxy is given it.
     pub fn sentinel_password(mut self, password: &str) -> Self {
         self.sentinel_password = Some(password.to_string());
         self
     }
 
-    /// Starts the servers. Returns once every replica is synced and every
+    /// Replica `i` replicates through a relay that holds every byte for `delay` each way, as across a slow
+    /// link: it lags the primary by that much. A static topology's flags map the relay, which the replica
+    /// announces as its primary, back to the primary (a relay a test makes itself with
+    /// [`Relay::delay_replica`] is not the cluster's, and not mapped).
+    pub fn delay_replica(mut self, i: usize, delay: Duration) -> Self {
+        self.delays.push((i, delay));
+        self
+    }
+
+    /// Sentinel prefers replica `i` when it promotes one (`replica-priority 1`, the lowest): known to every
+    /// sentinel before the cluster is returned.
+    pub fn prefer_replica(mut self, i: usize) -> Self {
+        self.preferred = Some(i);
+        self
+    }
+
+    /// Starts the servers. Returns once every replica is synced (through its relay, if delayed) and every
     /// sentinel knows the primary, every replica and every other sentinel, so that a failover can reach a
     /// quorum.
     pub async fn start(self) -> Cluster {
@@ -141,12 +175,36 @@ impl Builder {
                     && known("sentinels").await + 1 >= self.sentinels
             );
         }
-        Cluster {
+        let mut cluster = Cluster {
             primary,
             replicas,
             sentinels,
+            relays: Vec::new(),
+            password: self.password,
+            sentinel_password: self.sentinel_password,
             _root: root,
+        };
+        for (i, delay) in self.delays {
+            let relay = Relay::delay_replica(&cluster, i, delay).await;
+            cluster.relays.push(relay);
         }
+        if let Some(i) = self.preferred {
+            let preferred = &cluster.replicas[i];
+            preferred
+                .call(&["CONFIG", "SET", "replica-priority", "1"])
+                .await
+                .expect("CONFIG SET");
+            let port = preferred.port.to_string();
+            // Sentinel reads the priority from INFO, every 10 s for a replica.
+            for s in cluster.sentinels() {
+                eventually!(
+                    "sentinel sees replica-priority 1",
+                    sentinel_priority(s, &port).await.as_deref() == Some("1"),
+                    PATIENCE * 2
+                );
+            }
+        }
+        cluster
     }
 
     /// A data server in `dir`, a replica of the primary on `primary` if given.
@@ -285,4 +343,27 @@ impl Server {
                 if matches!(role.get(3), Some(OwnedFrame::BulkString(s)) if s == b"connected"))
         );
     }
+}
+
+/// The `slave-priority` a sentinel reports for the replica on `port`.
+async fn sentinel_priority(s: &Server, port: &str) -> Option<String> {
+    let f = s.call(&["SENTINEL", "replicas", MASTER_NAME]).await.ok()?;
+    let OwnedFrame::Array(rs) = f else {
+        return None;
+    };
+    for r in rs {
+        let OwnedFrame::Array(kv) = r else { continue };
+        let field = |name: &str| {
+            kv.chunks(2).find_map(|p| match p {
+                [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == name.as_bytes() => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            })
+        };
+        if field("port").as_deref() == Some(port) {
+            return field("slave-priority");
+        }
+    }
+    None
 }

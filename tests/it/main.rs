@@ -10,8 +10,8 @@ mod admin;
 mod cluster;
 #[path = "../common/relay.rs"]
 mod relay;
-#[path = "../common/setup.rs"]
-mod setup;
+#[path = "../common/scenario.rs"]
+mod scenario;
 
 mod harness;
 
