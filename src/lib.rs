@@ -12,7 +12,7 @@
 //! - [`client::reply`]: every reply the proxy makes itself
 //!
 //! Around them: [`config`] (file and flags), [`admin`] (HTTP), [`embedded`] (local Redis servers for
-//! trying the proxy out, and for tests), [`io`] (output buffering), [`tls`] (certificates for both sides,
+//! trying the proxy out), [`io`] (output buffering), [`tls`] (certificates for both sides,
 //! reloaded on SIGHUP).
 
 pub mod admin;
@@ -331,10 +331,7 @@ async fn start_embedded(source: &Source) -> Result<Option<embedded::Cluster>, St
     else {
         return Ok(None);
     };
-    embedded::Cluster::builder()
-        .replicas(*replicas as usize)
-        .sentinels(*sentinels as usize)
-        .start()
+    embedded::Cluster::start(*replicas as usize, *sentinels as usize)
         .await
         .map(Some)
         .map_err(StartError::Embedded)

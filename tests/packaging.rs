@@ -7,9 +7,17 @@
 //! The image's build command itself is run by `scripts/test`, not here: a release build is too slow for a
 //! test.
 
-// Explicit paths: a module file directly under tests/ would be built as a test binary of its own.
+// Explicit paths: a module file directly under tests/ would be built as a test binary of its own. The
+// macro first: modules see only macros declared above them.
+#[path = "common/wait.rs"]
+#[macro_use]
+mod wait;
 #[path = "common/admin.rs"]
 mod admin;
+// The packaging tests use a part of what the integration tests share.
+#[allow(dead_code)]
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "packaging/compose.rs"]
 mod compose;
 #[path = "packaging/dashboard.rs"]
@@ -18,8 +26,12 @@ mod dashboard;
 mod image;
 #[path = "packaging/kubernetes.rs"]
 mod kubernetes;
-#[path = "common/setup.rs"]
-mod setup;
+#[allow(dead_code)]
+#[path = "common/relay.rs"]
+mod relay;
+#[allow(dead_code)]
+#[path = "common/scenario.rs"]
+mod scenario;
 
 use std::path::{Path, PathBuf};
 

@@ -3,28 +3,21 @@
 use std::time::{Duration, Instant};
 
 use redsplit::config::Flags;
-use redsplit::embedded::Cluster;
 
 use crate::harness::*;
 
 /// Servers protected by `backendpw`; the proxy uses it upstream, clients authenticate with their own.
 async fn setup() -> (Cluster, redsplit::Proxy) {
-    let cluster = Cluster::builder()
+    Cluster::builder()
         .replicas(1)
         .password("backendpw")
-        .start()
+        .flags(|f| {
+            f.requirepass = Some("clientpw".into());
+            f.user = Some(vec!["alice:alicepw".into()]);
+            f.readonly_user = Some(vec!["reader:readerpw".into()]);
+        })
+        .proxy()
         .await
-        .expect("servers start");
-    let f = Flags {
-        backend_password: Some("backendpw".into()),
-        requirepass: Some("clientpw".into()),
-        user: Some(vec!["alice:alicepw".into()]),
-        readonly_user: Some(vec!["reader:readerpw".into()]),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 1).await;
-    (cluster, proxy)
 }
 
 /// A client authenticated with `requirepass`.
@@ -173,31 +166,23 @@ async fn upstream_secrets_cannot_be_read_through_the_proxy() {
 
 #[tokio::test]
 async fn sentinels_get_their_own_credentials_and_never_the_data_nodes() {
-    let cluster = Cluster::builder()
+    // With the sentinel's password, the primary and replica are found through it.
+    let (cluster, proxy) = Cluster::builder()
         .replicas(1)
         .sentinels(1)
         .password("nodepw")
         .sentinel_password("sentinelpw")
-        .start()
-        .await
-        .expect("servers and a sentinel start");
-    // With the sentinel's password, the primary and replica are found through it.
-    let proxy = proxy_with(Flags {
-        backend_password: Some("nodepw".into()),
-        sentinel_password: Some("sentinelpw".into()),
-        ..sentinel_flags(&cluster)
-    })
-    .await;
-    wait_eligible(&proxy, 1).await;
+        .proxy()
+        .await;
     assert_eq!(primary_addr(&proxy), Some(cluster.primary().addr()));
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "k", "v"]).await;
     // The data nodes' password alone does not open the sentinel: no primary is learned (the proxy
     // starts once it has a topology or, as here, after waiting three connect timeouts for one).
     let without = proxy_with(Flags {
-        backend_password: Some("nodepw".into()),
+        sentinel_password: None,
         connect_timeout_ms: Some(200),
-        ..sentinel_flags(&cluster)
+        ..cluster.flags()
     })
     .await;
     assert!(without.topo.snapshot().primary().is_none());

@@ -68,8 +68,7 @@ async fn a_read_failing_the_same_way_twice_gets_the_error() {
 
 #[tokio::test]
 async fn binary_garbage_from_a_client_never_disturbs_others() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut good = client(&proxy).await;
     let _: () = q(&mut good, &["SET", "k", "v"]).await;
     // A multibulk header followed by garbage: a protocol error, that client alone closed.
@@ -97,8 +96,7 @@ async fn binary_garbage_from_a_client_never_disturbs_others() {
 
 #[tokio::test]
 async fn a_client_trickling_one_byte_at_a_time_is_served_and_holds_up_no_one() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut good = client(&proxy).await;
     let _: () = q(&mut good, &["SET", "k", "v"]).await;
     let mut slow = Raw::connect(&proxy).await;

@@ -148,11 +148,11 @@ async fn the_embedded_default_starts_its_own_servers_and_serves_clients() {
 
 #[tokio::test]
 async fn a_second_proxy_on_a_held_port_exits_with_an_error_and_the_first_keeps_every_client() {
-    let cluster = cluster(0).await;
     // Two workers of one process share the port.
-    let mut f = flags(&cluster);
-    f.worker_threads = Some(2);
-    let first = proxy_with(f).await;
+    let (cluster, first) = Cluster::builder()
+        .flags(|f| f.worker_threads = Some(2))
+        .proxy()
+        .await;
     let out = tokio::time::timeout(
         PATIENCE,
         tokio::process::Command::new(BIN)

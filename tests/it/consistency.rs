@@ -5,20 +5,21 @@
 
 use redis::aio::MultiplexedConnection;
 use redsplit::config::Consistency;
-use redsplit::embedded::Cluster;
 use redsplit::Proxy;
 
 use crate::harness::*;
 
-/// A proxy whose lag limit is far above the test's duration, so a paused replica stays eligible: only
-/// the session guarantees keep reads away from it.
-async fn lenient_proxy(cluster: &Cluster, consistency: Consistency) -> Proxy {
-    let mut f = flags(cluster);
-    f.consistency = Some(consistency);
-    f.max_lag_ms = Some(600_000);
-    let p = proxy_with(f).await;
-    wait_eligible(&p, cluster.replicas().len()).await;
-    p
+/// A primary with `replicas` replicas, and a proxy whose lag limit is far above the test's duration, so a
+/// paused replica stays eligible: only the session guarantees keep reads away from it.
+async fn lenient(replicas: usize, consistency: Consistency) -> (Cluster, Proxy) {
+    Cluster::builder()
+        .replicas(replicas)
+        .flags(move |f| {
+            f.consistency = Some(consistency);
+            f.max_lag_ms = Some(600_000);
+        })
+        .proxy()
+        .await
 }
 
 async fn pause_replication(cluster: &Cluster, replica: usize) {
@@ -41,8 +42,7 @@ async fn write_then_read(c: &mut MultiplexedConnection, rounds: usize) -> usize 
 
 #[tokio::test]
 async fn a_session_reads_its_own_writes_even_from_a_stale_replica_setup() {
-    let cluster = cluster(1).await;
-    let proxy = lenient_proxy(&cluster, Consistency::Session).await;
+    let (cluster, proxy) = lenient(1, Consistency::Session).await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "ryw", "start"]).await;
     pause_replication(&cluster, 0).await;
@@ -61,8 +61,7 @@ async fn a_session_reads_its_own_writes_even_from_a_stale_replica_setup() {
 
 #[tokio::test]
 async fn eventual_mode_serves_stale_reads_from_the_same_setup() {
-    let cluster = cluster(1).await;
-    let proxy = lenient_proxy(&cluster, Consistency::Eventual).await;
+    let (cluster, proxy) = lenient(1, Consistency::Eventual).await;
     let mut c = client(&proxy).await;
     pause_replication(&cluster, 0).await;
     assert!(
@@ -74,8 +73,7 @@ async fn eventual_mode_serves_stale_reads_from_the_same_setup() {
 /// Another client writes `v2` over `v1`; one replica has it, the other is frozen at `v1`. Returns how
 /// often a session that had already seen `v2` later read `v1`.
 async fn regressions(consistency: Consistency) -> usize {
-    let cluster = cluster(2).await;
-    let proxy = lenient_proxy(&cluster, consistency).await;
+    let (cluster, proxy) = lenient(2, consistency).await;
     let mut writer = client(&proxy).await;
     let _: () = q(&mut writer, &["SET", "mono", "v1"]).await;
     for r in cluster.replicas() {
@@ -129,8 +127,7 @@ async fn eventual_mode_can_read_backwards_in_the_same_setup() {
 
 #[tokio::test]
 async fn ten_thousand_pipelined_write_then_read_pairs_see_no_stale_read() {
-    let cluster = cluster(2).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(2).proxy().await;
     let mut c = client(&proxy).await;
     let mut pipe = redis::pipe();
     for i in 0..10_000 {
@@ -143,11 +140,11 @@ async fn ten_thousand_pipelined_write_then_read_pairs_see_no_stale_read() {
 
 #[tokio::test]
 async fn consistency_primary_sends_every_read_to_the_primary() {
-    let cluster = cluster(1).await;
-    let mut f = flags(&cluster);
-    f.consistency = Some(Consistency::Primary);
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 1).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .flags(|f| f.consistency = Some(Consistency::Primary))
+        .proxy()
+        .await;
     let mut c = client(&proxy).await;
     for _ in 0..30 {
         let _: Option<String> = q(&mut c, &["GET", "x"]).await;
@@ -158,8 +155,7 @@ async fn consistency_primary_sends_every_read_to_the_primary() {
 
 #[tokio::test]
 async fn session_reads_return_to_replicas_once_they_hold_the_write() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "k", "v"]).await;
     let replica = &cluster.replicas()[0];

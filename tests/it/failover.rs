@@ -6,28 +6,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redsplit::config::Flags;
-use redsplit::embedded::Cluster;
 
 use crate::harness::*;
 
 #[tokio::test]
 async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_per_connection() {
-    let mut cluster = Cluster::builder()
-        .replicas(2)
-        .sentinels(3)
-        .down_after_ms(1000)
-        .start()
-        .await
-        .expect("servers and sentinels start");
     // Writes wait for the new primary however long Sentinel takes: a failed election is retried only
     // after twice failover-timeout (10 s here), seen once at 14.5 s under load. The claim is about the
     // proxy (one error per connection per failover), not about how fast Sentinel elects.
-    let proxy = proxy_with(Flags {
-        write_hold_ms: Some(60_000),
-        ..sentinel_flags(&cluster)
-    })
-    .await;
-    wait_eligible(&proxy, 2).await;
+    let (mut cluster, proxy) = Cluster::builder()
+        .replicas(2)
+        .sentinels(3)
+        .down_after_ms(1000)
+        .flags(|f| f.write_hold_ms = Some(60_000))
+        .proxy()
+        .await;
     let old = cluster.primary().addr();
     assert_eq!(primary_addr(&proxy), Some(old.clone()));
 
@@ -260,15 +253,14 @@ async fn killing_the_primary_costs_no_read_errors_and_at_most_one_write_error_pe
 }
 
 /// Waits until `server` has run `cmd` `n` more times than now: writes flowing there.
-async fn more_calls(server: &redsplit::embedded::Server, cmd: &str, n: u64, what: &str) {
+async fn more_calls(server: &Server, cmd: &str, n: u64, what: &str) {
     let at = calls(server, cmd).await;
     eventually!(what, calls(server, cmd).await > at + n);
 }
 
 #[tokio::test]
 async fn a_manual_switchover_in_static_mode_loses_no_write_and_fails_none() {
-    let cluster = cluster(2).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).proxy().await;
     let target = cluster.replicas()[1].addr();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(proxy.listen, 4, stop.clone());
@@ -310,9 +302,7 @@ async fn a_manual_switchover_in_static_mode_loses_no_write_and_fails_none() {
 
 #[tokio::test]
 async fn a_manual_switchover_in_sentinel_mode_loses_no_write_and_fails_none() {
-    let cluster = sentinel_cluster(2).await;
-    let proxy = proxy_with(sentinel_flags(&cluster)).await;
-    wait_eligible(&proxy, 2).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).sentinels(3).proxy().await;
     let old = cluster.primary().addr();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(proxy.listen, 4, stop.clone());
@@ -357,9 +347,7 @@ where
     F: Fn(std::net::SocketAddr, usize, Arc<AtomicBool>) -> Fut,
     Fut: std::future::Future<Output = Vec<String>> + Send + 'static,
 {
-    let cluster = sentinel_cluster(2).await;
-    let proxy = proxy_with(sentinel_flags(&cluster)).await;
-    wait_eligible(&proxy, 2).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).sentinels(3).proxy().await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
         .map(|w| tokio::spawn(writer(proxy.listen, w, stop.clone())))
@@ -453,8 +441,7 @@ async fn a_sentinel_switchover_loses_no_write_from_a_session_pinned_by_client_tr
 /// counter and must see each value exactly once, in order.
 #[tokio::test]
 async fn pipelined_writes_refused_by_a_demoted_primary_wait_for_the_new_one() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let target = cluster.replicas()[0].addr();
     let stop = Arc::new(AtomicBool::new(false));
     // Four connections, each with eight writes in flight at all times.
@@ -556,8 +543,7 @@ async fn pipelined_writes_refused_by_a_demoted_primary_wait_for_the_new_one() {
 /// every batch is answered -READONLY, and each must go to the new primary, in order, once.
 #[tokio::test]
 async fn separate_batches_refused_by_a_demoted_primary_all_run_on_the_new_one_in_order() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let target = cluster.replicas()[0].addr();
     let mut old = direct(cluster.primary()).await;
     let mut new = direct(&cluster.replicas()[0]).await;
@@ -590,9 +576,7 @@ async fn separate_batches_refused_by_a_demoted_primary_all_run_on_the_new_one_in
 /// than Sentinel's validity window, a sentinel switchover no longer waits for it to catch up.
 #[tokio::test]
 async fn a_sentinel_switchover_goes_ahead_with_a_replica_long_dead() {
-    let mut cluster = sentinel_cluster(2).await;
-    let proxy = proxy_with(sentinel_flags(&cluster)).await;
-    wait_eligible(&proxy, 2).await;
+    let (mut cluster, proxy) = Cluster::builder().replicas(2).sentinels(3).proxy().await;
     let old = cluster.primary().addr();
     let dead = cluster.replicas()[1].addr();
     let node = replica_node(&proxy, &dead);
@@ -627,35 +611,20 @@ async fn a_sentinel_switchover_goes_ahead_with_a_replica_long_dead() {
 /// silence from its last answer instead of its first failed probe).
 #[tokio::test]
 async fn a_sentinel_switchover_never_promotes_a_replica_frozen_a_moment_ago() {
-    let cluster = Cluster::builder()
+    let (cluster, proxy) = Cluster::builder()
         .replicas(2)
         .sentinels(3)
         // Sentinel's own down rule would leave the frozen replica out first.
         .down_after_ms(30_000)
-        .start()
-        .await
-        .expect("servers and sentinels start");
+        .prefer_replica(0)
+        .flags(|f| {
+            f.probe_interval_ms = Some(2000);
+            // Above the probe interval: a replica's lag counts the age of the primary's newest sample.
+            f.max_lag_ms = Some(10_000);
+        })
+        .proxy()
+        .await;
     let frozen = &cluster.replicas()[0];
-    let _ = frozen
-        .call(&["CONFIG", "SET", "replica-priority", "1"])
-        .await
-        .expect("CONFIG SET");
-    // Sentinel reads the priority from INFO, every 10 s for a replica.
-    for s in cluster.sentinels() {
-        eventually!(
-            "sentinel sees replica-priority 1",
-            sentinel_priority(s, &port(&frozen.addr())).await.as_deref() == Some("1"),
-            PATIENCE * 2
-        );
-    }
-    let proxy = proxy_with(Flags {
-        probe_interval_ms: Some(2000),
-        // Above the probe interval: a replica's lag counts the age of the primary's newest sample.
-        max_lag_ms: Some(10_000),
-        ..sentinel_flags(&cluster)
-    })
-    .await;
-    wait_eligible(&proxy, 2).await;
     let node = replica_node(&proxy, &frozen.addr());
     // Frozen 1.5 s after a probe answered: the proxy last heard it 1.5 s ago, Sentinel (1 s pings) later.
     eventually!(
@@ -703,13 +672,12 @@ async fn a_sentinel_switchover_never_promotes_a_replica_frozen_a_moment_ago() {
 /// catch-up floor of 6 s held writes past a 2 s write_hold_ms, and they failed with -MASTERDOWN.
 #[tokio::test]
 async fn a_switchover_that_cannot_start_never_holds_writes_past_write_hold() {
-    let mut cluster = sentinel_cluster(2).await;
-    let proxy = proxy_with(Flags {
-        write_hold_ms: Some(2000),
-        ..sentinel_flags(&cluster)
-    })
-    .await;
-    wait_eligible(&proxy, 2).await;
+    let (mut cluster, proxy) = Cluster::builder()
+        .replicas(2)
+        .sentinels(3)
+        .flags(|f| f.write_hold_ms = Some(2000))
+        .proxy()
+        .await;
     let old = cluster.primary().addr();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(proxy.listen, 2, stop.clone());
@@ -735,12 +703,12 @@ async fn a_switchover_that_cannot_start_never_holds_writes_past_write_hold() {
 /// silent to the proxy, the switchover does not start.
 #[tokio::test]
 async fn a_sentinel_switchover_waits_for_a_replica_only_the_sentinels_reach() {
-    let cluster = sentinel_cluster(2).await;
+    let cluster = Cluster::builder().replicas(2).sentinels(3).start().await;
     let hidden = cluster.replicas()[0].addr();
     // The proxy reaches replica 0 at a port where nothing listens; the sentinels reach it as usual.
     let proxy = proxy_with(Flags {
         address_map: Some(vec![format!("{hidden}=127.0.0.1:1")]),
-        ..sentinel_flags(&cluster)
+        ..cluster.flags()
     })
     .await;
     wait_eligible(&proxy, 1).await;

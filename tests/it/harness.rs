@@ -1,5 +1,5 @@
-//! Test harness: real redis-server processes on loopback (from `redsplit::embedded`, killed on drop) and the
-//! proxy started in-process on free ports, driven by real clients.
+//! Test harness: clients of the proxy (and of the servers the scenario started, see `common/`), raw
+//! connections, the binary run as a process, and writers that keep a failover busy.
 
 #![allow(dead_code)]
 
@@ -11,112 +11,14 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use redsplit::config::{Config, Flags};
-use redsplit::embedded::{Cluster, Server};
 use redsplit::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use crate::admin::http;
-pub use crate::setup::flags;
-
-/// Polls a condition (an expression, `.await` allowed) until it holds, failing the test after
-/// [`PATIENCE`], or after the given patience for conditions that wait on a slow timer of Redis's own.
-macro_rules! eventually {
-    ($what:expr, $cond:expr) => {
-        eventually!($what, $cond, $crate::harness::PATIENCE)
-    };
-    ($what:expr, $cond:expr, $patience:expr) => {{
-        let started = tokio::time::Instant::now();
-        let deadline = started + $patience;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {:?} waiting for: {}",
-                started.elapsed(),
-                $what
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }};
-}
-
-/// How long any condition in a test may take before the test fails.
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A primary with `replicas` replicas.
-pub async fn cluster(replicas: usize) -> Cluster {
-    Cluster::builder()
-        .replicas(replicas)
-        .start()
-        .await
-        .expect("redis servers start (is redis-server installed?)")
-}
-
-/// Flags for sentinel mode over `cluster`.
-pub fn sentinel_flags(cluster: &Cluster) -> Flags {
-    Flags {
-        listen: Some("127.0.0.1:0".into()),
-        admin_listen: Some("127.0.0.1:0".into()),
-        topology: Some(redsplit::config::TopologyKind::Sentinel),
-        sentinel: Some(
-            cluster
-                .sentinels()
-                .iter()
-                .map(|s| s.addr().to_string())
-                .collect(),
-        ),
-        master_name: Some(redsplit::embedded::MASTER_NAME.into()),
-        probe_interval_ms: Some(20),
-        log_level: Some("warn".into()),
-        ..Flags::default()
-    }
-}
-
-/// Starts a proxy with `flags`. Logs go to the test output, filtered by `RUST_LOG` (default: warnings).
-pub async fn proxy_with(flags: Flags) -> Proxy {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .try_init();
-    let config = Config::load(None, flags).expect("valid test config");
-    Proxy::start(config).await.expect("proxy starts")
-}
-
-/// Starts a proxy over `cluster` with default settings and waits until every replica is eligible.
-pub async fn proxy(cluster: &Cluster) -> Proxy {
-    let p = proxy_with(flags(cluster)).await;
-    wait_eligible(&p, cluster.replicas().len()).await;
-    p
-}
-
-/// Starts a proxy over `cluster` with `consistency = "eventual"` and waits until every replica is
-/// eligible.
-pub async fn eventual_proxy(cluster: &Cluster) -> Proxy {
-    let mut f = flags(cluster);
-    f.consistency = Some(redsplit::config::Consistency::Eventual);
-    let p = proxy_with(f).await;
-    wait_eligible(&p, cluster.replicas().len()).await;
-    p
-}
-
-/// Waits until `n` replicas are eligible for reads.
-pub async fn wait_eligible(p: &Proxy, n: usize) {
-    eventually!(
-        "replicas eligible",
-        p.topo
-            .snapshot()
-            .replica_nodes()
-            .filter(|r| r.repl.is_eligible())
-            .count()
-            >= n
-    );
-}
+pub use crate::cluster::{Cluster, Server};
+pub use crate::scenario::{proxy_with, wait_eligible};
+pub use crate::wait::PATIENCE;
 
 /// A client connection through the proxy (one TCP connection, pipelined).
 pub async fn client(p: &Proxy) -> MultiplexedConnection {
@@ -400,46 +302,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A primary, `replicas` replicas and three sentinels watching them, on loopback. The tests that use it
-/// switch over on purpose; a down-after-milliseconds of 5 s keeps Sentinel from failing over on its own
-/// when a loaded machine delays a ping (at 1 s it did, in the kill -9 test, 2 runs in 98).
-pub async fn sentinel_cluster(replicas: usize) -> Cluster {
-    Cluster::builder()
-        .replicas(replicas)
-        .sentinels(3)
-        .down_after_ms(5000)
-        .start()
-        .await
-        .expect("servers and sentinels start")
-}
-
-/// The `slave-priority` a sentinel reports for the replica on `port`.
-pub async fn sentinel_priority(s: &redsplit::embedded::Server, port: &str) -> Option<String> {
-    use redis_protocol::resp2::types::OwnedFrame;
-    let f = s
-        .call(&["SENTINEL", "replicas", redsplit::embedded::MASTER_NAME])
-        .await
-        .ok()?;
-    let OwnedFrame::Array(rs) = f else {
-        return None;
-    };
-    for r in rs {
-        let OwnedFrame::Array(kv) = r else { continue };
-        let field = |name: &str| {
-            kv.chunks(2).find_map(|p| match p {
-                [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == name.as_bytes() => {
-                    Some(String::from_utf8_lossy(v).into_owned())
-                }
-                _ => None,
-            })
-        };
-        if field("port").as_deref() == Some(port) {
-            return field("slave-priority");
-        }
-    }
-    None
 }
 
 /// The proxy's node for the replica at `addr`.

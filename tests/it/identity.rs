@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redsplit::config::Flags;
 use redsplit::node::Why;
 
 use crate::harness::*;
@@ -17,7 +18,7 @@ async fn topology(p: &redsplit::Proxy) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_replica_behind_a_delaying_relay_is_placed_measured_and_gated_in_20_fresh_starts() {
-    let cluster = cluster(2).await;
+    let cluster = Cluster::builder().replicas(2).start().await;
     // Replica 1 replicates through a relay that holds every byte 300 ms, and names it as its master.
     let relay = Relay::delay_replica(&cluster, 1, Duration::from_millis(300)).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -27,9 +28,11 @@ async fn a_replica_behind_a_delaying_relay_is_placed_measured_and_gated_in_20_fr
     for start in 0..20 {
         // Under a 150 ms limit the far replica is gated by its lag; under 2 s it serves reads.
         let limit = if start % 2 == 0 { 150 } else { 2000 };
-        let mut f = flags(&cluster);
-        f.max_lag_ms = Some(limit);
-        let p = proxy_with(f).await;
+        let p = proxy_with(Flags {
+            max_lag_ms: Some(limit),
+            ..cluster.flags()
+        })
+        .await;
         eventually!(
             format!("start {start}: the true primary and both replicas"),
             {
@@ -82,11 +85,11 @@ async fn a_replica_behind_a_delaying_relay_is_placed_measured_and_gated_in_20_fr
 
 #[tokio::test]
 async fn one_redis_given_under_two_names_and_reached_through_a_relay_is_one_node() {
-    let cluster = cluster(2).await;
+    let cluster = Cluster::builder().replicas(2).start().await;
     let port = cluster.primary().port;
     // Replica 1 replicates through a relay without delay: the relay answers as the primary.
     let relay = Relay::delay_replica(&cluster, 1, Duration::ZERO).await;
-    let mut f = flags(&cluster);
+    let mut f = cluster.flags();
     f.primary = Some(format!("localhost:{port}"));
     let mut seeds = f.replica.clone().unwrap_or_default();
     seeds.push(format!("127.0.0.1:{port}"));

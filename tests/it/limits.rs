@@ -1,18 +1,15 @@
 //! Per-client limits: output buffer, number of clients, idle timeout; and a graceful SIGTERM.
 
-use redsplit::config::Flags;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
 #[tokio::test]
 async fn a_client_that_does_not_read_is_disconnected_at_the_output_limit() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        max_client_output_bytes: Some(1024 * 1024),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.max_client_output_bytes = Some(1024 * 1024))
+        .proxy()
+        .await;
     let mut c = client(&proxy).await;
     let big = "x".repeat(100_000);
     let _: () = q(&mut c, &["SET", "big", &big]).await;
@@ -48,12 +45,10 @@ async fn a_client_that_does_not_read_is_disconnected_at_the_output_limit() {
 
 #[tokio::test]
 async fn clients_past_max_clients_get_redis_error_and_are_closed() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        max_clients: Some(3),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.max_clients = Some(3))
+        .proxy()
+        .await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut r = Raw::connect(&proxy).await;
@@ -76,12 +71,10 @@ async fn clients_past_max_clients_get_redis_error_and_are_closed() {
 
 #[tokio::test]
 async fn idle_clients_are_closed_but_blocked_and_subscribed_ones_are_not() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        client_idle_timeout_ms: Some(300),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.client_idle_timeout_ms = Some(300))
+        .proxy()
+        .await;
     let mut idle = Raw::connect(&proxy).await;
     idle.send(&resp(&["PING"])).await;
     idle.expect(b"+PONG\r\n").await;
@@ -100,7 +93,7 @@ async fn idle_clients_are_closed_but_blocked_and_subscribed_ones_are_not() {
 
 #[tokio::test]
 async fn sigterm_finishes_replies_in_flight_then_exits() {
-    let cluster = cluster(0).await;
+    let cluster = Cluster::builder().start().await;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_redsplit"));
     cmd.args([
         "--primary",
@@ -144,7 +137,7 @@ async fn sigterm_finishes_replies_in_flight_then_exits() {
 async fn the_binary_raises_a_low_open_files_limit_to_serve_max_clients() {
     // The soft limit many systems start processes with (1024; 256 here) would refuse clients long
     // before max_clients: accept fails, and a connected client waits in the backlog for nothing.
-    let cluster = cluster(0).await;
+    let cluster = Cluster::builder().start().await;
     let mut cmd = std::process::Command::new("sh");
     cmd.args([
         "-c",
@@ -175,7 +168,7 @@ async fn the_binary_raises_a_low_open_files_limit_to_serve_max_clients() {
 async fn out_of_descriptors_the_proxy_warns_once_a_second_and_serves_those_it_has() {
     // A hard limit below max_clients: said at start; then accept fails while clients keep coming, and
     // that is logged once a second, not on every retry (every 10 ms).
-    let cluster = cluster(0).await;
+    let cluster = Cluster::builder().start().await;
     let mut cmd = std::process::Command::new("sh");
     cmd.args([
         "-c",

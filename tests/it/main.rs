@@ -1,10 +1,18 @@
 //! Integration tests: real redis-server processes on loopback, the proxy in-process, real clients.
 
+// Shared with the packaging tests (`common/`), the macro first: modules see only macros declared above them.
+#[path = "../common/wait.rs"]
+#[macro_use]
+mod wait;
 #[path = "../common/admin.rs"]
 mod admin;
-#[path = "../common/setup.rs"]
-mod setup;
-#[macro_use]
+#[path = "../common/cluster.rs"]
+mod cluster;
+#[path = "../common/relay.rs"]
+mod relay;
+#[path = "../common/scenario.rs"]
+mod scenario;
+
 mod harness;
 
 mod auth;
@@ -19,7 +27,6 @@ mod observability;
 mod pinned;
 mod protocol;
 mod regressions;
-mod relay;
 mod reload;
 mod routing;
 mod session;

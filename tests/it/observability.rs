@@ -3,10 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redsplit::config::{Consistency, Flags};
-
 use crate::harness::*;
-use crate::relay::Relay;
 
 /// Parses Prometheus text format strictly enough to catch malformed output: every line is a comment
 /// (`# HELP`, `# TYPE`) or `name{labels} value`. Returns `series -> value`.
@@ -58,13 +55,7 @@ fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 #[tokio::test]
 async fn command_counters_match_what_each_node_ran() {
-    let cluster = cluster(2).await;
-    let f = Flags {
-        consistency: Some(Consistency::Eventual),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 2).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).eventual().proxy().await;
     let mut c = client(&proxy).await;
     for i in 0..40 {
         let _: () = q(&mut c, &["SET", &format!("k{i}"), "v"]).await;
@@ -113,8 +104,7 @@ async fn command_counters_match_what_each_node_ran() {
 
 #[tokio::test]
 async fn reads_on_the_primary_and_pinned_sessions_are_counted_with_their_reason() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut c = client(&proxy).await;
     // A write then a read at once: read-your-writes sends the read to the primary.
     let _: () = q(&mut c, &["SET", "k", "v"]).await;
@@ -138,8 +128,7 @@ async fn reads_on_the_primary_and_pinned_sessions_are_counted_with_their_reason(
 
 #[tokio::test]
 async fn ready_flips_to_503_without_a_primary_and_back() {
-    let mut cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (mut cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let (status, body) = http(proxy.admin, "GET", "/ready").await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = http(proxy.admin, "GET", "/live").await;
@@ -162,14 +151,13 @@ async fn ready_flips_to_503_without_a_primary_and_back() {
 
 #[tokio::test]
 async fn topology_shows_a_delayed_replica_as_lagging() {
-    let cluster = cluster(1).await;
-    let relay = Relay::delay_replica(&cluster, 0, Duration::from_millis(600)).await;
-    let f = Flags {
-        max_lag_ms: Some(300),
-        address_map: Some(vec![relay.mapping(&cluster)]),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .delay_replica(0, Duration::from_millis(600))
+        .flags(|f| f.max_lag_ms = Some(300))
+        .eligible(0)
+        .proxy()
+        .await;
     let mut w = direct(cluster.primary()).await;
     let replica = cluster.replicas()[0].addr().to_string();
     eventually!("lag visible in /topology", {
@@ -212,8 +200,7 @@ async fn topology_shows_a_delayed_replica_as_lagging() {
 
 #[tokio::test]
 async fn a_node_that_leaves_the_topology_and_returns_keeps_its_counters() {
-    let mut cluster = cluster(2).await;
-    let proxy = proxy(&cluster).await;
+    let (mut cluster, proxy) = Cluster::builder().replicas(2).proxy().await;
     let gone = cluster.replicas()[1].addr().to_string();
     let mut c = client(&proxy).await;
     let served =
@@ -265,8 +252,7 @@ async fn a_node_that_leaves_the_topology_and_returns_keeps_its_counters() {
 
 #[tokio::test]
 async fn the_primary_has_no_replica_series_even_after_a_switchover() {
-    let cluster = cluster(2).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).proxy().await;
     let old = cluster.primary().addr().to_string();
     let m = metrics(&proxy).await;
     assert!(!m

@@ -8,8 +8,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn multi_exec_runs_atomically_on_the_primary() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut c = client(&proxy).await;
     let (a, b): (i64, i64) = redis::pipe()
         .atomic()
@@ -37,8 +36,7 @@ async fn multi_exec_runs_atomically_on_the_primary() {
 
 #[tokio::test]
 async fn watch_aborts_exec_when_another_client_writes() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut a = client(&proxy).await;
     let mut b = client(&proxy).await;
     let _: () = q(&mut a, &["SET", "w", "1"]).await;
@@ -59,8 +57,7 @@ async fn watch_aborts_exec_when_another_client_writes() {
 
 #[tokio::test]
 async fn a_blocking_command_does_not_block_other_clients() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut blocked = client(&proxy).await;
     let waiter = tokio::spawn(async move {
         let v: (String, String) = q(&mut blocked, &["BLPOP", "queue", "0"]).await;
@@ -90,8 +87,7 @@ async fn a_blocking_command_does_not_block_other_clients() {
 
 #[tokio::test]
 async fn a_blocked_client_that_hangs_up_loses_no_data() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["BLPOP", "jobs", "0"])).await;
     let mut d = direct(cluster.primary()).await;
@@ -118,8 +114,7 @@ async fn a_blocked_client_that_hangs_up_loses_no_data() {
 
 #[tokio::test]
 async fn commands_after_a_blocking_one_wait_for_it() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["RPUSH", "q", "a"]);
     out.extend(resp(&["BLPOP", "q", "1"]));
@@ -133,8 +128,7 @@ async fn commands_after_a_blocking_one_wait_for_it() {
 
 #[tokio::test]
 async fn subscribers_receive_messages() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["SUBSCRIBE", "news", "alerts"])).await;
     raw.expect(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$6\r\nalerts\r\n:2\r\n").await;
@@ -166,8 +160,7 @@ async fn subscribers_receive_messages() {
 
 #[tokio::test]
 async fn resp3_subscribers_get_pushes_and_can_run_commands() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["HELLO", "3"])).await;
     let _ = raw.frame().await;
@@ -189,8 +182,7 @@ async fn resp3_subscribers_get_pushes_and_can_run_commands() {
 
 #[tokio::test]
 async fn monitor_streams_commands() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["MONITOR"])).await;
     raw.expect(b"+OK\r\n").await;
@@ -206,8 +198,7 @@ async fn monitor_streams_commands() {
 
 #[tokio::test]
 async fn wait_counts_replicas_that_have_the_sessions_writes() {
-    let cluster = cluster(2).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).proxy().await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "durable", "1"]).await;
     let n: i64 = q(&mut c, &["WAIT", "2", "5000"]).await;
@@ -231,8 +222,7 @@ async fn wait_counts_replicas_that_have_the_sessions_writes() {
 
 #[tokio::test]
 async fn client_tracking_delivers_invalidations_in_resp3() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["HELLO", "3"])).await;
     let _ = raw.frame().await;
@@ -252,8 +242,7 @@ async fn client_tracking_delivers_invalidations_in_resp3() {
 
 #[tokio::test]
 async fn transactions_survive_idle_dedicated_connections_being_killed() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().proxy().await;
     let mut c = client(&proxy).await;
     let _: (i64,) = redis::pipe()
         .atomic()
@@ -279,8 +268,7 @@ async fn transactions_survive_idle_dedicated_connections_being_killed() {
 
 #[tokio::test]
 async fn shard_subscribers_receive_messages_and_can_leave() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["SSUBSCRIBE", "orders"])).await;
     raw.expect(b"*3\r\n$10\r\nssubscribe\r\n$6\r\norders\r\n:1\r\n")

@@ -1,12 +1,9 @@
 //! Bad input and broken connections: a clear error for the culprit, nothing for everyone else.
 
-use redsplit::config::Flags;
-
 use crate::harness::*;
 
 async fn protocol_error_closes_only_that_client(bytes: &[u8], want: &str) {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut good = client(&proxy).await;
     let _: () = q(&mut good, &["SET", "k", "v"]).await;
     let mut bad = Raw::connect(&proxy).await;
@@ -53,8 +50,7 @@ async fn unbalanced_quotes_get_a_protocol_error() {
 
 #[tokio::test]
 async fn replies_before_a_protocol_error_are_still_delivered() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["SET", "a", "1"]);
     out.extend(resp(&["GET", "a"]));
@@ -70,13 +66,13 @@ async fn replies_before_a_protocol_error_are_still_delivered() {
 
 #[tokio::test]
 async fn a_request_larger_than_the_limit_is_refused() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        max_request_bytes: Some(4096),
-        max_bulk_bytes: Some(1024),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| {
+            f.max_request_bytes = Some(4096);
+            f.max_bulk_bytes = Some(1024);
+        })
+        .proxy()
+        .await;
     let mut raw = Raw::connect(&proxy).await;
     // Many bulks each within the bulk limit, together over the request limit.
     let mut out = b"*100\r\n".to_vec();
@@ -92,17 +88,15 @@ async fn a_request_larger_than_the_limit_is_refused() {
 
 /// A proxy that allows 16 commands in flight per client, a client, and a 100 KB value under `big`.
 async fn a_big_value_and_16_in_flight() -> (
-    redsplit::embedded::Cluster,
+    Cluster,
     redsplit::Proxy,
     redis::aio::MultiplexedConnection,
     String,
 ) {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        max_client_inflight: Some(16),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (cluster, proxy) = Cluster::builder()
+        .flags(|f| f.max_client_inflight = Some(16))
+        .proxy()
+        .await;
     let mut c = client(&proxy).await;
     let big = "x".repeat(100_000);
     let _: () = q(&mut c, &["SET", "big", &big]).await;
@@ -146,8 +140,7 @@ async fn a_client_that_does_not_read_stops_being_read_and_others_go_on() {
 
 #[tokio::test]
 async fn a_killed_upstream_connection_is_reestablished_for_idle_clients() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "k", "v"]).await;
     let _: Option<String> = q(&mut c, &["GET", "k"]).await;
@@ -169,8 +162,7 @@ async fn a_killed_upstream_connection_is_reestablished_for_idle_clients() {
 
 #[tokio::test]
 async fn a_client_hanging_up_mid_pipeline_does_not_disturb_others() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut c = client(&proxy).await;
     for _ in 0..20 {
         let mut raw = Raw::connect(&proxy).await;
@@ -220,8 +212,7 @@ async fn write_all_then_read(
 async fn a_client_that_writes_its_whole_pipeline_before_reading_is_served_as_redis_serves_it() {
     // Many clients write a whole pipeline before reading a reply. A proxy that stops reading while
     // replies wait (it did, past 1 MiB, for a day) deadlocks with them; Redis keeps reading.
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().proxy().await;
     let payload = "x".repeat(64 * 1024);
     let n = 400;
     let mut out = Vec::new();

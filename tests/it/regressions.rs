@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use redsplit::config::{Consistency, Flags};
-
 use crate::harness::*;
 
 /// A client that answers PING within a second: the proxy is not frozen.
@@ -17,8 +15,7 @@ async fn proxy_answers(p: &redsplit::Proxy) {
 
 #[tokio::test]
 async fn unsubscribe_with_names_while_watching_does_not_freeze_the_proxy() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["WATCH", "k"]);
     out.extend(resp(&["UNSUBSCRIBE", "a", "b"]));
@@ -32,8 +29,7 @@ async fn unsubscribe_with_names_while_watching_does_not_freeze_the_proxy() {
 
 #[tokio::test]
 async fn unsubscribe_inside_multi_is_refused_not_miscounted() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["MULTI"]);
     out.extend(resp(&["UNSUBSCRIBE", "a", "b"]));
@@ -57,12 +53,10 @@ async fn auth_inside_multi_is_refused_and_the_transaction_discarded() {
     // The proxy checks AUTH itself, so Redis cannot queue it and run it at EXEC: refused as Redis refuses
     // a command while queueing, and EXEC runs nothing. Before, AUTH was answered +OK at once and EXEC's
     // array had one element fewer than the commands the client queued.
-    let cluster = cluster(0).await;
-    let f = Flags {
-        requirepass: Some("pw".into()),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.requirepass = Some("pw".into()))
+        .proxy()
+        .await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["AUTH", "pw"]);
     out.extend(resp(&["MULTI"]));
@@ -91,8 +85,7 @@ async fn auth_inside_multi_is_refused_and_the_transaction_discarded() {
 
 #[tokio::test]
 async fn commands_pipelined_after_the_last_unsubscribe_get_their_replies() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["SUBSCRIBE", "a"])).await;
     raw.expect(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
@@ -107,8 +100,7 @@ async fn commands_pipelined_after_the_last_unsubscribe_get_their_replies() {
 
 #[tokio::test]
 async fn a_subscription_made_right_after_leaving_another_is_kept() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["SUBSCRIBE", "a"])).await;
     raw.expect(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
@@ -128,8 +120,7 @@ async fn a_subscription_made_right_after_leaving_another_is_kept() {
 
 #[tokio::test]
 async fn resp3_subscriptions_never_reach_a_pooled_connection() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut a = Raw::connect(&proxy).await;
     a.send(&resp(&["HELLO", "3"])).await;
     let _ = a.frame().await;
@@ -159,8 +150,7 @@ async fn resp3_subscriptions_never_reach_a_pooled_connection() {
 
 #[tokio::test]
 async fn exec_without_multi_keeps_the_watch_and_leaks_nothing() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut a = client(&proxy).await;
     let _: () = q(&mut a, &["WATCH", "wk"]).await;
     assert!(
@@ -191,8 +181,7 @@ async fn exec_without_multi_keeps_the_watch_and_leaks_nothing() {
 
 #[tokio::test]
 async fn an_aborted_transaction_does_not_switch_the_database() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().proxy().await;
     let mut a = client(&proxy).await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut a, &["WATCH", "w"]).await;
@@ -227,8 +216,7 @@ async fn an_aborted_transaction_does_not_switch_the_database() {
 
 #[tokio::test]
 async fn auth_inside_multi_never_lends_its_identity_to_another_client() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().proxy().await;
     let mut d = direct(cluster.primary()).await;
     let _: () = q(
         &mut d,
@@ -256,8 +244,7 @@ async fn auth_inside_multi_never_lends_its_identity_to_another_client() {
 
 #[tokio::test]
 async fn pipelined_multi_queues_connection_commands_too() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["MULTI"]);
     out.extend(resp(&["SET", "t", "1"]));
@@ -277,14 +264,12 @@ async fn pipelined_multi_queues_connection_commands_too() {
 
 #[tokio::test]
 async fn a_read_is_not_retried_after_a_later_write_of_the_same_client_ran() {
-    let cluster = cluster(1).await;
-    let f = Flags {
-        read_timeout_ms: Some(300),
-        consistency: Some(Consistency::Eventual),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 1).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .eventual()
+        .flags(|f| f.read_timeout_ms = Some(300))
+        .proxy()
+        .await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "k", "old"]).await;
     let mut r = direct(&cluster.replicas()[0]).await;
@@ -312,13 +297,11 @@ async fn a_session_whose_read_failed_behind_its_own_write_reads_from_replicas_ag
     // The write's reply, taken early to decide the read must not be re-sent, used to skip the
     // session's bookkeeping: it kept counting a write in flight, and every later read went to the
     // primary for good.
-    let cluster = cluster(1).await;
-    let f = Flags {
-        read_timeout_ms: Some(300),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 1).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .flags(|f| f.read_timeout_ms = Some(300))
+        .proxy()
+        .await;
     let mut r = direct(&cluster.replicas()[0]).await;
     let _: () = q(&mut r, &["CLIENT", "PAUSE", "1000", "ALL"]).await;
     let mut raw = Raw::connect(&proxy).await;
@@ -344,14 +327,12 @@ async fn a_session_whose_read_failed_behind_its_own_write_reads_from_replicas_ag
 
 #[tokio::test]
 async fn a_slow_read_runs_at_most_twice_and_says_it_timed_out() {
-    let cluster = cluster(2).await;
-    let f = Flags {
-        read_timeout_ms: Some(300),
-        consistency: Some(Consistency::Eventual),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 2).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(2)
+        .eventual()
+        .flags(|f| f.read_timeout_ms = Some(300))
+        .proxy()
+        .await;
     let mut c = client(&proxy).await;
     let busy = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 600000 return 1";
     let result = try_q(&mut c, &["EVAL_RO", busy, "0"]).await;
@@ -367,8 +348,7 @@ async fn a_slow_read_runs_at_most_twice_and_says_it_timed_out() {
 
 #[tokio::test]
 async fn a_half_closed_client_gets_its_transaction_replies() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["MULTI"]);
     out.extend(resp(&["INCR", "hc"]));
@@ -384,8 +364,7 @@ async fn a_half_closed_client_gets_its_transaction_replies() {
 
 #[tokio::test]
 async fn unsubscribe_with_many_names_outside_pubsub_confirms_each() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
     let mut args = vec!["UNSUBSCRIBE"];
@@ -403,13 +382,13 @@ async fn unsubscribe_with_many_names_outside_pubsub_confirms_each() {
 
 #[tokio::test]
 async fn a_burst_of_connections_cannot_exceed_max_clients() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        max_clients: Some(2),
-        worker_threads: Some(1),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| {
+            f.max_clients = Some(2);
+            f.worker_threads = Some(1);
+        })
+        .proxy()
+        .await;
     // Fifty clients connect at once: the kernel completes their handshakes before the proxy accepts any.
     let addr = proxy.listen;
     let mut set = tokio::task::JoinSet::new();
@@ -433,12 +412,10 @@ async fn a_burst_of_connections_cannot_exceed_max_clients() {
 
 #[tokio::test]
 async fn a_client_just_answered_after_a_long_blocking_command_is_not_closed_as_idle() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        client_idle_timeout_ms: Some(1000),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.client_idle_timeout_ms = Some(1000))
+        .proxy()
+        .await;
     let mut worker = Raw::connect(&proxy).await;
     // A blocking pop that outlasts the idle timeout: the client is busy, not idle, meanwhile.
     worker.send(&resp(&["BLPOP", "jobs", "2"])).await;
@@ -451,12 +428,10 @@ async fn a_client_just_answered_after_a_long_blocking_command_is_not_closed_as_i
 
 #[tokio::test]
 async fn hello_with_an_unsupported_protocol_does_not_authenticate() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        requirepass: Some("clientpw".into()),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.requirepass = Some("clientpw".into()))
+        .proxy()
+        .await;
     let mut raw = Raw::connect(&proxy).await;
     // Redis checks the version first: -NOPROTO, and the client is still not authenticated.
     raw.send(&resp(&["HELLO", "4", "AUTH", "default", "clientpw"]))
@@ -476,12 +451,10 @@ async fn hello_with_an_unsupported_protocol_does_not_authenticate() {
 
 #[tokio::test]
 async fn an_unauthenticated_client_cannot_make_the_proxy_buffer_a_huge_bulk() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        requirepass: Some("clientpw".into()),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.requirepass = Some("clientpw".into()))
+        .proxy()
+        .await;
     let raw = Raw::connect(&proxy).await;
     let (mut rd, mut wr) = raw.stream.into_split();
     // Redis answers this at once ("-ERR Protocol error: unauthenticated bulk length") and closes.
@@ -514,12 +487,10 @@ async fn an_unauthenticated_client_cannot_make_the_proxy_buffer_a_huge_bulk() {
 /// the (same) primary again and again until write_hold_ms runs out.
 #[tokio::test]
 async fn a_write_answered_with_a_readonly_text_error_runs_once() {
-    let cluster = cluster(0).await;
-    let f = Flags {
-        write_hold_ms: Some(1000),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (cluster, proxy) = Cluster::builder()
+        .flags(|f| f.write_hold_ms = Some(1000))
+        .proxy()
+        .await;
     let mut c = client(&proxy).await;
     let r = try_q(
         &mut c,
@@ -561,32 +532,17 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
-    let cluster = sentinel_cluster(2).await;
-    cluster
-        .wait_sentinels_ready()
-        .await
-        .expect("sentinels ready");
-    // Sentinel prefers replica 0; it replicates through a slow link.
-    cluster.replicas()[0]
-        .call(&["CONFIG", "SET", "replica-priority", "1"])
-        .await
-        .expect("CONFIG SET");
-    let _relay = crate::relay::Relay::delay_replica(&cluster, 0, Duration::from_millis(1500)).await;
-    let r0 = cluster.replicas()[0].addr().to_string();
-    let r0_port = r0.rsplit(':').next().expect("port").to_string();
-    // Every sentinel must know the new priority before the switchover.
-    for s in cluster.sentinels() {
-        eventually!(
-            "sentinel sees replica-priority 1",
-            sentinel_priority(s, &r0_port).await.as_deref() == Some("1")
-        );
-    }
-    let f = Flags {
-        max_lag_ms: Some(300),
-        ..sentinel_flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 1).await;
+    // Sentinel prefers replica 0 (every sentinel knows it before the switchover); it replicates through
+    // a slow link.
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(2)
+        .sentinels(3)
+        .prefer_replica(0)
+        .delay_replica(0, Duration::from_millis(1500))
+        .flags(|f| f.max_lag_ms = Some(300))
+        .eligible(1)
+        .proxy()
+        .await;
     let old = cluster.primary().addr();
     // Writes flow long enough for replica 0 to fall out of rotation (1.5 s behind, limit 300 ms).
     let stop = Arc::new(AtomicBool::new(false));
@@ -617,12 +573,12 @@ async fn a_sentinel_switchover_never_promotes_a_replica_missing_acknowledged_wri
 /// primary's offset history is never recorded.
 #[tokio::test]
 async fn a_lag_limit_under_250_ms_still_probes_the_replicas() {
-    let cluster = cluster(1).await;
-    let f = Flags {
-        max_lag_ms: Some(200),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .flags(|f| f.max_lag_ms = Some(200))
+        .eligible(0)
+        .proxy()
+        .await;
     wait_eligible(&proxy, 1).await;
 }
 
@@ -632,13 +588,13 @@ async fn a_lag_limit_under_250_ms_still_probes_the_replicas() {
 /// is not the cluster's primary.
 #[tokio::test]
 async fn one_sentinel_out_of_three_cannot_move_writes_to_another_master() {
-    let cluster = sentinel_cluster(1).await;
-    cluster
-        .wait_sentinels_ready()
-        .await
-        .expect("sentinels ready");
-    let other = crate::harness::cluster(0).await;
-    let proxy = proxy_with(sentinel_flags(&cluster)).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .sentinels(3)
+        .eligible(0)
+        .proxy()
+        .await;
+    let other = Cluster::builder().start().await;
     let primary = cluster.primary().addr();
     eventually!(
         "primary known",
@@ -682,19 +638,19 @@ async fn one_sentinel_out_of_three_cannot_move_writes_to_another_master() {
 /// got the write hold's -MASTERDOWN, a second late.
 #[tokio::test]
 async fn a_read_failing_behind_a_pending_write_gets_its_own_error() {
-    let cluster = cluster(1).await;
-    let f = Flags {
-        consistency: Some(redsplit::config::Consistency::Eventual),
-        read_timeout_ms: Some(200),
-        write_hold_ms: Some(3000),
-        // Slow probes: the stalled replica stays in rotation, so the GET goes to it. A lag limit above
-        // the probe interval: a replica's lag counts the age of the primary's newest sample.
-        probe_interval_ms: Some(5000),
-        max_lag_ms: Some(20_000),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 1).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .eventual()
+        .flags(|f| {
+            f.read_timeout_ms = Some(200);
+            f.write_hold_ms = Some(3000);
+            // Slow probes: the stalled replica stays in rotation, so the GET goes to it. A lag limit
+            // above the probe interval: a replica's lag counts the age of the primary's newest sample.
+            f.probe_interval_ms = Some(5000);
+            f.max_lag_ms = Some(20_000);
+        })
+        .proxy()
+        .await;
     let replica = &cluster.replicas()[0];
     replica.signal("STOP").expect("SIGSTOP");
     let mut primary = direct(cluster.primary()).await;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use redsplit::config::{Config, Consistency, Flags};
 
 use crate::harness::*;
-use crate::relay::Relay;
 
 fn config(flags: Flags) -> Config {
     Config::load(None, flags).expect("valid config")
@@ -18,13 +17,15 @@ fn config(flags: Flags) -> Config {
 
 #[tokio::test]
 async fn lag_limits_change_on_reload() {
-    let cluster = cluster(1).await;
-    let relay = Relay::delay_replica(&cluster, 0, Duration::from_millis(600)).await;
+    let cluster = Cluster::builder()
+        .replicas(1)
+        .delay_replica(0, Duration::from_millis(600))
+        .start()
+        .await;
     let with_limit = |ms| Flags {
         consistency: Some(Consistency::Eventual),
         max_lag_ms: Some(ms),
-        address_map: Some(vec![relay.mapping(&cluster)]),
-        ..flags(&cluster)
+        ..cluster.flags()
     };
     let proxy = proxy_with(with_limit(300)).await;
     eventually!("topology", proxy.topo.snapshot().replicas().len() == 1);
@@ -56,13 +57,12 @@ async fn lag_limits_change_on_reload() {
 
 #[tokio::test]
 async fn new_seeds_take_over_while_clients_stay_connected() {
-    let first = cluster(1).await;
-    let second = cluster(0).await;
-    let proxy = proxy(&first).await;
+    let (first, proxy) = Cluster::builder().replicas(1).proxy().await;
+    let second = Cluster::builder().start().await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "before", "1"]).await;
 
-    let out = proxy.reload(&config(flags(&second)));
+    let out = proxy.reload(&config(second.flags()));
     assert_eq!(out.applied, ["topology source"]);
     eventually!(
         "the new primary is published",
@@ -89,10 +89,10 @@ async fn new_seeds_take_over_while_clients_stay_connected() {
 
 #[tokio::test]
 async fn users_change_on_reload_and_authenticated_clients_go_on() {
-    let cluster = cluster(0).await;
+    let cluster = Cluster::builder().start().await;
     let with_auth = |pass: Option<&str>| Flags {
         requirepass: pass.map(str::to_string),
-        ..flags(&cluster)
+        ..cluster.flags()
     };
     let proxy = proxy_with(with_auth(Some("one"))).await;
     let mut one = Raw::connect(&proxy).await;
@@ -130,12 +130,11 @@ async fn users_change_on_reload_and_authenticated_clients_go_on() {
 
 #[tokio::test]
 async fn options_that_need_a_restart_are_reported_and_keep_their_values() {
-    let cluster = cluster(0).await;
-    let proxy = proxy_with(flags(&cluster)).await;
+    let (cluster, proxy) = Cluster::builder().proxy().await;
     let out = proxy.reload(&config(Flags {
         listen: Some("127.0.0.1:1".into()),
         max_clients: Some(7),
-        ..flags(&cluster)
+        ..cluster.flags()
     }));
     assert!(out.applied.is_empty(), "{:?}", out.applied);
     assert_eq!(out.restart_needed, ["listen", "max_clients"]);
@@ -163,7 +162,7 @@ async fn auth(addr: std::net::SocketAddr, password: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn sighup_with_an_invalid_file_keeps_the_running_config_and_logs_every_problem() {
-    let cluster = cluster(0).await;
+    let cluster = Cluster::builder().start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("redsplit.toml");
     let write = |text: String| {

@@ -1,7 +1,6 @@
 //! Which node each command reaches, checked against what every real server says it ran.
 
 use redis::Value;
-use redsplit::embedded::Server;
 
 use crate::harness::*;
 
@@ -15,8 +14,7 @@ async fn total(servers: &[Server], cmd: &str) -> u64 {
 
 #[tokio::test]
 async fn reads_go_to_replicas_and_writes_to_the_primary() {
-    let cluster = cluster(2).await;
-    let proxy = eventual_proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).eventual().proxy().await;
     let mut c = client(&proxy).await;
     for i in 0..200 {
         let _: () = q(&mut c, &["SET", &format!("k{i}"), "v"]).await;
@@ -42,8 +40,7 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
 
 #[tokio::test]
 async fn scripts_that_may_write_go_to_the_primary_and_read_only_ones_to_replicas() {
-    let cluster = cluster(1).await;
-    let proxy = eventual_proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).eventual().proxy().await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "k", "1"]).await;
     let v: String = q(
@@ -78,8 +75,7 @@ async fn scripts_that_may_write_go_to_the_primary_and_read_only_ones_to_replicas
 
 #[tokio::test]
 async fn script_load_reaches_every_node_so_evalsha_ro_runs_on_replicas() {
-    let cluster = cluster(2).await;
-    let proxy = eventual_proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).eventual().proxy().await;
     let mut c = client(&proxy).await;
     let sha: String = q(&mut c, &["SCRIPT", "LOAD", "return 42"]).await;
     for s in std::iter::once(cluster.primary()).chain(cluster.replicas()) {
@@ -97,8 +93,7 @@ async fn script_load_reaches_every_node_so_evalsha_ro_runs_on_replicas() {
 
 #[tokio::test]
 async fn noscript_from_a_replica_is_retried_on_the_primary() {
-    let cluster = cluster(1).await;
-    let proxy = eventual_proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).eventual().proxy().await;
     // Loaded on the primary only, behind the proxy's back.
     let mut d = direct(cluster.primary()).await;
     let sha: String = q(&mut d, &["SCRIPT", "LOAD", "return 7"]).await;
@@ -119,8 +114,7 @@ async fn noscript_from_a_replica_is_retried_on_the_primary() {
 
 #[tokio::test]
 async fn unknown_commands_go_to_the_primary() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut c = client(&proxy).await;
     let err = try_q(&mut c, &["NOSUCHCOMMAND", "x"])
         .await
@@ -152,8 +146,7 @@ async fn unknown_commands_go_to_the_primary() {
 
 #[tokio::test]
 async fn xread_without_block_is_a_read_and_xreadgroup_a_write() {
-    let cluster = cluster(1).await;
-    let proxy = eventual_proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).eventual().proxy().await;
     let mut c = client(&proxy).await;
     let _: String = q(&mut c, &["XADD", "s", "*", "f", "v"]).await;
     let _: () = q(&mut c, &["XGROUP", "CREATE", "s", "g", "0"]).await;
@@ -170,8 +163,7 @@ async fn xread_without_block_is_a_read_and_xreadgroup_a_write() {
 
 #[tokio::test]
 async fn replies_keep_client_order_across_nodes() {
-    let cluster = cluster(2).await;
-    let proxy = eventual_proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(2).eventual().proxy().await;
     let mut setup = client(&proxy).await;
     for i in 0..50 {
         let _: () = q(&mut setup, &["SET", &format!("o{i}"), &i.to_string()]).await;
@@ -203,8 +195,7 @@ async fn replies_keep_client_order_across_nodes() {
 
 #[tokio::test]
 async fn the_command_table_is_refreshed_from_the_primary() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().proxy().await;
     let primary = cluster.primary().addr().to_string();
     eventually!(
         "table from the primary",
@@ -229,8 +220,7 @@ async fn the_command_table_is_refreshed_from_the_primary() {
 
 #[tokio::test]
 async fn reads_go_on_without_errors_when_a_replica_dies() {
-    let mut cluster = cluster(2).await;
-    let proxy = eventual_proxy(&cluster).await;
+    let (mut cluster, proxy) = Cluster::builder().replicas(2).eventual().proxy().await;
     let mut setup = client(&proxy).await;
     let _: () = q(&mut setup, &["SET", "k", "v"]).await;
     let addr = proxy.listen;

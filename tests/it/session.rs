@@ -1,14 +1,12 @@
 //! Connection state a client expects to be its own: SELECT, AUTH, HELLO, CLIENT subcommands, RESET, QUIT.
 
 use redis::Value;
-use redsplit::config::Flags;
 
 use crate::harness::*;
 
 #[tokio::test]
 async fn select_isolates_databases_and_replicas_serve_the_selected_one() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut a = client(&proxy).await;
     let mut b = client(&proxy).await;
     let _: () = q(&mut a, &["SELECT", "3"]).await;
@@ -59,16 +57,11 @@ async fn select_isolates_databases_and_replicas_serve_the_selected_one() {
 
 #[tokio::test]
 async fn auth_uses_the_clients_credentials_and_backend_credentials_stay_hidden() {
-    let cluster = redsplit::embedded::Cluster::builder()
+    let (_cluster, proxy) = Cluster::builder()
         .replicas(1)
         .password("s3cret")
-        .start()
-        .await
-        .expect("servers start");
-    let mut f = flags(&cluster);
-    f.backend_password = Some("s3cret".into());
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 1).await;
+        .proxy()
+        .await;
     let mut c = client(&proxy).await;
     // Backend credentials serve clients that do not authenticate.
     let _: () = q(&mut c, &["SET", "k", "v"]).await;
@@ -88,8 +81,7 @@ async fn auth_uses_the_clients_credentials_and_backend_credentials_stay_hidden()
 
 #[tokio::test]
 async fn hello_3_gives_resp3_replies() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&resp(&["HELLO", "3"])).await;
     let hello = raw.frame().await;
@@ -120,8 +112,7 @@ async fn hello_3_gives_resp3_replies() {
 
 #[tokio::test]
 async fn client_subcommands_describe_the_clients_own_connection() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut a = client(&proxy).await;
     let mut b = client(&proxy).await;
     let id_a: i64 = q(&mut a, &["CLIENT", "ID"]).await;
@@ -155,8 +146,7 @@ async fn client_subcommands_describe_the_clients_own_connection() {
 
 #[tokio::test]
 async fn client_reply_off_and_skip_suppress_replies() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["CLIENT", "REPLY", "OFF"]);
     out.extend(resp(&["SET", "a", "1"]));
@@ -173,12 +163,10 @@ async fn client_reply_off_and_skip_suppress_replies() {
 async fn silenced_replies_at_the_inflight_limit_do_not_stall_the_rest_of_the_pipeline() {
     // Local replies complete as soon as they are queued; with CLIENT REPLY OFF they add no output, so
     // nothing but the freed in-flight slots says the rest of the pipeline can go now.
-    let cluster = cluster(0).await;
-    let f = Flags {
-        max_client_inflight: Some(4),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (_cluster, proxy) = Cluster::builder()
+        .flags(|f| f.max_client_inflight = Some(4))
+        .proxy()
+        .await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["CLIENT", "REPLY", "OFF"]);
     for _ in 0..50 {
@@ -192,8 +180,7 @@ async fn silenced_replies_at_the_inflight_limit_do_not_stall_the_rest_of_the_pip
 
 #[tokio::test]
 async fn reset_and_quit_behave_like_redis() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     let mut out = resp(&["SELECT", "2"]);
     out.extend(resp(&["SET", "k", "in2"]));
@@ -217,8 +204,7 @@ async fn reset_and_quit_behave_like_redis() {
 
 #[tokio::test]
 async fn ping_echo_and_inline_commands_work() {
-    let cluster = cluster(1).await;
-    let proxy = proxy(&cluster).await;
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(
         b"PING\r\nPING hello\r\nset greeting \"hi there\"\r\nGET greeting\n\r\necho 'a b'\r\n",
@@ -233,8 +219,7 @@ async fn ping_echo_and_inline_commands_work() {
 
 #[tokio::test]
 async fn commands_naming_client_ids_are_refused_not_forwarded() {
-    let cluster = cluster(0).await;
-    let proxy = proxy(&cluster).await;
+    let (cluster, proxy) = Cluster::builder().proxy().await;
     let mut c = client(&proxy).await;
     for cmd in [
         &["CLIENT", "KILL", "ID", "1"][..],

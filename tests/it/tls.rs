@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use rcgen::{
     KeyPair,
 };
 use redsplit::config::Flags;
+use redsplit::embedded;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -28,11 +29,19 @@ async fn a_client_speaks_tls_to_the_proxy_while_the_plain_listener_serves_too() 
     let pki = Pki::new();
     let leaf = pki.ca.leaf("proxy");
     let (cert, key) = leaf.write(pki.dir(), "proxy");
-    let cluster = cluster(1).await;
     // Two workers: each has its own TLS listener on the shared port, as for the plain one.
-    let mut f = tls_listener(flags(&cluster), &cert, &key, None);
-    f.worker_threads = Some(2);
-    let p = proxy_with(f).await;
+    let (_cluster, p) = Cluster::builder()
+        .replicas(1)
+        .flags(|f| {
+            tls_listener(f, &cert, &key, None);
+            f.worker_threads = Some(2);
+        })
+        // Not waiting for the replica, as this test never did: after a diskless sync Redis holds a
+        // replica's stream until its first REPLCONF ACK (up to a second), and the plain client's read
+        // below, a new session, would find the replica without the write.
+        .eligible(0)
+        .proxy()
+        .await;
     let tls_addr = p.tls_listen.expect("TLS listener bound");
     assert_ne!(tls_addr, p.listen);
 
@@ -106,8 +115,10 @@ async fn mutual_tls_refuses_clients_without_a_certificate_and_admits_signed_ones
     let pki = Pki::new();
     let (cert, key) = pki.ca.leaf("proxy").write(pki.dir(), "proxy");
     let ca = pki.write("ca.pem", &pki.ca.pem());
-    let cluster = cluster(0).await;
-    let p = proxy_with(tls_listener(flags(&cluster), &cert, &key, Some(&ca))).await;
+    let (_cluster, p) = Cluster::builder()
+        .flags(|f| tls_listener(f, &cert, &key, Some(&ca)))
+        .proxy()
+        .await;
     let addr = p.tls_listen.expect("TLS listener");
 
     // Without a certificate: the handshake fails (with TLS 1.3 the client learns it on its first read).
@@ -266,8 +277,10 @@ async fn certificates_reload_for_new_clients_while_connected_ones_go_on() {
     let pki = Pki::new();
     let first = pki.ca.leaf("first");
     let (cert, key) = first.write(pki.dir(), "proxy");
-    let cluster = cluster(0).await;
-    let p = proxy_with(tls_listener(flags(&cluster), &cert, &key, None)).await;
+    let (_cluster, p) = Cluster::builder()
+        .flags(|f| tls_listener(f, &cert, &key, None))
+        .proxy()
+        .await;
     let addr = p.tls_listen.expect("TLS listener");
     let mut old = TlsConn::connect(addr, pki.ca.client(None))
         .await
@@ -319,7 +332,7 @@ async fn sighup_reloads_the_certificates_of_the_running_binary() {
     let pki = Pki::new();
     let first = pki.ca.leaf("first");
     let (cert, key) = first.write(pki.dir(), "proxy");
-    let cluster = cluster(0).await;
+    let cluster = Cluster::builder().start().await;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_redsplit"));
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--tls-listen", "127.0.0.1:0", "--tls-cert-file"])
@@ -511,12 +524,11 @@ fn base_flags() -> Flags {
     }
 }
 
-fn tls_listener(mut f: Flags, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Flags {
+fn tls_listener(f: &mut Flags, cert: &Path, key: &Path, client_ca: Option<&Path>) {
     f.tls_listen = Some("127.0.0.1:0".into());
     f.tls_cert_file = Some(cert.to_path_buf());
     f.tls_key_file = Some(key.to_path_buf());
     f.tls_client_ca_file = client_ca.map(Path::to_path_buf);
-    f
 }
 
 fn backend_tls(mut f: Flags, ca: &Path, identity: Option<(&Path, &Path)>) -> Flags {
@@ -629,9 +641,9 @@ async fn redis_cli(tls: &[&str], addr: SocketAddr, cmd: &[&str]) -> String {
 /// sentinel (quorum 1) on a TLS port. Every one requires client certificates (`tls-auth-clients yes`,
 /// Redis's default). Killed on drop.
 struct TlsRedisSet {
-    primary: TlsRedis,
-    replica: TlsRedis,
-    sentinel: Option<TlsRedis>,
+    primary: embedded::Server,
+    replica: embedded::Server,
+    sentinel: Option<embedded::Server>,
     /// The CA bundle file the servers trust (the test may overwrite it: the servers have read it).
     ca: PathBuf,
 }
@@ -640,38 +652,32 @@ impl TlsRedisSet {
     async fn start(pki: &Pki, with_sentinel: bool) -> TlsRedisSet {
         let ca = pki.write("ca.pem", &pki.ca.pem());
         let (cert, key) = pki.ca.leaf("redis").write(pki.dir(), "redis");
-        let tls_args = |port: u16| -> Vec<String> {
-            vec![
-                "--port".into(),
-                "0".into(),
-                "--tls-port".into(),
-                port.to_string(),
-                "--tls-cert-file".into(),
-                path(&cert).into(),
-                "--tls-key-file".into(),
-                path(&key).into(),
-                "--tls-ca-cert-file".into(),
-                path(&ca).into(),
-                "--tls-replication".into(),
-                "yes".into(),
-            ]
+        // The embedded mode's arguments, the plain port closed (a later argument wins) and a TLS one open.
+        let tls_args = |port: u16, dir: &Path, primary: Option<u16>| -> Vec<String> {
+            let mut args = embedded::server_args(port, dir, primary);
+            args.extend(
+                [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cert-file",
+                    path(&cert),
+                    "--tls-key-file",
+                    path(&key),
+                    "--tls-ca-cert-file",
+                    path(&ca),
+                    "--tls-replication",
+                    "yes",
+                ]
+                .map(String::from),
+            );
+            args
         };
-        let primary = TlsRedis::start(pki, "primary", |port| {
-            let mut a = tls_args(port);
-            a.extend(server_args());
-            a
-        })
-        .await;
+        let primary = start_tls(pki, "primary", |port, dir| tls_args(port, dir, None)).await;
         let primary_port = primary.port;
-        let replica = TlsRedis::start(pki, "replica", |port| {
-            let mut a = tls_args(port);
-            a.extend(server_args());
-            a.extend([
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                primary_port.to_string(),
-            ]);
-            a
+        let replica = start_tls(pki, "replica", |port, dir| {
+            tls_args(port, dir, Some(primary_port))
         })
         .await;
         eventually!(
@@ -679,27 +685,22 @@ impl TlsRedisSet {
             replica.info(pki).await.contains("master_link_status:up")
         );
         let sentinel = if with_sentinel {
-            let dir = pki.dir().join("sentinel");
-            std::fs::create_dir_all(&dir).expect("sentinel dir");
-            Some(
-                TlsRedis::start(pki, "sentinel", |port| {
-                    let conf = dir.join(format!("sentinel-{port}.conf"));
-                    let text = format!(
-                        "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                         tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
-                         tls-replication yes\n\
-                         sentinel monitor mymaster 127.0.0.1 {primary_port} 1\n\
-                         sentinel down-after-milliseconds mymaster 1000\n",
-                        dir = dir.display(),
-                        cert = cert.display(),
-                        key = key.display(),
-                        ca = ca.display(),
-                    );
-                    std::fs::write(&conf, text).expect("sentinel config");
-                    vec![path(&conf).to_string(), "--sentinel".to_string()]
-                })
-                .await,
-            )
+            let sentinel = start_tls(pki, "sentinel", |port, dir| {
+                let conf = dir.join(format!("sentinel-{port}.conf"));
+                let mut text = embedded::sentinel_config(port, dir, primary_port, 1);
+                text.push_str(&format!(
+                    "port 0\ntls-port {port}\n\
+                     tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                     tls-replication yes\n",
+                    cert = cert.display(),
+                    key = key.display(),
+                    ca = ca.display(),
+                ));
+                std::fs::write(&conf, text).expect("sentinel config");
+                vec![path(&conf).to_string(), "--sentinel".to_string()]
+            })
+            .await;
+            Some(sentinel)
         } else {
             None
         };
@@ -712,84 +713,42 @@ impl TlsRedisSet {
     }
 }
 
-fn server_args() -> Vec<String> {
-    [
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--repl-diskless-sync",
-        "yes",
-        "--repl-diskless-sync-delay",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-struct TlsRedis {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl TlsRedis {
-    /// Starts `redis-server` with the arguments `args(port)` on a free port, in its own directory, and
-    /// waits until it answers over TLS.
-    async fn start(pki: &Pki, name: &str, args: impl Fn(u16) -> Vec<String>) -> TlsRedis {
-        let dir = pki.dir().join(name);
-        std::fs::create_dir_all(&dir).expect("server dir");
-        // A port found free can be taken before the server binds it: try a few.
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let child = Command::new("redis-server")
-                .args(args(port))
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("run redis-server (is it installed?)");
-            let mut server = TlsRedis { port, child };
-            let deadline = tokio::time::Instant::now() + PATIENCE;
-            loop {
-                if server.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if server.call(pki, &["PING"]).await.is_ok() {
-                    return server;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{name} did not answer over TLS"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+/// Starts `redis-server` with the arguments `args(port, dir)` on a free port, in a directory of its own,
+/// and waits until it answers over TLS. A port found free can be taken before the server binds it: a
+/// server that exits is started again on another port, five times at most.
+async fn start_tls(
+    pki: &Pki,
+    name: &str,
+    args: impl Fn(u16, &Path) -> Vec<String>,
+) -> embedded::Server {
+    let dir = pki.dir().join(name);
+    std::fs::create_dir_all(&dir).expect("server dir");
+    for _ in 0..5 {
+        let port = embedded::free_port().expect("free port");
+        let process = embedded::spawn(&dir, &args(port, &dir)).expect("run redis-server");
+        let mut server = embedded::Server { port, process };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if server.process.try_wait().ok().flatten().is_some() {
+                break;
             }
+            if server.call(pki, &["PING"]).await.is_ok() {
+                return server;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} did not answer over TLS"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("{name} did not start");
     }
+    panic!("{name} did not start");
+}
 
-    /// One command on a fresh TLS connection, with a client certificate.
-    async fn call(&self, pki: &Pki, args: &[&str]) -> std::io::Result<Vec<u8>> {
-        let me = pki.ca.leaf("test client");
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut c = TlsConn::connect(addr, pki.ca.client(Some(&me))).await?;
-        c.stream.write_all(&resp(args)).await?;
-        c.stream.flush().await?;
-        c.frame().await
-    }
+/// Asking a TLS-only server, with a client certificate of the test CA.
+trait OverTls {
+    /// One command on a fresh TLS connection.
+    async fn call(&self, pki: &Pki, args: &[&str]) -> std::io::Result<Vec<u8>>;
 
     async fn info(&self, pki: &Pki) -> String {
         self.call(pki, &["INFO"])
@@ -822,5 +781,16 @@ impl TlsRedis {
             .and_then(|rest| rest.split(',').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+impl OverTls for embedded::Server {
+    async fn call(&self, pki: &Pki, args: &[&str]) -> std::io::Result<Vec<u8>> {
+        let me = pki.ca.leaf("test client");
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut c = TlsConn::connect(addr, pki.ca.client(Some(&me))).await?;
+        c.stream.write_all(&resp(args)).await?;
+        c.stream.flush().await?;
+        c.frame().await
     }
 }

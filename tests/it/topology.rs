@@ -6,26 +6,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redsplit::config::{Consistency, Flags};
-use redsplit::embedded::wait_synced;
 
 use crate::harness::*;
-use crate::relay::Relay;
 
 #[tokio::test]
 async fn replicas_of_replicas_are_discovered_and_their_lag_measured() {
-    let cluster = cluster(2).await;
+    let cluster = Cluster::builder().replicas(2).start().await;
     // Replica 1 follows replica 0: a second-level replica, as in a remote site.
     let mut r1 = direct(&cluster.replicas()[1]).await;
     let via = cluster.replicas()[0].addr();
     let _: () = q(&mut r1, &["REPLICAOF", "127.0.0.1", &port(&via)]).await;
-    wait_synced(&cluster.replicas()[1]).await.expect("resynced");
+    cluster.replicas()[1].wait_synced().await;
     // Only the primary is named: the rest is found.
-    let f = Flags {
+    let proxy = proxy_with(Flags {
         replica: Some(vec![]),
         consistency: Some(Consistency::Eventual),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+        ..cluster.flags()
+    })
+    .await;
     eventually!(
         "both replicas discovered",
         proxy.topo.snapshot().replicas().len() == 2
@@ -70,8 +68,7 @@ async fn replicas_of_replicas_are_discovered_and_their_lag_measured() {
 
 #[tokio::test]
 async fn static_mode_follows_a_replicaof_no_one_promotion() {
-    let mut cluster = cluster(2).await;
-    let proxy = proxy(&cluster).await;
+    let (mut cluster, proxy) = Cluster::builder().replicas(2).proxy().await;
     let mut c = client(&proxy).await;
     let _: () = q(&mut c, &["SET", "before", "1"]).await;
     // Replication is asynchronous: make sure the write reached the replicas before the primary dies.
@@ -108,14 +105,12 @@ async fn static_mode_follows_a_replicaof_no_one_promotion() {
 
 #[tokio::test]
 async fn a_replica_frozen_with_sigstop_leaves_rotation_without_read_errors_and_returns() {
-    let cluster = cluster(2).await;
-    let f = Flags {
-        consistency: Some(Consistency::Eventual),
-        read_timeout_ms: Some(300),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
-    wait_eligible(&proxy, 2).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(2)
+        .eventual()
+        .flags(|f| f.read_timeout_ms = Some(300))
+        .proxy()
+        .await;
     let mut setup = client(&proxy).await;
     let _: () = q(&mut setup, &["SET", "k", "v"]).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,16 +170,14 @@ async fn a_replica_frozen_with_sigstop_leaves_rotation_without_read_errors_and_r
 /// Starts a primary and one replica that replicates through a relay delaying every byte by 600 ms,
 /// keeps writing, and counts the reads that reached the replica through a proxy with `max_lag_ms`.
 async fn reads_on_delayed_replica(max_lag_ms: u64) -> (u64, u64) {
-    let cluster = cluster(1).await;
-    let relay = Relay::delay_replica(&cluster, 0, Duration::from_millis(600)).await;
-    // The replica announces the relay as its master: map it back to the primary.
-    let f = Flags {
-        consistency: Some(Consistency::Eventual),
-        max_lag_ms: Some(max_lag_ms),
-        address_map: Some(vec![relay.mapping(&cluster)]),
-        ..flags(&cluster)
-    };
-    let proxy = proxy_with(f).await;
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .delay_replica(0, Duration::from_millis(600))
+        .eventual()
+        .flags(|f| f.max_lag_ms = Some(max_lag_ms))
+        .eligible(0)
+        .proxy()
+        .await;
     eventually!("topology", proxy.topo.snapshot().replicas().len() == 1);
     // Keep the replication stream moving, as a live primary does.
     let stop = Arc::new(AtomicBool::new(false));

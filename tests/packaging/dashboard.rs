@@ -6,15 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::admin::http;
-
-use redsplit::config::Config;
-use redsplit::embedded::Cluster;
-use redsplit::Proxy;
-
+use crate::cluster::Cluster;
+use crate::wait::PATIENCE;
 use crate::{docker_dir, read};
-
-/// How long the proxy may take to expose every metric the dashboard uses.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 #[test]
 fn dashboard_shows_routing_lag_latency_and_failovers() {
@@ -70,15 +64,7 @@ fn dashboard_shows_routing_lag_latency_and_failovers() {
 #[tokio::test]
 async fn dashboard_queries_only_metrics_a_running_proxy_exposes() {
     let used = dashboard_metrics(&dashboard());
-    let cluster = Cluster::builder()
-        .replicas(1)
-        .start()
-        .await
-        .expect("redis servers start (is redis-server installed?)");
-    let flags = crate::setup::flags(&cluster);
-    let proxy = Proxy::start(Config::load(None, flags).expect("valid test config"))
-        .await
-        .expect("proxy starts");
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     // A write, a read and a transaction, so that command, latency and routing series have samples.
     let mut c = redis::Client::open(format!("redis://{}/", proxy.listen))
         .expect("valid url")

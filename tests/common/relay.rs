@@ -4,12 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use redsplit::embedded::{wait_synced, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::cluster::Cluster;
 
 /// A running relay; stops when dropped.
 pub struct Relay {
@@ -54,9 +55,7 @@ impl Relay {
             .call(&["REPLICAOF", "127.0.0.1", &relay.addr.port().to_string()])
             .await
             .expect("REPLICAOF through the relay");
-        wait_synced(replica)
-            .await
-            .expect("synced through the relay");
+        replica.wait_synced().await;
         relay
     }
 
