@@ -3,17 +3,27 @@
 //!
 //! Module map, in request order:
 //!
-//! - [`client`]: accept a connection, run its session (order of replies, session state, MULTI, pub/sub)
-//! - [`resp`]: find request and reply frames (hand-written hot path)
+//! - [`client`]: accept a connection and run its session: the input, the connection's state, the gate
+//!   (authentication, secrets), the ordered reply queue, local commands, the dedicated connection
+//! - [`resp`]: find request and reply frames (hand-written hot path); whole values off the hot path
 //! - [`command`]: classify a command (read, write, blocking, connection state) from the command table
-//! - [`route`]: choose the node for a read (lag, read-your-writes, monotonic reads, balancing)
-//! - [`upstream`]: upstream connections, shared and pipelined or dedicated
-//! - [`topology`]: the immutable topology snapshot, offsets and lag, the prober
-//! - [`client::reply`]: every reply the proxy makes itself
+//! - [`route`]: where a command goes (`plan`, and `writer`, the one place writes find the primary),
+//!   where a read goes (lag, read-your-writes, monotonic reads, balancing), and what a node's replies
+//!   mean for their batch (`retry`: the rule that a write that may have run is never sent again)
+//! - [`upstream`]: connections to nodes, shared and pipelined or dedicated; the verdict on each reply
+//!   frame
+//! - [`topology`]: immutable snapshots of shards (a primary and its replicas), discovery by identity,
+//!   Sentinel, the prober and lag
+//! - [`node`]: what a node is (address, run id, replication history, zone) and its measured health
 //!
-//! Around them: [`config`] (file and flags), [`admin`] (HTTP), [`embedded`] (local Redis servers for
-//! trying the proxy out), [`io`] (output buffering), [`tls`] (certificates for both sides,
+//! Around them: [`config`] (file and flags, parsed into types that cannot be invalid), [`admin`] (HTTP,
+//! switchover), [`reload`] (SIGHUP), [`embedded`] (local Redis servers for trying the proxy out),
+//! [`metrics`], [`auth`] (client users), [`io`] (output buffering), [`tls`] (certificates for both sides,
 //! reloaded on SIGHUP).
+//!
+//! Dependencies point down: `node`, `resp`, `io`, `metrics` at the bottom, then `tls` and `command`,
+//! `upstream`, `topology`, `route`, `client`, and the application (`config`, `embedded`, `admin`,
+//! `reload`, this file) on top. `tests/layers.rs` fails on an import that points up.
 
 pub mod admin;
 pub mod auth;

@@ -51,11 +51,18 @@ async fn a_client_speaks_tls_to_the_proxy_while_the_plain_listener_serves_too() 
     assert_eq!(tls.peer_cert(), leaf.der, "the configured certificate");
     assert_eq!(tls.call(&["SET", "tls:k", "v1"]).await, b"+OK\r\n");
     assert_eq!(tls.call(&["GET", "tls:k"]).await, b"$2\r\nv1\r\n");
-    // The plain listener serves at the same time, the same data.
+    // The plain listener serves at the same time, the same data. Each session reads the other's write
+    // once the replica has it (another session's write may trail within the lag limit; seen under load).
     let mut plain = client(&p).await;
-    assert_eq!(q::<String>(&mut plain, &["GET", "tls:k"]).await, "v1");
+    eventually!(
+        "the plain client reads the TLS client's write",
+        q::<Option<String>>(&mut plain, &["GET", "tls:k"]).await.as_deref() == Some("v1")
+    );
     let _: () = q(&mut plain, &["SET", "plain:k", "v2"]).await;
-    assert_eq!(tls.call(&["GET", "plain:k"]).await, b"$2\r\nv2\r\n");
+    eventually!(
+        "the TLS client reads the plain client's write",
+        tls.call(&["GET", "plain:k"]).await == b"$2\r\nv2\r\n"
+    );
 
     // A reply far larger than socket buffers, to a client that reads it late: TLS keeps what the socket
     // does not take, and the proxy must still push all of it out.
