@@ -110,10 +110,9 @@ impl Session {
         let count = entry.count;
         if let Some(sent) = &entry.sent {
             if let (Some(node), false) = (&sent.node, matches!(entry.wait, Wait::Held)) {
-                let shard = self.ctx.topo.load().shard().id;
                 self.state
                     .reads
-                    .shard(shard)
+                    .shard(sent.shard)
                     .replied(node.id, sent.primary, count, epoch);
             }
         }

@@ -74,11 +74,11 @@ impl Session {
     /// Queues an entry for `count` replies from the dedicated connection.
     fn push_pinned(&mut self, count: u32, effect: Effect) {
         let node = self.pinned.as_ref().map(|p| p.conn.node.clone());
+        let shard = self.pinned.as_ref().map(|p| p.shard).unwrap_or_default();
         if let Some(n) = &node {
-            let shard = self.ctx.topo.load().shard().id;
             self.state.sent(shard, n.id, true, count);
         }
-        let sent = node.map(|n| Sent::once(n, true));
+        let sent = node.map(|n| Sent::once(shard, n, true));
         self.push(Wait::Pinned, sent, Then::Effect(effect));
         self.queue.set_back_count(count);
     }
@@ -138,7 +138,7 @@ impl Session {
                         self.out.push(bytes);
                     }
                     let epoch = self.ctx.topo.current_epoch();
-                    let shard = self.ctx.topo.load().shard().id;
+                    let shard = p.shard;
                     self.state.reads.shard(shard).replied(node, true, 1, epoch);
                 } else {
                     self.complete_front(Outcome::Bytes(bytes));

@@ -25,11 +25,12 @@ use crate::command::{classify, Class, Table};
 use crate::metrics::Kind;
 use crate::resp::Request;
 use crate::route::{self, Plan, Policy};
-use crate::topology::{Shard, Topology};
+use crate::topology::{Shard, ShardId, Topology};
 use crate::upstream::{self, Node};
 
 /// Requests at the start of the input buffer bound for one shared connection.
 pub(super) struct Batch {
+    shard: ShardId,
     node: Arc<Node>,
     primary: bool,
     /// Reads, writes, others in the batch.
@@ -38,6 +39,21 @@ pub(super) struct Batch {
     reads_only: bool,
     len: usize,
     count: u32,
+}
+
+impl Batch {
+    /// A batch of one command.
+    fn one(shard: ShardId, node: Arc<Node>, primary: bool, read: bool, kinds: [u32; 3]) -> Batch {
+        Batch {
+            shard,
+            node,
+            primary,
+            kinds,
+            reads_only: read,
+            len: 0,
+            count: 1,
+        }
+    }
 }
 
 /// Whether to go on with the next request.
@@ -155,14 +171,16 @@ impl Session {
         batch: &mut Option<Batch>,
     ) -> Step {
         let in_multi = self.pinned.as_ref().is_some_and(|p| p.multi);
+        let auth = self.ctx.auth.load();
         let verdict = gate::check(
             class,
             &self.input.args(req, start),
             &mut self.state,
-            self.ctx.auth.load_full(),
+            (*auth).as_deref(),
             in_multi,
             table,
         );
+        drop(auth);
         match verdict {
             Gate::Pass => {}
             Gate::Answer(reply) => return self.reply_local(batch, req, reply),
@@ -223,7 +241,8 @@ impl Session {
                     drop(upstream::submit(&conn, bytes.clone(), 1));
                 }
                 self.state.sent(shard.id, primary.id, true, 1);
-                self.submit(primary, true, false, bytes, 1, [0, 0, 1]);
+                let batch = Batch::one(shard.id, primary, true, false, [0, 0, 1]);
+                self.submit(batch, bytes);
                 Step::Next
             }
             Plan::Block(p) => {
@@ -239,7 +258,11 @@ impl Session {
                     tx,
                 ));
                 self.state.sent(shard.id, p.id, true, 1);
-                self.push(Wait::Task(rx), Some(Sent::once(p, true)), Then::Nothing);
+                self.push(
+                    Wait::Task(rx),
+                    Some(Sent::once(shard.id, p, true)),
+                    Then::Nothing,
+                );
                 self.flow.hold = true;
                 Step::Next
             }
@@ -250,7 +273,7 @@ impl Session {
                 match p.pool(&self.state.key).dedicated(&p).await {
                     // The request stays buffered and is forwarded by the pinned path on the next turn.
                     Ok(conn) => {
-                        self.pinned = Some(Pinned::new(conn, self.ctx.topo.subscribe()));
+                        self.pinned = Some(Pinned::new(conn, shard.id, self.ctx.topo.subscribe()));
                         self.ctx.metrics.pinned_sessions.inc();
                         Step::Next
                     }
@@ -315,7 +338,7 @@ impl Session {
         if req.inline {
             self.flush(batch);
             let bytes = self.input.take(req);
-            self.submit(node, primary, read, bytes, 1, kinds);
+            self.submit(Batch::one(shard.id, node, primary, read, kinds), bytes);
             return Step::Next;
         }
         match batch {
@@ -330,6 +353,7 @@ impl Session {
             _ => {
                 self.flush(batch);
                 *batch = Some(Batch {
+                    shard: shard.id,
                     node,
                     primary,
                     kinds,
@@ -350,20 +374,21 @@ impl Session {
     pub(super) fn flush(&mut self, batch: &mut Option<Batch>) {
         if let Some(b) = batch.take() {
             let bytes = self.input.split(b.len);
-            self.submit(b.node, b.primary, b.reads_only, bytes, b.count, b.kinds);
+            self.submit(b, bytes);
         }
     }
 
-    /// Sends a batch to `node` over this session's shared connection and queues its entry.
-    pub(super) fn submit(
-        &mut self,
-        node: Arc<Node>,
-        primary: bool,
-        reads_only: bool,
-        bytes: Bytes,
-        count: u32,
-        kinds: [u32; 3],
-    ) {
+    /// Sends a batch (`bytes`) over this session's shared connection to its node and queues its entry.
+    pub(super) fn submit(&mut self, b: Batch, bytes: Bytes) {
+        let Batch {
+            shard,
+            node,
+            primary,
+            kinds,
+            reads_only,
+            count,
+            ..
+        } = b;
         let m = node.metrics.load();
         for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
             .into_iter()
@@ -376,7 +401,7 @@ impl Session {
         let conn = self.state.conn_for(&node);
         let rx = upstream::submit(&conn, bytes.clone(), count);
         let silent = self.state.take_silent();
-        let mut sent = Sent::batch(node, primary, bytes, reads_only);
+        let mut sent = Sent::batch(shard, node, primary, bytes, reads_only);
         sent.deadline = reads_only.then(|| Instant::now() + self.ctx.read_timeout);
         self.queue.push(Entry {
             wait: Wait::Upstream(rx),

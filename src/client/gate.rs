@@ -56,7 +56,7 @@ pub(super) fn check(
     class: Class,
     args: &dyn Args,
     state: &mut State,
-    auth: Option<Arc<Auth>>,
+    auth: Option<&Auth>,
     in_multi: bool,
     table: &Table,
 ) -> Gate {
@@ -84,7 +84,7 @@ pub(super) fn check(
                 ok: Bytes::from_static(OK),
             };
         }
-        Class::Local(Local::Hello) => return hello(args, state, &auth),
+        Class::Local(Local::Hello) => return hello(args, state, auth),
         Class::Local(Local::Quit | Local::Reset) => return Gate::Pass,
         _ => {}
     }

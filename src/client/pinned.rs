@@ -32,7 +32,7 @@ use tracing::debug;
 use super::reply::ClientError;
 use crate::command::{Class, Local, Pin};
 use crate::resp::encode_command;
-use crate::topology::Generation;
+use crate::topology::{Generation, ShardId};
 use crate::upstream::{ConnKey, Dedicated};
 use effect::effect_of;
 pub use effect::fuzz_session_decisions;
@@ -43,6 +43,8 @@ use replies::{exec_results, is_marker_reply, pubsub_confirmation};
 #[derive(Debug)]
 pub(super) struct Pinned {
     pub conn: Dedicated,
+    /// The shard of the primary it is connected to.
+    pub shard: ShardId,
     /// Inside MULTI, as of the commands sent so far.
     pub multi: bool,
     /// What the commands Redis queued in this MULTI change, in queue order, for EXEC's replies.
@@ -131,9 +133,10 @@ pub(super) enum Leave {
 }
 
 impl Pinned {
-    pub fn new(conn: Dedicated, topo_rx: watch::Receiver<Generation>) -> Pinned {
+    pub fn new(conn: Dedicated, shard: ShardId, topo_rx: watch::Receiver<Generation>) -> Pinned {
         Pinned {
             conn,
+            shard,
             topo_rx,
             multi: false,
             queued: Vec::new(),

@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::pinned::Effect;
 use crate::route::retry;
-use crate::topology::Generation;
+use crate::topology::{Generation, ShardId};
 use crate::upstream::{self, ConnKey, Node, Reply};
 
 /// What a queue entry waits for.
@@ -47,6 +47,8 @@ impl Wait {
 
 /// Where an entry's commands went, for consistency bookkeeping, and what is needed to send them again.
 pub(super) struct Sent {
+    /// The shard they are for: what the session wrote and read is known per shard.
+    pub shard: ShardId,
     /// The node they were last sent to; `None` if never sent (no primary at the time).
     pub node: Option<Arc<Node>>,
     /// That node was the primary.
@@ -69,8 +71,9 @@ pub(super) struct Sent {
 
 impl Sent {
     /// Commands sent once to `node`, never to be re-sent.
-    pub fn once(node: Arc<Node>, primary: bool) -> Sent {
+    pub fn once(shard: ShardId, node: Arc<Node>, primary: bool) -> Sent {
         Sent {
+            shard,
             node: Some(node),
             primary,
             bytes: None,
@@ -83,11 +86,17 @@ impl Sent {
     }
 
     /// A batch sent to `node` over a shared connection, kept so that it can be sent again.
-    pub fn batch(node: Arc<Node>, primary: bool, bytes: Bytes, reads_only: bool) -> Sent {
+    pub fn batch(
+        shard: ShardId,
+        node: Arc<Node>,
+        primary: bool,
+        bytes: Bytes,
+        reads_only: bool,
+    ) -> Sent {
         Sent {
             bytes: Some(bytes),
             reads_only,
-            ..Sent::once(node, primary)
+            ..Sent::once(shard, node, primary)
         }
     }
 }

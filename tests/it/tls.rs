@@ -56,7 +56,10 @@ async fn a_client_speaks_tls_to_the_proxy_while_the_plain_listener_serves_too() 
     let mut plain = client(&p).await;
     eventually!(
         "the plain client reads the TLS client's write",
-        q::<Option<String>>(&mut plain, &["GET", "tls:k"]).await.as_deref() == Some("v1")
+        q::<Option<String>>(&mut plain, &["GET", "tls:k"])
+            .await
+            .as_deref()
+            == Some("v1")
     );
     let _: () = q(&mut plain, &["SET", "plain:k", "v2"]).await;
     eventually!(

@@ -101,7 +101,7 @@ impl Session {
         self.state.sent(shard.id, p.id, true, 1);
         self.push(
             Wait::Upstream(rx),
-            Some(Sent::once(p, true)),
+            Some(Sent::once(shard.id, p, true)),
             Then::SwitchKey { key, hello },
         );
         self.flow.hold = true;
