@@ -27,7 +27,7 @@ use std::time::Duration;
 use criterion::Criterion;
 use redsplit::config::{Addr, Consistency, Fallback};
 use redsplit::resp::Limits;
-use redsplit::route::{ReadState, ReadTarget};
+use redsplit::route::{Policy, ReadState, ReadTarget};
 use redsplit::topology::{Topo, Topology};
 use redsplit::upstream::Settings;
 
@@ -53,7 +53,7 @@ fn routing(c: &mut Criterion, replicas: usize) {
     let mut g = c.benchmark_group(format!("{replicas}_replicas"));
     g.bench_function("route eventual", |b| {
         let mut s = ReadState::default();
-        b.iter(|| replica(s.route(t.shard(), Consistency::Eventual, Fallback::Primary)))
+        b.iter(|| replica(s.route(t.shard(), &policy(Consistency::Eventual))))
     });
     // Distinct loads: the same walk over the replicas without drawing a random number per tie.
     for (load, r) in t.replica_nodes().enumerate() {
@@ -61,7 +61,7 @@ fn routing(c: &mut Criterion, replicas: usize) {
     }
     g.bench_function("route eventual (no ties)", |b| {
         let mut s = ReadState::default();
-        b.iter(|| replica(s.route(t.shard(), Consistency::Eventual, Fallback::Primary)))
+        b.iter(|| replica(s.route(t.shard(), &policy(Consistency::Eventual))))
     });
     for r in t.replica_nodes() {
         r.outstanding.store(0, Ordering::Relaxed);
@@ -69,14 +69,14 @@ fn routing(c: &mut Criterion, replicas: usize) {
     g.bench_function("route session (fresh)", |b| {
         b.iter(|| {
             let mut s = ReadState::default();
-            replica(s.route(t.shard(), Consistency::Session, Fallback::Primary))
+            replica(s.route(t.shard(), &policy(Consistency::Session)))
         })
     });
     g.bench_function("route session (behind a write)", |b| {
         let mut s = ReadState::default();
         s.sent(primary, true, 1);
         b.iter(|| {
-            let target = s.route(t.shard(), Consistency::Session, Fallback::Primary);
+            let target = s.route(t.shard(), &policy(Consistency::Session));
             assert!(matches!(target, ReadTarget::Primary(_)), "{target:?}");
         })
     });
@@ -87,9 +87,9 @@ fn routing(c: &mut Criterion, replicas: usize) {
         g.bench_function(name, |b| {
             let mut s = ReadState::default();
             b.iter(|| {
-                let node = replica(s.route(t.shard(), consistency, Fallback::Primary));
+                let node = replica(s.route(t.shard(), &policy(consistency)));
                 s.sent(node, false, 1);
-                s.replied(node, false, 1, topo.current_epoch());
+                s.replied(node, false, 1, topo.current_epoch(), Some(1_000_000));
                 node
             })
         });
@@ -98,7 +98,7 @@ fn routing(c: &mut Criterion, replicas: usize) {
         let mut s = ReadState::default();
         b.iter(|| {
             s.sent(primary, true, 1);
-            s.replied(primary, true, 1, topo.current_epoch());
+            s.replied(primary, true, 1, topo.current_epoch(), Some(1_000_000));
         })
     });
     g.finish();
@@ -131,10 +131,19 @@ fn topology(replicas: usize) -> (Arc<Topo>, Arc<Topology>) {
     (topo, t)
 }
 
+/// The read policy with `consistency`, a one-second lag limit and reads falling back to the primary.
+fn policy(consistency: Consistency) -> Policy {
+    Policy {
+        consistency,
+        fallback: Fallback::Primary,
+        max_lag: Duration::from_secs(1),
+    }
+}
+
 /// The replica a read went to.
 fn replica(target: ReadTarget) -> u64 {
     match target {
-        ReadTarget::Replica(n) => n.id,
+        ReadTarget::Replica { node, .. } => node.id,
         other => panic!("every replica is eligible, yet the read got {other:?}"),
     }
 }

@@ -67,6 +67,8 @@ pub struct Context {
     pub open_user: Arc<crate::auth::ClientUser>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Lag limits, replaced whole when the config is reloaded (shared with the prober).
+    pub lag: Arc<arc_swap::ArcSwap<crate::topology::probe::LagLimits>>,
     next_id: AtomicU64,
 }
 
@@ -103,6 +105,7 @@ impl Context {
         settings: Settings,
         auth: Option<Arc<crate::auth::Auth>>,
         metrics: Arc<crate::metrics::Metrics>,
+        lag: Arc<arc_swap::ArcSwap<crate::topology::probe::LagLimits>>,
     ) -> Arc<Context> {
         let Settings {
             consistency,
@@ -137,8 +140,18 @@ impl Context {
                 readonly: false,
             }),
             metrics,
+            lag,
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// How reads are routed now (the lag limit may have been reloaded).
+    pub(crate) fn policy(&self) -> crate::route::Policy {
+        crate::route::Policy {
+            consistency: self.consistency,
+            fallback: self.fallback,
+            max_lag: self.lag.load().max_lag,
+        }
     }
 
     /// Who a new (or RESET) connection is: nobody until it authenticates, with auth on; else the open

@@ -170,6 +170,7 @@ impl Proxy {
             config.client_settings(),
             auth::Auth::new(config.requirepass.clone(), config.users.clone()),
             metrics.clone(),
+            lag.clone(),
         );
         let Listeners {
             addrs,

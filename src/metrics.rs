@@ -107,6 +107,8 @@ pub struct Metrics {
     pub protocol_errors: IntCounter,
     /// Reads sent again to another node.
     pub read_retries: IntCounter,
+    /// Reads a replica ran on data older than they must see, sent again instead of delivered.
+    pub reads_behind: IntCounter,
     /// Clients turned away at max_clients.
     pub rejected_clients: IntCounter,
     /// Failed client authentications.
@@ -290,6 +292,13 @@ impl Metrics {
             read_retries: reg(
                 registry,
                 IntCounter::new("redsplit_read_retries_total", "Reads sent again to another node after a failure")?,
+            )?,
+            reads_behind: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_reads_behind_total",
+                    "Reads a replica ran on data older than they had to see (the offset measured before them fell short), sent again elsewhere instead of delivered",
+                )?,
             )?,
             auth_failures: reg(
                 registry,

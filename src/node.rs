@@ -48,12 +48,28 @@ impl std::fmt::Display for Addr {
     }
 }
 
-/// Replication measurements of one node, written by its prober.
+/// A process-wide counter that orders offset measurements against replies: every measurement (a probe's
+/// `ROLE`, or one written around a batch on the data path) takes a new epoch just before it is sent. A
+/// session that saw a reply while the epoch was `e` knows that any measurement of epoch > `e` was sent
+/// after the reply, so its offset covers what the reply's command did.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// Takes the epoch for a measurement about to be sent.
+pub fn next_epoch() -> u64 {
+    EPOCH.fetch_add(1, Ordering::AcqRel) + 1
+}
+
+/// The current epoch.
+pub fn current_epoch() -> u64 {
+    EPOCH.load(Ordering::Acquire)
+}
+
+/// Replication measurements of one node, written by its prober and by the data path.
 #[derive(Debug, Default)]
 pub struct ReplState {
-    /// Epoch of the probe that produced `offset`; 0 before the first answer.
-    epoch: AtomicU64,
-    /// Replication offset reported by that probe.
+    /// The newest measurement, by epoch.
+    sample: std::sync::Mutex<Option<Sample>>,
+    /// An offset the node is known to have reached: the largest measured since its prober last reset it.
     offset: AtomicU64,
     /// Lag behind the primary in bytes, as of the last probe.
     pub lag_bytes: AtomicU64,
@@ -135,30 +151,47 @@ impl Why {
     }
 }
 
-/// The offset a node reported, and the epoch of the probe that asked.
+/// The offset a node reported, and the epoch of the measurement that asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
-    /// Probe epoch.
+    /// Measurement epoch.
     pub epoch: u64,
     /// Replication offset.
     pub offset: u64,
 }
 
 impl ReplState {
-    /// Records a probe answer. The offset is stored before the epoch: a reader that sees the new epoch
-    /// sees this offset or a later, larger one, and a larger offset only makes a floor stricter.
+    /// Records a probe answer: the node's offset now, whatever it was before (it goes back after a
+    /// restart or a full resync).
     pub fn record(&self, epoch: u64, offset: u64) {
         self.offset.store(offset, Ordering::Release);
-        self.epoch.store(epoch, Ordering::Release);
+        self.keep_sample(Sample { epoch, offset });
     }
 
-    /// The latest sample, if any probe has answered.
+    /// Records an offset measured on the data path (`ROLE` around a batch): the node has reached it.
+    pub fn observe(&self, epoch: u64, offset: u64) {
+        self.offset.fetch_max(offset, Ordering::AcqRel);
+        self.keep_sample(Sample { epoch, offset });
+    }
+
+    /// Keeps `s` if it is newer than the sample kept: measurements of several connections answer out of
+    /// order, and an epoch must never be paired with an older measurement's offset.
+    fn keep_sample(&self, s: Sample) {
+        let mut kept = self
+            .sample
+            .lock()
+            .expect("sample lock is never poisoned: nothing panics while holding it");
+        if kept.is_none_or(|k| k.epoch < s.epoch) {
+            *kept = Some(s);
+        }
+    }
+
+    /// The newest measurement, if any.
     pub fn sample(&self) -> Option<Sample> {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        (epoch > 0).then(|| Sample {
-            epoch,
-            offset: self.offset.load(Ordering::Acquire),
-        })
+        *self
+            .sample
+            .lock()
+            .expect("sample lock is never poisoned: nothing panics while holding it")
     }
 
     /// Offset known to be reached (0 if unknown).
@@ -191,6 +224,20 @@ impl ReplState {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    /// How old the node's data can be now, at most, as far as its last probe tells: the lag it measured
+    /// then, plus the time since (the data can only have moved forward). `None` if the last probe did
+    /// not answer or the lag is unknown.
+    pub fn staleness_bound(&self) -> Option<Duration> {
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        let lag = self.lag_ms.load(Ordering::Relaxed);
+        if last == 0 || lag == u64::MAX {
+            return None;
+        }
+        Some(Duration::from_millis(
+            lag.saturating_add(since_start_ms().saturating_sub(last)),
+        ))
     }
 
     /// True if its last probe answered.

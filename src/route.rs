@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::command::{Class, Local};
 use crate::topology::Shard;
-use crate::upstream::Node;
+use crate::upstream::{Node, Want};
 pub use read::{ReadState, ReadTarget, Reads};
 
 /// How reads are routed.
@@ -20,6 +20,9 @@ pub use read::{ReadState, ReadTarget, Reads};
 pub enum Consistency {
     /// Read-your-writes and monotonic reads per client session, within the lag limit.
     Session,
+    /// As `session`, and a read that begins after any client's write through this proxy was acknowledged
+    /// sees that write (connection pools: write on one connection, read on another).
+    Global,
     /// Any replica within the lag limit.
     Eventual,
     /// Every read goes to the primary.
@@ -71,6 +74,8 @@ pub struct Policy {
     pub consistency: Consistency,
     /// Where reads go when no replica qualifies.
     pub fallback: Fallback,
+    /// No read is served from data older than this.
+    pub max_lag: std::time::Duration,
 }
 
 /// Where one command goes.
@@ -85,6 +90,10 @@ pub enum Plan {
         primary: bool,
         /// Why a read went to the primary.
         reason: Option<PrimaryReason>,
+        /// The offsets to measure around it.
+        want: Want,
+        /// A read must be shown to have run on data at least at this offset before it is delivered.
+        check: Option<u64>,
     },
     /// To the primary on a connection of the session's own, kept (transactions, WATCH, subscriptions,
     /// MONITOR, tracking).
@@ -128,42 +137,52 @@ pub fn writer(shard: &Shard) -> Result<&Arc<Node>, NoWriter> {
 
 /// Where a command of `class` goes in `shard`, for a session whose reads are `reads`. Reads are not held
 /// by a switchover: only a primary that is gone holds them.
-pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: Policy) -> Plan {
-    let to_writer = |f: fn(Arc<Node>) -> Plan| match writer(shard) {
-        Ok(p) => f(p.clone()),
+pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy) -> Plan {
+    // What the session must see is measured after each of its commands: the offset after a write covers
+    // it, the one after a read bounds what it saw.
+    let after = matches!(
+        policy.consistency,
+        Consistency::Session | Consistency::Global
+    );
+    let on_primary = |node: &Arc<Node>, reason| Plan::Forward {
+        node: node.clone(),
+        primary: true,
+        reason,
+        want: Want {
+            before: false,
+            after,
+        },
+        check: None,
+    };
+    let to_writer = |f: &dyn Fn(&Arc<Node>) -> Plan| match writer(shard) {
+        Ok(p) => f(p),
         Err(_) => Plan::Hold,
     };
     match class {
-        Class::Read => match reads.route(shard, policy.consistency, policy.fallback) {
-            ReadTarget::Replica(node) => Plan::Forward {
+        Class::Read => match reads.route(shard, policy) {
+            ReadTarget::Replica { node, check } => Plan::Forward {
                 node,
                 primary: false,
                 reason: None,
+                want: Want {
+                    before: check.is_some(),
+                    after,
+                },
+                check,
             },
             ReadTarget::Primary(reason) => match &shard.primary {
-                Some(p) => Plan::Forward {
-                    node: p.clone(),
-                    primary: true,
-                    reason: Some(reason),
-                },
+                Some(p) => on_primary(p, Some(reason)),
                 None => Plan::Hold,
             },
             ReadTarget::Refuse(reason) => Plan::Refuse(reason),
         },
-        Class::Primary => to_writer(|node| Plan::Forward {
-            node,
-            primary: true,
-            reason: None,
+        Class::Primary => to_writer(&|p| on_primary(p, None)),
+        Class::Blocking => to_writer(&|p| Plan::Block(p.clone())),
+        Class::Pin(_) => to_writer(&|p| Plan::Pin(p.clone())),
+        Class::Broadcast => to_writer(&|p| Plan::Broadcast {
+            primary: p.clone(),
+            replicas: shard.replica_nodes().cloned().collect(),
         }),
-        Class::Blocking => to_writer(Plan::Block),
-        Class::Pin(_) => to_writer(Plan::Pin),
-        Class::Broadcast => match writer(shard) {
-            Ok(p) => Plan::Broadcast {
-                primary: p.clone(),
-                replicas: shard.replica_nodes().cloned().collect(),
-            },
-            Err(_) => Plan::Hold,
-        },
         Class::Local(local) => Plan::Local(local),
     }
 }
@@ -185,6 +204,7 @@ mod tests {
     const SESSION: Policy = Policy {
         consistency: Consistency::Session,
         fallback: Fallback::Primary,
+        max_lag: std::time::Duration::from_secs(1),
     };
 
     fn is_primary(plan: &Plan) -> bool {
@@ -199,11 +219,11 @@ mod tests {
             Class::Primary,
             &mut reads,
             t.shard(),
-            SESSION
+            &SESSION
         )));
         let (_, none) = shard(false);
         assert!(matches!(
-            plan(Class::Primary, &mut reads, none.shard(), SESSION),
+            plan(Class::Primary, &mut reads, none.shard(), &SESSION),
             Plan::Hold
         ));
     }
@@ -223,12 +243,12 @@ mod tests {
             Class::Pin(crate::command::Pin::Multi),
         ] {
             assert!(
-                matches!(plan(class, &mut reads, t.shard(), SESSION), Plan::Hold),
+                matches!(plan(class, &mut reads, t.shard(), &SESSION), Plan::Hold),
                 "{class:?}"
             );
         }
         assert!(matches!(
-            plan(Class::Read, &mut reads, t.shard(), SESSION),
+            plan(Class::Read, &mut reads, t.shard(), &SESSION),
             Plan::Forward { primary: false, .. }
         ));
         assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
@@ -240,7 +260,7 @@ mod tests {
     fn a_read_with_no_replica_goes_to_the_primary_or_is_refused() {
         let (_, t) = shard(true);
         let mut reads = ReadState::default();
-        match plan(Class::Read, &mut reads, t.shard(), SESSION) {
+        match plan(Class::Read, &mut reads, t.shard(), &SESSION) {
             Plan::Forward {
                 primary: true,
                 reason: Some(PrimaryReason::Lag),
@@ -253,7 +273,7 @@ mod tests {
             ..SESSION
         };
         assert!(matches!(
-            plan(Class::Read, &mut reads, t.shard(), strict),
+            plan(Class::Read, &mut reads, t.shard(), &strict),
             Plan::Refuse(PrimaryReason::Lag)
         ));
     }

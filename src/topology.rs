@@ -119,8 +119,6 @@ impl AddressMap {
 pub struct Topo {
     current: ArcSwap<Topology>,
     changed: watch::Sender<Generation>,
-    /// Probe epoch counter; see the module documentation.
-    pub epoch: AtomicU64,
     /// Redis version of the primary, for proxy-made HELLO replies.
     pub server_version: ArcSwap<String>,
     settings: Arc<Settings>,
@@ -142,7 +140,6 @@ impl Topo {
         Arc::new(Topo {
             current: ArcSwap::from_pointee(empty),
             changed: watch::channel(Generation(0)).0,
-            epoch: AtomicU64::new(1),
             server_version: ArcSwap::from_pointee("7.0.0".to_string()),
             settings,
             nodes: Mutex::new(FxHashMap::default()),
@@ -332,14 +329,14 @@ impl Topo {
         self.changed.subscribe()
     }
 
-    /// The current probe epoch.
+    /// The current measurement epoch (see [`crate::node::next_epoch`]).
     pub fn current_epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        crate::node::current_epoch()
     }
 
     /// Takes the epoch for a probe about to be sent.
     pub fn next_epoch(&self) -> u64 {
-        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+        crate::node::next_epoch()
     }
 }
 

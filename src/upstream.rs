@@ -9,6 +9,7 @@
 mod conn;
 pub mod control;
 mod dedicated;
+pub mod offsets;
 pub mod verdict;
 
 use std::io::IoSlice;
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use conn::Shared;
 pub use dedicated::Dedicated;
+pub use offsets::{Offsets, Want};
 pub use verdict::{Verdict, Verdicts};
 
 use crate::node::Addr;
@@ -94,6 +96,8 @@ pub struct Reply {
     pub bytes: Bytes,
     /// What each frame says, where it is more than an answer (see [`verdict::judge`]).
     pub verdicts: Verdicts,
+    /// The node's replication offsets measured around the job, where it asked for them.
+    pub offsets: Offsets,
 }
 
 /// Work for a shared connection: request frames written as one unit, answered by `count` replies.
@@ -103,6 +107,8 @@ pub struct Job {
     pub bytes: Bytes,
     /// Number of frames in `bytes`, so number of replies.
     pub count: u32,
+    /// The replication offsets to measure around it.
+    pub want: Want,
     /// Where the replies go. A dropped receiver just discards them.
     pub reply: oneshot::Sender<Result<Reply, Error>>,
 }
@@ -546,12 +552,19 @@ pub(crate) async fn connect(
     }
 }
 
-/// Sends `job` on `conn`, counting it as outstanding on `node` until answered.
-pub fn submit(conn: &Shared, bytes: Bytes, count: u32) -> oneshot::Receiver<Result<Reply, Error>> {
+/// Sends `count` request frames on `conn` (measuring the offsets `want` around them), counting them as
+/// outstanding on the node until answered.
+pub fn submit(
+    conn: &Shared,
+    bytes: Bytes,
+    count: u32,
+    want: Want,
+) -> oneshot::Receiver<Result<Reply, Error>> {
     let (tx, rx) = oneshot::channel();
     conn.send(Job {
         bytes,
         count,
+        want,
         reply: tx,
     });
     rx

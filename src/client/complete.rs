@@ -63,6 +63,15 @@ impl Session {
             }
         }
         let attempt = match &outcome {
+            // A read checked for freshness that ran on older data: never delivered.
+            Outcome::Upstream(Ok(r))
+                if sent
+                    .check
+                    .is_some_and(|need| r.offsets.before.is_none_or(|b| b < need)) =>
+            {
+                self.ctx.metrics.reads_behind.inc();
+                retry::Attempt::Behind
+            }
             Outcome::Upstream(Ok(r)) => retry::Attempt::Replied(r),
             Outcome::Upstream(Err(e)) => retry::Attempt::Failed(e),
             Outcome::TimedOut => retry::Attempt::TimedOut,
@@ -81,7 +90,8 @@ impl Session {
             (Outcome::Upstream(Ok(r)), true) => Some(r.bytes.clone()),
             _ => None,
         };
-        let outcome = match self.resend_front(reached, refusal) {
+        let behind = matches!(attempt, retry::Attempt::Behind);
+        let outcome = match self.resend_front(reached, refusal, behind) {
             Resend::Sent | Resend::Held => return,
             Resend::GiveUp => match outcome {
                 Outcome::Wake => {
@@ -110,10 +120,21 @@ impl Session {
         let count = entry.count;
         if let Some(sent) = &entry.sent {
             if let (Some(node), false) = (&sent.node, matches!(entry.wait, Wait::Held)) {
-                self.state
-                    .reads
-                    .shard(sent.shard)
-                    .replied(node.id, sent.primary, count, epoch);
+                let after = match &outcome {
+                    Outcome::Upstream(Ok(r)) => r.offsets.after,
+                    _ => None,
+                };
+                self.state.reads.shard(sent.shard).replied(
+                    node.id,
+                    sent.primary,
+                    count,
+                    epoch,
+                    after,
+                );
+                // An acknowledged write: every read that begins from now on must see it (`global`).
+                if let (true, true, Some(o)) = (sent.primary, entry.kinds[1] > 0, after) {
+                    self.ctx.topo.shard_state().ack(o);
+                }
             }
         }
         if let Some(started) = entry.started {
@@ -186,8 +207,8 @@ impl Session {
     /// Sends the front entry again: reads to any node the router allows but the one that failed them,
     /// writes to the current primary. With nowhere to send, the entry is held until the topology changes
     /// or a moment passes, for at most `write_hold_ms` from its first failure. `refusal`: the node's
-    /// replies if it refused the whole batch for its role.
-    fn resend_front(&mut self, reached: bool, refusal: Option<Bytes>) -> Resend {
+    /// replies if it refused the whole batch for its role; `behind`: it ran the reads on data too old.
+    fn resend_front(&mut self, reached: bool, refusal: Option<Bytes>, behind: bool) -> Resend {
         let now = Instant::now();
         let topo = self.ctx.topo.snapshot();
         let shard = topo.shard();
@@ -240,11 +261,11 @@ impl Session {
         };
         // The node that just failed gets another try only after a pause (as a held entry), so a dead
         // primary is not hammered while the failover runs.
-        let target = target.filter(|(n, _)| {
+        let target = target.filter(|(n, _, _)| {
             failed.as_ref().is_none_or(|f| f.id != n.id)
                 && sent.refused_by.as_ref().is_none_or(|(id, _)| *id != n.id)
         });
-        let Some((node, primary)) = target else {
+        let Some((node, primary, check)) = target else {
             self.flow.hold = true;
             if !was_held {
                 self.ctx.metrics.writes_held.inc();
@@ -257,7 +278,7 @@ impl Session {
                 .write_hold_seconds
                 .observe(now.duration_since(since).as_secs_f64());
         }
-        if reads_only && !was_held {
+        if reads_only && !was_held && !behind {
             self.ctx.metrics.read_retries.inc();
         }
         let Some(bytes) = sent.bytes.clone() else {
@@ -266,8 +287,11 @@ impl Session {
         sent.deadline = reads_only.then(|| now + self.ctx.read_timeout);
         sent.node = Some(node.clone());
         sent.primary = primary;
+        sent.check = check;
+        sent.want.before = check.is_some();
+        let want = sent.want;
         let conn = self.state.conn_for(&node);
-        let rx = upstream::submit(&conn, bytes, count);
+        let rx = upstream::submit(&conn, bytes, count, want);
         if let Some(entry) = self.queue.front_mut() {
             entry.wait = Wait::Upstream(rx);
         }
@@ -282,14 +306,15 @@ impl Session {
         shard: &Shard,
         reads_only: bool,
         avoid: Option<u64>,
-    ) -> Option<(Arc<Node>, bool)> {
+    ) -> Option<(Arc<Node>, bool, Option<u64>)> {
         if !reads_only {
-            return route::writer(shard).ok().map(|p| (p.clone(), true));
+            return route::writer(shard).ok().map(|p| (p.clone(), true, None));
         }
+        let policy = self.ctx.policy();
         let reads = self.state.reads.shard(shard.id);
-        match reads.route_avoiding(shard, self.ctx.consistency, self.ctx.fallback, avoid) {
-            ReadTarget::Replica(n) => Some((n, false)),
-            ReadTarget::Primary(_) => shard.primary.clone().map(|p| (p, true)),
+        match reads.route_avoiding(shard, &policy, avoid) {
+            ReadTarget::Replica { node, check } => Some((node, false, check)),
+            ReadTarget::Primary(_) => shard.primary.clone().map(|p| (p, true, None)),
             ReadTarget::Refuse(_) => None,
         }
     }

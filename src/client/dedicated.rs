@@ -139,7 +139,10 @@ impl Session {
                     }
                     let epoch = self.ctx.topo.current_epoch();
                     let shard = p.shard;
-                    self.state.reads.shard(shard).replied(node, true, 1, epoch);
+                    self.state
+                        .reads
+                        .shard(shard)
+                        .replied(node, true, 1, epoch, None);
                 } else {
                     self.complete_front(Outcome::Bytes(bytes));
                 }

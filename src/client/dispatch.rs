@@ -26,6 +26,7 @@ use crate::metrics::Kind;
 use crate::resp::Request;
 use crate::route::{self, Plan, Policy};
 use crate::topology::{Shard, ShardId, Topology};
+use crate::upstream::Want;
 use crate::upstream::{self, Node};
 
 /// Requests at the start of the input buffer bound for one shared connection.
@@ -37,12 +38,16 @@ pub(super) struct Batch {
     kinds: [u32; 3],
     /// Only reads: safe to run again elsewhere if this node fails them.
     reads_only: bool,
+    /// The offsets measured around it.
+    want: Want,
+    /// The offset its reads must be shown to have seen before they are delivered.
+    check: Option<u64>,
     len: usize,
     count: u32,
 }
 
 impl Batch {
-    /// A batch of one command.
+    /// A batch of one command of the kind being dispatched (`kinds`), to `node`.
     fn one(shard: ShardId, node: Arc<Node>, primary: bool, read: bool, kinds: [u32; 3]) -> Batch {
         Batch {
             shard,
@@ -50,9 +55,17 @@ impl Batch {
             primary,
             kinds,
             reads_only: read,
+            want: Want::NONE,
+            check: None,
             len: 0,
             count: 1,
         }
+    }
+
+    /// True if `other` (one command) can travel in this batch: same node, and the same offsets measured
+    /// and checked around it.
+    fn takes(&self, other: &Batch) -> bool {
+        self.node.id == other.node.id && self.want == other.want && self.check == other.check
     }
 }
 
@@ -84,6 +97,7 @@ impl Session {
         }
         let table = self.ctx.table.load_full();
         let topo = self.ctx.topo.snapshot();
+        let policy = self.ctx.policy();
         let mut batch: Option<Batch> = None;
         let mut waiting = false;
         loop {
@@ -120,7 +134,7 @@ impl Session {
             };
             self.cur_kind = kind.into();
             match self
-                .request(class, &req, start, &table, &topo, &mut batch)
+                .request(class, &req, start, &table, (&topo, &policy), &mut batch)
                 .await
             {
                 Step::Next => self.unpark(),
@@ -167,7 +181,7 @@ impl Session {
         req: &Request,
         start: usize,
         table: &Table,
-        topo: &Arc<Topology>,
+        (topo, policy): (&Arc<Topology>, &Policy),
         batch: &mut Option<Batch>,
     ) -> Step {
         let in_multi = self.pinned.as_ref().is_some_and(|p| p.multi);
@@ -195,10 +209,6 @@ impl Session {
             return self.pinned_request(class, req, topo.shard());
         }
         let shard = topo.shard();
-        let policy = Policy {
-            consistency: self.ctx.consistency,
-            fallback: self.ctx.fallback,
-        };
         let plan = route::plan(class, self.state.reads.shard(shard.id), shard, policy);
         self.carry_out(plan, class, req, start, shard, batch).await
     }
@@ -218,11 +228,21 @@ impl Session {
                 node,
                 primary,
                 reason,
+                want,
+                check,
             } => {
                 if let Some(reason) = reason {
                     self.ctx.metrics.read_on_primary(reason.into());
                 }
-                self.add(batch, node, primary, class == Class::Read, req, shard)
+                let mut kinds = [0; 3];
+                kinds[self.cur_kind as usize] = 1;
+                let one = Batch {
+                    want,
+                    check,
+                    len: req.len,
+                    ..Batch::one(shard.id, node, primary, class == Class::Read, kinds)
+                };
+                self.add(batch, one, req)
             }
             Plan::Hold => {
                 self.flush(batch);
@@ -238,7 +258,7 @@ impl Session {
                 for r in &replicas {
                     let conn = self.state.conn_for(r);
                     r.metrics.load().commands(false, Kind::Other, 1);
-                    drop(upstream::submit(&conn, bytes.clone(), 1));
+                    drop(upstream::submit(&conn, bytes.clone(), 1, Want::NONE));
                 }
                 self.state.sent(shard.id, primary.id, true, 1);
                 let batch = Batch::one(shard.id, primary, true, false, [0, 0, 1]);
@@ -317,54 +337,38 @@ impl Session {
     }
 
     /// Adds a request to the batch for `node`, starting a new batch if it goes elsewhere.
-    pub(super) fn add(
-        &mut self,
-        batch: &mut Option<Batch>,
-        node: Arc<Node>,
-        primary: bool,
-        read: bool,
-        req: &Request,
-        shard: &Shard,
-    ) -> Step {
+    pub(super) fn add(&mut self, batch: &mut Option<Batch>, one: Batch, req: &Request) -> Step {
         // Commands for a new primary wait until the old one has answered this session's commands: a
         // failover must not let a later write overtake an earlier one.
-        if primary && self.state.primary_changed(shard.id, node.id) && !self.queue.is_empty() {
+        if one.primary
+            && self.state.primary_changed(one.shard, one.node.id)
+            && !self.queue.is_empty()
+        {
             self.flush(batch);
             return Step::Wait;
         }
-        self.state.sent(shard.id, node.id, primary, 1);
-        let mut kinds = [0; 3];
-        kinds[self.cur_kind as usize] = 1;
+        self.state.sent(one.shard, one.node.id, one.primary, 1);
         if req.inline {
             self.flush(batch);
             let bytes = self.input.take(req);
-            self.submit(Batch::one(shard.id, node, primary, read, kinds), bytes);
+            self.submit(one, bytes);
             return Step::Next;
         }
+        let on = self.state.reply_mode == super::state::ReplyMode::On;
         match batch {
-            Some(b)
-                if b.node.id == node.id && self.state.reply_mode == super::state::ReplyMode::On =>
-            {
+            Some(b) if on && b.takes(&one) => {
                 b.len += req.len;
                 b.count += 1;
                 b.kinds[self.cur_kind as usize] += 1;
-                b.reads_only &= read;
+                b.reads_only &= one.reads_only;
             }
             _ => {
                 self.flush(batch);
-                *batch = Some(Batch {
-                    shard: shard.id,
-                    node,
-                    primary,
-                    kinds,
-                    reads_only: read,
-                    len: req.len,
-                    count: 1,
-                });
+                *batch = Some(one);
             }
         }
         // `CLIENT REPLY OFF/SKIP` silence whole entries, so each command gets its own.
-        if self.state.reply_mode != super::state::ReplyMode::On {
+        if !on {
             self.flush(batch);
         }
         Step::Next
@@ -386,6 +390,8 @@ impl Session {
             primary,
             kinds,
             reads_only,
+            want,
+            check,
             count,
             ..
         } = b;
@@ -399,9 +405,11 @@ impl Session {
             }
         }
         let conn = self.state.conn_for(&node);
-        let rx = upstream::submit(&conn, bytes.clone(), count);
+        let rx = upstream::submit(&conn, bytes.clone(), count, want);
         let silent = self.state.take_silent();
         let mut sent = Sent::batch(shard, node, primary, bytes, reads_only);
+        sent.want = want;
+        sent.check = check;
         sent.deadline = reads_only.then(|| Instant::now() + self.ctx.read_timeout);
         self.queue.push(Entry {
             wait: Wait::Upstream(rx),

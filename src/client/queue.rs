@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 use super::pinned::Effect;
 use crate::route::retry;
 use crate::topology::{Generation, ShardId};
-use crate::upstream::{self, ConnKey, Node, Reply};
+use crate::upstream::{self, ConnKey, Node, Reply, Want};
 
 /// What a queue entry waits for.
 pub(super) enum Wait {
@@ -57,6 +57,11 @@ pub(super) struct Sent {
     pub bytes: Option<Bytes>,
     /// Only reads: they may run again anywhere, even if they reached a node.
     pub reads_only: bool,
+    /// The offsets measured around them.
+    pub want: Want,
+    /// They may be delivered only if they ran on data at least at this offset (the `ROLE` before them
+    /// says so); else they go again elsewhere.
+    pub check: Option<u64>,
     /// Failures on nodes the request reached (timeouts, broken connections, node errors).
     pub failures: u8,
     /// When the entry first could not be delivered: the start of its hold.
@@ -78,6 +83,8 @@ impl Sent {
             primary,
             bytes: None,
             reads_only: false,
+            want: Want::NONE,
+            check: None,
             failures: 0,
             held_since: None,
             deadline: None,

@@ -1,132 +1,179 @@
 //! Where a read goes, and what a session must have seen.
 //!
-//! A replica gets a read only if the prober marks it eligible (answering, link up, within the lag limits).
-//! In `session` consistency the session also carries a floor: the replication offset that any node serving
-//! its next read must be known to have reached. The floor covers the session's writes (read-your-writes)
-//! and the data it has already read (monotonic reads).
+//! A replica gets a read only if the prober marks it eligible (answering, link up, within the lag
+//! limits). Every read also has a *required offset*: one the node serving it must have reached before it
+//! runs. It covers
+//! - the session's writes and what it has already read (`session` and `global`: read-your-writes and
+//!   monotonic reads): the session's floor;
+//! - every write acknowledged through this proxy before the read began (`global`);
+//! - the lag limit: the primary's offset `max_lag_ms` ago, so no read is served from older data, also
+//!   between probes.
 //!
-//! The floor is learned without asking the primary anything extra, so writes pay nothing: when a reply
-//! arrives the session notes the node and the probe epoch ([`ReadState::replied`]); the first probe of that
-//! node with a later epoch was sent after the command ran, so its offset covers the command. Until that
-//! probe answers, the session reads only from that node (or the primary).
+//! The proxy knows each read met it exactly, without a round trip of its own: a node runs one
+//! connection's commands in order, so a `ROLE` written just before the read on the same connection
+//! reports an offset the read sees at least ([`crate::upstream::offsets`]). A replica already known to
+//! have the required offset needs no such check; one that turns out to be behind has its read sent again
+//! elsewhere, never delivered. The `ROLE` written after a write batch on the primary gives the offset
+//! that covers its writes (the session's floor rises to it), and the one after a read gives the most the
+//! read can have seen (so later reads are never older).
 //!
 //! ```text
-//!   write sent ──▶ reads go to the primary until its reply
-//!   reply seen ──▶ pending(primary, epoch e)  ── probe of epoch > e answers ──▶ floor = its offset
-//!   read served by replica R ──▶ pending(R, e): reads stay on R until resolved
+//!   write sent ──▶ reads go to the primary until its reply (and its offset) is in
+//!   reply with offset O ──▶ floor = max(floor, O)
+//!   reply without one (a dedicated connection) ──▶ pending(node, epoch e) ── a measurement of the node
+//!                                                  with epoch > e ──▶ floor = its offset
+//!   read in flight on replica R ──▶ the session's next reads go to R too (it runs them in order)
 //! ```
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rand::Rng;
 
-use super::{Consistency, Fallback, PrimaryReason};
+use super::{Consistency, Fallback, Policy, PrimaryReason};
 use crate::topology::{Shard, ShardId};
 use crate::upstream::Node;
 
 /// Where one read goes.
 #[derive(Debug, Clone)]
 pub enum ReadTarget {
-    /// A replica.
-    Replica(Arc<Node>),
+    /// A replica. With `check`, the read must be shown to have run on data at least at that offset
+    /// (a `ROLE` before it), or it is sent again elsewhere.
+    Replica {
+        /// The replica.
+        node: Arc<Node>,
+        /// The offset to check before delivering, if the replica is not known to have it.
+        check: Option<u64>,
+    },
     /// The primary, and why.
     Primary(PrimaryReason),
     /// Nowhere: `fallback = "error"` and no replica qualifies.
     Refuse(PrimaryReason),
 }
 
-/// A command whose reply arrived, waiting for a later probe of its node to give it an offset.
+/// A reply whose offset is unknown, waiting for a later measurement of its node to give it one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pending {
     node: u64,
     epoch: u64,
 }
 
-/// One session's read-consistency state.
+/// One session's read-consistency state in one shard.
 #[derive(Debug, Default)]
 pub struct ReadState {
     /// Commands sent to the primary whose replies have not been seen.
     unreplied_primary: u32,
-    /// Offset a node must be known to have to serve this session's reads.
+    /// Offset every node serving this session's reads must have reached: its writes, and the most its
+    /// reads can have seen.
     floor: u64,
-    /// The last node that answered, until a probe gives its offset.
+    /// The node whose measurement set `floor`: reads it runs on the session's connection come after
+    /// whatever set it, so they meet the floor by order alone.
+    floor_node: u64,
+    /// A reply whose offset is not known yet.
     pending: Option<Pending>,
-    /// Replica with reads in flight, and how many: reads stay there until they are answered.
+    /// Replica with reads in flight, and how many: later reads go there too, in order.
     sticky: Option<(u64, u32)>,
 }
 
+/// Replicas whose last probe put them within this of the primary may take a read they are not yet known
+/// to be fresh enough for: the check before it tells, and on loopback or in one zone they almost always
+/// are. A replica further behind is tried only once it is known to have caught up.
+const OPTIMISTIC_LAG_MS: u64 = 100;
+
 impl ReadState {
-    /// Chooses the node for a read.
-    pub fn route(
-        &mut self,
-        shard: &Shard,
-        consistency: Consistency,
-        fallback: Fallback,
-    ) -> ReadTarget {
-        self.route_avoiding(shard, consistency, fallback, None)
+    /// Chooses the node for a read. `global`: the offset of the newest write acknowledged through this
+    /// proxy (`global` consistency).
+    pub fn route(&mut self, shard: &Shard, policy: &Policy) -> ReadTarget {
+        self.route_avoiding(shard, policy, None)
     }
 
     /// Chooses the node for a read, never the replica `avoid` (it just failed this read).
     pub fn route_avoiding(
         &mut self,
         shard: &Shard,
-        consistency: Consistency,
-        fallback: Fallback,
+        policy: &Policy,
         avoid: Option<u64>,
     ) -> ReadTarget {
         let primary_id = shard.primary.as_ref().map(|p| p.id);
-        let eligible =
+        let candidate =
             |n: &Arc<Node>| n.repl.is_eligible() && Some(n.id) != primary_id && Some(n.id) != avoid;
-        let target = match consistency {
+        let consistent = matches!(
+            policy.consistency,
+            Consistency::Session | Consistency::Global
+        );
+        match policy.consistency {
             Consistency::Primary => return ReadTarget::Primary(PrimaryReason::Policy),
-            Consistency::Eventual => {
-                least_outstanding(shard.replica_nodes().filter(|n| eligible(n)))
+            _ if consistent && self.unreplied_primary > 0 => {
+                return ReadTarget::Primary(PrimaryReason::Session)
             }
-            Consistency::Session => {
-                if self.unreplied_primary > 0 {
-                    return ReadTarget::Primary(PrimaryReason::Session);
-                }
-                self.resolve(shard);
-                if let Some((id, _)) = self.sticky {
-                    match shard.replica_nodes().find(|n| n.id == id) {
-                        Some(n) if eligible(n) => return ReadTarget::Replica(n.clone()),
-                        _ => return ReadTarget::Primary(PrimaryReason::Session),
-                    }
-                }
-                match self.pending {
-                    Some(p) => shard
-                        .replica_nodes()
-                        .find(|n| n.id == p.node && eligible(n))
-                        .cloned(),
-                    None => least_outstanding(
-                        shard
-                            .replica_nodes()
-                            .filter(|n| eligible(n) && n.repl.offset() >= self.floor),
-                    ),
-                }
+            _ => {}
+        }
+        if consistent {
+            self.resolve(shard);
+            if self.pending.is_some() {
+                return ReadTarget::Primary(PrimaryReason::Session);
+            }
+        }
+        // The lag limit needs checking only for a replica whose last probe does not already bound the age
+        // of its data under it (its lag then, plus the time since).
+        let mut lag_floor_once: Option<u64> = None;
+        let mut lag_need = |n: &Node| {
+            if n.repl.staleness_bound().is_some_and(|b| b < policy.max_lag) {
+                0
+            } else {
+                *lag_floor_once.get_or_insert_with(|| lag_floor(shard, policy))
             }
         };
-        match target {
-            Some(n) => ReadTarget::Replica(n),
-            None => {
-                let reason = if shard.replicas.is_empty() {
-                    PrimaryReason::NoReplica
-                } else if shard.replica_nodes().any(eligible) {
-                    PrimaryReason::Session
-                } else {
-                    PrimaryReason::Lag
-                };
-                match fallback {
-                    Fallback::Primary => ReadTarget::Primary(reason),
-                    // Refusing only makes sense when replicas are lagging or missing, not because this
-                    // session needs fresher data than they have: that is what the primary is for.
-                    Fallback::Error if reason != PrimaryReason::Session => {
-                        ReadTarget::Refuse(reason)
-                    }
-                    Fallback::Error => ReadTarget::Primary(reason),
-                }
-            }
+        let session_floor = if consistent { self.floor } else { 0 };
+        let global = match policy.consistency {
+            Consistency::Global => shard.state.acked(),
+            _ => 0,
+        };
+        let required = session_floor.max(global);
+        // Reads already in flight on a replica: this one goes there too, and runs after them.
+        if let Some((id, _)) = self.sticky.filter(|_| consistent) {
+            return match shard.replica_nodes().find(|n| n.id == id) {
+                Some(n) if candidate(n) => ReadTarget::Replica {
+                    node: n.clone(),
+                    check: check(n, required.max(lag_need(n))),
+                },
+                _ => ReadTarget::Primary(PrimaryReason::Session),
+            };
+        }
+        let floor_node = self.floor_node;
+        let mut need = |n: &Node| {
+            // Reads on the node that set the floor run after what set it.
+            let own = if n.id == floor_node { global } else { required };
+            own.max(lag_need(n))
+        };
+        let known = least_outstanding(
+            shard
+                .replica_nodes()
+                .filter(|n| candidate(n) && n.repl.offset() >= need(n)),
+        );
+        let chosen = known.or_else(|| {
+            least_outstanding(shard.replica_nodes().filter(|n| {
+                candidate(n) && n.repl.lag_ms.load(Ordering::Relaxed) <= OPTIMISTIC_LAG_MS
+            }))
+        });
+        if let Some(node) = chosen {
+            let check = check(&node, need(&node));
+            return ReadTarget::Replica { node, check };
+        }
+        let reason = if shard.replicas.is_empty() {
+            PrimaryReason::NoReplica
+        } else if shard.replica_nodes().any(candidate) {
+            PrimaryReason::Session
+        } else {
+            PrimaryReason::Lag
+        };
+        match policy.fallback {
+            Fallback::Primary => ReadTarget::Primary(reason),
+            // Refusing only makes sense when replicas are lagging or missing, not because this session
+            // needs fresher data than they have: that is what the primary is for.
+            Fallback::Error if reason != PrimaryReason::Session => ReadTarget::Refuse(reason),
+            Fallback::Error => ReadTarget::Primary(reason),
         }
     }
 
@@ -142,15 +189,32 @@ impl ReadState {
         }
     }
 
-    /// Notes replies from `node` seen while the probe epoch was `epoch`.
-    pub fn replied(&mut self, node: u64, to_primary: bool, count: u32, epoch: u64) {
+    /// Notes replies from `node` seen while the epoch was `epoch`, and the offset measured after them
+    /// (`after`), which then bounds what this session must see from now on. Without one (a dedicated
+    /// connection, or a measurement that failed), the next measurement of the node gives it.
+    pub fn replied(
+        &mut self,
+        node: u64,
+        to_primary: bool,
+        count: u32,
+        epoch: u64,
+        after: Option<u64>,
+    ) {
         self.abandoned(node, to_primary, count);
-        self.pending = Some(Pending { node, epoch });
+        match after {
+            Some(o) => self.raise(node, o),
+            None => self.pending = Some(Pending { node, epoch }),
+        }
     }
 
     /// Commands sent to the primary and not yet answered.
     pub fn unreplied_primary(&self) -> u32 {
         self.unreplied_primary
+    }
+
+    /// The offset this session's reads must see (0 before its first measured reply).
+    pub fn floor(&self) -> u64 {
+        self.floor
     }
 
     /// Notes commands sent to `node` that are over without a reply that says anything about the node
@@ -174,18 +238,26 @@ impl ReadState {
         *self = ReadState::default();
     }
 
-    /// Turns the pending node into a floor once a later probe of it has answered.
+    /// Raises the floor to `offset`, measured on `node`.
+    fn raise(&mut self, node: u64, offset: u64) {
+        if offset > self.floor {
+            self.floor = offset;
+            self.floor_node = node;
+        }
+    }
+
+    /// Turns the pending reply into a floor once a later measurement of its node is in.
     fn resolve(&mut self, shard: &Shard) {
         let Some(p) = self.pending else { return };
         match shard.nodes().find(|n| n.id == p.node) {
             Some(n) => {
                 if let Some(s) = n.repl.sample().filter(|s| s.epoch > p.epoch) {
-                    self.floor = self.floor.max(s.offset);
                     self.pending = None;
+                    self.raise(n.id, s.offset);
                 }
             }
-            // The node left the topology (failover): demand a fresh sample of the current primary, whose
-            // data includes everything the old node had acknowledged to this session.
+            // The node left the topology (failover): demand a fresh measurement of the current primary,
+            // whose data includes everything the old node had acknowledged to this session.
             None => {
                 self.pending = shard.primary.as_ref().map(|n| Pending {
                     node: n.id,
@@ -194,6 +266,22 @@ impl ReadState {
             }
         }
     }
+}
+
+/// The offset a read must see for its data to be no older than the lag limit: the primary's offset
+/// `max_lag` ago (the first sample at or after then, which errs on the fresh side). 0 when the history
+/// cannot tell; the prober's eligibility then stands alone.
+fn lag_floor(shard: &Shard, policy: &Policy) -> u64 {
+    let Some(then) = Instant::now().checked_sub(policy.max_lag) else {
+        return 0;
+    };
+    shard.state.offset_since(then).unwrap_or(0)
+}
+
+/// The offset to check before a read on `node` is delivered, if the node is not already known to have
+/// `required`.
+fn check(node: &Node, required: u64) -> Option<u64> {
+    (node.repl.offset() < required).then_some(required)
 }
 
 /// A session's read state, per shard: what it has written and read is known per replication history.
@@ -244,6 +332,7 @@ fn least_outstanding<'a>(nodes: impl Iterator<Item = &'a Arc<Node>>) -> Option<A
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
 
     use super::*;
     use crate::node::Addr;
@@ -259,9 +348,20 @@ mod tests {
         (topo, t)
     }
 
-    fn replica(t: &ReadTarget) -> u64 {
+    fn policy(consistency: Consistency, fallback: Fallback) -> Policy {
+        Policy {
+            consistency,
+            fallback,
+            max_lag: Duration::from_secs(1),
+        }
+    }
+
+    const SESSION: Consistency = Consistency::Session;
+    const PRIMARY: Fallback = Fallback::Primary;
+
+    fn replica(t: &ReadTarget) -> (u64, Option<u64>) {
         match t {
-            ReadTarget::Replica(n) => n.id,
+            ReadTarget::Replica { node, check } => (node.id, *check),
             other => panic!("expected a replica, got {other:?}"),
         }
     }
@@ -272,54 +372,64 @@ mod tests {
         let mut s = ReadState::default();
         let p = t.primary().expect("primary").id;
         s.sent(p, true, 1);
-        let r = s.route(t.shard(), Consistency::Session, Fallback::Primary);
+        let r = s.route(t.shard(), &policy(SESSION, PRIMARY));
         assert!(matches!(r, ReadTarget::Primary(PrimaryReason::Session)));
     }
 
     #[test]
-    fn read_after_write_waits_for_a_replica_known_to_hold_the_write() {
+    fn read_after_write_goes_to_a_replica_known_to_hold_it_or_is_checked() {
         let (topo, t) = setup();
         let p = t.primary().expect("primary");
         let (r1, r2) = (&t.replicas()[0].node, &t.replicas()[1].node);
-        r1.repl.record(1, 100);
-        r2.repl.record(1, 100);
-        let mut s = ReadState::default();
-        s.sent(p.id, true, 1);
-        s.replied(p.id, true, 1, topo.current_epoch());
-        // No probe since the reply: only the primary is safe.
-        assert!(matches!(
-            s.route(t.shard(), Consistency::Session, Fallback::Primary),
-            ReadTarget::Primary(_)
-        ));
-        // The primary's next probe says the write is at offset 150; r2 has it, r1 does not.
-        p.repl.record(topo.next_epoch(), 150);
         r1.repl.record(topo.next_epoch(), 120);
         r2.repl.record(topo.next_epoch(), 150);
+        let mut s = ReadState::default();
+        s.sent(p.id, true, 1);
+        // The write's reply says the primary was at 150 after it.
+        s.replied(p.id, true, 1, topo.current_epoch(), Some(150));
         assert_eq!(
-            replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary)),
-            r2.id
+            replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))),
+            (r2.id, None),
+            "r2 is known to have it"
         );
+        // Neither known to have it: one is tried, and the read is checked before it is delivered.
+        s.replied(p.id, true, 0, topo.current_epoch(), Some(200));
+        let (_, check) = replica(&s.route(t.shard(), &policy(SESSION, PRIMARY)));
+        assert_eq!(check, Some(200));
     }
 
     #[test]
-    fn reads_stay_on_one_replica_until_its_offset_is_known() {
+    fn a_reply_without_an_offset_sends_reads_to_the_primary_until_a_later_measurement() {
         let (topo, t) = setup();
+        let p = t.primary().expect("primary");
         let mut s = ReadState::default();
-        let first = replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary));
+        s.replied(p.id, true, 0, topo.current_epoch(), None);
+        assert!(matches!(
+            s.route(t.shard(), &policy(SESSION, PRIMARY)),
+            ReadTarget::Primary(PrimaryReason::Session)
+        ));
+        p.repl.record(topo.next_epoch(), 300);
+        let (_, check) = replica(&s.route(t.shard(), &policy(SESSION, PRIMARY)));
+        assert_eq!(check, Some(300));
+    }
+
+    #[test]
+    fn reads_in_flight_keep_later_reads_on_their_replica_and_sequential_reads_spread() {
+        let (_, t) = setup();
+        let mut s = ReadState::default();
+        let (first, _) = replica(&s.route(t.shard(), &policy(SESSION, PRIMARY)));
         s.sent(first, false, 1);
         for _ in 0..20 {
             assert_eq!(
-                replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary)),
+                replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))).0,
                 first
             );
         }
-        s.replied(first, false, 1, topo.current_epoch());
-        for _ in 0..20 {
-            assert_eq!(
-                replica(&s.route(t.shard(), Consistency::Session, Fallback::Primary)),
-                first
-            );
-        }
+        s.replied(first, false, 1, 0, Some(0));
+        let picks: std::collections::HashSet<u64> = (0..200)
+            .map(|_| replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))).0)
+            .collect();
+        assert_eq!(picks.len(), 2, "sequential reads go to both replicas");
     }
 
     #[test]
@@ -330,11 +440,11 @@ mod tests {
         }
         let mut s = ReadState::default();
         assert!(matches!(
-            s.route(t.shard(), Consistency::Eventual, Fallback::Primary),
+            s.route(t.shard(), &policy(Consistency::Eventual, PRIMARY)),
             ReadTarget::Primary(PrimaryReason::Lag)
         ));
         assert!(matches!(
-            s.route(t.shard(), Consistency::Eventual, Fallback::Error),
+            s.route(t.shard(), &policy(Consistency::Eventual, Fallback::Error)),
             ReadTarget::Refuse(PrimaryReason::Lag)
         ));
     }
@@ -344,17 +454,44 @@ mod tests {
         let (_, t) = setup();
         t.replicas()[0].node.outstanding.store(5, Ordering::Relaxed);
         let mut s = ReadState::default();
+        let eventual = policy(Consistency::Eventual, PRIMARY);
         for _ in 0..10 {
             assert_eq!(
-                replica(&s.route(t.shard(), Consistency::Eventual, Fallback::Primary)),
+                replica(&s.route(t.shard(), &eventual)).0,
                 t.replicas()[1].node.id
             );
         }
         t.replicas()[0].node.outstanding.store(0, Ordering::Relaxed);
         t.replicas()[1].node.outstanding.store(0, Ordering::Relaxed);
         let picks: std::collections::HashSet<u64> = (0..200)
-            .map(|_| replica(&s.route(t.shard(), Consistency::Eventual, Fallback::Primary)))
+            .map(|_| replica(&s.route(t.shard(), &eventual)).0)
             .collect();
         assert_eq!(picks.len(), 2, "ties are broken at random");
+    }
+
+    #[test]
+    fn a_read_must_see_what_the_primary_had_max_lag_ago() {
+        let (_, t) = setup();
+        let now = Instant::now();
+        t.shard()
+            .state
+            .record_primary_offset(now - Duration::from_millis(1500), 100);
+        t.shard()
+            .state
+            .record_primary_offset(now - Duration::from_millis(900), 400);
+        t.shard().state.record_primary_offset(now, 500);
+        let r = &t.replicas()[0].node;
+        r.repl.record(1, 300);
+        t.replicas()[1]
+            .node
+            .repl
+            .eligible
+            .store(false, Ordering::Relaxed);
+        // Close to the primary at its last probe, but that probe is too old to bound its data now.
+        r.repl.lag_ms.store(50, Ordering::Relaxed);
+        let mut s = ReadState::default();
+        // 1 s ago the primary was past 100 and at most at 400: a replica at 300 must show it has 400.
+        let (_, check) = replica(&s.route(t.shard(), &policy(Consistency::Eventual, PRIMARY)));
+        assert_eq!(check, Some(400));
     }
 }

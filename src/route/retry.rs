@@ -18,6 +18,9 @@ pub enum Attempt<'a> {
     Failed(&'a Error),
     /// A read's deadline passed with no answer.
     TimedOut,
+    /// The node answered a read, but ran it on data older than the read must see (the offset measured
+    /// before it falls short): the replies are not delivered.
+    Behind,
     /// A batch waiting for a node to send it to may try again (the topology changed, or a moment passed).
     Woken,
 }
@@ -61,6 +64,11 @@ pub fn choose(attempt: Attempt<'_>, batch: Batch) -> Next {
         },
         Attempt::TimedOut => Next::Again {
             reached: true,
+            refused: false,
+        },
+        // Only reads are checked, and a read is safe to run again; the node did nothing wrong.
+        Attempt::Behind => Next::Again {
+            reached: false,
             refused: false,
         },
         // A read is safe to run again wherever it got; a write only if it never left the proxy.
@@ -107,6 +115,7 @@ mod tests {
         Reply {
             bytes: bytes::Bytes::new(),
             verdicts: v,
+            offsets: Default::default(),
         }
     }
 
@@ -186,6 +195,17 @@ mod tests {
         assert_eq!(
             choose(Attempt::Replied(&reply(&[Verdict::Answer])), batch(true, 1)),
             Next::Deliver
+        );
+    }
+
+    #[test]
+    fn a_read_that_ran_on_data_too_old_goes_again_without_counting_as_a_failure() {
+        assert_eq!(
+            choose(Attempt::Behind, batch(true, 3)),
+            Next::Again {
+                reached: false,
+                refused: false
+            }
         );
     }
 

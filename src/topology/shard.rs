@@ -3,7 +3,7 @@
 //! time is read from it) and whether writes are held (a switchover under way).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,9 @@ pub struct ShardState {
     history: Mutex<VecDeque<(Instant, u64)>>,
     /// Set during a manual switchover: writes wait as if there were no primary, reads go on.
     writes_held: AtomicBool,
+    /// The primary's offset after the newest write acknowledged through this proxy: what a read must see
+    /// in `global` consistency.
+    acked: AtomicU64,
 }
 
 impl ShardState {
@@ -98,6 +101,24 @@ impl ShardState {
     /// True while writes are held.
     pub fn writes_held(&self) -> bool {
         self.writes_held.load(Ordering::Relaxed)
+    }
+
+    /// Notes a write acknowledged to a client, covered by the primary's offset `offset`.
+    pub fn ack(&self, offset: u64) {
+        self.acked.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// The offset that covers every write acknowledged through this proxy so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// The primary's offset at the first sample at or after `then`: data at that offset is no older than
+    /// `then`. The newest sample if none is that recent; `None` without samples.
+    pub fn offset_since(&self, then: Instant) -> Option<u64> {
+        let h = self.history();
+        let i = h.partition_point(|&(t, _)| t < then);
+        h.get(i).or(h.back()).map(|&(_, o)| o)
     }
 
     /// Records the primary's offset at `at`.

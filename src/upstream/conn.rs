@@ -22,9 +22,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
-use super::{connect, verdict, ConnKey, Error, Job, JobTx, Node, Reply, Stream, Verdicts};
+use bytes::Bytes;
+
+use super::{
+    connect, offsets, verdict, ConnKey, Error, Job, JobTx, Node, Offsets, Reply, Stream, Verdicts,
+    Want,
+};
 use crate::io::OutBuf;
 use crate::metrics::BackendError;
+use crate::node;
 use crate::resp::ReplyScanner;
 
 /// Handle to a shared connection task. Cloning is cheap; the task ends when every handle is dropped.
@@ -94,7 +100,7 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
         connections.inc();
         // Jobs written (or being written) and not yet answered, oldest first. Both halves run in this one
         // task, so the lock is never contended; it only satisfies `Send`.
-        let inflight = Mutex::new(VecDeque::new());
+        let inflight = Mutex::new(InFlight::default());
         // One loop, compiled for each kind of halves: plain TCP keeps its lock-free owned halves.
         let ended = match stream {
             Stream::Plain(s) => {
@@ -108,7 +114,18 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
         };
         connections.dec();
         let Ended::Broken(error) = ended else { return };
-        let left = std::mem::take(&mut *lock(&inflight));
+        let InFlight { slots, held } = std::mem::take(&mut *lock(&inflight));
+        // Answered in full: their replies go out, only without the offset after them.
+        for (job, reply) in held {
+            deliver(&node, job, reply);
+        }
+        let left: Vec<Job> = slots
+            .into_iter()
+            .filter_map(|s| match s {
+                Slot::Job(j) => Some(j),
+                Slot::Role { .. } => None,
+            })
+            .collect();
         if let Some(e) = &error {
             node.metrics.load().error(match e {
                 Error::Protocol { .. } => BackendError::Protocol,
@@ -130,6 +147,28 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
     }
 }
 
+/// What is in flight on a connection, in the order the node answers it.
+#[derive(Default)]
+struct InFlight {
+    slots: VecDeque<Slot>,
+    /// Jobs answered in full that wait for the offset measured after them.
+    held: Vec<(Job, Reply)>,
+}
+
+/// One thing the node will answer.
+enum Slot {
+    /// A client's job.
+    Job(Job),
+    /// The connection's own `ROLE` around a batch (`after`: after it), sent at measurement `epoch`.
+    Role { after: bool, epoch: u64 },
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.held.is_empty()
+    }
+}
+
 /// How a connection's loops ended.
 enum Ended {
     /// Every handle is gone and every reply delivered: the task ends.
@@ -144,7 +183,7 @@ async fn drive<R, W>(
     reader: R,
     writer: W,
     rx: &mut mpsc::UnboundedReceiver<Job>,
-    inflight: &Mutex<VecDeque<Job>>,
+    inflight: &Mutex<InFlight>,
     first: Job,
 ) -> Ended
 where
@@ -178,7 +217,7 @@ where
     }
 }
 
-fn lock(q: &Mutex<VecDeque<Job>>) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+fn lock(q: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
     q.lock()
         .expect("in-flight lock is never poisoned: nothing panics while holding it")
 }
@@ -187,11 +226,12 @@ fn lock(q: &Mutex<VecDeque<Job>>) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     rx: &mut mpsc::UnboundedReceiver<Job>,
-    inflight: &Mutex<VecDeque<Job>>,
+    inflight: &Mutex<InFlight>,
     first: Job,
 ) -> std::io::Result<()> {
     // Small requests are copied together, large ones written in place (vectored).
     let mut out = OutBuf::default();
+    let mut batch: Vec<Job> = Vec::new();
     let mut next = Some(first);
     loop {
         let job = match next.take() {
@@ -206,17 +246,36 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         tokio::task::yield_now().await;
         // Batch whatever else is queued: many clients' requests in one write is the point of sharing.
         let mut size = 0;
+        let mut want = Want::NONE;
         let mut job = Some(job);
+        while let Some(j) = job.take() {
+            size += j.bytes.len();
+            want.before |= j.want.before;
+            want.after |= j.want.after;
+            batch.push(j);
+            if size < MAX_BATCH_BYTES {
+                job = rx.try_recv().ok();
+            }
+        }
         {
+            // Queued for the reader before the bytes go out, so a reply always finds its job; one `ROLE`
+            // before and one after bracket every job of the batch that asked.
+            let epoch = if want.any() { node::next_epoch() } else { 0 };
             let mut q = lock(inflight);
-            while let Some(j) = job.take() {
-                size += j.bytes.len();
+            if want.before {
+                out.push(Bytes::from_static(offsets::ROLE));
+                q.slots.push_back(Slot::Role {
+                    after: false,
+                    epoch,
+                });
+            }
+            for j in batch.drain(..) {
                 out.push(j.bytes.clone());
-                // Queued for the reader before the bytes go out, so a reply always finds its job.
-                q.push_back(j);
-                if size < MAX_BATCH_BYTES {
-                    job = rx.try_recv().ok();
-                }
+                q.slots.push_back(Slot::Job(j));
+            }
+            if want.after {
+                out.push(Bytes::from_static(offsets::ROLE));
+                q.slots.push_back(Slot::Role { after: true, epoch });
             }
         }
         out.write_to(&mut w).await?;
@@ -230,7 +289,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn read_loop<R: AsyncRead + Unpin>(
     node: &Node,
     mut r: R,
-    inflight: &Mutex<VecDeque<Job>>,
+    inflight: &Mutex<InFlight>,
     writer_done: &AtomicBool,
 ) -> Option<Error> {
     let addr = &node.addr;
@@ -239,6 +298,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut answered = 0u32;
     let mut scanned = 0usize;
     let mut verdicts = Verdicts::default();
+    // The offset the last `ROLE` before a batch reported: what the batch's jobs see at least.
+    let mut before: Option<u64> = None;
     loop {
         if writer_done.load(Ordering::Relaxed) && lock(inflight).is_empty() {
             return None;
@@ -271,6 +332,37 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 buf.extend_from_slice(&tail[frame.len..]);
                 continue;
             }
+            let mut q = lock(inflight);
+            match q.slots.front() {
+                None => {
+                    warn!(upstream = %addr, "reply without a request");
+                    return Some(Error::Protocol {
+                        addr: addr.clone(),
+                        source: crate::resp::Error::UnexpectedReply,
+                    });
+                }
+                // The connection's own ROLE: it answers no job; its offset brackets the batch's.
+                Some(&Slot::Role { after, epoch }) => {
+                    q.slots.pop_front();
+                    let offset = offsets::role_offset(&buf[..frame.len]);
+                    let _ = buf.split_to(frame.len);
+                    if let Some(o) = offset {
+                        node.repl.observe(epoch, o);
+                    }
+                    if after {
+                        let held = std::mem::take(&mut q.held);
+                        drop(q);
+                        for (job, mut reply) in held {
+                            reply.offsets.after = offset;
+                            deliver(node, job, reply);
+                        }
+                    } else {
+                        before = offset;
+                    }
+                    continue;
+                }
+                Some(Slot::Job(_)) => {}
+            }
             if frame.is_error() {
                 let v = verdict::judge(&buf[scanned..scanned + frame.len]);
                 if v.topology_changed() {
@@ -280,30 +372,39 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             scanned += frame.len;
             answered += 1;
-            let mut q = lock(inflight);
-            let Some(front) = q.front() else {
-                warn!(upstream = %addr, "reply without a request");
-                return Some(Error::Protocol {
-                    addr: addr.clone(),
-                    source: crate::resp::Error::UnexpectedReply,
-                });
+            let Some(Slot::Job(front)) = q.slots.front() else {
+                continue;
             };
             if front.count == answered {
-                let job = q.pop_front().expect("front exists: checked above");
-                drop(q);
-                let bytes = buf.split_to(scanned).freeze();
-                node.outstanding
-                    .fetch_sub(job.count as usize, Ordering::Relaxed);
-                // A client that went away dropped its receiver; its replies are discarded.
-                let _ = job.reply.send(Ok(Reply {
-                    bytes,
+                let Some(Slot::Job(job)) = q.slots.pop_front() else {
+                    continue;
+                };
+                let reply = Reply {
+                    bytes: buf.split_to(scanned).freeze(),
                     verdicts: std::mem::take(&mut verdicts),
-                }));
+                    offsets: Offsets {
+                        before: before.filter(|_| job.want.before),
+                        after: None,
+                    },
+                };
                 scanned = 0;
                 answered = 0;
+                if job.want.after {
+                    q.held.push((job, reply));
+                } else {
+                    drop(q);
+                    deliver(node, job, reply);
+                }
             }
         }
     }
+}
+
+/// Hands a job its replies. A client that went away dropped its receiver; its replies are discarded.
+fn deliver(node: &Node, job: Job, reply: Reply) {
+    node.outstanding
+        .fetch_sub(job.count as usize, Ordering::Relaxed);
+    let _ = job.reply.send(Ok(reply));
 }
 
 fn fail(node: &Node, job: Job, e: &Error) {

@@ -106,9 +106,17 @@ async fn command_counters_match_what_each_node_ran() {
 async fn reads_on_the_primary_and_pinned_sessions_are_counted_with_their_reason() {
     let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut c = client(&proxy).await;
-    // A write then a read at once: read-your-writes sends the read to the primary.
-    let _: () = q(&mut c, &["SET", "k", "v"]).await;
-    let _: String = q(&mut c, &["GET", "k"]).await;
+    // A write and a read pipelined: the read is sent before the write's reply (and the offset that covers
+    // it) is in, so read-your-writes sends it to the primary.
+    let (_, _): ((), String) = redis::pipe()
+        .cmd("SET")
+        .arg("k")
+        .arg("v")
+        .cmd("GET")
+        .arg("k")
+        .query_async(&mut c)
+        .await
+        .expect("SET and GET");
     let m = metrics(&proxy).await;
     assert!(value(&m, "redsplit_reads_on_primary_total{reason=\"session\"}") >= 1.0);
     let _: () = q(&mut c, &["WATCH", "k"]).await;

@@ -97,7 +97,7 @@ impl Session {
             None => self.input.take(req),
         };
         let conn = p.pool(&key).pick(&p);
-        let rx = upstream::submit(&conn, bytes, 1);
+        let rx = upstream::submit(&conn, bytes, 1, upstream::Want::NONE);
         self.state.sent(shard.id, p.id, true, 1);
         self.push(
             Wait::Upstream(rx),
@@ -126,7 +126,7 @@ impl Session {
         let conn = self.state.conn_for(&p);
         let mut role = Vec::new();
         crate::resp::encode_command(&mut role, &[b"ROLE"]);
-        let role_rx = upstream::submit(&conn, Bytes::from(role), 1);
+        let role_rx = upstream::submit(&conn, Bytes::from(role), 1, upstream::Want::NONE);
         let (tx, rx) = oneshot::channel();
         tokio::spawn(crate::client::tasks::wait_for_replicas(
             self.ctx.topo.clone(),
