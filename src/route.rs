@@ -138,8 +138,9 @@ pub fn writer(shard: &Shard) -> Result<&Arc<Node>, NoWriter> {
 /// Where a command of `class` goes in `shard`, for a session whose reads are `reads`. Reads are not held
 /// by a switchover: only a primary that is gone holds them.
 pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy) -> Plan {
-    // What the session must see is measured after each of its commands: the offset after a write covers
-    // it, the one after a read bounds what it saw.
+    // What the session must see is measured after its commands on the primary: the offset after a write
+    // covers it, the one after a read bounds what it saw. After a read on a replica, the session stays
+    // on that replica until a later measurement of it gives that bound (one ROLE less per read).
     let after = matches!(
         policy.consistency,
         Consistency::Session | Consistency::Global
@@ -166,7 +167,7 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
                 reason: None,
                 want: Want {
                     before: check.is_some(),
-                    after,
+                    after: false,
                 },
                 check,
             },

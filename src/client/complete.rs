@@ -294,6 +294,16 @@ impl Session {
         let rx = upstream::submit(&conn, bytes, count, want);
         if let Some(entry) = self.queue.front_mut() {
             entry.wait = Wait::Upstream(rx);
+            // The node runs them: its command counters say so (where reads were served).
+            let m = node.metrics.load();
+            for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
+                .into_iter()
+                .zip(entry.kinds)
+            {
+                if n > 0 {
+                    m.commands(primary, kind, u64::from(n));
+                }
+            }
         }
         self.state.sent(shard.id, node.id, primary, count);
         Resend::Sent

@@ -13,15 +13,16 @@
 //! connection's commands in order, so a `ROLE` written just before the read on the same connection
 //! reports an offset the read sees at least ([`crate::upstream::offsets`]). A replica already known to
 //! have the required offset needs no such check; one that turns out to be behind has its read sent again
-//! elsewhere, never delivered. The `ROLE` written after a write batch on the primary gives the offset
-//! that covers its writes (the session's floor rises to it), and the one after a read gives the most the
-//! read can have seen (so later reads are never older).
+//! elsewhere, never delivered. The `ROLE` written after a batch on the primary gives the offset that
+//! covers its writes (the session's floor rises to it) and bounds what its reads saw. What a read on a
+//! replica saw is bounded by the next measurement of that replica (another read's check, a probe); until
+//! then the session's reads stay on it, where they run after that read anyway.
 //!
 //! ```text
 //!   write sent ──▶ reads go to the primary until its reply (and its offset) is in
 //!   reply with offset O ──▶ floor = max(floor, O)
-//!   reply without one (a dedicated connection) ──▶ pending(node, epoch e) ── a measurement of the node
-//!                                                  with epoch > e ──▶ floor = its offset
+//!   reply without one (a replica's, a dedicated connection's) ──▶ pending(node, epoch e): reads stay on
+//!       the node (or go to the primary) ── a measurement of the node with epoch > e ──▶ floor = its offset
 //!   read in flight on replica R ──▶ the session's next reads go to R too (it runs them in order)
 //! ```
 
@@ -111,9 +112,6 @@ impl ReadState {
         }
         if consistent {
             self.resolve(shard);
-            if self.pending.is_some() {
-                return ReadTarget::Primary(PrimaryReason::Session);
-            }
         }
         // The lag limit needs checking only for a replica whose last probe does not already bound the age
         // of its data under it (its lag then, plus the time since).
@@ -131,22 +129,29 @@ impl ReadState {
             _ => 0,
         };
         let required = session_floor.max(global);
-        // Reads already in flight on a replica: this one goes there too, and runs after them.
-        if let Some((id, _)) = self.sticky.filter(|_| consistent) {
+        let floor_node = self.floor_node;
+        let mut need = |n: &Node| {
+            // Reads on the node whose reply last met (or set) the floor run after it, so meet it too.
+            let own = if n.id == floor_node { global } else { required };
+            own.max(lag_need(n))
+        };
+        // Reads in flight on a replica, or a reply from a node whose offset is not measured yet: what the
+        // session saw there is bounded only by the node's order, so this read goes there too (it runs
+        // after them), or to the primary, which has everything.
+        let stay = self
+            .sticky
+            .map(|(id, _)| id)
+            .or(self.pending.map(|p| p.node))
+            .filter(|_| consistent);
+        if let Some(id) = stay {
             return match shard.replica_nodes().find(|n| n.id == id) {
                 Some(n) if candidate(n) => ReadTarget::Replica {
                     node: n.clone(),
-                    check: check(n, required.max(lag_need(n))),
+                    check: check(n, need(n)),
                 },
                 _ => ReadTarget::Primary(PrimaryReason::Session),
             };
         }
-        let floor_node = self.floor_node;
-        let mut need = |n: &Node| {
-            // Reads on the node that set the floor run after what set it.
-            let own = if n.id == floor_node { global } else { required };
-            own.max(lag_need(n))
-        };
         let known = least_outstanding(
             shard
                 .replica_nodes()
@@ -190,8 +195,9 @@ impl ReadState {
     }
 
     /// Notes replies from `node` seen while the epoch was `epoch`, and the offset measured after them
-    /// (`after`), which then bounds what this session must see from now on. Without one (a dedicated
-    /// connection, or a measurement that failed), the next measurement of the node gives it.
+    /// (`after`), which then bounds what this session must see from now on. Without one (a read on a
+    /// replica, a dedicated connection, a measurement that failed), the next measurement of the node
+    /// gives it; until then the session's reads stay on that node or go to the primary.
     pub fn replied(
         &mut self,
         node: u64,
@@ -201,6 +207,9 @@ impl ReadState {
         after: Option<u64>,
     ) {
         self.abandoned(node, to_primary, count);
+        // The read met the floor (it was checked, or its node known to have it): later reads on the
+        // same node do by order.
+        self.floor_node = node;
         match after {
             Some(o) => self.raise(node, o),
             None => self.pending = Some(Pending { node, epoch }),
@@ -430,6 +439,42 @@ mod tests {
             .map(|_| replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))).0)
             .collect();
         assert_eq!(picks.len(), 2, "sequential reads go to both replicas");
+    }
+
+    #[test]
+    fn after_a_read_on_a_replica_reads_stay_there_until_it_is_measured_again() {
+        let (topo, t) = setup();
+        let mut s = ReadState::default();
+        let session = policy(SESSION, PRIMARY);
+        let (first, _) = replica(&s.route(t.shard(), &session));
+        s.sent(first, false, 1);
+        s.replied(first, false, 1, topo.current_epoch(), None);
+        for _ in 0..20 {
+            assert_eq!(replica(&s.route(t.shard(), &session)), (first, None));
+        }
+        let node = t.replica_nodes().find(|n| n.id == first).expect("replica");
+        node.repl.record(topo.next_epoch(), 0);
+        let picks: std::collections::HashSet<u64> = (0..200)
+            .map(|_| replica(&s.route(t.shard(), &session)).0)
+            .collect();
+        assert_eq!(picks.len(), 2, "measured: reads spread again");
+    }
+
+    #[test]
+    fn a_write_after_a_read_is_checked_for_on_the_replica_the_session_stays_on() {
+        let (topo, t) = setup();
+        let p = t.primary().expect("primary").id;
+        let session = policy(SESSION, PRIMARY);
+        let mut s = ReadState::default();
+        s.replied(p, true, 0, topo.current_epoch(), Some(100));
+        let (r, check) = replica(&s.route(t.shard(), &session));
+        assert_eq!(check, Some(100));
+        s.sent(r, false, 1);
+        s.replied(r, false, 1, topo.current_epoch(), None);
+        // A second write: the replica the session stays on must be shown to have it too.
+        s.sent(p, true, 1);
+        s.replied(p, true, 1, topo.current_epoch(), Some(200));
+        assert_eq!(replica(&s.route(t.shard(), &session)), (r, Some(200)));
     }
 
     #[test]

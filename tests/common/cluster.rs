@@ -367,3 +367,30 @@ async fn sentinel_priority(s: &Server, port: &str) -> Option<String> {
     }
     None
 }
+
+impl Relay {
+    /// Makes replica `i` of `cluster` replicate through a relay that delays every byte by `delay`, and
+    /// waits until it is synced through it.
+    pub async fn delay_replica(cluster: &Cluster, i: usize, delay: Duration) -> Relay {
+        let primary: std::net::SocketAddr = cluster
+            .primary()
+            .addr()
+            .as_str()
+            .parse()
+            .expect("loopback address");
+        let relay = Relay::start(primary, delay).await;
+        let replica = &cluster.replicas()[i];
+        replica
+            .call(&["REPLICAOF", "127.0.0.1", &relay.addr.port().to_string()])
+            .await
+            .expect("REPLICAOF through the relay");
+        replica.wait_synced().await;
+        relay
+    }
+
+    /// The `address_map` entry that maps the relay (what the replica announces as its master) back to
+    /// the primary.
+    pub fn mapping(&self, cluster: &Cluster) -> String {
+        format!("{}={}", self.addr, cluster.primary().addr())
+    }
+}
