@@ -1,6 +1,7 @@
 //! Downstream side: accept clients and run one session per connection.
 
 mod complete;
+mod cursor;
 mod dedicated;
 mod dispatch;
 mod gate;

@@ -154,7 +154,15 @@ impl Session {
             Outcome::Upstream(Err(e)) => ClientError::Upstream(&e).frames(count),
             Outcome::TimedOut | Outcome::Wake => ClientError::NoPrimaryAfter(0).frames(count),
         };
-        let bytes = self.then(entry.then, bytes);
+        let served_by = entry.sent.as_ref().and_then(|s| s.node.clone());
+        let bytes = match entry.then {
+            // Tagged with the node that served it, which may not be the one first chosen.
+            Then::Cursor => match served_by.and_then(|n| n.identity()) {
+                Some(id) => super::cursor::tag_reply(bytes, super::cursor::tag(&id)),
+                None => ClientError::CursorNode.frame(),
+            },
+            then => self.then(then, bytes),
+        };
         if !entry.silent {
             self.out.push(bytes);
         }
@@ -182,6 +190,7 @@ impl Session {
                 self.apply_effect(effect, &bytes);
                 bytes
             }
+            Then::Cursor => bytes,
         }
     }
 

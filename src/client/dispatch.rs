@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::cursor::{self, Cursor};
 use super::gate::{self, Args, Gate};
 use super::pinned::Pinned;
 use super::queue::{Entry, Sent, Then, Wait};
@@ -209,8 +210,116 @@ impl Session {
             return self.pinned_request(class, req, topo.shard());
         }
         let shard = topo.shard();
+        if class == Class::Read {
+            if let Some(step) = self.scan_family(req, start, topo, policy, batch).await {
+                return step;
+            }
+        }
         let plan = route::plan(class, self.state.reads.shard(shard.id), shard, policy);
         self.carry_out(plan, class, req, start, shard, batch).await
+    }
+
+    /// SCAN, SSCAN, HSCAN, ZSCAN: a new iteration goes where any read would, and each reply carries the
+    /// node that served it in its cursor; a cursor continues on that node alone (see [`cursor`]). `None`:
+    /// not one of them, or not a cursor (the node answers its error).
+    async fn scan_family(
+        &mut self,
+        req: &Request,
+        start: usize,
+        topo: &Arc<Topology>,
+        policy: &Policy,
+        batch: &mut Option<Batch>,
+    ) -> Option<Step> {
+        let (at, parsed) = {
+            let args = self.input.args(req, start);
+            let at = cursor::cursor_arg(args.arg(0)?)?;
+            (at, cursor::parse(args.arg(at)?))
+        };
+        let shard = topo.shard();
+        let plan = match parsed {
+            Cursor::Invalid => return None,
+            Cursor::Start => {
+                route::plan(Class::Read, self.state.reads.shard(shard.id), shard, policy)
+            }
+            // Only the primary can make sense of a cursor no proxy tagged (one from a transaction).
+            Cursor::Untagged => match &shard.primary {
+                Some(p) => Plan::Forward {
+                    node: p.clone(),
+                    primary: true,
+                    reason: Some(route::PrimaryReason::Policy),
+                    want: Want {
+                        before: false,
+                        after: matches!(
+                            policy.consistency,
+                            route::Consistency::Session | route::Consistency::Global
+                        ),
+                    },
+                    check: None,
+                },
+                None => Plan::Hold,
+            },
+            Cursor::Continue { tag, cursor } => {
+                return Some(self.scan_on(tag, cursor, at, req, start, topo, batch));
+            }
+        };
+        if !matches!(plan, Plan::Forward { .. }) {
+            return Some(
+                self.carry_out(plan, Class::Read, req, start, shard, batch)
+                    .await,
+            );
+        }
+        // An entry of its own, whose reply's cursor is tagged with the node that serves it.
+        self.flush(batch);
+        let step = self
+            .carry_out(plan, Class::Read, req, start, shard, batch)
+            .await;
+        self.flush(batch);
+        if matches!(step, Step::Next) {
+            if let Some(e) = self.queue.back_mut() {
+                e.then = Then::Cursor;
+            }
+        }
+        Some(step)
+    }
+
+    /// Continues a SCAN-family iteration on the node tagged `tag` with its own `cursor` (argument `at`).
+    /// It cannot go anywhere else: a node gone or out of rotation gets the client an error telling it to
+    /// start again, and a failure is delivered, never sent to another node.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_on(
+        &mut self,
+        tag: u16,
+        own: u64,
+        at: usize,
+        req: &Request,
+        start: usize,
+        topo: &Arc<Topology>,
+        batch: &mut Option<Batch>,
+    ) -> Step {
+        let shard = topo.shard();
+        let node = cursor::node_of(topo, tag).filter(|n| {
+            shard.is_primary(n.id) || (n.repl.is_eligible() && shard.replica(n.id).is_some())
+        });
+        let Some(node) = node else {
+            return self.reply_local(batch, req, ClientError::CursorNode.frame());
+        };
+        let bytes = cursor::with_cursor(&self.input.args(req, start).all(), at, own);
+        self.flush(batch);
+        self.input.skip(req);
+        let primary = shard.is_primary(node.id);
+        self.state.sent(shard.id, node.id, primary, 1);
+        let mut kinds = [0; 3];
+        kinds[self.cur_kind as usize] = 1;
+        self.submit(Batch::one(shard.id, node, primary, true, kinds), bytes);
+        if let Some(e) = self.queue.back_mut() {
+            e.then = Then::Cursor;
+            if let Some(sent) = e.sent.as_mut() {
+                // Never sent again elsewhere, nor given up on by the read timeout.
+                sent.bytes = None;
+                sent.deadline = None;
+            }
+        }
+        Step::Next
     }
 
     /// Carries out a routing plan for `req`.

@@ -119,6 +119,8 @@ pub(super) enum Then {
     },
     /// Track the state of the dedicated connection.
     Effect(Effect),
+    /// A SCAN-family reply: its cursor is tagged with the node that served it (see `cursor`).
+    Cursor,
 }
 
 /// One or more commands awaiting their replies, in order.
@@ -190,6 +192,11 @@ impl Queue {
     /// The front entry, to change.
     pub fn front_mut(&mut self) -> Option<&mut Entry> {
         self.entries.front_mut()
+    }
+
+    /// The last entry queued, to change.
+    pub fn back_mut(&mut self) -> Option<&mut Entry> {
+        self.entries.back_mut()
     }
 
     /// True if nothing is owed.

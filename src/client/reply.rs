@@ -52,6 +52,9 @@ pub enum ClientError<'a> {
     /// The client's own connection (transaction, WATCH, pub/sub, tracking) is to a node that is no longer
     /// the primary.
     PrimaryChanged,
+    /// A SCAN-family cursor whose node is gone or no longer serves reads (or whose node cannot be named
+    /// in a cursor): the iteration cannot go on anywhere else.
+    CursorNode,
 }
 
 impl ClientError<'_> {
@@ -100,6 +103,11 @@ impl ClientError<'_> {
             ClientError::WithoutMulti(cmd) => format!("ERR {cmd} without MULTI"),
             ClientError::Pin(e) => {
                 format!("ERR redsplit: cannot open a dedicated upstream connection: {e}")
+            }
+            ClientError::CursorNode => {
+                "ERR redsplit: the node this SCAN cursor belongs to is gone or \
+                 no longer serves reads; start the iteration again with cursor 0"
+                    .into()
             }
         };
         let text = text.replace(['\r', '\n'], " ");

@@ -19,6 +19,7 @@ mod auth;
 mod badinput;
 mod cli;
 mod consistency;
+mod cursor;
 mod failover;
 mod identity;
 mod limits;
