@@ -23,14 +23,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
-use redis::aio::MultiplexedConnection;
 use redsplit::embedded::Cluster;
 
+#[path = "../tests/common/history.rs"]
+mod history;
 #[path = "../tests/common/relay.rs"]
 #[allow(dead_code)]
 mod relay;
@@ -185,100 +183,11 @@ async fn reads_by_role(admin: SocketAddr) -> (f64, f64, f64) {
     by_role
 }
 
-/// What one run saw.
-#[derive(Debug, Default, Clone, Copy)]
-struct Outcome {
-    ops: u64,
-    reads: u64,
-    ryw: u64,
-    monotonic: u64,
-    global: u64,
-    errors: u64,
-}
-
-impl std::ops::AddAssign for Outcome {
-    fn add_assign(&mut self, o: Outcome) {
-        self.ops += o.ops;
-        self.reads += o.reads;
-        self.ryw += o.ryw;
-        self.monotonic += o.monotonic;
-        self.global += o.global;
-        self.errors += o.errors;
-    }
-}
-
-/// The versions acknowledged so far, per key, shared by every connection of a run.
-type Acked = Arc<Vec<AtomicU64>>;
-
-async fn client_loop(
-    c: usize,
-    mut conn: MultiplexedConnection,
-    ratio: u32,
-    acked: Acked,
-    until: Instant,
-) -> Outcome {
-    let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
-    let mut out = Outcome::default();
-    let mut written: HashMap<usize, u64> = HashMap::new();
-    let mut seen: HashMap<usize, u64> = HashMap::new();
-    let own =
-        |rng: &mut rand::rngs::SmallRng| rng.random_range(0..KEYS / CONNECTIONS) * CONNECTIONS + c;
-    while Instant::now() < until {
-        out.ops += 1;
-        if rng.random_range(0..ratio) == 0 {
-            let key = own(&mut rng);
-            let version = written.get(&key).copied().unwrap_or(0) + 1;
-            let r: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(format!("c:{key}"))
-                .arg(version)
-                .query_async(&mut conn)
-                .await;
-            match r {
-                Ok(()) => {
-                    written.insert(key, version);
-                    acked[key].fetch_max(version, Ordering::AcqRel);
-                }
-                Err(_) => out.errors += 1,
-            }
-            continue;
-        }
-        // Half the reads are of the connection's own keys, half of anyone's.
-        let key = if rng.random_bool(0.5) {
-            own(&mut rng)
-        } else {
-            rng.random_range(0..KEYS)
-        };
-        let must = acked[key].load(Ordering::Acquire);
-        let r: redis::RedisResult<Option<u64>> = redis::cmd("GET")
-            .arg(format!("c:{key}"))
-            .query_async(&mut conn)
-            .await;
-        let Ok(v) = r else {
-            out.errors += 1;
-            continue;
-        };
-        let v = v.unwrap_or(0);
-        out.reads += 1;
-        if written.get(&key).is_some_and(|w| v < *w) {
-            out.ryw += 1;
-        }
-        if seen.get(&key).is_some_and(|s| v < *s) {
-            out.monotonic += 1;
-        }
-        if v < must {
-            out.global += 1;
-        }
-        let s = seen.entry(key).or_default();
-        *s = (*s).max(v);
-    }
-    out
-}
-
 /// What one run measured.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     /// What the clients saw.
-    seen: Outcome,
+    seen: history::Seen,
     /// Share of reads served by replicas.
     share: f64,
     /// Commands per second.
@@ -300,29 +209,14 @@ async fn run_once(p: &ProxyProcess, ratio: u32, seconds: u64) -> Run {
         .await
         .expect("FLUSHALL");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let acked: Acked = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
     let before = reads_by_role(p.admin).await;
-    let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
-        let conn = redis::Client::open(format!("redis://{}/", p.listen))
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        tasks.push(tokio::spawn(client_loop(
-            c,
-            conn,
-            ratio,
-            acked.clone(),
-            until,
-        )));
-    }
-    let mut total = Outcome::default();
-    for t in tasks {
-        total += t.await.expect("client");
-    }
+    let workload = history::Workload {
+        connections: CONNECTIONS,
+        keys: KEYS,
+        write_one_in: ratio,
+    };
+    let seen = history::run(p.listen, workload, "c:", Duration::from_secs(seconds)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let after = reads_by_role(p.admin).await;
     let (primary, replicas) = (after.0 - before.0, after.1 - before.1);
@@ -332,9 +226,9 @@ async fn run_once(p: &ProxyProcess, ratio: u32, seconds: u64) -> Run {
         0.0
     };
     Run {
-        seen: total,
+        seen,
         share,
-        ops: total.ops as f64 / elapsed,
+        ops: seen.ops as f64 / elapsed,
         behind: after.2 - before.2,
     }
 }
@@ -402,7 +296,7 @@ async fn run(opts: Options) {
             };
             let ops = median(rs.iter().map(|r| r.ops).collect());
             let share = median(rs.iter().map(|r| r.share).collect());
-            let mut sum = Outcome::default();
+            let mut sum = history::Seen::default();
             for r in rs {
                 sum += r.seen;
             }

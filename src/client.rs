@@ -54,6 +54,10 @@ pub struct Context {
     pub write_hold: Duration,
     /// How long a read may take on one node before a retry elsewhere.
     pub read_timeout: Duration,
+    /// How long a read may go unanswered on one node before it goes to another; `None`: automatic.
+    read_hedge: Option<Duration>,
+    /// Recent read latency, microseconds, smoothed (for the automatic hedge delay).
+    read_latency_us: AtomicU64,
     /// Per-client limit on reply bytes waiting to be written.
     pub max_output: Option<usize>,
     /// Idle client timeout.
@@ -90,6 +94,8 @@ pub struct Settings {
     pub write_hold: Duration,
     /// How long a read may take on one node before a retry elsewhere.
     pub read_timeout: Duration,
+    /// How long a read may go unanswered on one node before it goes to another; `None`: automatic.
+    pub read_hedge: Option<Duration>,
     /// Per-client limit on reply bytes waiting to be written.
     pub max_output: Option<usize>,
     /// Idle client timeout.
@@ -116,6 +122,7 @@ impl Context {
             max_inflight,
             write_hold,
             read_timeout,
+            read_hedge,
             max_output,
             idle_timeout,
             max_clients,
@@ -130,6 +137,8 @@ impl Context {
             max_inflight,
             write_hold,
             read_timeout,
+            read_hedge,
+            read_latency_us: AtomicU64::new(0),
             max_output,
             idle_timeout,
             max_clients,
@@ -144,6 +153,30 @@ impl Context {
             lag,
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// How long a read may go unanswered on one node before it is sent to another: `read_hedge_ms`, or ten
+    /// times the recent read latency, at least 20 ms and at most half the read timeout.
+    pub(crate) fn hedge_delay(&self) -> Duration {
+        self.read_hedge.unwrap_or_else(|| {
+            let recent = Duration::from_micros(self.read_latency_us.load(Ordering::Relaxed));
+            (recent * 10)
+                .max(Duration::from_millis(20))
+                .min(self.read_timeout / 2)
+        })
+    }
+
+    /// Notes how long a read took, for the automatic hedge delay (a moving average over about 16 reads;
+    /// racing updates lose a sample, which does not matter).
+    pub(crate) fn read_took(&self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let old = self.read_latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 15 + sample) / 16
+        };
+        self.read_latency_us.store(new, Ordering::Relaxed);
     }
 
     /// How reads are routed now (the lag limit may have been reloaded).

@@ -82,6 +82,8 @@ pub struct Config {
     pub write_hold: Duration,
     /// How long a read may take on one node before a retry elsewhere.
     pub read_timeout: Duration,
+    /// How long a read may go unanswered on one node before it goes to another; `None`: automatic.
+    pub read_hedge: Option<Duration>,
     /// Scanner limits.
     pub limits: Limits,
     /// Per-client unforwarded input limit.
@@ -119,6 +121,7 @@ impl Config {
             max_inflight: self.max_client_inflight,
             write_hold: self.write_hold,
             read_timeout: self.read_timeout,
+            read_hedge: self.read_hedge,
             max_output: self.max_client_output_bytes,
             idle_timeout: self.client_idle_timeout,
             max_clients: self.max_clients,
@@ -150,6 +153,7 @@ impl Config {
             discovery_interval => "discovery_interval_ms",
             write_hold => "write_hold_ms",
             read_timeout => "read_timeout_ms",
+            read_hedge => "read_hedge_ms",
             limits => "max_bulk_bytes/max_array_len/max_inline_bytes/max_nesting_depth",
             max_request_bytes => "max_request_bytes",
             max_client_inflight => "max_client_inflight",
@@ -224,6 +228,7 @@ impl Config {
             discovery_interval: timing.discovery_interval,
             write_hold: timing.write_hold,
             read_timeout: timing.read_timeout,
+            read_hedge: timing.read_hedge,
             limits: clients.scanner,
             max_request_bytes: clients.max_request_bytes,
             max_client_inflight: clients.max_inflight,

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub read_retries: IntCounter,
     /// Reads a replica ran on data older than they must see, sent again instead of delivered.
     pub reads_behind: IntCounter,
+    /// Reads a replica left unanswered past the hedge delay, sent to another node.
+    pub reads_hedged: IntCounter,
     /// Clients turned away at max_clients.
     pub rejected_clients: IntCounter,
     /// Failed client authentications.
@@ -292,6 +294,13 @@ impl Metrics {
             read_retries: reg(
                 registry,
                 IntCounter::new("redsplit_read_retries_total", "Reads sent again to another node after a failure")?,
+            )?,
+            reads_hedged: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_reads_hedged_total",
+                    "Reads a replica left unanswered past the hedge delay (read_hedge_ms), sent to another node instead",
+                )?,
             )?,
             reads_behind: reg(
                 registry,

@@ -161,13 +161,13 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
     };
     match class {
         Class::Read => match reads.route(shard, policy) {
-            ReadTarget::Replica { node, check } => Plan::Forward {
+            ReadTarget::Replica { node, check, after } => Plan::Forward {
                 node,
                 primary: false,
                 reason: None,
                 want: Want {
                     before: check.is_some(),
-                    after: false,
+                    after,
                 },
                 check,
             },

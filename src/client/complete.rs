@@ -13,7 +13,7 @@ use super::reply::ClientError;
 use super::session::Session;
 use crate::metrics::{BackendError, Kind};
 use crate::route::{self, retry, ReadTarget};
-use crate::topology::Shard;
+use crate::topology::{Shard, ShardId};
 use crate::upstream::{self, Node};
 
 /// What became of an entry that could not be delivered as it was.
@@ -59,8 +59,11 @@ impl Session {
                     node.record_failure();
                     node.metrics.load().error(BackendError::Timeout);
                 }
-                Outcome::Bytes(_) | Outcome::Wake => {}
+                Outcome::Bytes(_) | Outcome::Wake | Outcome::Hedge => {}
             }
+        }
+        if matches!(outcome, Outcome::Hedge) {
+            return self.hedge_front();
         }
         let attempt = match &outcome {
             // A read checked for freshness that ran on older data: never delivered.
@@ -76,7 +79,7 @@ impl Session {
             Outcome::Upstream(Err(e)) => retry::Attempt::Failed(e),
             Outcome::TimedOut => retry::Attempt::TimedOut,
             Outcome::Wake => retry::Attempt::Woken,
-            Outcome::Bytes(_) => return self.deliver_front(outcome),
+            Outcome::Bytes(_) | Outcome::Hedge => return self.deliver_front(outcome),
         };
         let batch = retry::Batch {
             reads_only: sent.reads_only,
@@ -138,7 +141,11 @@ impl Session {
             }
         }
         if let Some(started) = entry.started {
-            let seconds = started.elapsed().as_secs_f64();
+            let took = started.elapsed();
+            if entry.sent.as_ref().is_some_and(|s| s.reads_only) {
+                self.ctx.read_took(took);
+            }
+            let seconds = took.as_secs_f64();
             for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
                 .into_iter()
                 .zip(entry.kinds)
@@ -152,7 +159,9 @@ impl Session {
             Outcome::Bytes(b) => b,
             Outcome::Upstream(Ok(r)) => r.bytes,
             Outcome::Upstream(Err(e)) => ClientError::Upstream(&e).frames(count),
-            Outcome::TimedOut | Outcome::Wake => ClientError::NoPrimaryAfter(0).frames(count),
+            Outcome::TimedOut | Outcome::Wake | Outcome::Hedge => {
+                ClientError::NoPrimaryAfter(0).frames(count)
+            }
         };
         let served_by = entry.sent.as_ref().and_then(|s| s.node.clone());
         let bytes = match entry.then {
@@ -290,16 +299,36 @@ impl Session {
         if reads_only && !was_held && !behind {
             self.ctx.metrics.read_retries.inc();
         }
+        self.send_front(shard.id, &node, primary, check, now)
+    }
+
+    /// Sends the front entry's batch (again) to `node`, measured and checked as a fresh read would be.
+    fn send_front(
+        &mut self,
+        shard: ShardId,
+        node: &Arc<Node>,
+        primary: bool,
+        check: Option<u64>,
+        now: Instant,
+    ) -> Resend {
+        let read_timeout = self.ctx.read_timeout;
+        let Some(entry) = self.queue.front_mut() else {
+            return Resend::GiveUp;
+        };
+        let count = entry.count;
+        let Some(sent) = entry.sent.as_mut() else {
+            return Resend::GiveUp;
+        };
         let Some(bytes) = sent.bytes.clone() else {
             return Resend::GiveUp;
         };
-        sent.deadline = reads_only.then(|| now + self.ctx.read_timeout);
+        sent.deadline = sent.reads_only.then(|| now + read_timeout);
         sent.node = Some(node.clone());
         sent.primary = primary;
         sent.check = check;
         sent.want.before = check.is_some();
         let want = sent.want;
-        let conn = self.state.conn_for(&node);
+        let conn = self.state.conn_for(node);
         let rx = upstream::submit(&conn, bytes, count, want);
         if let Some(entry) = self.queue.front_mut() {
             entry.wait = Wait::Upstream(rx);
@@ -314,8 +343,50 @@ impl Session {
                 }
             }
         }
-        self.state.sent(shard.id, node.id, primary, count);
+        self.state.sent(shard, node.id, primary, count);
         Resend::Sent
+    }
+
+    /// The front entry, a read on a replica, is still unanswered past its hedge delay: the replica may be
+    /// frozen. It goes to another node the router allows, once; its first reply, should it still come,
+    /// is dropped. It keeps waiting where it is if it has nowhere else to go, or if a later command of
+    /// this session may have written (running the read again after it would let it see that write).
+    pub(super) fn hedge_front(&mut self) {
+        let topo = self.ctx.topo.snapshot();
+        let shard = topo.shard();
+        let Some(sent) = self.queue.front_mut().and_then(|e| e.sent.as_mut()) else {
+            return;
+        };
+        sent.hedge_at = None;
+        let Some(slow) = sent.node.clone().filter(|_| sent.reads_only) else {
+            return;
+        };
+        // A read runs at most twice: the hedge is its second run.
+        if sent.failures + 1 >= MAX_READ_FAILURES {
+            return;
+        }
+        if self.queue.later_writes() != Later::None {
+            return;
+        }
+        let Some((node, primary, check)) = self
+            .resend_target(shard, true, Some(slow.id))
+            .filter(|(n, _, _)| n.id != slow.id)
+        else {
+            return;
+        };
+        let Some(entry) = self.queue.front_mut() else {
+            return;
+        };
+        if let Some(sent) = entry.sent.as_mut() {
+            sent.failures += 1;
+        }
+        slow.record_failure();
+        self.state
+            .reads
+            .shard(shard.id)
+            .abandoned(slow.id, false, entry.count);
+        self.ctx.metrics.reads_hedged.inc();
+        self.send_front(shard.id, &node, primary, check, Instant::now());
     }
 
     /// Where a batch goes again: reads wherever the router allows but the node `avoid` that failed them,
@@ -332,7 +403,7 @@ impl Session {
         let policy = self.ctx.policy();
         let reads = self.state.reads.shard(shard.id);
         match reads.route_avoiding(shard, &policy, avoid) {
-            ReadTarget::Replica { node, check } => Some((node, false, check)),
+            ReadTarget::Replica { node, check, .. } => Some((node, false, check)),
             ReadTarget::Primary(_) => shard.primary.clone().map(|p| (p, true, None)),
             ReadTarget::Refuse(_) => None,
         }

@@ -519,7 +519,9 @@ impl Session {
         let mut sent = Sent::batch(shard, node, primary, bytes, reads_only);
         sent.want = want;
         sent.check = check;
-        sent.deadline = reads_only.then(|| Instant::now() + self.ctx.read_timeout);
+        let now = Instant::now();
+        sent.deadline = reads_only.then(|| now + self.ctx.read_timeout);
+        sent.hedge_at = (reads_only && !primary).then(|| now + self.ctx.hedge_delay());
         self.queue.push(Entry {
             wait: Wait::Upstream(rx),
             count,

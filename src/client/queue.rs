@@ -68,6 +68,9 @@ pub(super) struct Sent {
     pub held_since: Option<Instant>,
     /// A read still unanswered then is sent elsewhere.
     pub deadline: Option<Instant>,
+    /// A read on a replica still unanswered then is sent to another node instead, once (a hedge: the
+    /// replica may be frozen).
+    pub hedge_at: Option<Instant>,
     /// The node (id) that answered the whole batch READONLY, and its replies: it is never sent the batch
     /// again, even if the topology still names it primary (a script may write, then fake the error), and
     /// the client gets those replies if no other primary takes the batch within the hold.
@@ -88,6 +91,7 @@ impl Sent {
             failures: 0,
             held_since: None,
             deadline: None,
+            hedge_at: None,
             refused_by: None,
         }
     }
@@ -145,6 +149,8 @@ pub(super) enum Outcome {
     TimedOut,
     /// A held entry may try again (the topology changed, or a moment passed).
     Wake,
+    /// A read on a replica waited past its hedge delay.
+    Hedge,
 }
 
 /// What the requests queued behind the front one did, as far as their replies tell.
@@ -241,6 +247,14 @@ impl Queue {
     pub fn deadline(&self) -> Option<Instant> {
         self.entries.front().and_then(|e| match e.wait {
             Wait::Upstream(_) => e.sent.as_ref().and_then(|s| s.deadline),
+            _ => None,
+        })
+    }
+
+    /// When the front entry, a read on a replica in flight, is to be sent elsewhere if still unanswered.
+    pub fn hedge_at(&self) -> Option<Instant> {
+        self.entries.front().and_then(|e| match e.wait {
+            Wait::Upstream(_) => e.sent.as_ref().and_then(|s| s.hedge_at),
             _ => None,
         })
     }

@@ -105,6 +105,8 @@ pub(super) struct Session {
     deadline_tick: Option<tokio::time::Interval>,
     /// Polls `deadline_tick` only when its timer fired.
     tick_gate: WakeGate,
+    /// Fires when the front read on a replica is due to be hedged; made on first use, then reset.
+    hedge: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// When the client last sent something or took some of its replies (kept only with an idle timeout):
     /// as Redis's `lastinteraction`, a client that waited long for a reply is not idle once it gets it.
     last_active: Instant,
@@ -147,6 +149,7 @@ impl Session {
             cur_kind: Kind::Other,
             deadline_tick: None,
             tick_gate: WakeGate::default(),
+            hedge: None,
             last_active: Instant::now(),
             ctx,
         }
@@ -256,6 +259,10 @@ impl Session {
             && self.flow.parked_since.is_none();
         let parked = self.flow.parked_since.is_some();
         let period = self.tick_period();
+        let hedge_at = self.queue.hedge_at();
+        if let Some(at) = hedge_at {
+            arm(&mut self.hedge, at);
+        }
         tokio::select! {
             biased;
             // Replies owed, as fast as the client takes them. Written from here (not awaited outside
@@ -283,6 +290,8 @@ impl Session {
                     return false;
                 }
             }
+            // The front read on a replica has waited past its hedge delay.
+            _ = fired(&mut self.hedge), if hedge_at.is_some() => self.complete_front(Outcome::Hedge),
             // A reply or push on the dedicated connection.
             frame = next_pinned(&mut self.pinned, &self.ctx.topo) => self.on_pinned_frame(frame),
             // A parked request may have somewhere to go now: dispatch looks again.
@@ -354,6 +363,24 @@ async fn tick(interval: &mut Option<tokio::time::Interval>, gate: &mut WakeGate,
         i
     });
     std::future::poll_fn(|cx| gate.poll_with(cx, |cx| interval.poll_tick(cx))).await;
+}
+
+/// Sets `timer` to fire at `at`: one timer per session, moved rather than made again.
+fn arm(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>, at: Instant) {
+    let at = tokio::time::Instant::from_std(at);
+    match timer {
+        Some(t) if t.deadline() == at => {}
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+/// Resolves when `timer` fires; never without one.
+async fn fired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the topology changes, or after a moment (the primary's connection may just have been

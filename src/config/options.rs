@@ -133,7 +133,12 @@ options! {
     write_hold_ms: u64 = 10_000;
     /// How long a read may take on one node before it is retried on another, in milliseconds. Default 1000.
     read_timeout_ms: u64 = 1000;
-    /// Read consistency: "session" (read-your-writes, monotonic reads), "eventual" (lag limit only),
+    /// How long a read may go unanswered on one node before it is sent to another node instead (a
+    /// hedge: the node may be frozen), in milliseconds; 0: ten times the recent read latency, at least 20
+    /// and at most half of read_timeout_ms. Only reads are sent again. Default 0.
+    read_hedge_ms: u64 = 0;
+    /// Read consistency: "session" (read-your-writes, monotonic reads), "global" (as session, and a read
+    /// sees every write acknowledged through this proxy before it began), "eventual" (lag limit only),
     /// "primary" (all reads to the primary). Default "session".
     consistency: Consistency = Consistency::Session;
     /// Largest replication lag, in milliseconds, at which a replica still gets reads. Default 1000. Lag

@@ -46,6 +46,9 @@ pub enum ReadTarget {
         node: Arc<Node>,
         /// The offset to check before delivering, if the replica is not known to have it.
         check: Option<u64>,
+        /// Measure the replica's offset after the read too: the session has stayed on it long enough,
+        /// and this lets its next reads go to any replica again.
+        after: bool,
     },
     /// The primary, and why.
     Primary(PrimaryReason),
@@ -75,12 +78,21 @@ pub struct ReadState {
     pending: Option<Pending>,
     /// Replica with reads in flight, and how many: later reads go there too, in order.
     sticky: Option<(u64, u32)>,
+    /// Reads sent to the pending node in a row, while its offset after them was not measured.
+    stays: u32,
 }
 
 /// Replicas whose last probe put them within this of the primary may take a read they are not yet known
 /// to be fresh enough for: the check before it tells, and on loopback or in one zone they almost always
-/// are. A replica further behind is tried only once it is known to have caught up.
-const OPTIMISTIC_LAG_MS: u64 = 100;
+/// are. A replica further behind (across a WAN) is tried only once it is known to have caught up: a check
+/// it fails costs a round trip to it before the read goes to the primary. A replica level with the
+/// primary reads as lagging by up to a probe interval and a probe's delay, so the bound leaves room for
+/// both.
+const OPTIMISTIC_LAG_MS: u64 = 250;
+
+/// After this many reads kept on one replica (its offset after them not measured yet), the next one
+/// measures it, so a connection's reads spread over the replicas.
+const STAYS: u32 = 16;
 
 impl ReadState {
     /// Chooses the node for a read. `global`: the offset of the newest write acknowledged through this
@@ -144,14 +156,18 @@ impl ReadState {
             .or(self.pending.map(|p| p.node))
             .filter(|_| consistent);
         if let Some(id) = stay {
-            return match shard.replica_nodes().find(|n| n.id == id) {
+            let target = match shard.replica_nodes().find(|n| n.id == id) {
                 Some(n) if candidate(n) => ReadTarget::Replica {
                     node: n.clone(),
                     check: check(n, need(n)),
+                    after: self.stays + 1 >= STAYS && self.sticky.is_none(),
                 },
                 _ => ReadTarget::Primary(PrimaryReason::Session),
             };
+            self.stays += 1;
+            return target;
         }
+        self.stays = 0;
         let known = least_outstanding(
             shard
                 .replica_nodes()
@@ -164,7 +180,11 @@ impl ReadState {
         });
         if let Some(node) = chosen {
             let check = check(&node, need(&node));
-            return ReadTarget::Replica { node, check };
+            return ReadTarget::Replica {
+                node,
+                check,
+                after: false,
+            };
         }
         let reason = if shard.replicas.is_empty() {
             PrimaryReason::NoReplica
@@ -211,7 +231,13 @@ impl ReadState {
         // same node do by order.
         self.floor_node = node;
         match after {
-            Some(o) => self.raise(node, o),
+            Some(o) => {
+                self.raise(node, o);
+                // Measured after every read of the node so far: the pending one too.
+                if self.pending.is_some_and(|p| p.node == node) {
+                    self.pending = None;
+                }
+            }
             None => self.pending = Some(Pending { node, epoch }),
         }
     }
@@ -370,7 +396,7 @@ mod tests {
 
     fn replica(t: &ReadTarget) -> (u64, Option<u64>) {
         match t {
-            ReadTarget::Replica { node, check } => (node.id, *check),
+            ReadTarget::Replica { node, check, .. } => (node.id, *check),
             other => panic!("expected a replica, got {other:?}"),
         }
     }
@@ -458,6 +484,33 @@ mod tests {
             .map(|_| replica(&s.route(t.shard(), &session)).0)
             .collect();
         assert_eq!(picks.len(), 2, "measured: reads spread again");
+    }
+
+    #[test]
+    fn a_session_that_stayed_on_a_replica_long_enough_measures_it_and_moves_on() {
+        let (topo, t) = setup();
+        let session = policy(SESSION, PRIMARY);
+        let mut s = ReadState::default();
+        let (r, _) = replica(&s.route(t.shard(), &session));
+        s.sent(r, false, 1);
+        s.replied(r, false, 1, topo.current_epoch(), None);
+        let mut measured = false;
+        for _ in 0..STAYS {
+            match s.route(t.shard(), &session) {
+                ReadTarget::Replica { node, after, .. } => {
+                    assert_eq!(node.id, r);
+                    s.sent(r, false, 1);
+                    s.replied(r, false, 1, topo.current_epoch(), after.then_some(0));
+                    measured |= after;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(measured, "one of the reads measured the replica after it");
+        let picks: std::collections::HashSet<u64> = (0..200)
+            .map(|_| replica(&s.route(t.shard(), &session)).0)
+            .collect();
+        assert_eq!(picks.len(), 2, "the reads spread again");
     }
 
     #[test]

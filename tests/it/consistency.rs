@@ -167,3 +167,89 @@ async fn session_reads_return_to_replicas_once_they_hold_the_write() {
         calls(replica, "get").await > before
     });
 }
+
+/// Reads served so far by the primary and by replicas, from the proxy's metrics.
+async fn reads_by_role(p: &Proxy) -> (f64, f64) {
+    let (_, body) = http(p.admin, "GET", "/metrics").await;
+    let mut by_role = (0.0, 0.0);
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("redsplit_commands_total{") && l.contains("kind=\"read\""))
+    {
+        let v: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if line.contains("role=\"primary\"") {
+            by_role.0 += v;
+        } else {
+            by_role.1 += v;
+        }
+    }
+    by_role
+}
+
+/// Many connections writing their own keys and reading their own and everyone's, with one replica 30 ms
+/// behind a relay (within the lag limit: it serves reads), in every mode: `session` and `global` keep
+/// their promises while serving most reads from replicas, and the same history through `eventual` shows
+/// the stale reads the checker is there to catch.
+#[tokio::test]
+async fn a_history_of_many_connections_keeps_every_promise_of_each_mode() {
+    use crate::history::{run, Workload};
+    let cluster = Cluster::builder()
+        .replicas(2)
+        .delay_replica(1, std::time::Duration::from_millis(30))
+        .start()
+        .await;
+    let workload = Workload {
+        connections: 6,
+        keys: 240,
+        write_one_in: 4,
+    };
+    for mode in [
+        Consistency::Session,
+        Consistency::Global,
+        Consistency::Eventual,
+    ] {
+        let proxy = proxy_with(redsplit::config::Flags {
+            consistency: Some(mode),
+            ..cluster.flags()
+        })
+        .await;
+        wait_eligible(&proxy, 2).await;
+        let before = reads_by_role(&proxy).await;
+        let seen = run(
+            proxy.listen,
+            workload,
+            &format!("{mode:?}:"),
+            std::time::Duration::from_millis(1500),
+        )
+        .await;
+        let after = reads_by_role(&proxy).await;
+        let (primary, replicas) = (after.0 - before.0, after.1 - before.1);
+        let share = replicas / (primary + replicas).max(1.0);
+        eprintln!(
+            "{mode:?}: {seen:?}, {:.0}% of reads on replicas",
+            share * 100.0
+        );
+        assert_eq!(seen.errors, 0, "{mode:?}: {seen:?}");
+        assert!(seen.reads > 500, "{mode:?}: {seen:?}");
+        match mode {
+            Consistency::Eventual => assert!(
+                seen.ryw + seen.monotonic > 0,
+                "the history catches the stale reads eventual allows: {seen:?}"
+            ),
+            _ => {
+                assert_eq!((seen.ryw, seen.monotonic), (0, 0), "{mode:?}: {seen:?}");
+                assert!(
+                    share > 0.5,
+                    "{mode:?}: only {share:.2} of reads on replicas"
+                );
+            }
+        }
+        if mode == Consistency::Global {
+            assert_eq!(seen.global, 0, "global: {seen:?}");
+        }
+    }
+}

@@ -8,6 +8,8 @@ mod wait;
 mod admin;
 #[path = "../common/cluster.rs"]
 mod cluster;
+#[path = "../common/history.rs"]
+mod history;
 #[path = "../common/relay.rs"]
 mod relay;
 #[path = "../common/scenario.rs"]
@@ -21,6 +23,7 @@ mod cli;
 mod consistency;
 mod cursor;
 mod failover;
+mod hedge;
 mod identity;
 mod limits;
 mod mock;
