@@ -141,9 +141,9 @@ options! {
     /// sees every write acknowledged through this proxy before it began), "eventual" (lag limit only),
     /// "primary" (all reads to the primary). Default "session".
     consistency: Consistency = Consistency::Session;
-    /// Largest replication lag, in milliseconds, at which a replica still gets reads. Default 1000. Lag
-    /// is known only to within one probe interval, counted against the replica: keep it well above
-    /// `probe_interval_ms`.
+    /// Largest replication lag, in milliseconds, at which a replica still gets reads: no read returns
+    /// data older than this. Default 1000. The primary's offset is sampled about once per probe: keep
+    /// it well above `probe_interval_ms`.
     max_lag_ms: u64 = 1000;
     /// Largest replication lag, in bytes of replication stream, at which a replica still gets reads; 0
     /// disables the byte limit. Default 0.
