@@ -56,6 +56,8 @@ pub struct Context {
     pub read_timeout: Duration,
     /// How long a read may go unanswered on one node before it goes to another; `None`: automatic.
     read_hedge: Option<Duration>,
+    /// How long a write may wait on a silent node before its client is told it may have run.
+    pub write_timeout: Duration,
     /// Recent read latency, microseconds, smoothed (for the automatic hedge delay).
     read_latency_us: AtomicU64,
     /// Per-client limit on reply bytes waiting to be written.
@@ -96,6 +98,8 @@ pub struct Settings {
     pub read_timeout: Duration,
     /// How long a read may go unanswered on one node before it goes to another; `None`: automatic.
     pub read_hedge: Option<Duration>,
+    /// How long a write may wait on a silent node before its client is told it may have run.
+    pub write_timeout: Duration,
     /// Per-client limit on reply bytes waiting to be written.
     pub max_output: Option<usize>,
     /// Idle client timeout.
@@ -123,6 +127,7 @@ impl Context {
             write_hold,
             read_timeout,
             read_hedge,
+            write_timeout,
             max_output,
             idle_timeout,
             max_clients,
@@ -138,6 +143,7 @@ impl Context {
             write_hold,
             read_timeout,
             read_hedge,
+            write_timeout,
             read_latency_us: AtomicU64::new(0),
             max_output,
             idle_timeout,
@@ -153,6 +159,17 @@ impl Context {
             lag,
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// How long a batch on a shared connection may wait while its node sends nothing: `read_timeout_ms`
+    /// for reads (then they go elsewhere), `write_timeout_ms` for anything else (then the client is told
+    /// it may have run).
+    pub(crate) fn timeout(&self, reads_only: bool) -> Duration {
+        if reads_only {
+            self.read_timeout
+        } else {
+            self.write_timeout
+        }
     }
 
     /// How long a read may go unanswered on one node before it is sent to another: `read_hedge_ms`, or ten

@@ -84,6 +84,8 @@ pub struct Config {
     pub read_timeout: Duration,
     /// How long a read may go unanswered on one node before it goes to another; `None`: automatic.
     pub read_hedge: Option<Duration>,
+    /// How long a write may wait on a silent node before its client is told it may have run.
+    pub write_timeout: Duration,
     /// Scanner limits.
     pub limits: Limits,
     /// Per-client unforwarded input limit.
@@ -122,6 +124,7 @@ impl Config {
             write_hold: self.write_hold,
             read_timeout: self.read_timeout,
             read_hedge: self.read_hedge,
+            write_timeout: self.write_timeout,
             max_output: self.max_client_output_bytes,
             idle_timeout: self.client_idle_timeout,
             max_clients: self.max_clients,
@@ -154,6 +157,7 @@ impl Config {
             write_hold => "write_hold_ms",
             read_timeout => "read_timeout_ms",
             read_hedge => "read_hedge_ms",
+            write_timeout => "write_timeout_ms",
             limits => "max_bulk_bytes/max_array_len/max_inline_bytes/max_nesting_depth",
             max_request_bytes => "max_request_bytes",
             max_client_inflight => "max_client_inflight",
@@ -229,6 +233,7 @@ impl Config {
             write_hold: timing.write_hold,
             read_timeout: timing.read_timeout,
             read_hedge: timing.read_hedge,
+            write_timeout: timing.write_timeout,
             limits: clients.scanner,
             max_request_bytes: clients.max_request_bytes,
             max_client_inflight: clients.max_inflight,

@@ -251,6 +251,21 @@ impl Topo {
                 aliases: decision.aliases.clone(),
             })
         };
+        if let Some(p) = next.primary() {
+            // Before anyone sees the snapshot: a write another node answers from now on ran on a former
+            // primary. "No primary" clears nothing: the same node may come back.
+            p.set_primary(true);
+            for n in self
+                .nodes
+                .lock()
+                .expect("node registry lock is never poisoned")
+                .values()
+            {
+                if n.id != p.id && n.is_primary() {
+                    n.set_primary(false);
+                }
+            }
+        }
         let old = self.current.swap(next.clone());
         let failover =
             matches!((old.primary(), next.primary()), (Some(a), Some(b)) if a.id != b.id);

@@ -98,6 +98,9 @@ pub struct Reply {
     pub verdicts: Verdicts,
     /// The node's replication offsets measured around the job, where it asked for them.
     pub offsets: Offsets,
+    /// The node was still a primary when the replies arrived (see [`Node::is_primary`]): a write it
+    /// answered after another node replaced it ran on a former primary.
+    pub from_primary: bool,
 }
 
 /// Work for a shared connection: request frames written as one unit, answered by `count` replies.
@@ -197,6 +200,9 @@ pub struct Node {
     /// Consecutive failures seen on the data path; past [`TRIP_AFTER`] the node gets no reads until its
     /// prober finds it healthy and caught up again (the half-open probe of a circuit breaker).
     failures: std::sync::atomic::AtomicU32,
+    /// The published topology names it a primary; cleared only when another node takes its place, so
+    /// a write it answers after that is known to have run on a former primary.
+    primary: std::sync::atomic::AtomicBool,
     settings: Arc<Settings>,
     pools: Mutex<FxHashMap<ConnKey, Arc<Pool>>>,
 }
@@ -213,6 +219,7 @@ impl Node {
             identity: arc_swap::ArcSwapOption::empty(),
             metrics: arc_swap::ArcSwap::from_pointee(crate::metrics::NodeMetrics::detached()),
             failures: std::sync::atomic::AtomicU32::new(0),
+            primary: std::sync::atomic::AtomicBool::new(false),
             settings,
             pools: Mutex::new(FxHashMap::default()),
         })
@@ -254,6 +261,17 @@ impl Node {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// True while the published topology takes this node for a primary (and no other node replaced it).
+    pub fn is_primary(&self) -> bool {
+        self.primary.load(Ordering::Acquire)
+    }
+
+    /// Marks the node a primary (true) or replaced by another (false). Set by the topology before it
+    /// publishes the snapshot that says so.
+    pub fn set_primary(&self, primary: bool) {
+        self.primary.store(primary, Ordering::Release);
     }
 
     /// Consecutive failures so far.

@@ -48,9 +48,37 @@ impl Session {
             return;
         };
         let count = entry.count;
+        let in_flight = matches!(entry.wait, Wait::Upstream(_));
         let Some(sent) = &entry.sent else {
             return self.deliver_front(outcome);
         };
+        // A write on the primary, on a shared connection: what another node's promotion does to it.
+        let write = sent.primary && !sent.reads_only && sent.bytes.is_some();
+        if write {
+            if let Some(node) = sent.node.clone() {
+                match &outcome {
+                    // The topology changed while it was in flight.
+                    Outcome::Wake if in_flight => return self.primary_changed(&node, count),
+                    // Answered after another node replaced its node: it ran on a former primary. (A
+                    // batch refused whole, READONLY, ran nowhere: it goes on below, to the new one.)
+                    Outcome::Upstream(Ok(r))
+                        if !r.from_primary && !retry::refused_whole(r, count) =>
+                    {
+                        let e = ClientError::FormerPrimary(&node.addr).frames(count);
+                        return self.deliver_front(Outcome::Bytes(e));
+                    }
+                    Outcome::TimedOut => {
+                        node.record_failure();
+                        node.metrics.load().error(BackendError::Timeout);
+                        self.ctx.topo.request_refresh();
+                        let ms = self.ctx.write_timeout.as_millis() as u64;
+                        let e = ClientError::WriteTimedOut(&node.addr, ms).frames(count);
+                        return self.deliver_front(Outcome::Bytes(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
         if let Some(node) = &sent.node {
             match &outcome {
                 Outcome::Upstream(Ok(_)) => node.record_success(),
@@ -112,6 +140,47 @@ impl Session {
             },
         };
         self.deliver_front(outcome);
+    }
+
+    /// The topology changed while the front entry, a write, was in flight on `node`. A reply already in
+    /// says what became of it; if `node` is still the primary it keeps waiting; if another node replaced
+    /// it, the client learns now that the write may have run on a former primary.
+    fn primary_changed(&mut self, node: &Arc<Node>, count: u32) {
+        let Some(Wait::Upstream(rx)) = self.queue.front_mut().map(|e| &mut e.wait) else {
+            return;
+        };
+        match rx.try_recv() {
+            Ok(r) => return self.complete_front(Outcome::Upstream(r)),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                let e = upstream::Error::Lost {
+                    addr: node.addr.clone(),
+                };
+                return self.complete_front(Outcome::Upstream(Err(e)));
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        if !node.is_primary() {
+            let e = ClientError::FormerPrimary(&node.addr).frames(count);
+            self.deliver_front(Outcome::Bytes(e));
+        }
+    }
+
+    /// The front entry's deadline passed. A node that sent anything on the connection since is working
+    /// through what was queued ahead of it (a pipeline of large replies), not stalled: the entry gets a
+    /// whole timeout from then. Otherwise it timed out.
+    pub(super) fn front_overdue(&mut self, now: Instant) {
+        let Some(sent) = self.queue.front().and_then(|e| e.sent.as_ref()) else {
+            return;
+        };
+        let timeout = self.ctx.timeout(sent.reads_only);
+        let last = sent.node.as_ref().and_then(|n| self.state.progress(n.id));
+        if let Some(extended) = last.map(|l| l + timeout).filter(|&d| d > now) {
+            if let Some(sent) = self.queue.front_mut().and_then(|e| e.sent.as_mut()) {
+                sent.deadline = Some(extended);
+            }
+            return;
+        }
+        self.complete_front(Outcome::TimedOut);
     }
 
     /// Pops the front entry and gives the client its replies (unless silenced).
@@ -311,7 +380,6 @@ impl Session {
         check: Option<u64>,
         now: Instant,
     ) -> Resend {
-        let read_timeout = self.ctx.read_timeout;
         let Some(entry) = self.queue.front_mut() else {
             return Resend::GiveUp;
         };
@@ -322,7 +390,7 @@ impl Session {
         let Some(bytes) = sent.bytes.clone() else {
             return Resend::GiveUp;
         };
-        sent.deadline = sent.reads_only.then(|| now + read_timeout);
+        sent.deadline = Some(now + self.ctx.timeout(sent.reads_only));
         sent.node = Some(node.clone());
         sent.primary = primary;
         sent.check = check;
@@ -361,6 +429,21 @@ impl Session {
         let Some(slow) = sent.node.clone().filter(|_| sent.reads_only) else {
             return;
         };
+        // A replica that sent anything on the connection within the delay is answering what is queued
+        // ahead of this read, in order: not frozen. Look again a delay after its last bytes.
+        let delay = self.ctx.hedge_delay();
+        let now = Instant::now();
+        if let Some(again) = self
+            .state
+            .progress(slow.id)
+            .map(|l| l + delay)
+            .filter(|&t| t > now)
+        {
+            if let Some(sent) = self.queue.front_mut().and_then(|e| e.sent.as_mut()) {
+                sent.hedge_at = Some(again);
+            }
+            return;
+        }
         // A read runs at most twice: the hedge is its second run.
         if sent.failures + 1 >= MAX_READ_FAILURES {
             return;

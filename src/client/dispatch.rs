@@ -520,7 +520,7 @@ impl Session {
         sent.want = want;
         sent.check = check;
         let now = Instant::now();
-        sent.deadline = reads_only.then(|| now + self.ctx.read_timeout);
+        sent.deadline = Some(now + self.ctx.timeout(reads_only));
         sent.hedge_at = (reads_only && !primary).then(|| now + self.ctx.hedge_delay());
         self.queue.push(Entry {
             wait: Wait::Upstream(rx),

@@ -285,12 +285,28 @@ impl Queue {
         let Some(entry) = self.entries.front_mut() else {
             return std::future::pending().await;
         };
+        // A write in flight on the primary: if another node replaces it, the session must know at once
+        // (the write may be lost with the old one), not when (or if) the old one answers.
+        let write = entry
+            .sent
+            .as_ref()
+            .is_some_and(|s| s.primary && !s.reads_only);
         match &mut entry.wait {
             Wait::Ready(b) => Outcome::Bytes(std::mem::take(b)),
             Wait::Done(_) => match entry.wait.take_done() {
                 Some(r) => Outcome::Upstream(r),
                 None => std::future::pending().await,
             },
+            Wait::Upstream(rx) if write => {
+                let r = tokio::select! {
+                    r = &mut *rx => r,
+                    Ok(()) = topo.changed() => return Outcome::Wake,
+                };
+                match r {
+                    Ok(r) => Outcome::Upstream(r),
+                    Err(_) => Outcome::Upstream(Err(lost(entry))),
+                }
+            }
             Wait::Upstream(rx) => match rx.await {
                 Ok(r) => Outcome::Upstream(r),
                 Err(_) => Outcome::Upstream(Err(lost(entry))),

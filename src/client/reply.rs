@@ -55,6 +55,11 @@ pub enum ClientError<'a> {
     /// A SCAN-family cursor whose node is gone or no longer serves reads (or whose node cannot be named
     /// in a cursor): the iteration cannot go on anywhere else.
     CursorNode,
+    /// A write in flight on a node another node replaced as the primary: it may have run there, and
+    /// what a former primary ran may be lost.
+    FormerPrimary(&'a crate::node::Addr),
+    /// A write whose node sent nothing on its connection for `write_timeout_ms`.
+    WriteTimedOut(&'a crate::node::Addr, u64),
 }
 
 impl ClientError<'_> {
@@ -104,6 +109,13 @@ impl ClientError<'_> {
             ClientError::Pin(e) => {
                 format!("ERR redsplit: cannot open a dedicated upstream connection: {e}")
             }
+            ClientError::FormerPrimary(addr) => format!(
+                "ERR redsplit: the primary changed while this command was in flight on {addr}; \
+                 it may have run there, on a former primary, and may be lost"
+            ),
+            ClientError::WriteTimedOut(addr, ms) => format!(
+                "ERR redsplit: {addr} sent nothing for {ms} ms (write_timeout_ms); the command may have run"
+            ),
             ClientError::CursorNode => {
                 "ERR redsplit: the node this SCAN cursor belongs to is gone or \
                  no longer serves reads; start the iteration again with cursor 0"

@@ -283,7 +283,7 @@ impl Session {
             _ = tick(&mut self.deadline_tick, &mut self.tick_gate, period), if deadline.is_some() || idle => {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| d <= now) {
-                    self.complete_front(Outcome::TimedOut);
+                    self.front_overdue(now);
                 } else if idle && self.ctx.idle_timeout.is_some_and(|t| now.duration_since(self.last_active) >= t) {
                     debug!("client idle past client_idle_timeout_ms, closing");
                     self.ctx.metrics.clients_closed_by_limit.inc();

@@ -3,6 +3,7 @@
 //! it has written and read (for read-your-writes).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -81,6 +82,14 @@ impl State {
         let c = node.pool(&self.key).pick(node);
         self.conns.push(c.clone());
         c
+    }
+
+    /// When `node` last sent bytes on this session's shared connection to it.
+    pub fn progress(&self, node: u64) -> Option<Instant> {
+        self.conns
+            .iter()
+            .find(|c| c.node.id == node)
+            .and_then(|c| c.progress.last())
     }
 
     /// Whether the next entry's reply is dropped (`CLIENT REPLY`).

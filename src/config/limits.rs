@@ -18,6 +18,8 @@ pub(super) struct Timing {
     pub connect_timeout: Duration,
     /// `read_timeout_ms`: 10 ms to 10 min.
     pub read_timeout: Duration,
+    /// `write_timeout_ms`: 10 ms to 10 min.
+    pub write_timeout: Duration,
     /// `read_hedge_ms`: up to 10 min; `None` for 0 (automatic).
     pub read_hedge: Option<Duration>,
     /// `write_hold_ms`: up to 10 min.
@@ -42,6 +44,7 @@ impl Timing {
         );
         let connect_timeout = ms("connect_timeout_ms", raw.connect_timeout_ms, 10..=600_000);
         let read_timeout = ms("read_timeout_ms", raw.read_timeout_ms, 10..=600_000);
+        let write_timeout = ms("write_timeout_ms", raw.write_timeout_ms, 10..=600_000);
         let read_hedge = ms("read_hedge_ms", raw.read_hedge_ms, 0..=600_000);
         let write_hold = ms("write_hold_ms", raw.write_hold_ms, 0..=600_000);
         let max_lag = ms("max_lag_ms", raw.max_lag_ms, 1..=86_400_000);
@@ -56,6 +59,7 @@ impl Timing {
             discovery_interval: discovery_interval?.millis(),
             connect_timeout: connect_timeout?.millis(),
             read_timeout: read_timeout?.millis(),
+            write_timeout: write_timeout?.millis(),
             read_hedge: read_hedge?.nonzero().map(Ranged::millis),
             write_hold: write_hold?.millis(),
             max_lag: max_lag?.millis(),

@@ -131,8 +131,14 @@ options! {
     /// How long a write waits for a primary when none is reachable (failover), in milliseconds; past it
     /// the write fails. Default 10000.
     write_hold_ms: u64 = 10_000;
-    /// How long a read may take on one node before it is retried on another, in milliseconds. Default 1000.
+    /// How long a read may take on one node before it is retried on another, in milliseconds; counted
+    /// from the later of its sending and the last bytes the node sent on its connection (a node
+    /// streaming the replies ahead of it is not stalled). Default 1000.
     read_timeout_ms: u64 = 1000;
+    /// How long a write sent to a node may wait while the node sends nothing on its connection, in
+    /// milliseconds; past it the client gets an error saying the write may have run (it is never sent
+    /// again). Default 10000.
+    write_timeout_ms: u64 = 10_000;
     /// How long a read may go unanswered on one node before it is sent to another node instead (a
     /// hedge: the node may be frozen), in milliseconds; 0: ten times the recent read latency, at least 20
     /// and at most half of read_timeout_ms. Only reads are sent again. Default 0.

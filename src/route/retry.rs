@@ -16,7 +16,7 @@ pub enum Attempt<'a> {
     Replied(&'a Reply),
     /// The attempt failed (connection lost, refused, never connected).
     Failed(&'a Error),
-    /// A read's deadline passed with no answer.
+    /// The deadline passed with no answer.
     TimedOut,
     /// The node answered a read, but ran it on data older than the read must see (the offset measured
     /// before it falls short): the replies are not delivered.
@@ -62,10 +62,12 @@ pub fn choose(attempt: Attempt<'_>, batch: Batch) -> Next {
             reached: false,
             refused: false,
         },
-        Attempt::TimedOut => Next::Again {
+        // A read that took too long may run elsewhere; a write that may be running may not.
+        Attempt::TimedOut if batch.reads_only => Next::Again {
             reached: true,
             refused: false,
         },
+        Attempt::TimedOut => Next::Deliver,
         // Only reads are checked, and a read is safe to run again; the node did nothing wrong.
         Attempt::Behind => Next::Again {
             reached: false,
@@ -116,6 +118,7 @@ mod tests {
             bytes: bytes::Bytes::new(),
             verdicts: v,
             offsets: Default::default(),
+            from_primary: true,
         }
     }
 
@@ -146,6 +149,12 @@ mod tests {
         assert!(matches!(
             choose(Attempt::Failed(&refused), batch(false, 1)),
             Next::Again { reached: false, .. }
+        ));
+        // A write that took too long may still run: never again elsewhere.
+        assert_eq!(choose(Attempt::TimedOut, batch(false, 1)), Next::Deliver);
+        assert!(matches!(
+            choose(Attempt::TimedOut, batch(true, 1)),
+            Next::Again { reached: true, .. }
         ));
         // One command refused, one that ran: the batch may have written.
         let partly = reply(&[Verdict::ReadOnly, Verdict::Answer]);

@@ -12,10 +12,9 @@
 //! Jobs still queued when a connection dies were never written: they wait for the next connection.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,6 +38,36 @@ pub struct Shared {
     tx: JobTx,
     /// The node it connects to.
     pub node: Arc<Node>,
+    /// When bytes last came from the node on this connection.
+    pub progress: Arc<Progress>,
+}
+
+/// When a connection last received bytes from its node. A request waiting on it measures how long the
+/// node has been silent, not how long ago the request went out: the node may be streaming the replies
+/// queued ahead of it (a pipeline of large values), and one connection's replies come in order.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU64);
+
+impl Progress {
+    /// Notes bytes received now.
+    fn mark(&self) {
+        let micros = anchor().elapsed().as_micros() as u64;
+        self.0.store(micros.max(1), Ordering::Relaxed);
+    }
+
+    /// When bytes last came, if ever.
+    pub fn last(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(anchor() + Duration::from_micros(micros)),
+        }
+    }
+}
+
+/// The instant progress is counted from.
+fn anchor() -> Instant {
+    static ANCHOR: OnceLock<Instant> = OnceLock::new();
+    *ANCHOR.get_or_init(Instant::now)
 }
 
 /// Largest batch of queued jobs written with one system call.
@@ -55,8 +84,9 @@ impl Shared {
         let (tx, rx) = mpsc::unbounded_channel();
         let span =
             tracing::debug_span!("upstream", addr = %node.addr, db = key.db, resp3 = key.resp3);
-        tokio::spawn(run(node.clone(), key, rx).instrument(span));
-        Shared { tx, node }
+        let progress = Arc::new(Progress::default());
+        tokio::spawn(run(node.clone(), key, rx, progress.clone()).instrument(span));
+        Shared { tx, node, progress }
     }
 
     /// Queues a job. If the task is gone (it never ends while a handle exists), the job's receiver sees
@@ -73,7 +103,12 @@ impl Shared {
     }
 }
 
-async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(
+    node: Arc<Node>,
+    key: ConnKey,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    progress: Arc<Progress>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let Some(job) = rx.recv().await else { return };
@@ -105,11 +140,11 @@ async fn run(node: Arc<Node>, key: ConnKey, mut rx: mpsc::UnboundedReceiver<Job>
         let ended = match stream {
             Stream::Plain(s) => {
                 let (reader, writer) = s.into_split();
-                drive(&node, reader, writer, &mut rx, &inflight, job).await
+                drive(&node, reader, writer, &mut rx, &inflight, &progress, job).await
             }
             Stream::Tls(s) => {
                 let (reader, writer) = tokio::io::split(s);
-                drive(&node, reader, writer, &mut rx, &inflight, job).await
+                drive(&node, reader, writer, &mut rx, &inflight, &progress, job).await
             }
         };
         connections.dec();
@@ -184,6 +219,7 @@ async fn drive<R, W>(
     writer: W,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     inflight: &Mutex<InFlight>,
+    progress: &Progress,
     first: Job,
 ) -> Ended
 where
@@ -191,7 +227,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let writer_done = AtomicBool::new(false);
-    let read = read_loop(node, reader, inflight, &writer_done);
+    let read = read_loop(node, reader, inflight, progress, &writer_done);
     let write = write_loop(writer, rx, inflight, first);
     tokio::pin!(read, write);
     // Reader first: a connection the node closed is noticed before another job is written into it.
@@ -290,6 +326,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     node: &Node,
     mut r: R,
     inflight: &Mutex<InFlight>,
+    progress: &Progress,
     writer_done: &AtomicBool,
 ) -> Option<Error> {
     let addr = &node.addr;
@@ -313,7 +350,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return Some(Error::Lost { addr: addr.clone() }),
-            Ok(_) => {}
+            Ok(_) => progress.mark(),
         }
         loop {
             let frame = match scanner.scan(&buf[scanned..]) {
@@ -386,6 +423,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         before: before.filter(|_| job.want.before),
                         after: None,
                     },
+                    from_primary: node.is_primary(),
                 };
                 scanned = 0;
                 answered = 0;

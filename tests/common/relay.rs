@@ -1,5 +1,6 @@
-//! A TCP relay on loopback that holds every byte for a fixed delay in both directions: a replica
-//! replicating through it lags by that much, as across a slow link.
+//! A TCP relay on loopback that holds every byte for a fixed delay in both directions (a replica
+//! replicating through it lags by that much, as across a slow link), or passes the server's bytes at
+//! a limited rate (a thin link, a node streaming slowly).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +21,15 @@ pub struct Relay {
 impl Relay {
     /// Relays to `upstream`, holding bytes for `delay` each way.
     pub async fn start(upstream: SocketAddr, delay: Duration) -> Relay {
+        Relay::shaped(upstream, delay, None).await
+    }
+
+    /// Relays to `upstream`, passing what it sends at `bytes_per_second` at most.
+    pub async fn throttled(upstream: SocketAddr, bytes_per_second: u64) -> Relay {
+        Relay::shaped(upstream, Duration::ZERO, Some(bytes_per_second)).await
+    }
+
+    async fn shaped(upstream: SocketAddr, delay: Duration, rate: Option<u64>) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let addr = listener.local_addr().expect("relay address");
         let task = tokio::spawn(async move {
@@ -29,8 +39,8 @@ impl Relay {
                 };
                 let (dr, dw) = down.into_split();
                 let (ur, uw) = up.into_split();
-                tokio::spawn(pump(dr, uw, delay));
-                tokio::spawn(pump(ur, dw, delay));
+                tokio::spawn(pump(dr, uw, delay, None));
+                tokio::spawn(pump(ur, dw, delay, rate));
             }
         });
         Relay { addr, task }
@@ -43,11 +53,13 @@ impl Drop for Relay {
     }
 }
 
-/// Copies `from` to `to`, each chunk released `delay` after it arrived.
+/// Copies `from` to `to`, each chunk released `delay` after it arrived, and no sooner than `rate`
+/// (bytes per second) allows after the chunks before it.
 async fn pump(
     mut from: impl AsyncReadExt + Unpin,
     mut to: impl AsyncWriteExt + Unpin + Send + 'static,
     delay: Duration,
+    rate: Option<u64>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
@@ -59,15 +71,20 @@ async fn pump(
             }
         }
     });
-    let mut buf = vec![0u8; 64 * 1024];
+    // Throttled, chunks are small so the bytes flow evenly.
+    let mut buf = vec![0u8; if rate.is_some() { 8 * 1024 } else { 64 * 1024 }];
+    let mut free_at = Instant::now();
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if tx
-                    .send((Instant::now() + delay, buf[..n].to_vec()))
-                    .is_err()
-                {
+                let mut due = Instant::now() + delay;
+                if let Some(rate) = rate {
+                    free_at = free_at.max(Instant::now())
+                        + Duration::from_secs_f64(n as f64 / rate as f64);
+                    due = due.max(free_at);
+                }
+                if tx.send((due, buf[..n].to_vec())).is_err() {
                     break;
                 }
             }

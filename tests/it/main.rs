@@ -23,6 +23,7 @@ mod cli;
 mod consistency;
 mod cursor;
 mod failover;
+mod frozen;
 mod hedge;
 mod identity;
 mod limits;
