@@ -29,6 +29,19 @@ impl Session {
             self.close_with(ClientError::PrimaryChanged.frame());
             return Step::Stop;
         }
+        // Commands about the whole proxy (its clients, its view of the servers) are answered by the
+        // proxy here too, never forwarded on this connection; inside MULTI they cannot be queued.
+        if let Class::Local(l) = class {
+            if l.proxy_wide()
+                || (l == crate::command::Local::Role && self.ctx.sentinel_facade.is_some())
+            {
+                if self.pinned.as_ref().is_some_and(|p| p.multi) {
+                    let label = super::local::command_label(&args);
+                    return self.refuse_in_multi(req, ClientError::InMulti(&label).frame());
+                }
+                return self.local(l, req, 0, shard, &mut None);
+            }
+        }
         let Some(p) = self.pinned.as_mut() else {
             return Step::Stop;
         };
@@ -60,6 +73,12 @@ impl Session {
     fn forward(&mut self, req: &Request) {
         let bytes = self.input.take(req);
         let kind = self.cur_kind;
+        if self.ctx.registry.monitoring() {
+            if let Some(p) = &self.pinned {
+                let node = p.conn.node.clone();
+                self.monitor_forwarded(&bytes, Some((&node, true)));
+            }
+        }
         if let Some(p) = self.pinned.as_mut() {
             p.conn.node.metrics.load().commands(true, kind, 1);
             if kind == Kind::Read {

@@ -15,7 +15,7 @@ use redsplit::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use crate::admin::http;
+pub use crate::admin::{http, http_with};
 pub use crate::cluster::{Cluster, Server};
 pub use crate::scenario::{proxy_with, wait_eligible};
 pub use crate::wait::PATIENCE;

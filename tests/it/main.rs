@@ -35,4 +35,5 @@ mod reload;
 mod routing;
 mod session;
 mod tls;
+mod tools;
 mod topology;
