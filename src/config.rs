@@ -274,7 +274,14 @@ fn log_level(level: &str, problems: &mut Vec<String>) -> Option<String> {
 
 /// Command line: `--config FILE`, `--check`, and one flag per option.
 #[derive(Debug, clap::Parser)]
-#[command(name = "redsplit", version, about = "Replication-aware Redis proxy")]
+// A flag given again replaces the earlier value (repeatable options such as `--replica` add to it), so
+// that arguments after a container image's ENTRYPOINT can change the listeners it sets.
+#[command(
+    name = "redsplit",
+    version,
+    about = "Replication-aware Redis proxy",
+    args_override_self = true
+)]
 pub struct Cli {
     /// TOML config file; flags override its options.
     #[arg(long)]
@@ -398,6 +405,25 @@ mod tests {
         assert!(problems
             .iter()
             .all(|p| !p.contains("hunter2") && !p.contains("nocolon")));
+    }
+
+    #[test]
+    fn a_flag_given_again_replaces_the_earlier_one_and_repeatable_ones_add_up() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "redsplit",
+            "--listen",
+            "0.0.0.0:6380",
+            "--listen",
+            "127.0.0.1:7000",
+            "--replica",
+            "a:1",
+            "--replica",
+            "b:2",
+        ])
+        .expect("parses");
+        assert_eq!(cli.flags.listen.as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(cli.flags.replica.map(|r| r.len()), Some(2));
     }
 
     #[test]
