@@ -361,8 +361,7 @@ pub enum Local {
     Unsubscribe,
     /// `WAIT numreplicas timeout`, answered from the replicas' offsets.
     Wait,
-    /// Refused with an error: replication commands (`SYNC`, `PSYNC`, `REPLCONF`), `WAITAOF`, and
-    /// `CLIENT TRACKING ... REDIRECT` (its id would name an upstream connection).
+    /// Refused with an error: replication commands (`SYNC`, `PSYNC`, `REPLCONF`) and `WAITAOF`.
     Refuse,
     /// `CONFIG GET pattern...`: the primary's reply, secret values left out.
     ConfigGet,
@@ -503,12 +502,8 @@ pub fn classify<'a>(
             Some(b"UNBLOCK") => Class::Local(Local::ClientUnblock),
             Some(b"PAUSE") => Class::Local(Local::ClientPause),
             Some(b"UNPAUSE") => Class::Local(Local::ClientUnpause),
-            Some(b"TRACKING")
-                if (3..argc)
-                    .any(|i| arg(i).is_some_and(|a| a.eq_ignore_ascii_case(b"REDIRECT"))) =>
-            {
-                Class::Local(Local::Refuse)
-            }
+            // With REDIRECT too: the session's own connection, where the proxy's id of the target becomes
+            // the upstream id of the target's connection.
             Some(b"TRACKING") => match sub(2).as_deref() {
                 Some(b"ON") => Class::Pin(Pin::Tracking),
                 _ => Class::Local(Local::TrackingOff),
@@ -812,7 +807,7 @@ mod tests {
         assert_eq!(class_of("MONITOR").0, Class::Local(Local::Monitor));
         assert_eq!(
             class_of("CLIENT TRACKING ON REDIRECT 5").0,
-            Class::Local(Local::Refuse)
+            Class::Pin(Pin::Tracking)
         );
     }
 

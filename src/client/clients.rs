@@ -193,6 +193,48 @@ impl Session {
             bits |= flag::NO_TOUCH;
         }
         self.handle.set_flags(bits);
+        let pinned = self.pinned.as_ref().and_then(|p| p.conn.upstream_id);
+        if pinned != self.shown_pinned {
+            self.shown_pinned = pinned;
+            let on = self
+                .pinned
+                .as_ref()
+                .and_then(|p| Some((p.conn.node.clone(), p.conn.upstream_id?)));
+            self.handle.set_pinned_on(on);
+        }
+    }
+
+    /// `CLIENT TRACKING ON ... REDIRECT id` on this session's dedicated connection: the proxy's id becomes
+    /// the upstream id of the target client's own connection on the same node (a client subscribed to
+    /// `__redis__:invalidate` through the proxy). `Err`: the error to answer.
+    pub(super) fn redirect_tracking(&self, args: &[Vec<u8>]) -> Result<Bytes, Bytes> {
+        let at = args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"REDIRECT"))
+            .ok_or_else(|| ClientError::Syntax.frame())?;
+        let target = args
+            .get(at + 1)
+            .and_then(|a| int(a))
+            .ok_or_else(|| ClientError::BadDb.frame())?;
+        let missing =
+            || Bytes::from_static(b"-ERR The client ID you want redirect to does not exist\r\n");
+        let handle = u64::try_from(target)
+            .ok()
+            .and_then(|id| self.ctx.registry.get(id))
+            .ok_or_else(missing)?;
+        let here = self.pinned.as_ref().map(|p| p.conn.node.id);
+        let Some((node, upstream)) = handle.pinned_on().filter(|(n, _)| Some(n.id) == here) else {
+            return Err(Bytes::from_static(
+                b"-ERR redsplit: CLIENT TRACKING REDIRECT needs the target client subscribed (to __redis__:invalidate) through this proxy, on the primary\r\n",
+            ));
+        };
+        drop(node);
+        let id = upstream.to_string();
+        let mut rewritten: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        rewritten[at + 1] = id.as_bytes();
+        let mut out = Vec::new();
+        crate::resp::encode_command(&mut out, &rewritten);
+        Ok(Bytes::from(out))
     }
 
     /// True if `CLIENT PAUSE` holds this request now (it is called only while a pause runs).

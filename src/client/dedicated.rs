@@ -42,6 +42,19 @@ impl Session {
                 return self.local(l, req, 0, shard, &mut None);
             }
         }
+        // Tracking redirected to another client: to its connection's upstream id.
+        let mut rewritten = None;
+        if class == Class::Pin(crate::command::Pin::Tracking)
+            && args.iter().any(|a| a.eq_ignore_ascii_case(b"REDIRECT"))
+        {
+            match self.redirect_tracking(&args) {
+                Ok(bytes) => rewritten = Some(bytes),
+                Err(e) if self.pinned.as_ref().is_some_and(|p| p.multi) => {
+                    return self.refuse_in_multi(req, e)
+                }
+                Err(e) => return self.reply_local(&mut None, req, e),
+            }
+        }
         let Some(p) = self.pinned.as_mut() else {
             return Step::Stop;
         };
@@ -51,7 +64,7 @@ impl Session {
                 effect,
                 closes,
             } => {
-                self.forward(req);
+                self.forward(req, rewritten);
                 if replies > 0 {
                     self.push_pinned(replies, effect);
                 }
@@ -69,9 +82,15 @@ impl Session {
         }
     }
 
-    /// Forwards the request at the start of the input on the dedicated connection.
-    fn forward(&mut self, req: &Request) {
-        let bytes = self.input.take(req);
+    /// Forwards the request at the start of the input on the dedicated connection, or `instead` of it.
+    fn forward(&mut self, req: &Request, instead: Option<Bytes>) {
+        let bytes = match instead {
+            Some(b) => {
+                self.input.skip(req);
+                b
+            }
+            None => self.input.take(req),
+        };
         let kind = self.cur_kind;
         if self.ctx.registry.monitoring() {
             if let Some(p) = &self.pinned {

@@ -411,7 +411,11 @@ impl Session {
                 }
                 match p.pool(&self.state.key).dedicated(&p).await {
                     // The request stays buffered and is forwarded by the pinned path on the next turn.
-                    Ok(conn) => {
+                    Ok(mut conn) => {
+                        // A subscriber may be named by another client's CLIENT TRACKING REDIRECT.
+                        if class == Class::Pin(crate::command::Pin::Subscribe) {
+                            conn.learn_id().await;
+                        }
                         self.pinned = Some(Pinned::new(conn, shard.id, self.ctx.topo.subscribe()));
                         self.ctx.metrics.pinned_sessions.inc();
                         Step::Next

@@ -122,6 +122,9 @@ pub struct Handle {
     kill: CancellationToken,
     /// The node and upstream client id of the connection a blocking command of this client waits on.
     blocked_on: Mutex<Option<(Arc<Node>, u64)>>,
+    /// The node and upstream client id of this client's own connection (pub/sub, transactions), if
+    /// known: where another client's tracking invalidations can be redirected.
+    pinned_on: Mutex<Option<(Arc<Node>, u64)>>,
 }
 
 impl Handle {
@@ -189,6 +192,18 @@ impl Handle {
         }
     }
 
+    /// Notes (or forgets) this client's own upstream connection.
+    pub fn set_pinned_on(&self, on: Option<(Arc<Node>, u64)>) {
+        if let Ok(mut p) = self.pinned_on.lock() {
+            *p = on;
+        }
+    }
+
+    /// This client's own upstream connection (node, upstream client id), if known.
+    pub fn pinned_on(&self) -> Option<(Arc<Node>, u64)> {
+        self.pinned_on.lock().ok().and_then(|p| p.clone())
+    }
+
     /// The upstream connection a blocking command of this client waits on, if any.
     pub fn blocked_on(&self) -> Option<(Arc<Node>, u64)> {
         self.blocked_on.lock().ok().and_then(|b| b.clone())
@@ -215,6 +230,7 @@ impl Registry {
             shown: Mutex::new(Shown::default()),
             kill: CancellationToken::new(),
             blocked_on: Mutex::new(None),
+            pinned_on: Mutex::new(None),
         });
         if let Ok(mut c) = self.clients.lock() {
             c.insert(id, handle.clone());

@@ -120,6 +120,8 @@ pub(super) struct Session {
     pub shown: super::registry::Shown,
     /// MONITOR's feed, once the client asked for it.
     pub monitor: Option<tokio::sync::broadcast::Receiver<Bytes>>,
+    /// The upstream client id of the dedicated connection last shown in the registry.
+    pub shown_pinned: Option<u64>,
 }
 
 impl Drop for Session {
@@ -165,6 +167,7 @@ impl Session {
             handle,
             shown,
             monitor: None,
+            shown_pinned: None,
             id,
             peer,
             local,

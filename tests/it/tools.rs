@@ -207,6 +207,51 @@ async fn client_unblock_answers_a_client_blocked_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn tracking_redirected_to_another_client_of_the_proxy_reaches_it() {
+    let (_cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
+    let mut listener = Raw::connect(&proxy).await;
+    listener.send(&resp(&["CLIENT", "ID"])).await;
+    let id = String::from_utf8_lossy(&listener.frame().await)
+        .trim()
+        .trim_start_matches(':')
+        .to_string();
+    listener
+        .send(&resp(&["SUBSCRIBE", "__redis__:invalidate"]))
+        .await;
+    listener
+        .expect(b"*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n")
+        .await;
+    let mut tracked = Raw::connect(&proxy).await;
+    tracked
+        .send(&resp(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id]))
+        .await;
+    tracked.expect(b"+OK\r\n").await;
+    tracked.send(&resp(&["GET", "cached"])).await;
+    tracked.expect(b"$-1\r\n").await;
+    let mut writer = client(&proxy).await;
+    let _: () = q(&mut writer, &["SET", "cached", "1"]).await;
+    listener
+        .expect(b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$6\r\ncached\r\n")
+        .await;
+    // A client that is not subscribed through the proxy cannot be a target.
+    let mut other = client(&proxy).await;
+    let writer_id: i64 = q(&mut writer, &["CLIENT", "ID"]).await;
+    let err = try_q(
+        &mut other,
+        &[
+            "CLIENT",
+            "TRACKING",
+            "ON",
+            "REDIRECT",
+            &writer_id.to_string(),
+        ],
+    )
+    .await
+    .expect_err("not a subscriber");
+    assert!(err.to_string().contains("needs the target client"), "{err}");
+}
+
+#[tokio::test]
 async fn client_pause_write_holds_writes_at_the_proxy_and_lets_reads_through() {
     let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
     let mut a = client(&proxy).await;
