@@ -157,17 +157,30 @@ impl Filter {
 }
 
 impl Session {
-    /// Shows this connection's current state in the registry (only what changed takes a lock).
+    /// Shows this connection's current state in the registry. Called every turn: it compares first, and
+    /// only what changed is copied and takes a lock.
     pub(super) fn publish(&mut self) {
-        let shown = Shown {
-            name: self.state.name.clone(),
-            db: self.state.key.db,
-            resp3: self.state.key.resp3,
-            user: self.state.user.clone(),
-            lib_name: self.state.lib_name.clone(),
-            lib_ver: self.state.lib_ver.clone(),
+        let s = &self.state;
+        let same_user = match (&s.user, &self.shown.user) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
         };
-        if !shown.same(&self.shown) {
+        let changed = !same_user
+            || s.key.db != self.shown.db
+            || s.key.resp3 != self.shown.resp3
+            || s.name != self.shown.name
+            || s.lib_name != self.shown.lib_name
+            || s.lib_ver != self.shown.lib_ver;
+        if changed {
+            let shown = Shown {
+                name: s.name.clone(),
+                db: s.key.db,
+                resp3: s.key.resp3,
+                user: s.user.clone(),
+                lib_name: s.lib_name.clone(),
+                lib_ver: s.lib_ver.clone(),
+            };
             self.handle.show(shown.clone());
             self.shown = shown;
         }
@@ -183,7 +196,9 @@ impl Session {
         if self.monitor.is_some() {
             bits |= flag::MONITOR;
         }
-        if self.queue.has_task() {
+        // Blocking commands (and WAIT-like tasks behind a hold) hold the session: the queue is looked
+        // through only then, never on a pipelining client's every turn.
+        if self.flow.hold && self.queue.has_task() {
             bits |= flag::BLOCKED;
         }
         if self.state.no_evict {

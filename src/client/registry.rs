@@ -87,22 +87,6 @@ pub struct Shown {
     pub lib_ver: Option<Bytes>,
 }
 
-impl Shown {
-    /// True if `other` shows the same.
-    pub fn same(&self, other: &Shown) -> bool {
-        let user = match (&self.user, &other.user) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
-        user && self.db == other.db
-            && self.resp3 == other.resp3
-            && self.name == other.name
-            && self.lib_name == other.lib_name
-            && self.lib_ver == other.lib_ver
-    }
-}
-
 /// One client connection, as the other sessions see it.
 #[derive(Debug)]
 pub struct Handle {
