@@ -30,16 +30,21 @@ impl Session {
             return Step::Stop;
         }
         // Commands about the whole proxy (its clients, its view of the servers) are answered by the
-        // proxy here too, never forwarded on this connection; inside MULTI they cannot be queued.
+        // proxy here too, never forwarded on this connection. Inside MULTI, INFO and ROLE are queued as
+        // Redis queues them (EXEC answers the primary's own); the others cannot be: their replies would
+        // come back inside EXEC's unfiltered (CONFIG GET) or be about upstream connections.
         if let Class::Local(l) = class {
-            if l.proxy_wide()
-                || (l == crate::command::Local::Role && self.ctx.sentinel_facade.is_some())
-            {
-                if self.pinned.as_ref().is_some_and(|p| p.multi) {
+            use crate::command::Local;
+            let facade = l == Local::Role && self.ctx.sentinel_facade.is_some();
+            if l.proxy_wide() || facade {
+                let multi = self.pinned.as_ref().is_some_and(|p| p.multi);
+                if !multi {
+                    return self.local(l, req, 0, shard, &mut None);
+                }
+                if !matches!(l, Local::Info | Local::Role) {
                     let label = super::local::command_label(&args);
                     return self.refuse_in_multi(req, ClientError::InMulti(&label).frame());
                 }
-                return self.local(l, req, 0, shard, &mut None);
             }
         }
         // Tracking redirected to another client: to its connection's upstream id.

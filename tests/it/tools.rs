@@ -337,6 +337,32 @@ async fn info_adds_the_proxy_section_and_hello_names_the_real_server() {
 }
 
 #[tokio::test]
+async fn inside_multi_info_is_queued_and_config_get_is_refused_not_leaked() {
+    let (_cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .password("nodepw")
+        .proxy()
+        .await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&["MULTI"])).await;
+    raw.expect(b"+OK\r\n").await;
+    raw.send(&resp(&["INFO", "server"])).await;
+    raw.expect(b"+QUEUED\r\n").await;
+    raw.send(&resp(&["EXEC"])).await;
+    let exec = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    assert!(exec.starts_with("*1\r\n") && exec.contains("# Server"), "{exec}");
+    raw.send(&resp(&["MULTI"])).await;
+    raw.expect(b"+OK\r\n").await;
+    raw.send(&resp(&["CONFIG", "GET", "*"])).await;
+    let refused = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    assert!(refused.contains("not supported inside MULTI"), "{refused}");
+    raw.send(&resp(&["EXEC"])).await;
+    let exec = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    assert!(exec.starts_with("-EXECABORT"), "{exec}");
+    assert!(!exec.contains("nodepw"));
+}
+
+#[tokio::test]
 async fn monitor_shows_every_clients_commands_with_the_node_that_served_them() {
     let (cluster, proxy) = Cluster::builder().replicas(1).eventual().proxy().await;
     let mut raw = Raw::connect(&proxy).await;
