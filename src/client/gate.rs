@@ -137,3 +137,69 @@ fn hello(args: &dyn Args, state: &mut State, auth: &Auth) -> Gate {
     }
     Gate::Pass
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authority;
+
+    struct Words(Vec<Vec<u8>>);
+
+    impl Args for Words {
+        fn arg(&self, i: usize) -> Option<&[u8]> {
+            self.0.get(i).map(Vec::as_slice)
+        }
+        fn argc(&self) -> usize {
+            self.0.len()
+        }
+        fn kept(&self) -> Vec<Vec<u8>> {
+            self.0.clone()
+        }
+        fn all(&self) -> Vec<Vec<u8>> {
+            self.0.clone()
+        }
+    }
+
+    fn words(cmd: &str) -> Words {
+        Words(cmd.split(' ').map(|w| w.as_bytes().to_vec()).collect())
+    }
+
+    fn user(authority: Authority) -> State {
+        State::new(Some(Arc::new(ClientUser {
+            name: "u".into(),
+            password: String::new(),
+            authority,
+        })))
+    }
+
+    #[test]
+    fn only_admin_users_may_stop_move_or_reshape_nodes() {
+        let table = Table::builtin();
+        let run = |cmd: &str, state: &mut State| {
+            let (class, _) = crate::command::classify(&table, cmd.split(' ').count(), |i| {
+                cmd.split(' ').nth(i).map(str::as_bytes)
+            });
+            check(class, &words(cmd), state, None, false, &table)
+        };
+        for authority in [Authority::Write, Authority::Read] {
+            let gate = run("SHUTDOWN NOSAVE", &mut user(authority));
+            assert!(
+                matches!(&gate, Gate::Answer(e) if e.starts_with(b"-NOPERM redsplit: SHUTDOWN")),
+                "{authority:?}: {gate:?}"
+            );
+        }
+        assert!(matches!(
+            run("SHUTDOWN NOSAVE", &mut user(Authority::Admin)),
+            Gate::Pass
+        ));
+        assert!(matches!(
+            run("CONFIG SET maxmemory 1", &mut user(Authority::Write)),
+            Gate::Pass
+        ));
+        let many = format!("CONFIG SET{} replicaof x", " maxmemory 1".repeat(9));
+        assert!(matches!(
+            run(&many, &mut user(Authority::Write)),
+            Gate::Answer(_)
+        ));
+    }
+}

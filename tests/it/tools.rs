@@ -350,7 +350,10 @@ async fn inside_multi_info_is_queued_and_config_get_is_refused_not_leaked() {
     raw.expect(b"+QUEUED\r\n").await;
     raw.send(&resp(&["EXEC"])).await;
     let exec = String::from_utf8_lossy(&raw.frame().await).into_owned();
-    assert!(exec.starts_with("*1\r\n") && exec.contains("# Server"), "{exec}");
+    assert!(
+        exec.starts_with("*1\r\n") && exec.contains("# Server"),
+        "{exec}"
+    );
     raw.send(&resp(&["MULTI"])).await;
     raw.expect(b"+OK\r\n").await;
     raw.send(&resp(&["CONFIG", "GET", "*"])).await;
