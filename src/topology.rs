@@ -5,9 +5,9 @@
 //! (offsets, lag, eligibility) live in each node's [`ReplState`] atomics, so reading them costs no lock and
 //! publishing them costs no snapshot.
 //!
-//! Read-your-writes rests on [`Topo::epoch`]: every probe takes a new epoch number before it sends `ROLE`.
-//! A session that saw the reply of its write while the epoch was `e` knows that any probe of epoch > `e`
-//! was sent after the write ran, so that probe's offset covers the write.
+//! Read-your-writes rests on the epoch ([`crate::node::next_epoch`]): every probe takes a new epoch number
+//! before it sends `ROLE`. A session that saw the reply of its write while the epoch was `e` knows that any
+//! probe of epoch > `e` was sent after the write ran, so that probe's offset covers the write.
 
 pub mod discovery;
 pub mod probe;
