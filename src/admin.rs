@@ -34,7 +34,55 @@ pub struct AdminState {
     pub timeout: Duration,
     /// Where metrics are registered.
     pub registry: prometheus::Registry,
+    /// Who may change state (`POST /failover`).
+    pub guard: Guard,
     busy: AtomicBool,
+}
+
+/// Who may send the requests that change state: the holder of `admin_token`, or, with no token
+/// configured, anyone who can reach a loopback listener (the same host or pod), and nobody otherwise.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// `admin_token`, if set.
+    pub token: Option<String>,
+    /// The admin listener is bound to a loopback address.
+    pub loopback: bool,
+}
+
+impl Guard {
+    /// `None` if a request with these headers may change state; else the refusal.
+    fn refuse(&self, headers: &axum::http::HeaderMap) -> Option<Reply> {
+        let Some(token) = &self.token else {
+            return (!self.loopback).then(|| {
+                reply(
+                    StatusCode::FORBIDDEN,
+                    json!({"error": "set admin_token to change state through an admin port that listens beyond loopback"}),
+                )
+            });
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            None
+        } else {
+            Some(reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "this request needs Authorization: Bearer <admin_token>"}),
+            ))
+        }
+    }
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 impl AdminState {
@@ -45,6 +93,7 @@ impl AdminState {
         map: AddressMap,
         timeout: Duration,
         registry: prometheus::Registry,
+        guard: Guard,
     ) -> Arc<AdminState> {
         Arc::new(AdminState {
             topo,
@@ -52,6 +101,7 @@ impl AdminState {
             map,
             timeout,
             registry,
+            guard,
             busy: AtomicBool::new(false),
         })
     }
@@ -161,8 +211,15 @@ fn reply(status: StatusCode, body: Value) -> Reply {
     (status, Json(body))
 }
 
-/// `POST /failover`: one switchover at a time; writes it held are released however it ends.
-async fn failover(State(s): State<Arc<AdminState>>, Query(q): Query<FailoverQuery>) -> Reply {
+/// `POST /failover`: for the holder of the admin token (see [`Guard`]); one switchover at a time; writes it held are released however it ends.
+async fn failover(
+    State(s): State<Arc<AdminState>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<FailoverQuery>,
+) -> Reply {
+    if let Some(refused) = s.guard.refuse(&headers) {
+        return refused;
+    }
     if s.busy.swap(true, Ordering::SeqCst) {
         return reply(
             StatusCode::CONFLICT,

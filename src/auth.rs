@@ -6,6 +6,18 @@
 
 use std::sync::Arc;
 
+/// What a user may run, as predixy's read / write / admin authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// Only commands that cannot modify anything (`readonly_user`).
+    Read,
+    /// Everything but the commands that stop, move or reshape nodes (`user`, `requirepass`, and every
+    /// client while authentication is off).
+    Write,
+    /// Everything, the guarded commands too (`admin_user`).
+    Admin,
+}
+
 /// A user clients authenticate as, to the proxy.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientUser {
@@ -13,15 +25,27 @@ pub struct ClientUser {
     pub name: String,
     /// Password.
     pub password: String,
+    /// What the user may run.
+    pub authority: Authority,
+}
+
+impl ClientUser {
     /// May run only read-only commands.
-    pub readonly: bool,
+    pub fn readonly(&self) -> bool {
+        self.authority == Authority::Read
+    }
+
+    /// May run the commands that stop, move or reshape nodes.
+    pub fn admin(&self) -> bool {
+        self.authority == Authority::Admin
+    }
 }
 
 impl std::fmt::Debug for ClientUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientUser")
             .field("name", &self.name)
-            .field("readonly", &self.readonly)
+            .field("authority", &self.authority)
             .finish_non_exhaustive()
     }
 }
@@ -38,7 +62,7 @@ impl Auth {
         let default = requirepass.map(|password| ClientUser {
             name: "default".into(),
             password,
-            readonly: false,
+            authority: Authority::Write,
         });
         let users: Vec<Arc<ClientUser>> = default.into_iter().chain(users).map(Arc::new).collect();
         (!users.is_empty()).then(|| Arc::new(Auth { users }))
@@ -77,7 +101,11 @@ mod tests {
         ClientUser {
             name: name.into(),
             password: password.into(),
-            readonly,
+            authority: if readonly {
+                Authority::Read
+            } else {
+                Authority::Write
+            },
         }
     }
 
@@ -90,7 +118,7 @@ mod tests {
         );
         assert!(auth.check(Some(b"default"), b"pw").is_some());
         assert!(auth.check(None, b"pW").is_none());
-        assert!(auth.check(Some(b"ro"), b"r").is_some_and(|u| u.readonly));
+        assert!(auth.check(Some(b"ro"), b"r").is_some_and(|u| u.readonly()));
         assert!(auth.check(Some(b"ro"), b"pw").is_none());
         assert!(auth.check(Some(b"nobody"), b"r").is_none());
     }

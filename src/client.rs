@@ -1,20 +1,27 @@
 //! Downstream side: accept clients and run one session per connection.
 
+mod clients;
 mod complete;
 mod cursor;
 mod dedicated;
 mod dispatch;
+mod facade;
 mod gate;
 mod input;
 mod local;
+mod monitor;
 mod pinned;
 mod queue;
+pub mod registry;
 pub mod reply;
+mod rewrite;
+mod server;
 mod session;
 mod state;
 mod tasks;
 mod wake;
 
+pub use facade::DEFAULT_NAME as FACADE_NAME;
 #[doc(hidden)]
 pub use pinned::fuzz_session_decisions;
 
@@ -66,6 +73,10 @@ pub struct Context {
     pub idle_timeout: Option<Duration>,
     /// Most client connections.
     pub max_clients: usize,
+    /// Answer as a Sentinel too, for this master name.
+    pub sentinel_facade: Option<String>,
+    /// Every client connection of this proxy (CLIENT LIST, KILL, PAUSE; MONITOR's feed).
+    pub registry: registry::Registry,
     /// Client connections open now (across workers).
     pub clients: std::sync::atomic::AtomicUsize,
     /// Proxy-side client authentication, if configured; replaced by a config reload.
@@ -106,6 +117,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// Most client connections.
     pub max_clients: usize,
+    /// Answer as a Sentinel too, for this master name.
+    pub sentinel_facade: Option<String>,
 }
 
 impl Context {
@@ -131,6 +144,7 @@ impl Context {
             max_output,
             idle_timeout,
             max_clients,
+            sentinel_facade,
         } = settings;
         Arc::new(Context {
             topo,
@@ -148,12 +162,14 @@ impl Context {
             max_output,
             idle_timeout,
             max_clients,
+            sentinel_facade,
+            registry: registry::Registry::default(),
             clients: std::sync::atomic::AtomicUsize::new(0),
             auth: arc_swap::ArcSwapOption::new(auth),
             open_user: Arc::new(crate::auth::ClientUser {
                 name: "default".into(),
                 password: String::new(),
-                readonly: false,
+                authority: crate::auth::Authority::Write,
             }),
             metrics,
             lag,
@@ -319,6 +335,7 @@ async fn run_tls(
     cancel: CancellationToken,
 ) {
     let local = stream.local_addr().ok();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let stream = tokio::select! {
         // Shutdown: a client still shaking hands has nothing in flight.
         _ = cancel.cancelled() => return,
@@ -333,7 +350,7 @@ async fn run_tls(
     let (mut rd, wr) = tokio::io::split(stream);
     // The session writes as to a socket and never flushes: see `WriteThrough`.
     let mut wr = crate::tls::WriteThrough::new(wr);
-    session::run_io(&mut rd, &mut wr, peer, local, id, ctx, cancel).await;
+    session::run_io(&mut rd, &mut wr, (peer, local, fd), id, ctx, cancel).await;
     // close_notify, if the client still listens.
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }

@@ -361,9 +361,54 @@ pub enum Local {
     Unsubscribe,
     /// `WAIT numreplicas timeout`, answered from the replicas' offsets.
     Wait,
-    /// Refused with an error: replication commands (`SYNC`, `PSYNC`, `REPLCONF`), `WAITAOF`, and commands
-    /// naming client ids (`CLIENT KILL`, `CLIENT UNBLOCK`, `CLIENT TRACKING ... REDIRECT`).
+    /// Refused with an error: replication commands (`SYNC`, `PSYNC`, `REPLCONF`) and `WAITAOF`.
     Refuse,
+    /// `CONFIG GET pattern...`: the primary's reply, secret values left out.
+    ConfigGet,
+    /// `CONFIG SET name value...`: to every node for settings that must be equal everywhere, else to the
+    /// primary.
+    ConfigSet,
+    /// `ACL LIST`, `ACL GETUSER`: the primary's reply, password hashes left out.
+    AclShow,
+    /// `INFO [section...]`: the primary's sections, and the proxy's own.
+    Info,
+    /// `MONITOR`: every command of every client of this proxy, as the proxy forwards it.
+    Monitor,
+    /// `CLIENT LIST [TYPE type] [ID id...]`: the proxy's clients.
+    ClientList,
+    /// `CLIENT KILL ...`: the proxy's clients, by any filter.
+    ClientKill,
+    /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: a client of this proxy blocked in a command.
+    ClientUnblock,
+    /// `CLIENT PAUSE timeout [WRITE|ALL]`: this proxy's clients wait.
+    ClientPause,
+    /// `CLIENT UNPAUSE`
+    ClientUnpause,
+    /// `SENTINEL ...`: answered as a Sentinel would (with `sentinel_facade`), naming the proxy.
+    Sentinel,
+    /// `ROLE`: the proxy as a Sentinel (with `sentinel_facade`), else the primary's.
+    Role,
+}
+
+impl Local {
+    /// True for the commands answered from what the whole proxy knows (its clients, its topology),
+    /// never from one upstream connection: a session on a dedicated connection answers them too.
+    pub fn proxy_wide(self) -> bool {
+        matches!(
+            self,
+            Local::ConfigGet
+                | Local::ConfigSet
+                | Local::AclShow
+                | Local::Info
+                | Local::Monitor
+                | Local::ClientList
+                | Local::ClientKill
+                | Local::ClientUnblock
+                | Local::ClientPause
+                | Local::ClientUnpause
+                | Local::Sentinel
+        )
+    }
 }
 
 /// What the command does to data, for metrics and read-your-writes.
@@ -428,7 +473,19 @@ pub fn classify<'a>(
         b"UNWATCH" => Class::Local(Local::Unwatch),
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => Class::Pin(Pin::Subscribe),
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Class::Local(Local::Unsubscribe),
-        b"MONITOR" => Class::Pin(Pin::Monitor),
+        b"MONITOR" => Class::Local(Local::Monitor),
+        b"INFO" => Class::Local(Local::Info),
+        b"SENTINEL" => Class::Local(Local::Sentinel),
+        b"ROLE" => Class::Local(Local::Role),
+        b"CONFIG" => match sub(1).as_deref() {
+            Some(b"GET") => Class::Local(Local::ConfigGet),
+            Some(b"SET") => Class::Local(Local::ConfigSet),
+            _ => Class::Primary,
+        },
+        b"ACL" => match sub(1).as_deref() {
+            Some(b"LIST" | b"GETUSER") => Class::Local(Local::AclShow),
+            _ => Class::Primary,
+        },
         b"WAIT" => Class::Local(Local::Wait),
         b"WAITAOF" | b"SYNC" | b"PSYNC" | b"REPLCONF" => Class::Local(Local::Refuse),
         b"CLIENT" => match sub(1).as_deref() {
@@ -440,13 +497,13 @@ pub fn classify<'a>(
             Some(b"NO-EVICT" | b"NO-TOUCH" | b"SETINFO") => Class::Local(Local::ClientAck),
             // Client ids are the proxy's, not the server's: forwarding one could redirect, kill or
             // unblock an unrelated upstream connection, possibly one shared by other clients.
-            Some(b"KILL" | b"UNBLOCK") => Class::Local(Local::Refuse),
-            Some(b"TRACKING")
-                if (3..argc)
-                    .any(|i| arg(i).is_some_and(|a| a.eq_ignore_ascii_case(b"REDIRECT"))) =>
-            {
-                Class::Local(Local::Refuse)
-            }
+            Some(b"LIST") => Class::Local(Local::ClientList),
+            Some(b"KILL") => Class::Local(Local::ClientKill),
+            Some(b"UNBLOCK") => Class::Local(Local::ClientUnblock),
+            Some(b"PAUSE") => Class::Local(Local::ClientPause),
+            Some(b"UNPAUSE") => Class::Local(Local::ClientUnpause),
+            // With REDIRECT too: the session's own connection, where the proxy's id of the target becomes
+            // the upstream id of the target's connection.
             Some(b"TRACKING") => match sub(2).as_deref() {
                 Some(b"ON") => Class::Pin(Pin::Tracking),
                 _ => Class::Local(Local::TrackingOff),
@@ -529,6 +586,90 @@ pub fn may_modify<'a>(table: &Table, argc: usize, arg: impl Fn(usize) -> Option<
         other => other,
     };
     !info.is_some_and(|i| i.flags.has(flag::READONLY))
+}
+
+/// Whether a command stops, moves or reshapes a node: only a proxy admin user may run it. Returns the
+/// name to say in the refusal (`SHUTDOWN`, `CONFIG SET replicaof-...`). Decided from names, not from the
+/// table's `admin` flag, which also marks harmless commands (`CONFIG GET`, `SLOWLOG GET`).
+pub fn guarded<'a>(argc: usize, arg: impl Fn(usize) -> Option<&'a [u8]>) -> Option<String> {
+    /// Whole commands: stop a node, make it a replica or a primary, crash or freeze it, or take its
+    /// replication stream.
+    const COMMANDS: &[&str] = &[
+        "SHUTDOWN",
+        "REPLICAOF",
+        "SLAVEOF",
+        "FAILOVER",
+        "DEBUG",
+        "SYNC",
+        "PSYNC",
+    ];
+    /// `CLUSTER` subcommands that change slots, membership or roles.
+    const CLUSTER: &[&str] = &[
+        "ADDSLOTS",
+        "ADDSLOTSRANGE",
+        "DELSLOTS",
+        "DELSLOTSRANGE",
+        "FLUSHSLOTS",
+        "SETSLOT",
+        "MEET",
+        "FORGET",
+        "REPLICATE",
+        "FAILOVER",
+        "RESET",
+        "BUMPEPOCH",
+        "SET-CONFIG-EPOCH",
+    ];
+    let name = arg(0)?;
+    let upper = |a: &[u8]| String::from_utf8_lossy(a).to_ascii_uppercase();
+    if let Some(c) = COMMANDS
+        .iter()
+        .find(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+    {
+        return Some((*c).to_string());
+    }
+    let sub = arg(1).map(upper);
+    if name.eq_ignore_ascii_case(b"CLUSTER") {
+        let sub = sub?;
+        return CLUSTER
+            .contains(&sub.as_str())
+            .then(|| format!("CLUSTER {sub}"));
+    }
+    if name.eq_ignore_ascii_case(b"CONFIG") && sub.as_deref() == Some("SET") {
+        // Every parameter named (every other argument from the third); one that cannot be read counts.
+        let mut i = 2;
+        while i < argc {
+            match arg(i) {
+                Some(p) if !replication_setting(p) => {}
+                Some(p) => return Some(format!("CONFIG SET {}", String::from_utf8_lossy(p))),
+                None => return Some("CONFIG SET".into()),
+            }
+            i += 2;
+        }
+    }
+    None
+}
+
+/// A server setting about replication (or the node's address): set through the proxy it could detach a
+/// replica, make a node follow another, or take a node away from the proxy.
+pub fn replication_setting(name: &[u8]) -> bool {
+    const PREFIXES: &[&str] = &[
+        "repl-",
+        "replica",
+        "slave",
+        "master",
+        "primary",
+        "min-replicas",
+        "min-slaves",
+    ];
+    const NAMES: &[&str] = &[
+        "port",
+        "bind",
+        "tls-port",
+        "tls-replication",
+        "cluster-enabled",
+    ];
+    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name.as_str())
 }
 
 /// `XREAD`/`XREADGROUP` block only with a `BLOCK` option, which precedes `STREAMS`. If neither word is among
@@ -627,7 +768,8 @@ mod tests {
     fn subcommands_have_their_own_flags() {
         assert_eq!(class_of("OBJECT ENCODING k"), (Class::Read, Kind::Read));
         assert_eq!(class_of("XINFO STREAM s"), (Class::Read, Kind::Read));
-        assert_eq!(class_of("CONFIG SET x y").0, Class::Primary);
+        assert_eq!(class_of("CONFIG SET x y").0, Class::Local(Local::ConfigSet));
+        assert_eq!(class_of("CONFIG RESETSTAT").0, Class::Primary);
         assert_eq!(class_of("SCRIPT LOAD x").0, Class::Broadcast);
         assert_eq!(class_of("SCRIPT EXISTS x").0, Class::Primary);
     }
@@ -653,14 +795,19 @@ mod tests {
             Class::Local(Local::ClientSetName)
         );
         assert_eq!(class_of("client tracking on").0, Class::Pin(Pin::Tracking));
-        assert_eq!(class_of("CLIENT LIST").0, Class::Primary);
+        assert_eq!(class_of("CLIENT LIST").0, Class::Local(Local::ClientList));
         assert_eq!(class_of("MULTI").0, Class::Pin(Pin::Multi));
         assert_eq!(class_of("SSUBSCRIBE a").0, Class::Pin(Pin::Subscribe));
         assert_eq!(class_of("PSYNC ? -1").0, Class::Local(Local::Refuse));
-        assert_eq!(class_of("CLIENT KILL ID 5").0, Class::Local(Local::Refuse));
+        assert_eq!(
+            class_of("CLIENT KILL ID 5").0,
+            Class::Local(Local::ClientKill)
+        );
+        assert_eq!(class_of("config get *").0, Class::Local(Local::ConfigGet));
+        assert_eq!(class_of("MONITOR").0, Class::Local(Local::Monitor));
         assert_eq!(
             class_of("CLIENT TRACKING ON REDIRECT 5").0,
-            Class::Local(Local::Refuse)
+            Class::Pin(Pin::Tracking)
         );
     }
 
@@ -694,6 +841,42 @@ mod tests {
         ] {
             assert!(!check(cmd), "{cmd}");
         }
+    }
+
+    #[test]
+    fn commands_that_stop_move_or_reshape_nodes_are_guarded() {
+        let check = |cmd: &str| {
+            let args: Vec<&[u8]> = cmd.split(' ').map(str::as_bytes).collect();
+            guarded(args.len(), |i| args.get(i).copied())
+        };
+        for cmd in [
+            "SHUTDOWN NOSAVE",
+            "shutdown",
+            "REPLICAOF 127.0.0.1 1",
+            "slaveof no one",
+            "FAILOVER",
+            "DEBUG SLEEP 1",
+            "CLUSTER SETSLOT 1 NODE x",
+            "CONFIG SET replica-read-only no",
+            "CONFIG SET maxmemory 1 masterauth x",
+            "config set REPL-BACKLOG-SIZE 1",
+            "CONFIG SET port 7000",
+        ] {
+            assert!(check(cmd).is_some(), "{cmd}");
+        }
+        for cmd in [
+            "CONFIG SET maxmemory 10mb",
+            "CONFIG GET replica-read-only",
+            "CLUSTER INFO",
+            "GET shutdown",
+            "INFO",
+        ] {
+            assert_eq!(check(cmd), None, "{cmd}");
+        }
+        assert_eq!(
+            check("CONFIG SET maxmemory 1 replica-priority 0").as_deref(),
+            Some("CONFIG SET replica-priority")
+        );
     }
 
     #[test]

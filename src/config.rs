@@ -46,6 +46,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin HTTP listener.
     pub admin_listen: SocketAddr,
+    /// The token state-changing admin requests must carry, if set.
+    pub admin_token: Option<String>,
+    /// Answer as a Sentinel too.
+    pub sentinel_facade: bool,
     /// Topology source.
     pub source: Source,
     /// Read consistency.
@@ -128,6 +132,10 @@ impl Config {
             max_output: self.max_client_output_bytes,
             idle_timeout: self.client_idle_timeout,
             max_clients: self.max_clients,
+            sentinel_facade: self.sentinel_facade.then(|| match &self.source {
+                Source::Sentinel { master_name, .. } => master_name.clone(),
+                _ => crate::client::FACADE_NAME.to_string(),
+            }),
         }
     }
 
@@ -143,6 +151,8 @@ impl Config {
         compare!(
             listen => "listen",
             admin_listen => "admin_listen",
+            admin_token => "admin_token",
+            sentinel_facade => "sentinel_facade",
             consistency => "consistency",
             fallback => "fallback",
             probe_interval => "probe_interval_ms",
@@ -197,6 +207,10 @@ impl Config {
     fn check(raw: Raw, problems: &mut Vec<String>) -> Option<Config> {
         let listen = value::socket_addr("listen", &raw.listen, problems);
         let admin_listen = value::socket_addr("admin_listen", &raw.admin_listen, problems);
+        let admin_token = match &raw.admin_token {
+            Some(t) => value::secret("admin_token", t, problems).map(Some),
+            None => Some(None),
+        };
         let timing = Timing::parse(&raw, problems);
         let workers = Workers::parse(&raw, problems);
         let clients = ClientLimits::parse(&raw, problems);
@@ -214,6 +228,8 @@ impl Config {
         Some(Config {
             listen: listen?,
             admin_listen: admin_listen?,
+            admin_token: admin_token?,
+            sentinel_facade: raw.sentinel_facade,
             source: source?,
             consistency: raw.consistency,
             max_lag: timing.max_lag,
@@ -263,7 +279,14 @@ fn log_level(level: &str, problems: &mut Vec<String>) -> Option<String> {
 
 /// Command line: `--config FILE`, `--check`, and one flag per option.
 #[derive(Debug, clap::Parser)]
-#[command(name = "redsplit", version, about = "Replication-aware Redis proxy")]
+// A flag given again replaces the earlier value (repeatable options such as `--replica` add to it), so
+// that arguments after a container image's ENTRYPOINT can change the listeners it sets.
+#[command(
+    name = "redsplit",
+    version,
+    about = "Replication-aware Redis proxy",
+    args_override_self = true
+)]
 pub struct Cli {
     /// TOML config file; flags override its options.
     #[arg(long)]
@@ -374,7 +397,7 @@ mod tests {
             c.users[0].password,
             std::env::var("PATH").expect("PATH is set")
         );
-        assert!(c.users[1].readonly);
+        assert!(c.users[1].readonly());
         let _ = std::fs::remove_file(dir);
         let bad = Flags {
             requirepass: Some("env:REDSPLIT_NO_SUCH_VARIABLE".into()),
@@ -390,6 +413,25 @@ mod tests {
     }
 
     #[test]
+    fn a_flag_given_again_replaces_the_earlier_one_and_repeatable_ones_add_up() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "redsplit",
+            "--listen",
+            "0.0.0.0:6380",
+            "--listen",
+            "127.0.0.1:7000",
+            "--replica",
+            "a:1",
+            "--replica",
+            "b:2",
+        ])
+        .expect("parses");
+        assert_eq!(cli.flags.listen.as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(cli.flags.replica.map(|r| r.len()), Some(2));
+    }
+
+    #[test]
     fn addresses_need_host_and_port() {
         assert!(Addr::parse("localhost:6379").is_ok());
         assert!(Addr::parse("[::1]:6379").is_ok());
@@ -397,5 +439,27 @@ mod tests {
         assert!(Addr::parse("localhost").is_err());
         assert!(Addr::parse(":6379").is_err());
         assert!(Addr::parse("h:0").is_err());
+        assert!(Addr::parse("10.0.0.300:6379").is_err());
+        assert!(Addr::parse("10.0.0.3:6379").is_ok());
+        assert!(Addr::parse("1host:6379").is_ok());
+    }
+
+    #[test]
+    fn listeners_take_a_host_name_and_typos_get_a_suggestion() {
+        let c = load("listen = \"localhost:6380\"\n", Flags::default()).expect("valid");
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.listen.port(), 6380);
+        let problems = load(
+            "max_lag = 10\nlisten = \"10.0.0.300:6380\"\n",
+            Flags::default(),
+        )
+        .expect_err("invalid");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("unknown option `max_lag`") && p.contains("max_lag_ms")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 }

@@ -229,22 +229,41 @@ pub fn server_args(port: u16, dir: &Path, primary: Option<u16>) -> Vec<String> {
 }
 
 /// The configuration of a sentinel on `port` keeping its files in `dir`, watching the primary on
-/// `primary` as [`MASTER_NAME`] with `quorum`: it calls the primary down after 1 s without an answer.
-/// Lines added after these override them.
+/// `primary` as [`MASTER_NAME`] with `quorum`: it calls the primary down after 5 s without an answer
+/// (at 1 s, a loaded machine that delays a ping now and then gets failovers nobody asked for). Lines
+/// added after these override them.
 pub fn sentinel_config(port: u16, dir: &Path, primary: u16, quorum: usize) -> String {
     format!(
         "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile sentinel.log\n\
          sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} {quorum}\n\
-         sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+         sentinel down-after-milliseconds {MASTER_NAME} 5000\n\
          sentinel failover-timeout {MASTER_NAME} 10000\n\
          sentinel parallel-syncs {MASTER_NAME} 1\n",
         dir = dir.display()
     )
 }
 
-/// Runs `redis-server` with `args` in `dir`, its output discarded.
+/// The environment variable naming the server program to run instead of `redis-server` (a path, or
+/// `valkey-server`); sentinels run as that program with `--sentinel`.
+pub const SERVER_BIN_VAR: &str = "REDSPLIT_SERVER_BIN";
+
+/// The server program the embedded mode (and the test harness) runs: `$REDSPLIT_SERVER_BIN`, else
+/// `redis-server`.
+pub fn program() -> String {
+    std::env::var(SERVER_BIN_VAR)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "redis-server".into())
+}
+
+/// Runs the server program ([`program`]) with `args` in `dir`, its output discarded.
 pub fn spawn(dir: &Path, args: &[String]) -> io::Result<Child> {
-    Command::new("redis-server")
+    spawn_program(&program(), dir, args)
+}
+
+/// Runs `program` with `args` in `dir`, its output discarded.
+pub fn spawn_program(program: &str, dir: &Path, args: &[String]) -> io::Result<Child> {
+    Command::new(program)
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -254,7 +273,7 @@ pub fn spawn(dir: &Path, args: &[String]) -> io::Result<Child> {
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot run redis-server (is it installed?): {e}"),
+                format!("cannot run {program} (is it installed?): {e}"),
             )
         })
 }

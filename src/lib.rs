@@ -154,7 +154,17 @@ impl Proxy {
             map,
             config.write_hold,
             registry,
+            admin::Guard {
+                token: config.admin_token.clone(),
+                loopback: listeners.addrs.admin.ip().is_loopback(),
+            },
         );
+        if config.admin_token.is_none() && !listeners.addrs.admin.ip().is_loopback() {
+            tracing::warn!(
+                admin = %listeners.addrs.admin,
+                "no admin_token: POST /failover is refused on an admin port beyond loopback"
+            );
+        }
         let following = runner.spawn(&source);
         // Serve once the first topology is known, or after a while regardless: writes wait for a primary
         // (write_hold_ms) rather than fail.

@@ -164,6 +164,11 @@ impl NodeMetrics {
         self.commands[usize::from(!primary)][kind as usize].inc_by(n);
     }
 
+    /// Commands of `kind` sent to this node in `primary` or replica role so far.
+    pub fn count(&self, primary: bool, kind: Kind) -> u64 {
+        self.commands[usize::from(!primary)][kind as usize].get()
+    }
+
     /// Counts an upstream failure.
     pub fn error(&self, kind: BackendError) {
         self.errors[kind as usize].inc();
@@ -219,6 +224,21 @@ impl Metrics {
                 &["reason"],
             )?,
         )?;
+        // The process: CPU, resident memory, open files, start time (`process_*`, Linux).
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let build = reg(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "redsplit_build_info",
+                    "Always 1; the version of the running proxy in the label",
+                ),
+                &["version"],
+            )?,
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(Metrics {
             client_connections: reg(
                 registry,

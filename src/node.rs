@@ -16,6 +16,12 @@ impl Addr {
     pub fn parse(s: &str) -> Result<Addr, String> {
         match s.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+                // A host of digits and dots can only mean an IPv4 address, and must be one
+                // (`10.0.0.300` is a typo, not a name to look up).
+                let dotted = host.bytes().all(|c| c.is_ascii_digit() || c == b'.');
+                if dotted && host.parse::<std::net::Ipv4Addr>().is_err() {
+                    return Err(format!("`{host}` in `{s}` is not an IPv4 address"));
+                }
                 Ok(Addr(s.to_string()))
             }
             _ => Err(format!("`{s}` is not host:port")),

@@ -143,7 +143,8 @@ impl Reloader {
                 .store(auth::Auth::new(new.requirepass.clone(), new.users.clone()));
             running.requirepass = new.requirepass.clone();
             running.users = new.users.clone();
-            out.applied.push("requirepass/user/readonly_user");
+            out.applied
+                .push("requirepass/user/readonly_user/admin_user");
         }
 
         if running.source != new.source {

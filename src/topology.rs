@@ -5,9 +5,9 @@
 //! (offsets, lag, eligibility) live in each node's [`ReplState`] atomics, so reading them costs no lock and
 //! publishing them costs no snapshot.
 //!
-//! Read-your-writes rests on [`Topo::epoch`]: every probe takes a new epoch number before it sends `ROLE`.
-//! A session that saw the reply of its write while the epoch was `e` knows that any probe of epoch > `e`
-//! was sent after the write ran, so that probe's offset covers the write.
+//! Read-your-writes rests on the epoch ([`crate::node::next_epoch`]): every probe takes a new epoch number
+//! before it sends `ROLE`. A session that saw the reply of its write while the epoch was `e` knows that any
+//! probe of epoch > `e` was sent after the write ran, so that probe's offset covers the write.
 
 pub mod discovery;
 pub mod probe;
@@ -114,13 +114,45 @@ impl AddressMap {
     }
 }
 
+/// What server software the primary runs, as HELLO reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerVersion {
+    /// `redis` or `valkey`.
+    pub name: String,
+    /// Its own version (Valkey also reports the Redis version it is compatible with, which this is not).
+    pub version: String,
+}
+
+impl Default for ServerVersion {
+    fn default() -> ServerVersion {
+        ServerVersion {
+            name: "redis".into(),
+            version: "7.0.0".into(),
+        }
+    }
+}
+
+impl ServerVersion {
+    /// From an `INFO server` reply: `server_name` and `<name>_version` (Valkey), else `redis_version`.
+    pub fn from_info(info: &str) -> Option<ServerVersion> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        let name = field("server_name").unwrap_or_else(|| "redis".into());
+        let version = field(&format!("{name}_version")).or_else(|| field("redis_version"))?;
+        Some(ServerVersion { name, version })
+    }
+}
+
 /// The live topology and what goes with it.
 #[derive(Debug)]
 pub struct Topo {
     current: ArcSwap<Topology>,
     changed: watch::Sender<Generation>,
-    /// Redis version of the primary, for proxy-made HELLO replies.
-    pub server_version: ArcSwap<String>,
+    /// The primary's server and version, for proxy-made HELLO replies.
+    pub server: ArcSwap<ServerVersion>,
     settings: Arc<Settings>,
     nodes: Mutex<FxHashMap<Addr, Arc<Node>>>,
     failovers: AtomicU64,
@@ -140,12 +172,19 @@ impl Topo {
         Arc::new(Topo {
             current: ArcSwap::from_pointee(empty),
             changed: watch::channel(Generation(0)).0,
-            server_version: ArcSwap::from_pointee("7.0.0".to_string()),
+            server: ArcSwap::from_pointee(ServerVersion::default()),
             settings,
             nodes: Mutex::new(FxHashMap::default()),
             failovers: AtomicU64::new(0),
             state,
         })
+    }
+
+    /// Notes the server and version an `INFO server` reply of the primary names.
+    pub fn note_server(&self, info: &str) {
+        if let Some(v) = ServerVersion::from_info(info) {
+            self.server.store(Arc::new(v));
+        }
     }
 
     /// The current snapshot.
@@ -309,6 +348,14 @@ impl Topo {
             .clone()
     }
 
+    /// Every node known since start, in or out of the current topology.
+    pub fn known_nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes
+            .lock()
+            .map(|n| n.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Asks the topology source to look again now (a failure on the data path).
     pub fn request_refresh(&self) {
         self.settings.refresh.notify_one();
@@ -383,6 +430,18 @@ fn count_published(m: &crate::metrics::Metrics, old: &Topology, next: &Topology,
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn valkey_reports_its_own_name_and_version_not_the_redis_one() {
+        let valkey =
+            "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.1.8\r\n";
+        let v = ServerVersion::from_info(valkey).expect("a version");
+        assert_eq!((v.name.as_str(), v.version.as_str()), ("valkey", "8.1.8"));
+        let redis = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:0\r\n";
+        let r = ServerVersion::from_info(redis).expect("a version");
+        assert_eq!((r.name.as_str(), r.version.as_str()), ("redis", "7.0.15"));
+        assert_eq!(ServerVersion::from_info("# Server\r\n"), None);
+    }
+
     use super::*;
 
     fn topo() -> Arc<Topo> {

@@ -29,6 +29,37 @@ impl Session {
             self.close_with(ClientError::PrimaryChanged.frame());
             return Step::Stop;
         }
+        // Commands about the whole proxy (its clients, its view of the servers) are answered by the
+        // proxy here too, never forwarded on this connection. Inside MULTI, INFO and ROLE are queued as
+        // Redis queues them (EXEC answers the primary's own); the others cannot be: their replies would
+        // come back inside EXEC's unfiltered (CONFIG GET) or be about upstream connections.
+        if let Class::Local(l) = class {
+            use crate::command::Local;
+            let facade = l == Local::Role && self.ctx.sentinel_facade.is_some();
+            if l.proxy_wide() || facade {
+                let multi = self.pinned.as_ref().is_some_and(|p| p.multi);
+                if !multi {
+                    return self.local(l, req, 0, shard, &mut None);
+                }
+                if !matches!(l, Local::Info | Local::Role) {
+                    let label = super::local::command_label(&args);
+                    return self.refuse_in_multi(req, ClientError::InMulti(&label).frame());
+                }
+            }
+        }
+        // Tracking redirected to another client: to its connection's upstream id.
+        let mut rewritten = None;
+        if class == Class::Pin(crate::command::Pin::Tracking)
+            && args.iter().any(|a| a.eq_ignore_ascii_case(b"REDIRECT"))
+        {
+            match self.redirect_tracking(&args) {
+                Ok(bytes) => rewritten = Some(bytes),
+                Err(e) if self.pinned.as_ref().is_some_and(|p| p.multi) => {
+                    return self.refuse_in_multi(req, e)
+                }
+                Err(e) => return self.reply_local(&mut None, req, e),
+            }
+        }
         let Some(p) = self.pinned.as_mut() else {
             return Step::Stop;
         };
@@ -38,7 +69,7 @@ impl Session {
                 effect,
                 closes,
             } => {
-                self.forward(req);
+                self.forward(req, rewritten);
                 if replies > 0 {
                     self.push_pinned(replies, effect);
                 }
@@ -56,10 +87,22 @@ impl Session {
         }
     }
 
-    /// Forwards the request at the start of the input on the dedicated connection.
-    fn forward(&mut self, req: &Request) {
-        let bytes = self.input.take(req);
+    /// Forwards the request at the start of the input on the dedicated connection, or `instead` of it.
+    fn forward(&mut self, req: &Request, instead: Option<Bytes>) {
+        let bytes = match instead {
+            Some(b) => {
+                self.input.skip(req);
+                b
+            }
+            None => self.input.take(req),
+        };
         let kind = self.cur_kind;
+        if self.ctx.registry.monitoring() {
+            if let Some(p) = &self.pinned {
+                let node = p.conn.node.clone();
+                self.monitor_forwarded(&bytes, Some((&node, true)));
+            }
+        }
         if let Some(p) = self.pinned.as_mut() {
             p.conn.node.metrics.load().commands(true, kind, 1);
             if kind == Kind::Read {

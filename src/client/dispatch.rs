@@ -88,6 +88,7 @@ impl Session {
     /// Dispatches buffered requests until the buffer is empty or something must wait. Returns true if it
     /// stopped at a barrier or hold, to be called again once the queue is empty.
     pub(super) async fn dispatch(&mut self) -> bool {
+        self.flow.paused = false;
         if self.input.is_empty() {
             // Nothing to route (most turns of the loop: a reply arrived or went out).
             if self.flow.hold && self.queue.is_empty() {
@@ -186,6 +187,11 @@ impl Session {
         batch: &mut Option<Batch>,
     ) -> Step {
         let in_multi = self.pinned.as_ref().is_some_and(|p| p.multi);
+        if self.ctx.registry.paused(true) && self.pause_holds(class, req, start, table) {
+            self.flush(batch);
+            self.flow.paused = true;
+            return Step::Hold;
+        }
         let auth = self.ctx.auth.load();
         let verdict = gate::check(
             class,
@@ -380,10 +386,14 @@ impl Session {
                 }
                 let bytes = self.input.take(req);
                 let (tx, rx) = oneshot::channel();
+                if self.ctx.registry.monitoring() {
+                    self.monitor_forwarded(&bytes, Some((&p, true)));
+                }
                 tokio::spawn(super::tasks::blocking_call(
                     p.pool(&self.state.key),
                     p.clone(),
                     bytes,
+                    self.handle.clone(),
                     tx,
                 ));
                 self.state.sent(shard.id, p.id, true, 1);
@@ -401,7 +411,11 @@ impl Session {
                 }
                 match p.pool(&self.state.key).dedicated(&p).await {
                     // The request stays buffered and is forwarded by the pinned path on the next turn.
-                    Ok(conn) => {
+                    Ok(mut conn) => {
+                        // A subscriber may be named by another client's CLIENT TRACKING REDIRECT.
+                        if class == Class::Pin(crate::command::Pin::Subscribe) {
+                            conn.learn_id().await;
+                        }
                         self.pinned = Some(Pinned::new(conn, shard.id, self.ctx.topo.subscribe()));
                         self.ctx.metrics.pinned_sessions.inc();
                         Step::Next
@@ -504,6 +518,9 @@ impl Session {
             count,
             ..
         } = b;
+        if self.ctx.registry.monitoring() {
+            self.monitor_forwarded(&bytes, Some((&node, primary)));
+        }
         let m = node.metrics.load();
         for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
             .into_iter()

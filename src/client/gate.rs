@@ -1,6 +1,7 @@
 //! What a client may run, before it is routed: proxy-side authentication (`AUTH`, `HELLO ... AUTH`,
-//! `-NOAUTH` before), read-only users, and the secrets no client sees through the proxy (`CONFIG GET` of
-//! credentials, `ACL LIST` and `ACL GETUSER`).
+//! `-NOAUTH` before), read-only users, and the commands only admin users may run (those that stop, move
+//! or reshape a node). Secrets are kept from clients by rewriting the replies that hold them
+//! (`super::rewrite`), not here.
 
 use std::sync::Arc;
 
@@ -41,15 +42,6 @@ pub(super) enum Gate {
     },
 }
 
-/// Server parameters holding secrets, refused to `CONFIG GET` through the proxy.
-const SECRETS: &[&str] = &[
-    "requirepass",
-    "masterauth",
-    "masteruser",
-    "tls-key-file-pass",
-    "tls-client-key-file-pass",
-];
-
 /// Decides whether the request may go on. `auth`: proxy-side authentication, if on; `in_multi`: the
 /// session is inside MULTI on its dedicated connection.
 pub(super) fn check(
@@ -60,12 +52,9 @@ pub(super) fn check(
     in_multi: bool,
     table: &Table,
 ) -> Gate {
-    if let Some(refused) = secrets(args) {
-        return Gate::Answer(refused);
-    }
     // A session made while auth was off keeps its open user if a reload turns auth on.
     let Some(auth) = auth else {
-        return Gate::Pass;
+        return guard(args, state);
     };
     if matches!(class, Class::Local(Local::Auth | Local::Hello)) && in_multi {
         // Checked by the proxy, so not something Redis could queue and run at EXEC.
@@ -91,14 +80,36 @@ pub(super) fn check(
     let Some(user) = state.user.clone() else {
         return Gate::Answer(Bytes::from_static(b"-NOAUTH Authentication required.\r\n"));
     };
-    if user.readonly && crate::command::may_modify(table, args.argc(), |i| args.arg(i)) {
+    if user.readonly() && crate::command::may_modify(table, args.argc(), |i| args.arg(i)) {
         let cmd = String::from_utf8_lossy(args.arg(0).unwrap_or_default()).to_ascii_lowercase();
         return Gate::Answer(Bytes::from(format!(
             "-NOPERM User {} has no permissions to run the '{cmd}' command\r\n",
             user.name
         )));
     }
-    Gate::Pass
+    guard(args, state)
+}
+
+/// Commands that stop, move or reshape a node (see [`crate::command::guarded`]) run only for an admin
+/// user (`admin_user`): any other client gets -NOPERM, also while client authentication is off.
+fn guard(args: &dyn Args, state: &State) -> Gate {
+    // CONFIG SET names every setting: each one is judged, past the kept arguments too.
+    let all = (args.argc() > crate::resp::request::KEPT_ARGS
+        && args
+            .arg(0)
+            .is_some_and(|a| a.eq_ignore_ascii_case(b"CONFIG")))
+    .then(|| args.all());
+    let what = match &all {
+        Some(all) => crate::command::guarded(all.len(), |i| all.get(i).map(Vec::as_slice)),
+        None => crate::command::guarded(args.argc(), |i| args.arg(i)),
+    };
+    let Some(what) = what else {
+        return Gate::Pass;
+    };
+    if state.user.as_ref().is_some_and(|u| u.admin()) {
+        return Gate::Pass;
+    }
+    Gate::Answer(ClientError::Guarded(&what).frame())
 }
 
 /// HELLO with proxy-side auth: its credentials are the proxy's to check. As Redis, a HELLO that fails
@@ -127,145 +138,68 @@ fn hello(args: &dyn Args, state: &mut State, auth: &Auth) -> Gate {
     Gate::Pass
 }
 
-/// The refusal of a request that would show a secret: the upstream credentials (and Redis's own secrets)
-/// never reach a client through the proxy.
-fn secrets(args: &dyn Args) -> Option<Bytes> {
-    let name = args.arg(0)?;
-    let sub = |s: &[u8]| args.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(s));
-    if name.eq_ignore_ascii_case(b"CONFIG") && sub(b"GET") {
-        // Every parameter is checked, not just the kept ones; arguments that cannot all be read count
-        // as secret.
-        let all = if args.argc() > crate::resp::request::KEPT_ARGS {
-            args.all()
-        } else {
-            args.kept()
-        };
-        let secret = all.len() < args.argc()
-            || all
-                .iter()
-                .skip(2)
-                .any(|p| SECRETS.iter().any(|s| glob_match(p, s.as_bytes())));
-        return secret.then(|| {
-            Bytes::from_static(
-                b"-NOPERM redsplit: CONFIG GET of secret parameters is not allowed\r\n",
-            )
-        });
-    }
-    // ACL LIST and ACL GETUSER show every user's password hash, the proxy's upstream user's too.
-    if name.eq_ignore_ascii_case(b"ACL") && (sub(b"LIST") || sub(b"GETUSER")) {
-        return Some(Bytes::from_static(
-            b"-NOPERM redsplit: ACL LIST and ACL GETUSER show password hashes and are not allowed through the proxy\r\n",
-        ));
-    }
-    None
-}
-
-/// Redis's glob (`*`, `?`, `[abc]`, `[a-z]`, `[^a]`, `\x`), case-insensitive as CONFIG GET matches.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    let lower = |c: u8| c.to_ascii_lowercase();
-    while t < text.len() {
-        let mut matched = None;
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some(p);
-                    mark = t;
-                    p += 1;
-                    continue;
-                }
-                b'?' => matched = Some(p + 1),
-                b'[' => {
-                    let mut i = p + 1;
-                    let negate = pattern.get(i) == Some(&b'^');
-                    if negate {
-                        i += 1;
-                    }
-                    let mut hit = false;
-                    while i < pattern.len() && pattern[i] != b']' {
-                        if pattern[i] == b'\\' && i + 1 < pattern.len() {
-                            i += 1;
-                            hit |= lower(pattern[i]) == lower(text[t]);
-                        } else if i + 2 < pattern.len()
-                            && pattern[i + 1] == b'-'
-                            && pattern[i + 2] != b']'
-                        {
-                            let (a, b) = (lower(pattern[i]), lower(pattern[i + 2]));
-                            let (lo, hi) = (a.min(b), a.max(b));
-                            hit |= (lo..=hi).contains(&lower(text[t]));
-                            i += 2;
-                        } else {
-                            hit |= lower(pattern[i]) == lower(text[t]);
-                        }
-                        i += 1;
-                    }
-                    if hit != negate {
-                        matched = Some((i + 1).min(pattern.len()));
-                    }
-                }
-                b'\\' if p + 1 < pattern.len() => {
-                    if lower(pattern[p + 1]) == lower(text[t]) {
-                        matched = Some(p + 2);
-                    }
-                }
-                c => {
-                    if lower(c) == lower(text[t]) {
-                        matched = Some(p + 1);
-                    }
-                }
-            }
-        }
-        match matched {
-            Some(next) => {
-                p = next;
-                t += 1;
-            }
-            None => match star {
-                Some(s) => {
-                    p = s + 1;
-                    mark += 1;
-                    t = mark;
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Authority;
+
+    struct Words(Vec<Vec<u8>>);
+
+    impl Args for Words {
+        fn arg(&self, i: usize) -> Option<&[u8]> {
+            self.0.get(i).map(Vec::as_slice)
+        }
+        fn argc(&self) -> usize {
+            self.0.len()
+        }
+        fn kept(&self) -> Vec<Vec<u8>> {
+            self.0.clone()
+        }
+        fn all(&self) -> Vec<Vec<u8>> {
+            self.0.clone()
+        }
+    }
+
+    fn words(cmd: &str) -> Words {
+        Words(cmd.split(' ').map(|w| w.as_bytes().to_vec()).collect())
+    }
+
+    fn user(authority: Authority) -> State {
+        State::new(Some(Arc::new(ClientUser {
+            name: "u".into(),
+            password: String::new(),
+            authority,
+        })))
+    }
 
     #[test]
-    fn secret_config_names_match_every_glob_that_names_them() {
-        let secret = |p: &str| {
-            SECRETS
-                .iter()
-                .any(|s| glob_match(p.as_bytes(), s.as_bytes()))
+    fn only_admin_users_may_stop_move_or_reshape_nodes() {
+        let table = Table::builtin();
+        let run = |cmd: &str, state: &mut State| {
+            let (class, _) = crate::command::classify(&table, cmd.split(' ').count(), |i| {
+                cmd.split(' ').nth(i).map(str::as_bytes)
+            });
+            check(class, &words(cmd), state, None, false, &table)
         };
-        for p in [
-            "requirepass",
-            "*",
-            "*pass*",
-            "re?uirepass",
-            "re[q]uirepass",
-            "RE[a-z]UIREPASS",
-            "master*",
-            "[^x]equirepass",
-            "tls-*",
-        ] {
-            assert!(secret(p), "{p}");
+        for authority in [Authority::Write, Authority::Read] {
+            let gate = run("SHUTDOWN NOSAVE", &mut user(authority));
+            assert!(
+                matches!(&gate, Gate::Answer(e) if e.starts_with(b"-NOPERM redsplit: SHUTDOWN")),
+                "{authority:?}: {gate:?}"
+            );
         }
-        for p in [
-            "maxmemory",
-            "requirepas",
-            "re[x]uirepass",
-            "[^r]equirepass",
-            "appendonly",
-        ] {
-            assert!(!secret(p), "{p}");
-        }
+        assert!(matches!(
+            run("SHUTDOWN NOSAVE", &mut user(Authority::Admin)),
+            Gate::Pass
+        ));
+        assert!(matches!(
+            run("CONFIG SET maxmemory 1", &mut user(Authority::Write)),
+            Gate::Pass
+        ));
+        let many = format!("CONFIG SET{} replicaof x", " maxmemory 1".repeat(9));
+        assert!(matches!(
+            run(&many, &mut user(Authority::Write)),
+            Gate::Answer(_)
+        ));
     }
 }

@@ -7,7 +7,6 @@
 
 mod run;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -57,15 +56,11 @@ impl Answer {
     }
 }
 
-/// Who the client is, for `CLIENT ID`, `CLIENT INFO` and HELLO's reply.
+/// Who the client is, for `CLIENT ID` and HELLO's reply.
 pub(super) struct Who {
     pub id: u64,
-    pub peer: SocketAddr,
-    pub local: Option<SocketAddr>,
-    /// Inside MULTI on its dedicated connection.
-    pub multi: bool,
-    /// The server version HELLO reports.
-    pub version: std::sync::Arc<String>,
+    /// The server and version HELLO reports.
+    pub server: std::sync::Arc<crate::topology::ServerVersion>,
 }
 
 /// The answer to `local` with arguments `args` (the kept ones; every one for the commands that list
@@ -128,16 +123,27 @@ pub(super) fn answer(
             }
             b.freeze()
         }
-        Local::ClientInfo => {
-            enc.bulk(&mut b, client_info(state, who).as_bytes());
-            b.freeze()
-        }
         Local::ClientReply => return client_reply(args, state),
-        Local::ClientAck | Local::TrackingOff | Local::Unwatch => Bytes::from_static(OK),
+        Local::ClientAck => client_ack(args, state),
+        Local::TrackingOff | Local::Unwatch => Bytes::from_static(OK),
         Local::WithoutMulti => ClientError::WithoutMulti(&name.to_ascii_uppercase()).frame(),
         Local::Unsubscribe => unsubscribed(&enc, args, name.as_bytes()),
         Local::Wait => return wait(args),
         Local::Refuse => ClientError::Unsupported(&command_label(args)).frame(),
+        // Answered by the session from what the whole proxy knows (see `run.rs`), never from here.
+        Local::ClientInfo
+        | Local::ConfigGet
+        | Local::ConfigSet
+        | Local::AclShow
+        | Local::Info
+        | Local::Monitor
+        | Local::ClientList
+        | Local::ClientKill
+        | Local::ClientUnblock
+        | Local::ClientPause
+        | Local::ClientUnpause
+        | Local::Sentinel
+        | Local::Role => ClientError::Unsupported(&command_label(args)).frame(),
     };
     Answer::Reply(reply)
 }
@@ -292,27 +298,47 @@ fn wait(args: &[Vec<u8>]) -> Answer {
 
 /// HELLO's reply for this client, in protocol `resp3` or 2.
 pub(super) fn hello_reply(resp3: bool, who: &Who) -> Bytes {
-    Encoder { resp3 }.hello(who.id, &who.version)
+    Encoder { resp3 }.hello(who.id, &who.server.name, &who.server.version)
 }
 
-/// `CLIENT INFO` for this client, in Redis's format (fields the proxy knows).
-fn client_info(state: &State, who: &Who) -> String {
-    let name = state
-        .name
-        .as_ref()
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .unwrap_or_default();
-    let laddr = who.local.map(|a| a.to_string()).unwrap_or_default();
-    format!(
-        "id={} addr={} laddr={} fd=-1 name={} db={} multi={} resp={} lib-name=redsplit\n",
-        who.id,
-        who.peer,
-        laddr,
-        name,
-        state.key.db,
-        if who.multi { 0 } else { -1 },
-        if state.key.resp3 { 3 } else { 2 },
-    )
+/// `CLIENT SETINFO LIB-NAME|LIB-VER value`, `CLIENT NO-EVICT ON|OFF`, `CLIENT NO-TOUCH ON|OFF`: kept for
+/// this client (CLIENT LIST shows them), never applied to a shared upstream connection.
+fn client_ack(args: &[Vec<u8>], state: &mut State) -> Bytes {
+    let word = |i: usize| args.get(i).map(|a| a.to_ascii_uppercase());
+    let (Some(sub), Some(opt), 3..=4) = (word(1), word(2), args.len()) else {
+        return ClientError::Syntax.frame();
+    };
+    let on = match opt.as_slice() {
+        b"ON" => Some(true),
+        b"OFF" => Some(false),
+        _ => None,
+    };
+    match (sub.as_slice(), args.len()) {
+        (b"SETINFO", 4) => {
+            let value = &args[3];
+            if value.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                return Bytes::from(format!(
+                    "-ERR {} cannot contain spaces, newlines or special characters.\r\n",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            }
+            let value = (!value.is_empty()).then(|| Bytes::copy_from_slice(value));
+            match opt.as_slice() {
+                b"LIB-NAME" => state.lib_name = value,
+                b"LIB-VER" => state.lib_ver = value,
+                _ => {
+                    return Bytes::from(format!(
+                        "-ERR Unrecognized option '{}'\r\n",
+                        String::from_utf8_lossy(&args[2])
+                    ))
+                }
+            }
+        }
+        (b"NO-EVICT", 3) if on.is_some() => state.no_evict = on == Some(true),
+        (b"NO-TOUCH", 3) if on.is_some() => state.no_touch = on == Some(true),
+        _ => return ClientError::Syntax.frame(),
+    }
+    Bytes::from_static(OK)
 }
 
 /// HELLO's arguments once they pass Redis's checks (which come before any authentication).
@@ -389,10 +415,7 @@ mod tests {
     fn who() -> Who {
         Who {
             id: 7,
-            peer: ([127, 0, 0, 1], 5000).into(),
-            local: None,
-            multi: false,
-            version: std::sync::Arc::new("7.0.15".into()),
+            server: std::sync::Arc::new(crate::topology::ServerVersion::default()),
         }
     }
 
@@ -471,15 +494,22 @@ mod tests {
         );
         assert!(matches!(set, Answer::Reply(r) if r == OK));
         assert_eq!(s.name.as_deref(), Some(&b"app"[..]));
-        let info = answer(
-            Local::ClientInfo,
-            &args(&["CLIENT", "INFO"]),
+        let lib = answer(
+            Local::ClientAck,
+            &args(&["CLIENT", "SETINFO", "lib-name", "redis-py"]),
             &mut s,
             &who(),
             false,
         );
-        assert!(
-            matches!(info, Answer::Reply(r) if String::from_utf8_lossy(&r).contains("id=7 addr=127.0.0.1:5000") && String::from_utf8_lossy(&r).contains("name=app"))
+        assert!(matches!(lib, Answer::Reply(r) if r == OK));
+        assert_eq!(s.lib_name.as_deref(), Some(&b"redis-py"[..]));
+        let bad = answer(
+            Local::ClientAck,
+            &args(&["CLIENT", "NO-EVICT", "maybe"]),
+            &mut s,
+            &who(),
+            false,
         );
+        assert!(matches!(bad, Answer::Reply(r) if r.starts_with(b"-ERR syntax")));
     }
 }

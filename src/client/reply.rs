@@ -35,6 +35,8 @@ pub enum ClientError<'a> {
     NoPrimaryAfter(u64),
     /// A command the proxy does not pass on.
     Unsupported(&'a str),
+    /// A command that stops, moves or reshapes a node, from a client that is not an admin user.
+    Guarded(&'a str),
     /// Wrong number of arguments for a locally handled command.
     Arity(&'a str),
     /// A syntax error in a locally handled command.
@@ -98,6 +100,10 @@ impl ClientError<'_> {
             ClientError::Unsupported(cmd) => {
                 format!("ERR redsplit: {cmd} is not supported through the proxy")
             }
+            ClientError::Guarded(cmd) => format!(
+                "NOPERM redsplit: {cmd} stops, moves or reshapes a node; only a proxy admin user \
+                 (admin_user) may run it"
+            ),
             ClientError::Arity(cmd) => format!("ERR wrong number of arguments for '{cmd}' command"),
             ClientError::Syntax => "ERR syntax error".into(),
             ClientError::BadDb => "ERR value is not an integer or out of range".into(),
@@ -159,6 +165,18 @@ impl Encoder {
         out.put_slice(b"\r\n");
     }
 
+    /// Text: a verbatim string (`=`, format `txt`) in RESP3, a bulk string in RESP2, as Redis answers
+    /// INFO and CLIENT LIST.
+    pub fn verbatim(&self, out: &mut BytesMut, text: &[u8]) {
+        if self.resp3 {
+            out.put_slice(format!("={}\r\ntxt:", text.len() + 4).as_bytes());
+            out.put_slice(text);
+            out.put_slice(b"\r\n");
+        } else {
+            self.bulk(out, text);
+        }
+    }
+
     /// A null bulk string (`$-1` or `_`).
     pub fn null(&self, out: &mut BytesMut) {
         out.put_slice(if self.resp3 { b"_\r\n" } else { b"$-1\r\n" });
@@ -192,12 +210,13 @@ impl Encoder {
         }
     }
 
-    /// The reply to `HELLO`, as Redis 7 shapes it.
-    pub fn hello(&self, id: u64, version: &str) -> Bytes {
+    /// The reply to `HELLO`, as Redis 7 shapes it, naming the primary's server (`redis`, `valkey`) and
+    /// version.
+    pub fn hello(&self, id: u64, server: &str, version: &str) -> Bytes {
         let mut b = BytesMut::with_capacity(160);
         self.map(&mut b, 7);
         self.bulk(&mut b, b"server");
-        self.bulk(&mut b, b"redis");
+        self.bulk(&mut b, server.as_bytes());
         self.bulk(&mut b, b"version");
         self.bulk(&mut b, version.as_bytes());
         self.bulk(&mut b, b"proto");
@@ -220,9 +239,10 @@ mod tests {
 
     #[test]
     fn hello_reply_is_a_map_in_resp3_and_an_array_in_resp2() {
-        let r3 = Encoder { resp3: true }.hello(5, "7.0.15");
+        let r3 = Encoder { resp3: true }.hello(5, "redis", "7.0.15");
         assert!(r3.starts_with(b"%7\r\n$6\r\nserver\r\n"));
-        let r2 = Encoder { resp3: false }.hello(5, "7.0.15");
+        let r2 = Encoder { resp3: false }.hello(5, "valkey", "8.1.8");
+        assert!(r2.windows(6).any(|w| w == b"valkey"));
         assert!(r2.starts_with(b"*14\r\n"));
         let (frame, len) = redis_protocol::resp2::decode::decode(&r2)
             .expect("valid")

@@ -46,17 +46,18 @@ pub(super) async fn run(
     cancel: CancellationToken,
 ) {
     let local = stream.local_addr().ok();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (mut rd, mut wr) = stream.into_split();
-    run_io(&mut rd, &mut wr, peer, local, id, ctx, cancel).await;
+    run_io(&mut rd, &mut wr, (peer, local, fd), id, ctx, cancel).await;
 }
 
 /// Runs a session to its end over any byte stream (TLS: the halves of `tokio::io::split`). Bytes
-/// `wr` reports written must be on their way, as on a socket: see `crate::tls::WriteThrough`.
+/// `wr` reports written must be on their way, as on a socket: see `crate::tls::WriteThrough`. `conn`:
+/// the client's address, the proxy's, and the socket's descriptor.
 pub(super) async fn run_io<R, W>(
     rd: &mut R,
     wr: &mut W,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
+    conn: (SocketAddr, Option<SocketAddr>, i32),
     id: u64,
     ctx: Arc<Context>,
     cancel: CancellationToken,
@@ -64,7 +65,8 @@ pub(super) async fn run_io<R, W>(
     R: AsyncReadExt + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut s = Session::new(id, peer, local, ctx);
+    let (peer, local, fd) = conn;
+    let mut s = Session::new(id, peer, local, fd, ctx);
     s.serve(rd, wr, cancel).await;
     debug!("client closed");
 }
@@ -74,6 +76,8 @@ pub(super) async fn run_io<R, W>(
 pub(super) struct Flow {
     /// Dispatch nothing more until the queue is empty (after SELECT, AUTH, blocking commands).
     pub hold: bool,
+    /// The request at the front of the input waits for `CLIENT PAUSE` to end.
+    pub paused: bool,
     /// Read no more; end once every reply is written.
     pub closing: bool,
     /// End now, after writing what is in `out`.
@@ -110,10 +114,22 @@ pub(super) struct Session {
     /// When the client last sent something or took some of its replies (kept only with an idle timeout):
     /// as Redis's `lastinteraction`, a client that waited long for a reply is not idle once it gets it.
     last_active: Instant,
+    /// This connection in the proxy's registry of clients.
+    pub handle: Arc<super::registry::Handle>,
+    /// What the registry last showed of this connection.
+    pub shown: super::registry::Shown,
+    /// MONITOR's feed, once the client asked for it.
+    pub monitor: Option<tokio::sync::broadcast::Receiver<Bytes>>,
+    /// The upstream client id of the dedicated connection last shown in the registry.
+    pub shown_pinned: Option<u64>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.ctx.registry.remove(self.id);
+        if self.monitor.is_some() {
+            self.ctx.registry.unmonitor();
+        }
         self.ctx.metrics.client_connections.dec();
         if self.pinned.is_some() {
             self.ctx.metrics.pinned_sessions.dec();
@@ -132,14 +148,31 @@ enum Turn {
 }
 
 impl Session {
-    fn new(id: u64, peer: SocketAddr, local: Option<SocketAddr>, ctx: Arc<Context>) -> Session {
+    fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        fd: i32,
+        ctx: Arc<Context>,
+    ) -> Session {
         ctx.metrics.client_connections.inc();
+        let handle = ctx.registry.register(id, peer, local, fd);
+        let state = State::new(ctx.initial_user());
+        let shown = super::registry::Shown {
+            user: state.user.clone(),
+            ..Default::default()
+        };
+        handle.show(shown.clone());
         Session {
+            handle,
+            shown,
+            monitor: None,
+            shown_pinned: None,
             id,
             peer,
             local,
             input: Input::new(ctx.limits),
-            state: State::new(ctx.initial_user()),
+            state,
             queue: Queue::default(),
             out: OutBuf::default(),
             pinned: None,
@@ -226,6 +259,7 @@ impl Session {
             && self.queue.is_empty()
             && self.pinned.is_none()
             && self.flow.parked_since.is_none();
+        self.publish();
         if self.flow.close_now || done {
             // Last replies (an error saying why, QUIT's +OK) go out if the client takes them soon.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.out.write_to(wr)).await;
@@ -256,8 +290,9 @@ impl Session {
         let idle = self.ctx.idle_timeout.is_some()
             && self.queue.is_empty()
             && self.pinned.is_none()
+            && self.monitor.is_none()
             && self.flow.parked_since.is_none();
-        let parked = self.flow.parked_since.is_some();
+        let parked = self.flow.parked_since.is_some() || self.flow.paused;
         let period = self.tick_period();
         let hedge_at = self.queue.hedge_at();
         if let Some(at) = hedge_at {
@@ -276,6 +311,13 @@ impl Session {
             },
             // Shutdown: take no new commands, finish the replies owed.
             _ = &mut *shutdown, if !self.flow.closing => self.flow.closing = true,
+            // CLIENT KILL from another client: the connection ends now, as in Redis.
+            _ = self.handle.killed() => {
+                debug!("client killed (CLIENT KILL)");
+                return false;
+            }
+            // A line for MONITOR.
+            line = super::monitor::next_line(&mut self.monitor) => self.out.push(line),
             // The oldest reply owed.
             outcome = self.queue.next(&mut self.topo_rx) => self.complete_front(outcome),
             // A read is at the front (has it been waiting too long?), or the client is idle (for too
@@ -299,7 +341,10 @@ impl Session {
             // More requests.
             n = rd.read_buf(self.input.buf_mut()), if can_read => match n {
                 Ok(0) | Err(_) => self.on_client_eof(),
-                Ok(_) => self.touch(),
+                Ok(_) => {
+                    self.handle.touch();
+                    self.touch();
+                }
             },
         }
         true
@@ -310,7 +355,8 @@ impl Session {
     fn on_client_eof(&mut self) {
         debug!("client hung up");
         self.flow.closing = true;
-        let streaming = self.pinned.as_ref().is_some_and(|p| p.streaming());
+        let streaming =
+            self.pinned.as_ref().is_some_and(|p| p.streaming()) || self.monitor.is_some();
         if streaming || self.queue.has_task() {
             self.flow.close_now = true;
         }
@@ -346,10 +392,7 @@ impl Session {
     pub(super) fn who(&self) -> super::local::Who {
         super::local::Who {
             id: self.id,
-            peer: self.peer,
-            local: self.local,
-            multi: self.pinned.as_ref().is_some_and(|p| p.multi),
-            version: self.ctx.topo.server_version.load_full(),
+            server: self.ctx.topo.server.load_full(),
         }
     }
 }

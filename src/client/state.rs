@@ -32,6 +32,12 @@ pub(super) struct State {
     pub user: Option<Arc<ClientUser>>,
     /// Failed authentications in a row: each one answers slower.
     pub auth_failures: u32,
+    /// `CLIENT SETINFO LIB-NAME` and `LIB-VER`.
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+    /// `CLIENT NO-EVICT ON`, `CLIENT NO-TOUCH ON`.
+    pub no_evict: bool,
+    pub no_touch: bool,
     /// What the session wrote and read, per shard.
     pub reads: Reads,
     /// The primary this session last sent to: commands for a new primary wait until the old one has
@@ -51,6 +57,10 @@ impl State {
             reply_mode: ReplyMode::On,
             user,
             auth_failures: 0,
+            lib_name: None,
+            lib_ver: None,
+            no_evict: false,
+            no_touch: false,
             reads: Reads::default(),
             last_primary: 0,
             conns: Vec::new(),
@@ -63,6 +73,8 @@ impl State {
         self.set_key(ConnKey::default());
         self.name = None;
         self.reply_mode = ReplyMode::On;
+        self.no_evict = false;
+        self.no_touch = false;
         self.reads.clear();
     }
 

@@ -7,14 +7,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::registry::Handle;
 use super::reply::ClientError;
-use crate::upstream::{self, Node, Pool};
+use crate::upstream::{self, Dedicated, Node, Pool};
 
-/// Runs a blocking command on a dedicated connection, which goes back to the pool afterwards.
+/// Runs a blocking command on a dedicated connection, which goes back to the pool afterwards. The
+/// connection's upstream id is asked for in the same write (`CLIENT ID` first) and noted on the client's
+/// `handle` while the command blocks, so that `CLIENT UNBLOCK` through the proxy can reach it.
 pub(super) async fn blocking_call(
     pool: Arc<Pool>,
     node: Arc<Node>,
     bytes: Bytes,
+    handle: Arc<Handle>,
     mut tx: oneshot::Sender<Bytes>,
 ) {
     let mut conn = match pool.dedicated(&node).await {
@@ -25,11 +29,15 @@ pub(super) async fn blocking_call(
         }
     };
     let reply = tokio::select! {
-        r = conn.exchange(&bytes) => r,
+        r = blocked(&mut conn, &bytes, &handle) => r,
         // The client went away: dropping the connection makes Redis unblock without serving (and so
         // losing) an element nobody will read.
-        _ = tx.closed() => return,
+        _ = tx.closed() => {
+            handle.set_blocked_on(None);
+            return;
+        }
     };
+    handle.set_blocked_on(None);
     match reply {
         Ok(reply) => {
             let _ = tx.send(reply);
@@ -39,6 +47,37 @@ pub(super) async fn blocking_call(
         Err(e) => {
             let _ = tx.send(ClientError::Upstream(&e).frame());
         }
+    }
+}
+
+/// Sends `CLIENT ID` and the blocking command in one write; notes the id on `handle`, then waits for the
+/// command's reply.
+async fn blocked(
+    conn: &mut Dedicated,
+    bytes: &[u8],
+    handle: &Handle,
+) -> Result<Bytes, upstream::Error> {
+    let mut out = Vec::with_capacity(bytes.len() + 24);
+    crate::resp::encode_command(&mut out, &[b"CLIENT", b"ID"]);
+    out.extend_from_slice(bytes);
+    conn.send(&out).await?;
+    let mut id = None;
+    loop {
+        let (frame, info) = conn.next_frame().await?;
+        if info.is_push() {
+            continue;
+        }
+        if id.is_none() {
+            let n = crate::resp::value::decode_one(&frame)
+                .and_then(|v| crate::resp::value::int(&v))
+                .unwrap_or(-1);
+            id = Some(n);
+            if let Ok(n) = u64::try_from(n) {
+                handle.set_blocked_on(Some((conn.node.clone(), n)));
+            }
+            continue;
+        }
+        return Ok(frame);
     }
 }
 

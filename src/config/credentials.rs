@@ -5,7 +5,7 @@
 
 use super::options::Raw;
 use super::value;
-use crate::auth::ClientUser;
+use crate::auth::{Authority, ClientUser};
 use crate::upstream::Credentials;
 
 /// The credentials the proxy presents upstream; `None` for a side that needs none.
@@ -44,8 +44,8 @@ impl Upstream {
 pub(super) struct ClientAuth {
     /// `requirepass`: the default user's password; `None`: no proxy-side auth unless users are named.
     pub requirepass: Option<String>,
-    /// `user` and `readonly_user` entries, in that order, each name once and none named `default` if
-    /// `requirepass` is set.
+    /// `user`, `readonly_user` and `admin_user` entries, in that order, each name once and none named
+    /// `default` if `requirepass` is set.
     pub users: Vec<ClientUser>,
 }
 
@@ -58,15 +58,26 @@ impl ClientAuth {
             .requirepass
             .as_deref()
             .and_then(|p| value::secret("requirepass", p, problems));
-        let entries = (raw.user.iter().map(|entry| ("user", false, entry)))
-            .chain(raw.readonly_user.iter().map(|e| ("readonly_user", true, e)));
+        let entries = (raw.user.iter().map(|e| ("user", Authority::Write, e)))
+            .chain(
+                raw.readonly_user
+                    .iter()
+                    .map(|e| ("readonly_user", Authority::Read, e)),
+            )
+            .chain(
+                raw.admin_user
+                    .iter()
+                    .map(|e| ("admin_user", Authority::Admin, e)),
+            );
         let users: Vec<ClientUser> = entries
-            .filter_map(|(option, readonly, entry)| user(option, entry, readonly, problems))
+            .filter_map(|(option, authority, entry)| user(option, entry, authority, problems))
             .collect();
         let mut names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
-            problems.push("options `user`/`readonly_user`: a user is defined twice".into());
+            problems.push(
+                "options `user`/`readonly_user`/`admin_user`: a user is defined twice".into(),
+            );
         }
         if requirepass.is_some() && names.contains(&"default") {
             problems.push("`requirepass` is the default user's password: do not define a user named default too".into());
@@ -97,11 +108,11 @@ fn credentials(
     }))
 }
 
-/// One entry of option `option` (`user` or `readonly_user`), name:password.
+/// One entry of option `option` (`user`, `readonly_user` or `admin_user`), name:password.
 fn user(
     option: &str,
     entry: &str,
-    readonly: bool,
+    authority: Authority,
     problems: &mut Vec<String>,
 ) -> Option<ClientUser> {
     let Some((name, password)) = entry.split_once(':').filter(|(name, _)| !name.is_empty()) else {
@@ -115,7 +126,7 @@ fn user(
     Some(ClientUser {
         name: name.to_string(),
         password,
-        readonly,
+        authority,
     })
 }
 
@@ -185,7 +196,7 @@ mod tests {
         assert_eq!(ClientAuth::parse(&raw(flags), &mut problems), None);
         assert_eq!(
             problems,
-            ["options `user`/`readonly_user`: a user is defined twice"]
+            ["options `user`/`readonly_user`/`admin_user`: a user is defined twice"]
         );
     }
 
@@ -202,18 +213,27 @@ mod tests {
     }
 
     #[test]
-    fn users_keep_their_order_and_readonly_users_come_last() {
+    fn users_keep_their_order_then_readonly_then_admin_users() {
         let flags = Flags {
             readonly_user: Some(vec!["carol:c".into()]),
+            admin_user: Some(vec!["root:r".into()]),
             user: Some(vec!["bob:b".into(), "alice:a".into()]),
             ..Flags::default()
         };
         let auth = ClientAuth::parse(&raw(flags), &mut Vec::new()).expect("valid");
-        let users: Vec<(&str, bool)> = auth
+        let users: Vec<(&str, Authority)> = auth
             .users
             .iter()
-            .map(|u| (u.name.as_str(), u.readonly))
+            .map(|u| (u.name.as_str(), u.authority))
             .collect();
-        assert_eq!(users, [("bob", false), ("alice", false), ("carol", true)]);
+        assert_eq!(
+            users,
+            [
+                ("bob", Authority::Write),
+                ("alice", Authority::Write),
+                ("carol", Authority::Read),
+                ("root", Authority::Admin)
+            ]
+        );
     }
 }

@@ -87,7 +87,10 @@ macro_rules! options {
                             Ok(v) => file.$name = Some(v),
                             Err(e) => problems.push(format!("option `{key}`: {e}")),
                         }, )*
-                        _ => problems.push(format!("unknown option `{key}`")),
+                        _ => problems.push(match did_you_mean(&key) {
+                            Some(near) => format!("unknown option `{key}` (did you mean `{near}`?)"),
+                            None => format!("unknown option `{key}`"),
+                        }),
                     }
                 }
                 file
@@ -104,8 +107,16 @@ macro_rules! options {
 options! {
     /// Client listener address. Default "127.0.0.1:6380".
     listen: String = "127.0.0.1:6380".into();
-    /// Admin HTTP listener (`/live`) address. Default "127.0.0.1:9121".
+    /// Admin HTTP listener address: probes, metrics, topology, switchover. Default "127.0.0.1:9121".
     admin_listen: String = "127.0.0.1:9121".into();
+    /// Token the admin port requires (`Authorization: Bearer <token>`) for every request that changes
+    /// state (`POST /failover`); "env:NAME" or "file:PATH" reads it from there. Default none: such
+    /// requests are then served only while `admin_listen` is a loopback address, refused otherwise.
+    admin_token: String;
+    /// Answer as a Redis Sentinel too (`SENTINEL get-master-addr-by-name`, `masters`, `master`,
+    /// `replicas`, `sentinels`, and `ROLE`), naming the proxy's own address for any master name, so that
+    /// applications configured for Sentinel use the proxy unchanged: true or false. Default false.
+    sentinel_facade: bool = false;
     /// Where the topology comes from: "static" (primary and replica seeds), "sentinel" (sentinel and
     /// master_name) or "embedded" (start local Redis servers and sentinels). Default: "static" when
     /// `primary` is set, "sentinel" when `sentinel` is, else "embedded".
@@ -184,6 +195,10 @@ options! {
     /// Read-only users, repeatable, "name:password": they may run only read-only commands; anything else
     /// gets -NOPERM. Default none.
     readonly_user: Vec<String> = Vec::new();
+    /// Admin users, repeatable, "name:password": they may also run the commands that stop, move or
+    /// reshape nodes (SHUTDOWN, REPLICAOF, FAILOVER, DEBUG, CLUSTER changes, CONFIG SET of replication
+    /// settings), which everyone else gets -NOPERM for. Default none.
+    admin_user: Vec<String> = Vec::new();
     /// Refresh the command table from the primary's COMMAND reply: true or false. Default true.
     refresh_commands: bool = true;
     /// Largest bulk string in a request or reply, in bytes. Default 536870912 (512 MiB, as Redis).
@@ -242,4 +257,52 @@ options! {
     log_level: String = "info".into();
     /// Log format: "text" or "json". Default "text".
     log_format: LogFormat = LogFormat::Text;
+}
+
+/// The option closest to a name that is none, if one is close: a few letters apart, or naming it
+/// without its unit (`max_lag` for `max_lag_ms`).
+fn did_you_mean(key: &str) -> Option<&'static str> {
+    let key = key.replace('-', "_").to_ascii_lowercase();
+    let (best, distance) = OPTION_NAMES
+        .iter()
+        .map(|name| (*name, edit_distance(&key, name)))
+        .min_by_key(|(_, d)| *d)?;
+    let prefix = OPTION_NAMES
+        .iter()
+        .find(|name| name.starts_with(&key) && key.len() >= 4);
+    if distance <= 2.max(key.len() / 4) {
+        Some(best)
+    } else {
+        prefix.copied()
+    }
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_option_is_matched_to_the_nearest_one() {
+        assert_eq!(did_you_mean("max_lag"), Some("max_lag_ms"));
+        assert_eq!(did_you_mean("sentinels"), Some("sentinel"));
+        assert_eq!(did_you_mean("probe-interval-ms"), Some("probe_interval_ms"));
+        assert_eq!(did_you_mean("requirepas"), Some("requirepass"));
+        assert_eq!(did_you_mean("completely_unrelated_thing"), None);
+    }
 }

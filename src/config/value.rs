@@ -47,19 +47,29 @@ impl Ranged {
     }
 }
 
-/// Option `name`'s listener address, an IP address and port (a listener binds no host name).
+/// Option `name`'s listener address: ip:port, or host:port for a host name that resolves (`localhost`),
+/// bound at its first address.
 pub(super) fn socket_addr(
     name: &str,
     text: &str,
     problems: &mut Vec<String>,
 ) -> Option<SocketAddr> {
-    match text.parse() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            problems.push(format!("option `{name}`: `{text}` is not ip:port"));
-            None
-        }
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
     }
+    let resolved = Addr::parse(text).ok().and_then(|a| {
+        use std::net::ToSocketAddrs;
+        let mut all: Vec<SocketAddr> = (a.host(), a.port()).to_socket_addrs().ok()?.collect();
+        // IPv4 first: `localhost` is 127.0.0.1 where both exist.
+        all.sort_by_key(|a| !a.is_ipv4());
+        all.into_iter().next()
+    });
+    if resolved.is_none() {
+        problems.push(format!(
+            "option `{name}`: `{text}` is not ip:port, nor host:port with a host that resolves"
+        ));
+    }
+    resolved
 }
 
 /// Option `name`'s node address, host:port.
@@ -144,13 +154,14 @@ mod tests {
     }
 
     #[test]
-    fn a_listener_needs_an_ip_address_not_a_host_name() {
+    fn a_listener_takes_an_ip_address_or_a_host_name_that_resolves() {
         let mut problems = Vec::new();
         assert!(socket_addr("listen", "127.0.0.1:6380", &mut problems).is_some());
-        assert!(socket_addr("listen", "localhost:6380", &mut problems).is_none());
+        assert!(socket_addr("listen", "localhost:6380", &mut problems).is_some());
+        assert!(socket_addr("listen", "10.0.0.300:6380", &mut problems).is_none());
         assert_eq!(
             problems,
-            ["option `listen`: `localhost:6380` is not ip:port"]
+            ["option `listen`: `10.0.0.300:6380` is not ip:port, nor host:port with a host that resolves"]
         );
     }
 

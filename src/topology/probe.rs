@@ -418,10 +418,7 @@ async fn refresh_primary_info(
     if let Ok(Some(OwnedFrame::BulkString(info))) =
         tokio::time::timeout(timeout, call(c, &[b"INFO", b"server"])).await
     {
-        let info = String::from_utf8_lossy(&info);
-        if let Some(v) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) {
-            topo.server_version.store(Arc::new(v.trim().to_string()));
-        }
+        topo.note_server(&String::from_utf8_lossy(&info));
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Dedicated {
     pub node: Arc<Node>,
     /// The state it was greeted with.
     pub key: ConnKey,
+    /// Its client id on the node, once asked (see [`Dedicated::learn_id`]).
+    pub upstream_id: Option<u64>,
     clean: bool,
 }
 
@@ -33,8 +35,22 @@ impl Dedicated {
             scanner,
             node,
             key,
+            upstream_id: None,
             clean: true,
         })
+    }
+
+    /// Asks the node for this connection's client id (`CLIENT ID`), once: what `CLIENT TRACKING ...
+    /// REDIRECT` of another connection must name. Left unknown if the node does not say.
+    pub async fn learn_id(&mut self) {
+        if self.upstream_id.is_some() {
+            return;
+        }
+        if let Ok(reply) = self.exchange(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await {
+            self.upstream_id = crate::resp::value::decode_one(&reply)
+                .and_then(|v| crate::resp::value::int(&v))
+                .and_then(|n| u64::try_from(n).ok());
+        }
     }
 
     /// Writes request bytes. On failure the connection is unusable and the bytes may have been received.

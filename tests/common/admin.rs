@@ -8,9 +8,14 @@ use tokio::net::TcpStream;
 
 /// A plain HTTP/1.1 request to the admin port: `(status, body)`.
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, "").await
+}
+
+/// A plain HTTP/1.1 request to the admin port with extra header lines (each ending in `\r\n`).
+pub async fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("admin connect");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: redsplit\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: redsplit\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("admin write");
     let mut buf = Vec::new();

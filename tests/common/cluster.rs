@@ -280,6 +280,11 @@ impl Server {
         self.server.addr()
     }
 
+    /// Its password, if it has one.
+    pub fn password(&self) -> Option<String> {
+        self.password.clone()
+    }
+
     /// Process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.running.then(|| self.server.process.id())

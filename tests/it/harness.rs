@@ -15,7 +15,7 @@ use redsplit::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use crate::admin::http;
+pub use crate::admin::{http, http_with};
 pub use crate::cluster::{Cluster, Server};
 pub use crate::scenario::{proxy_with, wait_eligible};
 pub use crate::wait::PATIENCE;
@@ -41,11 +41,22 @@ pub async fn direct(s: &Server) -> MultiplexedConnection {
 /// Number of calls of `cmd` (lower case, `container|sub` for subcommands) a server has run.
 pub async fn calls(s: &Server, cmd: &str) -> u64 {
     let mut c = direct(s).await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .expect("INFO commandstats");
+    // Valkey refuses INFO while a script runs (BUSY): ask again until the script is over.
+    let mut info = String::new();
+    eventually!("INFO commandstats answered", {
+        match redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async::<String>(&mut c)
+            .await
+        {
+            Ok(i) => {
+                info = i;
+                true
+            }
+            Err(e) if e.to_string().contains("BUSY") => false,
+            Err(e) => panic!("INFO commandstats: {e}"),
+        }
+    });
     let prefix = format!("cmdstat_{cmd}:calls=");
     info.lines()
         .find_map(|l| l.strip_prefix(&prefix))

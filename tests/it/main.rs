@@ -36,4 +36,5 @@ mod reload;
 mod routing;
 mod session;
 mod tls;
+mod tools;
 mod topology;

@@ -100,7 +100,7 @@ async fn users_change_on_reload_and_authenticated_clients_go_on() {
     one.expect(b"+OK\r\n").await;
 
     let out = proxy.reload(&config(with_auth(Some("two"))));
-    assert_eq!(out.applied, ["requirepass/user/readonly_user"]);
+    assert_eq!(out.applied, ["requirepass/user/readonly_user/admin_user"]);
     // Authenticated before the reload: goes on.
     one.send(&resp(&["SET", "k", "v"])).await;
     one.expect(b"+OK\r\n").await;

@@ -725,7 +725,9 @@ impl TlsRedisSet {
 
 /// Starts `redis-server` with the arguments `args(port, dir)` on a free port, in a directory of its own,
 /// and waits until it answers over TLS. A port found free can be taken before the server binds it: a
-/// server that exits is started again on another port, five times at most.
+/// server that exits is started again on another port, five times at most. Always Redis's own server,
+/// also when the suite runs against another (`REDSPLIT_SERVER_BIN`): the Valkey CI installs is built
+/// without TLS.
 async fn start_tls(
     pki: &Pki,
     name: &str,
@@ -735,7 +737,8 @@ async fn start_tls(
     std::fs::create_dir_all(&dir).expect("server dir");
     for _ in 0..5 {
         let port = embedded::free_port().expect("free port");
-        let process = embedded::spawn(&dir, &args(port, &dir)).expect("run redis-server");
+        let process = embedded::spawn_program("redis-server", &dir, &args(port, &dir))
+            .expect("run redis-server");
         let mut server = embedded::Server { port, process };
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {

@@ -165,6 +165,44 @@ fn container_runs_as_non_root_exposes_its_ports_and_health_checks_its_admin_port
     );
 }
 
+#[test]
+fn arguments_after_the_image_name_can_move_its_listeners() {
+    let config = config_of(&image_argv(
+        None,
+        Some(
+            ["--listen", "0.0.0.0:7000", "--primary", "redis:6379"]
+                .map(String::from)
+                .into(),
+        ),
+    ));
+    assert_eq!(config.listen.port(), 7000);
+}
+
+#[test]
+fn image_tags_are_pinned_and_the_toolchain_is_the_manifests() {
+    let df = dockerfile();
+    let manifest: toml::Table = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .parse()
+        .expect("Cargo.toml parses");
+    let rust_version = manifest["package"]["rust-version"]
+        .as_str()
+        .expect("rust-version");
+    for from in df.iter().filter(|i| i.keyword == "FROM") {
+        let image = from.args.split_whitespace().next().unwrap_or_default();
+        let tag = image.split_once(':').map(|(_, t)| t).unwrap_or("latest");
+        assert!(
+            tag.starts_with(|c: char| c.is_ascii_digit()) && tag.contains('.'),
+            "image {image} is not pinned to a version"
+        );
+        if image.starts_with("rust:") {
+            assert!(
+                tag.starts_with(rust_version),
+                "the build image {image} is not the toolchain of rust-version {rust_version}"
+            );
+        }
+    }
+}
+
 /// One Dockerfile instruction, continuation lines joined and comments dropped.
 #[derive(Debug)]
 struct Instruction {

@@ -138,8 +138,42 @@ fn probe_port(container: &Value, port: &Value) -> u16 {
     u16::try_from(number).expect("port fits u16")
 }
 
-/// The container's full argv: `command` replaces the image's ENTRYPOINT, `args` its CMD.
+#[test]
+fn kubernetes_admin_port_changes_state_only_with_a_token_from_a_secret() {
+    let (_, sidecar) = kubernetes_sidecar();
+    let argv = container_argv(&sidecar);
+    let config = config_of(&argv);
+    if config.admin_listen.ip().is_loopback() {
+        return;
+    }
+    assert!(
+        config.admin_token.is_some(),
+        "the admin port listens on {} without admin_token: anything on the pod network could POST /failover",
+        config.admin_listen
+    );
+    let given = crate::flag(&argv, "--admin-token").expect("--admin-token");
+    let var = given
+        .strip_prefix("env:")
+        .unwrap_or_else(|| panic!("the token must come from a Secret, not the manifest: {given}"));
+    let from_secret = sidecar["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == var && e["valueFrom"]["secretKeyRef"]["name"].is_string());
+    assert!(from_secret, "{var} is not read from a Secret");
+}
+
+/// The container's full argv: `command` replaces the image's ENTRYPOINT, `args` its CMD. Variables the
+/// container reads from Secrets are set (to a stand-in) in this process, so that `env:` secrets resolve.
 fn container_argv(c: &Value) -> Vec<String> {
+    for e in c["env"].as_array().into_iter().flatten() {
+        if let (Some(name), true) = (
+            e["name"].as_str(),
+            e["valueFrom"]["secretKeyRef"].is_object(),
+        ) {
+            std::env::set_var(name, "stand-in for the Secret's value");
+        }
+    }
     let list = |key: &str| c[key].is_array().then(|| strings(&c[key]));
     image_argv(list("command"), list("args"))
 }

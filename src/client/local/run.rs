@@ -30,13 +30,17 @@ impl Session {
     ) -> Step {
         let args = {
             let a = self.input.args(req, start);
-            // UNSUBSCRIBE and friends confirm every name, past the kept arguments too.
-            if l == Local::Unsubscribe && req.argc > KEPT_ARGS {
+            // UNSUBSCRIBE and friends confirm every name, past the kept arguments too; the commands
+            // answered from the whole proxy read every argument (filters, sections, settings).
+            if (l == Local::Unsubscribe || l.proxy_wide()) && req.argc > KEPT_ARGS {
                 a.all()
             } else {
                 a.kept()
             }
         };
+        if let Some(step) = self.proxy_local(l, &args, req, shard, batch) {
+            return step;
+        }
         let who = self.who();
         let proxy_auth = self.ctx.auth.load().is_some();
         let answer = answer(l, &args, &mut self.state, &who, proxy_auth);
@@ -74,6 +78,49 @@ impl Session {
             Answer::Switch { key, frame, hello } => self.switch_key(req, shard, key, frame, hello),
             Answer::Wait { want, timeout } => self.wait(req, shard, want, timeout),
         }
+    }
+
+    /// The commands answered from what the whole proxy knows (its clients, its view of the servers),
+    /// and ROLE; `None` for the others.
+    fn proxy_local(
+        &mut self,
+        l: Local,
+        args: &[Vec<u8>],
+        req: &Request,
+        shard: &Shard,
+        batch: &mut Option<Batch>,
+    ) -> Option<Step> {
+        let reply = match l {
+            Local::ClientInfo => self.client_info(),
+            Local::ClientList => self.client_list(args),
+            Local::ClientKill => {
+                let (reply, myself) = self.client_kill(args);
+                let step = self.reply_local(batch, req, reply);
+                if myself {
+                    // As Redis: the reply goes out, then the connection closes; nothing after it runs.
+                    self.input.clear();
+                    self.flow.closing = true;
+                    return Some(Step::Stop);
+                }
+                return Some(step);
+            }
+            Local::ClientUnblock => return Some(self.client_unblock(args, req, batch)),
+            Local::ClientPause => self.client_pause(args, true),
+            Local::ClientUnpause => self.client_pause(args, false),
+            Local::Monitor => self.start_monitor(),
+            Local::Info => return Some(self.info(args, req, shard, batch)),
+            Local::ConfigGet => return Some(self.config_get(req, shard, batch)),
+            Local::ConfigSet => return Some(self.config_set(args, req, shard, batch)),
+            Local::AclShow => return Some(self.acl_show(req, shard, batch)),
+            Local::Sentinel | Local::Role => match self.ctx.sentinel_facade.clone() {
+                Some(name) if l == Local::Sentinel => self.sentinel(args, &name),
+                Some(_) => self.facade_role(),
+                // Without the Sentinel face: what the primary says.
+                None => return Some(self.forward_to_primary(req, shard, batch)),
+            },
+            _ => return None,
+        };
+        Some(self.reply_local(batch, req, reply))
     }
 
     /// Moves the session to `key` once the primary accepts it: `frame` (or the request itself) is sent on
