@@ -271,7 +271,20 @@ async fn client_pause_write_holds_writes_at_the_proxy_and_lets_reads_through() {
             .is_err(),
         "a write went through the pause"
     );
-    let _: () = q(&mut a, &["CLIENT", "UNPAUSE"]).await;
+    // A paused write holds no one else up: other clients' commands that Redis runs during a write
+    // pause, INFO on the primary among them, and the UNPAUSE itself, answer at once. (Before, the
+    // pause reached the primary, and the paused write on the shared connection held them for as long.)
+    let info = tokio::time::timeout(Duration::from_secs(1), async {
+        q::<String>(&mut reader, &["INFO", "server"]).await
+    })
+    .await
+    .expect("INFO answers during the pause");
+    assert!(info.contains("# Server"), "{info}");
+    tokio::time::timeout(Duration::from_secs(1), async {
+        q::<()>(&mut a, &["CLIENT", "UNPAUSE"]).await
+    })
+    .await
+    .expect("UNPAUSE answers at once");
     tokio::time::timeout(PATIENCE, write)
         .await
         .expect("the write goes once unpaused")
