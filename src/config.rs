@@ -150,7 +150,7 @@ impl Config {
             discovery_interval => "discovery_interval_ms",
             write_hold => "write_hold_ms",
             read_timeout => "read_timeout_ms",
-            limits => "max_bulk_bytes/max_array_len/max_inline_bytes/max_nesting_depth",
+            limits => "max_bulk_bytes/max_array_len/max_inline_bytes",
             max_request_bytes => "max_request_bytes",
             max_client_inflight => "max_client_inflight",
             max_client_output_bytes => "max_client_output_bytes",
@@ -200,6 +200,9 @@ impl Config {
         let tls_listen = tls::listener(&raw, problems);
         let upstream_tls = UpstreamTls::parse(&raw, kind, problems);
         let log_level = log_level(&raw.log_level, problems);
+        if raw.max_nesting_depth.is_some() {
+            tracing::warn!("option max_nesting_depth is ignored: replies are scanned at any depth");
+        }
         let (timing, workers, clients) = (timing?, workers?, clients?);
         let (upstream, client_auth) = (upstream?, client_auth?);
         let (tls_listen, upstream_tls) = (tls_listen?, upstream_tls?);

@@ -103,8 +103,7 @@ fn half_the_cores() -> usize {
 /// What one client may send and keep waiting, what it may be sent, and how many clients there may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ClientLimits {
-    /// The frame scanner's limits (`max_bulk_bytes`, `max_array_len`, `max_inline_bytes`,
-    /// `max_nesting_depth`).
+    /// The request scanner's limits (`max_bulk_bytes`, `max_array_len`, `max_inline_bytes`).
     pub scanner: Limits,
     /// `max_request_bytes`: 1 KiB to 8 GiB, and at least `max_bulk_bytes`.
     pub max_request_bytes: usize,
@@ -123,7 +122,6 @@ impl ClientLimits {
         let bulk = n("max_bulk_bytes", raw.max_bulk_bytes, 1024..=4 << 30);
         let array = n("max_array_len", raw.max_array_len, 16..=i32::MAX as u64);
         let inline = n("max_inline_bytes", raw.max_inline_bytes, 64..=1 << 30);
-        let depth = n("max_nesting_depth", raw.max_nesting_depth, 2..=4096);
         let request = n("max_request_bytes", raw.max_request_bytes, 1024..=8 << 30);
         let inflight = n("max_client_inflight", raw.max_client_inflight, 1..=1 << 20);
         let output = n(
@@ -145,7 +143,6 @@ impl ClientLimits {
                 max_bulk_bytes: bulk?.count(),
                 max_array_len: array?.count(),
                 max_inline_bytes: inline?.count(),
-                max_depth: depth?.count(),
             },
             max_request_bytes: request?.count(),
             max_inflight: inflight?.count(),
