@@ -219,9 +219,13 @@ impl Session {
                 return Turn::End;
             }
         }
+        // A closing session sends nothing more on its dedicated connection once its input is used up:
+        // what still holds the connection (a subscription whose confirmation is a RESP3 push not yet
+        // arrived, MULTI without EXEC, WATCH) waits for commands that will never come. Dropping the
+        // connection closes it, and Redis discards the transaction and the subscriptions.
         let done = self.flow.closing
             && self.queue.is_empty()
-            && self.pinned.is_none()
+            && (self.pinned.is_none() || self.input.is_empty())
             && self.flow.parked_since.is_none();
         if self.flow.close_now || done {
             // Last replies (an error saying why, QUIT's +OK) go out if the client takes them soon.
