@@ -5,6 +5,7 @@ mod dedicated;
 mod dispatch;
 mod gate;
 mod input;
+mod interrupt;
 mod local;
 mod pinned;
 mod queue;

@@ -254,6 +254,9 @@ impl Topo {
                 aliases: decision.aliases.clone(),
             })
         };
+        if let Some(p) = next.primary() {
+            self.state.set_last_primary(p);
+        }
         let old = self.current.swap(next.clone());
         let failover =
             matches!((old.primary(), next.primary()), (Some(a), Some(b)) if a.id != b.id);

@@ -281,6 +281,7 @@ impl Session {
                 }
             }
             Plan::Local(l) => self.local(l, req, start, shard, batch),
+            Plan::Interrupt(nodes) => self.interrupt(nodes, req, batch),
         }
     }
 

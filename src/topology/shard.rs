@@ -87,6 +87,9 @@ pub struct ShardState {
     history: Mutex<VecDeque<(Instant, u64)>>,
     /// Set during a manual switchover: writes wait as if there were no primary, reads go on.
     writes_held: AtomicBool,
+    /// The last primary a snapshot named, kept while none is known: `SCRIPT KILL` and `SHUTDOWN` still
+    /// reach a primary that a script keeps too busy to answer discovery.
+    last_primary: arc_swap::ArcSwapOption<Node>,
 }
 
 impl ShardState {
@@ -98,6 +101,23 @@ impl ShardState {
     /// True while writes are held.
     pub fn writes_held(&self) -> bool {
         self.writes_held.load(Ordering::Relaxed)
+    }
+
+    /// Notes the primary a snapshot names.
+    pub fn set_last_primary(&self, primary: &Arc<Node>) {
+        let same = self
+            .last_primary
+            .load()
+            .as_ref()
+            .is_some_and(|p| p.id == primary.id);
+        if !same {
+            self.last_primary.store(Some(primary.clone()));
+        }
+    }
+
+    /// The last primary any snapshot named, even if the current one names none.
+    pub fn last_primary(&self) -> Option<Arc<Node>> {
+        self.last_primary.load_full()
     }
 
     /// Records the primary's offset at `at`.
