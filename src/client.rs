@@ -1,5 +1,6 @@
 //! Downstream side: accept clients and run one session per connection.
 
+mod budget;
 mod complete;
 mod dedicated;
 mod dispatch;
@@ -60,6 +61,8 @@ pub struct Context {
     pub idle_timeout: Option<Duration>,
     /// Most client connections.
     pub max_clients: usize,
+    /// The output budget all clients share, and who draws on it.
+    budget: Arc<budget::Budget>,
     /// Client connections open now (across workers).
     pub clients: std::sync::atomic::AtomicUsize,
     /// Proxy-side client authentication, if configured; replaced by a config reload.
@@ -90,6 +93,8 @@ pub struct Settings {
     pub read_timeout: Duration,
     /// Per-client limit on reply bytes waiting to be written.
     pub max_output: Option<usize>,
+    /// Limit on reply bytes waiting to be written, over every client: past it the largest are closed.
+    pub max_total_output: Option<usize>,
     /// Idle client timeout.
     pub idle_timeout: Option<Duration>,
     /// Most client connections.
@@ -114,6 +119,7 @@ impl Context {
             write_hold,
             read_timeout,
             max_output,
+            max_total_output,
             idle_timeout,
             max_clients,
         } = settings;
@@ -130,6 +136,10 @@ impl Context {
             max_output,
             idle_timeout,
             max_clients,
+            budget: Arc::new(budget::Budget::new(
+                max_total_output,
+                metrics.client_output_bytes.clone(),
+            )),
             clients: std::sync::atomic::AtomicUsize::new(0),
             auth: arc_swap::ArcSwapOption::new(auth),
             open_user: Arc::new(crate::auth::ClientUser {

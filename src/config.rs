@@ -90,6 +90,8 @@ pub struct Config {
     pub max_client_inflight: usize,
     /// Per-client limit on reply bytes waiting to be written (`None`: no limit).
     pub max_client_output_bytes: Option<usize>,
+    /// Limit on reply bytes waiting to be written, over every client (`None`: no limit).
+    pub max_total_output_bytes: Option<usize>,
     /// Most client connections.
     pub max_clients: usize,
     /// Idle client timeout, if any.
@@ -120,6 +122,7 @@ impl Config {
             write_hold: self.write_hold,
             read_timeout: self.read_timeout,
             max_output: self.max_client_output_bytes,
+            max_total_output: self.max_total_output_bytes,
             idle_timeout: self.client_idle_timeout,
             max_clients: self.max_clients,
         }
@@ -154,6 +157,7 @@ impl Config {
             max_request_bytes => "max_request_bytes",
             max_client_inflight => "max_client_inflight",
             max_client_output_bytes => "max_client_output_bytes",
+            max_total_output_bytes => "max_total_output_bytes",
             max_clients => "max_clients",
             client_idle_timeout => "client_idle_timeout_ms",
             shutdown_grace => "shutdown_grace_ms",
@@ -231,6 +235,7 @@ impl Config {
             max_request_bytes: clients.max_request_bytes,
             max_client_inflight: clients.max_inflight,
             max_client_output_bytes: clients.max_output_bytes,
+            max_total_output_bytes: clients.max_total_output_bytes,
             max_clients: clients.max_clients,
             client_idle_timeout: timing.client_idle_timeout,
             tls_listen,

@@ -108,6 +108,8 @@ pub(super) struct Session {
     /// When the client last sent something or took some of its replies (kept only with an idle timeout):
     /// as Redis's `lastinteraction`, a client that waited long for a reply is not idle once it gets it.
     last_active: Instant,
+    /// Its draw on the output budget all clients share.
+    charge: super::budget::Charge,
 }
 
 impl Drop for Session {
@@ -148,6 +150,7 @@ impl Session {
             deadline_tick: None,
             tick_gate: WakeGate::default(),
             last_active: Instant::now(),
+            charge: ctx.budget.charge(id),
             ctx,
         }
     }
@@ -219,6 +222,11 @@ impl Session {
                 return Turn::End;
             }
         }
+        self.charge.set(self.out.len());
+        if self.charge.is_evicted() {
+            self.evicted();
+            return Turn::End;
+        }
         // A closing session sends nothing more on its dedicated connection once its input is used up:
         // what still holds the connection (a subscription whose confirmation is a RESP3 push not yet
         // arrived, MULTI without EXEC, WATCH) waits for commands that will never come. Dropping the
@@ -273,6 +281,11 @@ impl Session {
             },
             // Shutdown: take no new commands, finish the replies owed.
             _ = &mut *shutdown, if !self.flow.closing => self.flow.closing = true,
+            // The replies waiting for all clients passed the budget, and this client holds the most.
+            _ = self.charge.evicted() => {
+                self.evicted();
+                return false;
+            }
             // The oldest reply owed.
             outcome = self.queue.next(&mut self.topo_rx) => self.complete_front(outcome),
             // A read is at the front (has it been waiting too long?), or the client is idle (for too
@@ -309,6 +322,15 @@ impl Session {
         if streaming || self.queue.has_task() {
             self.flow.close_now = true;
         }
+    }
+
+    /// Says why the session ends: chosen to make room in the output budget.
+    fn evicted(&self) {
+        warn!(
+            pending = self.out.len(),
+            "client output among the largest past max_total_output_bytes, closing"
+        );
+        self.ctx.metrics.clients_evicted.inc();
     }
 
     /// The client just did something: its idle time starts again.

@@ -111,6 +111,8 @@ pub(super) struct ClientLimits {
     pub max_inflight: usize,
     /// `max_client_output_bytes`: up to 1 TiB; `None` for 0.
     pub max_output_bytes: Option<usize>,
+    /// `max_total_output_bytes`: up to 1 TiB; `None` for 0.
+    pub max_total_output_bytes: Option<usize>,
     /// `max_clients`: 1 to 10 million.
     pub max_clients: usize,
 }
@@ -127,6 +129,11 @@ impl ClientLimits {
         let output = n(
             "max_client_output_bytes",
             raw.max_client_output_bytes,
+            0..=1 << 40,
+        );
+        let total_output = n(
+            "max_total_output_bytes",
+            raw.max_total_output_bytes,
             0..=1 << 40,
         );
         let max_clients = n("max_clients", raw.max_clients, 1..=10_000_000);
@@ -147,6 +154,7 @@ impl ClientLimits {
             max_request_bytes: request?.count(),
             max_inflight: inflight?.count(),
             max_output_bytes: output?.nonzero().map(Ranged::count),
+            max_total_output_bytes: total_output?.nonzero().map(Ranged::count),
             max_clients: max_clients?.count(),
         })
     }
@@ -177,6 +185,7 @@ mod tests {
         let raw = raw(Flags {
             client_idle_timeout_ms: Some(0),
             max_client_output_bytes: Some(0),
+            max_total_output_bytes: Some(0),
             ..Flags::default()
         });
         let mut problems = Vec::new();
@@ -184,6 +193,7 @@ mod tests {
         let limits = ClientLimits::parse(&raw, &mut problems).expect("valid");
         assert_eq!(timing.client_idle_timeout, None);
         assert_eq!(limits.max_output_bytes, None);
+        assert_eq!(limits.max_total_output_bytes, None);
     }
 
     #[test]

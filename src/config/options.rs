@@ -192,8 +192,12 @@ options! {
     /// Default 4096.
     max_client_inflight: u64 = 4096;
     /// Most reply bytes waiting for a client that does not read them; past it the client is
-    /// disconnected (Redis's client-output-buffer-limit). 0 disables the limit. Default 1073741824 (1 GiB).
-    max_client_output_bytes: u64 = 1024 * 1024 * 1024;
+    /// disconnected (Redis's client-output-buffer-limit). 0 disables the limit. Default 67108864 (64 MiB).
+    max_client_output_bytes: u64 = 64 * 1024 * 1024;
+    /// Most reply bytes waiting for clients that do not read them, over every client; past it the
+    /// clients holding the most are disconnected first until the rest fits (Redis's maxmemory-clients).
+    /// Output under 4 KiB per client is not counted. 0 disables the limit. Default 268435456 (256 MiB).
+    max_total_output_bytes: u64 = 256 * 1024 * 1024;
     /// Most client connections; past it a new client gets "-ERR max number of clients reached" and is
     /// closed. Default 10000.
     max_clients: u64 = 10_000;
