@@ -90,7 +90,7 @@ async fn attempt(s: &AdminState, to: Option<&str>) -> Reply {
         Switchover::Sentinel {
             sentinels,
             master_name,
-        } => sentinel_switchover(s, &old, sentinels, master_name).await,
+        } => sentinel_switchover(s, &snapshot, &old, sentinels, master_name).await,
     };
     match switched {
         Ok(()) => finish(s, &old, started).await,
@@ -210,26 +210,21 @@ async fn wait_promoted(s: &AdminState, target: Arc<Node>) -> Result<(), Reply> {
 /// then asks a sentinel to fail over. Writes are unpaused at the primary if that does not happen.
 async fn sentinel_switchover(
     s: &AdminState,
+    snapshot: &Topology,
     old: &Arc<Node>,
     sentinels: &[Arc<Node>],
     master_name: &str,
 ) -> Result<(), Reply> {
     info!(from = %old.addr, "switchover requested from sentinel");
     let mut views: Vec<Control> = sentinels.iter().map(|n| Control::new(n.clone())).collect();
-    // The replicas the catch-up counts are those of the snapshot found ready.
-    let snapshot = wait_ready(s, &mut views, master_name).await?;
-    if snapshot.primary().map(|n| n.id) != Some(old.id) {
-        return Err(reply(
-            StatusCode::CONFLICT,
-            json!({"error": "the primary changed meanwhile; switchover not started"}),
-        ));
-    }
+    let mut watched = Watched::new(snapshot, old.clone());
+    wait_ready(s, &mut watched, &mut views, master_name).await?;
     s.topo.hold_writes(true);
     let mut primary = Control::new(old.clone());
     pause_writes(s, &mut primary).await?;
     let asked = catch_up_and_ask(
         s,
-        &snapshot,
+        &mut watched,
         &mut primary,
         &mut views,
         sentinels,
@@ -255,14 +250,15 @@ async fn sentinel_switchover(
 /// short down-after-milliseconds Sentinel fails over on its own.
 async fn wait_ready(
     s: &AdminState,
+    watched: &mut Watched,
     views: &mut [Control],
     master_name: &str,
-) -> Result<Arc<Topology>, Reply> {
+) -> Result<(), Reply> {
     let deadline = Instant::now() + s.timeout / 2;
     loop {
-        let snapshot = s.topo.snapshot();
+        watched.refresh(&s.topo)?;
         let promotable = promotable_replicas(views, master_name, &s.map).await;
-        let counted = replicas_behind(&s.topo, &snapshot, promotable.as_ref(), u64::MAX);
+        let counted = replicas_behind(&s.topo, watched, promotable.as_ref(), u64::MAX);
         let name = |n: &Node| n.addr.to_string();
         let blind: Vec<String> = counted
             .iter()
@@ -276,7 +272,7 @@ async fn wait_ready(
             .map(|n| format!("{}: {}", n.addr, n.repl.why().label()))
             .collect();
         if blind.is_empty() && idle.is_empty() {
-            return Ok(snapshot);
+            return Ok(());
         }
         if Instant::now() < deadline {
             tokio::time::sleep(POLL * 10).await;
@@ -325,7 +321,7 @@ async fn pause_writes(s: &AdminState, primary: &mut Control) -> Result<(), Reply
 /// sentinels, one after another, until one accepts.
 async fn catch_up_and_ask(
     s: &AdminState,
-    snapshot: &Topology,
+    watched: &mut Watched,
     primary: &mut Control,
     views: &mut [Control],
     sentinels: &[Arc<Node>],
@@ -344,7 +340,7 @@ async fn catch_up_and_ask(
             ))
         }
     };
-    wait_caught_up(s, snapshot, views, master_name, target).await?;
+    wait_caught_up(s, watched, views, master_name, target).await?;
     ask_sentinels(sentinels, master_name).await
 }
 
@@ -353,15 +349,16 @@ async fn catch_up_and_ask(
 /// ranks by replica-priority before offset and may promote one that lags.
 async fn wait_caught_up(
     s: &AdminState,
-    snapshot: &Topology,
+    watched: &mut Watched,
     views: &mut [Control],
     master_name: &str,
     target: u64,
 ) -> Result<(), Reply> {
     let deadline = Instant::now() + s.timeout / 2;
     let behind = loop {
+        watched.refresh(&s.topo)?;
         let promotable = promotable_replicas(views, master_name, &s.map).await;
-        let behind = replicas_behind(&s.topo, snapshot, promotable.as_ref(), target);
+        let behind = replicas_behind(&s.topo, watched, promotable.as_ref(), target);
         // One that says it is a master cannot catch up: writes are not held waiting for it.
         let master = behind.iter().find(|n| n.repl.why() == Why::NotReplica);
         if let Some(n) = master {
@@ -444,6 +441,41 @@ async fn promotable_replicas(
     answered.then_some(promotable)
 }
 
+/// The replicas a sentinel switchover answers for: those of the topology when it started, and any the
+/// topology lists while it runs. One the topology drops meanwhile (a sentinel reports it disconnected: a
+/// replica that just died) still counts until [`replicas_behind`] lets it go: it may come back with old
+/// data, and Sentinel may then choose it.
+struct Watched {
+    primary: Arc<Node>,
+    replicas: Vec<Arc<Node>>,
+}
+
+impl Watched {
+    fn new(snapshot: &Topology, primary: Arc<Node>) -> Watched {
+        Watched {
+            replicas: snapshot.replica_nodes().cloned().collect(),
+            primary,
+        }
+    }
+
+    /// Adds the replicas the topology lists now; refuses if it names another primary.
+    fn refresh(&mut self, topo: &Topo) -> Result<(), Reply> {
+        let snapshot = topo.snapshot();
+        if snapshot.primary().map(|n| n.id) != Some(self.primary.id) {
+            return Err(not_started(
+                StatusCode::CONFLICT,
+                "the primary changed meanwhile; switchover not started",
+            ));
+        }
+        for n in snapshot.replica_nodes() {
+            if !self.replicas.iter().any(|r| r.id == n.id) {
+                self.replicas.push(n.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The replicas Sentinel could promote that lack the primary's offset `target`. A replica is left out
 /// only if both this proxy has not heard from it for Sentinel's validity window (counted from its first
 /// failed probe) and no sentinel could promote it now: the probes see a replica thawing before a
@@ -451,7 +483,7 @@ async fn promotable_replicas(
 /// sentinel could promote that this proxy does not probe counts as behind: its offset is unknown.
 fn replicas_behind(
     topo: &Topo,
-    snapshot: &Topology,
+    watched: &Watched,
     promotable: Option<&BTreeSet<Addr>>,
     target: u64,
 ) -> Vec<Arc<Node>> {
@@ -459,14 +491,15 @@ fn replicas_behind(
         promotable.is_none_or(|p| p.contains(&n.addr))
             || !n.repl.silent_longer_than(sentinel::REPLICA_VALIDITY)
     };
-    let mut behind: Vec<Arc<Node>> = snapshot
-        .replica_nodes()
+    let mut behind: Vec<Arc<Node>> = watched
+        .replicas
+        .iter()
         .filter(|n| counts(n) && n.repl.offset() < target)
         .cloned()
         .collect();
     for addr in promotable.into_iter().flatten() {
-        let known = snapshot.replica_nodes().any(|n| &n.addr == addr);
-        if !known && snapshot.primary().is_none_or(|p| &p.addr != addr) {
+        let known = watched.replicas.iter().any(|n| &n.addr == addr);
+        if !known && watched.primary.addr != *addr {
             behind.push(topo.node(addr));
         }
     }
