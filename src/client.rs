@@ -1,5 +1,6 @@
 //! Downstream side: accept clients and run one session per connection.
 
+mod budget;
 mod clients;
 mod complete;
 mod cursor;
@@ -8,6 +9,7 @@ mod dispatch;
 mod facade;
 mod gate;
 mod input;
+mod interrupt;
 mod local;
 mod monitor;
 mod pinned;
@@ -77,6 +79,8 @@ pub struct Context {
     pub sentinel_facade: Option<String>,
     /// Every client connection of this proxy (CLIENT LIST, KILL, PAUSE; MONITOR's feed).
     pub registry: registry::Registry,
+    /// The output budget all clients share, and who draws on it.
+    budget: Arc<budget::Budget>,
     /// Client connections open now (across workers).
     pub clients: std::sync::atomic::AtomicUsize,
     /// Proxy-side client authentication, if configured; replaced by a config reload.
@@ -113,6 +117,8 @@ pub struct Settings {
     pub write_timeout: Duration,
     /// Per-client limit on reply bytes waiting to be written.
     pub max_output: Option<usize>,
+    /// Limit on reply bytes waiting to be written, over every client: past it the largest are closed.
+    pub max_total_output: Option<usize>,
     /// Idle client timeout.
     pub idle_timeout: Option<Duration>,
     /// Most client connections.
@@ -142,6 +148,7 @@ impl Context {
             read_hedge,
             write_timeout,
             max_output,
+            max_total_output,
             idle_timeout,
             max_clients,
             sentinel_facade,
@@ -164,6 +171,10 @@ impl Context {
             max_clients,
             sentinel_facade,
             registry: registry::Registry::default(),
+            budget: Arc::new(budget::Budget::new(
+                max_total_output,
+                metrics.client_output_bytes.clone(),
+            )),
             clients: std::sync::atomic::AtomicUsize::new(0),
             auth: arc_swap::ArcSwapOption::new(auth),
             open_user: Arc::new(crate::auth::ClientUser {

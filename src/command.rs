@@ -304,6 +304,19 @@ pub enum Class {
     Broadcast,
     /// Answered or handled by the proxy.
     Local(Local),
+    /// Runs while a script or function keeps a node busy (`SCRIPT KILL`, `FUNCTION KILL`, `SHUTDOWN`):
+    /// at once, on a connection of its own, to the node running the script. Never held, never queued
+    /// behind the script on a shared connection.
+    Interrupt(Interrupt),
+}
+
+/// What an interrupting command stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// `SCRIPT KILL`, `FUNCTION KILL`: the script or function running on whichever node is busy.
+    Kill,
+    /// `SHUTDOWN` (`SHUTDOWN NOSAVE` stops a primary busy with a script that wrote): the primary.
+    Shutdown,
 }
 
 /// Why a session pins a dedicated connection.
@@ -432,6 +445,15 @@ impl From<Kind> for crate::metrics::Kind {
     }
 }
 
+/// True for the read-only scripts and functions (`EVAL_RO`, `EVALSHA_RO`, `FCALL_RO`): reads that may run
+/// for as long as their script does. A second copy sent elsewhere (a hedge, a retry after a timeout)
+/// would keep another node busy too, perhaps the primary, which then answers every write `-BUSY`.
+pub fn runs_script(name: &[u8]) -> bool {
+    [&b"EVAL_RO"[..], b"EVALSHA_RO", b"FCALL_RO"]
+        .iter()
+        .any(|s| name.eq_ignore_ascii_case(s))
+}
+
 /// Classifies one command. `arg(i)` gives argument `i` (0 is the name) if the scanner kept it.
 pub fn classify<'a>(
     table: &Table,
@@ -512,8 +534,11 @@ pub fn classify<'a>(
         },
         b"SCRIPT" => match sub(1).as_deref() {
             Some(b"LOAD" | b"FLUSH") => Class::Broadcast,
+            Some(b"KILL") => Class::Interrupt(Interrupt::Kill),
             _ => Class::Primary,
         },
+        b"FUNCTION" if sub(1).as_deref() == Some(b"KILL") => Class::Interrupt(Interrupt::Kill),
+        b"SHUTDOWN" => Class::Interrupt(Interrupt::Shutdown),
         b"XREAD" | b"XREADGROUP" => {
             if stream_read_blocks(argc, &arg) {
                 Class::Blocking
@@ -694,6 +719,23 @@ mod tests {
         let table = Table::builtin();
         let args: Vec<&[u8]> = cmd.split(' ').map(str::as_bytes).collect();
         classify(&table, args.len(), |i| args.get(i).copied())
+    }
+
+    #[test]
+    fn commands_that_stop_a_busy_script_interrupt_and_other_script_commands_do_not() {
+        for cmd in ["SCRIPT KILL", "script kill", "FUNCTION KILL"] {
+            assert_eq!(class_of(cmd).0, Class::Interrupt(Interrupt::Kill), "{cmd}");
+        }
+        for cmd in ["SHUTDOWN", "SHUTDOWN NOSAVE", "shutdown nosave now"] {
+            assert_eq!(
+                class_of(cmd).0,
+                Class::Interrupt(Interrupt::Shutdown),
+                "{cmd}"
+            );
+        }
+        assert_eq!(class_of("SCRIPT EXISTS abc").0, Class::Primary);
+        assert_eq!(class_of("FUNCTION STATS").0, Class::Primary);
+        assert_eq!(class_of("FUNCTION LOAD x").0, Class::Primary);
     }
 
     #[test]

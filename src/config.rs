@@ -98,6 +98,8 @@ pub struct Config {
     pub max_client_inflight: usize,
     /// Per-client limit on reply bytes waiting to be written (`None`: no limit).
     pub max_client_output_bytes: Option<usize>,
+    /// Limit on reply bytes waiting to be written, over every client (`None`: no limit).
+    pub max_total_output_bytes: Option<usize>,
     /// Most client connections.
     pub max_clients: usize,
     /// Idle client timeout, if any.
@@ -130,6 +132,7 @@ impl Config {
             read_hedge: self.read_hedge,
             write_timeout: self.write_timeout,
             max_output: self.max_client_output_bytes,
+            max_total_output: self.max_total_output_bytes,
             idle_timeout: self.client_idle_timeout,
             max_clients: self.max_clients,
             sentinel_facade: self.sentinel_facade.then(|| match &self.source {
@@ -168,10 +171,11 @@ impl Config {
             read_timeout => "read_timeout_ms",
             read_hedge => "read_hedge_ms",
             write_timeout => "write_timeout_ms",
-            limits => "max_bulk_bytes/max_array_len/max_inline_bytes/max_nesting_depth",
+            limits => "max_bulk_bytes/max_array_len/max_inline_bytes",
             max_request_bytes => "max_request_bytes",
             max_client_inflight => "max_client_inflight",
             max_client_output_bytes => "max_client_output_bytes",
+            max_total_output_bytes => "max_total_output_bytes",
             max_clients => "max_clients",
             client_idle_timeout => "client_idle_timeout_ms",
             shutdown_grace => "shutdown_grace_ms",
@@ -222,6 +226,9 @@ impl Config {
         let tls_listen = tls::listener(&raw, problems);
         let upstream_tls = UpstreamTls::parse(&raw, kind, problems);
         let log_level = log_level(&raw.log_level, problems);
+        if raw.max_nesting_depth.is_some() {
+            tracing::warn!("option max_nesting_depth is ignored: replies are scanned at any depth");
+        }
         let (timing, workers, clients) = (timing?, workers?, clients?);
         let (upstream, client_auth) = (upstream?, client_auth?);
         let (tls_listen, upstream_tls) = (tls_listen?, upstream_tls?);
@@ -254,6 +261,7 @@ impl Config {
             max_request_bytes: clients.max_request_bytes,
             max_client_inflight: clients.max_inflight,
             max_client_output_bytes: clients.max_output_bytes,
+            max_total_output_bytes: clients.max_total_output_bytes,
             max_clients: clients.max_clients,
             client_idle_timeout: timing.client_idle_timeout,
             tls_listen,

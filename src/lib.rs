@@ -330,7 +330,7 @@ fn upstream_settings(
         connections: config.backend_connections,
         connect_timeout: config.connect_timeout,
         credentials: config.backend_credentials.clone(),
-        limits: config.limits,
+        limits: config.limits.for_replies(),
         refresh: Arc::new(tokio::sync::Notify::new()),
         tls: tls.client.clone().filter(|_| config.backend_tls.is_some()),
     };

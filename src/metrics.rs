@@ -117,6 +117,12 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     /// Clients disconnected for a limit (output buffer, idle timeout).
     pub clients_closed_by_limit: IntCounter,
+    /// Reply bytes waiting for clients, summed over every client (output under 4 KiB per client is not
+    /// counted).
+    pub client_output_bytes: IntGauge,
+    /// Clients closed, largest first, because the replies waiting for all clients passed
+    /// max_total_output_bytes.
+    pub clients_evicted: IntCounter,
     /// Shared upstream connections open.
     pub upstream_connections: IntGaugeVec,
 }
@@ -342,6 +348,20 @@ impl Metrics {
                 IntCounter::new(
                     "redsplit_clients_closed_by_limit_total",
                     "Clients disconnected for a limit: output buffer over max_client_output_bytes, idle timeout",
+                )?,
+            )?,
+            client_output_bytes: reg(
+                registry,
+                IntGauge::new(
+                    "redsplit_client_output_bytes",
+                    "Reply bytes waiting for clients that have not read them yet, over every client",
+                )?,
+            )?,
+            clients_evicted: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_clients_evicted_total",
+                    "Clients closed, largest first, because the replies waiting for all clients passed max_total_output_bytes",
                 )?,
             )?,
             upstream_connections: reg(

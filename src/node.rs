@@ -93,6 +93,9 @@ pub struct ReplState {
     /// When the first probe to fail since the last answer gave up (0: the last probe answered, or none
     /// failed yet). The node has said nothing since at least then.
     silent_since_ms: AtomicU64,
+    /// Its last probe got `-BUSY`: a script or function runs there past `busy-reply-threshold`. The node
+    /// is alive (and keeps its role), but runs nothing else until the script ends or is killed.
+    busy: AtomicBool,
 }
 
 /// Why a node may or may not serve reads (for `/topology` and logs).
@@ -119,6 +122,8 @@ pub enum Why {
     Tripped = 8,
     /// Its lag cannot be measured yet (the primary's offset history does not reach back far enough).
     Unmeasured = 9,
+    /// It answers BUSY: a script or function runs there past `busy-reply-threshold`.
+    Busy = 10,
 }
 
 impl Why {
@@ -134,6 +139,7 @@ impl Why {
             Why::IsPrimary,
             Why::Tripped,
             Why::Unmeasured,
+            Why::Busy,
         ]
         .get(usize::from(n))
         .copied()
@@ -153,6 +159,7 @@ impl Why {
             Why::IsPrimary => "primary",
             Why::Tripped => "requests keep failing",
             Why::Unmeasured => "lag not measurable yet",
+            Why::Busy => "busy running a script",
         }
     }
 }
@@ -244,6 +251,16 @@ impl ReplState {
         Some(Duration::from_millis(
             lag.saturating_add(since_start_ms().saturating_sub(last)),
         ))
+    }
+
+    /// Notes whether the last probe's answer was `-BUSY` (it counts as an answer either way).
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// True if its last probe got `-BUSY` and none failed since: a script or function keeps it busy now.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) && self.answering()
     }
 
     /// True if its last probe answered.

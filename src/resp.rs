@@ -26,8 +26,6 @@ pub struct Limits {
     pub max_array_len: usize,
     /// Longest inline command line, in bytes (Redis: 64 KiB).
     pub max_inline_bytes: usize,
-    /// Deepest nesting of aggregate replies.
-    pub max_depth: usize,
 }
 
 impl Default for Limits {
@@ -36,7 +34,20 @@ impl Default for Limits {
             max_bulk_bytes: 512 * 1024 * 1024,
             max_array_len: 1024 * 1024,
             max_inline_bytes: 64 * 1024,
-            max_depth: 128,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits for replies from a server, given the limits for clients' requests. A server is not
+    /// hostile, and a reply that fails its scan takes a connection shared with other clients with it: a
+    /// bulk reply is allowed what Redis allows by default (`proto-max-bulk-len`, 512 MiB) even when
+    /// clients are held to less, and nesting has no limit (a Lua script's reply may nest thousands of
+    /// levels).
+    pub fn for_replies(self) -> Limits {
+        Limits {
+            max_bulk_bytes: self.max_bulk_bytes.max(Limits::default().max_bulk_bytes),
+            ..self
         }
     }
 }
@@ -82,9 +93,6 @@ pub enum Error {
     /// An inline command has an unterminated quote.
     #[error("unbalanced quotes in request")]
     UnbalancedQuotes,
-    /// Aggregates nest deeper than the limit.
-    #[error("nesting deeper than {0}")]
-    TooDeep(usize),
     /// An upstream sent a reply when no request was waiting for one.
     #[error("reply without a request")]
     UnexpectedReply,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::command::{Class, Local};
+use crate::command::{Class, Interrupt, Local};
 use crate::topology::Shard;
 use crate::upstream::{Node, Want};
 pub use read::{ReadState, ReadTarget, Reads};
@@ -110,6 +110,10 @@ pub enum Plan {
     },
     /// Answered or handled by the proxy.
     Local(Local),
+    /// At once, each on a connection of its own, to these nodes (`SCRIPT KILL` and `FUNCTION KILL` to
+    /// every node running a script, `SHUTDOWN` to the primary): never held, never behind the script.
+    /// Empty if no node is known at all.
+    Interrupt(Vec<Arc<Node>>),
     /// Nowhere yet: no primary is known (a failover) or writes are held (a switchover). The command
     /// waits, at most `write_hold_ms`.
     Hold,
@@ -185,7 +189,33 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
             replicas: shard.replica_nodes().cloned().collect(),
         }),
         Class::Local(local) => Plan::Local(local),
+        Class::Interrupt(what) => Plan::Interrupt(interrupted(shard, what)),
     }
+}
+
+/// The nodes an interrupting command goes to. A script that runs past `busy-reply-threshold` makes its
+/// node answer `-BUSY`, which the prober notes: `SCRIPT KILL` and `FUNCTION KILL` go to each such node (a
+/// read-only script may run on a replica), else to the primary (a script not yet past the threshold
+/// answers nothing, but Redis takes the kill once it is). `SHUTDOWN` goes to the primary. Neither waits
+/// for a primary the topology names: one a script keeps from answering discovery is still the last one
+/// known.
+fn interrupted(shard: &Shard, what: Interrupt) -> Vec<Arc<Node>> {
+    if what == Interrupt::Kill {
+        let busy: Vec<Arc<Node>> = shard
+            .nodes()
+            .filter(|n| n.repl.is_busy())
+            .cloned()
+            .collect();
+        if !busy.is_empty() {
+            return busy;
+        }
+    }
+    shard
+        .primary
+        .clone()
+        .or_else(|| shard.state.last_primary())
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -255,6 +285,33 @@ mod tests {
         assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
         topo.hold_writes(false);
         assert!(writer(t.shard()).is_ok());
+    }
+
+    #[test]
+    fn kills_go_to_busy_nodes_and_shutdown_to_the_primary_even_when_none_is_named_or_writes_are_held(
+    ) {
+        let (topo, t) = shard(true);
+        let kill = Class::Interrupt(Interrupt::Kill);
+        let shutdown = Class::Interrupt(Interrupt::Shutdown);
+        let mut reads = ReadState::default();
+        let targets =
+            |class, shard: &Shard, reads: &mut ReadState| match plan(class, reads, shard, &SESSION)
+            {
+                Plan::Interrupt(nodes) => {
+                    nodes.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            };
+        topo.hold_writes(true);
+        assert_eq!(targets(kill, t.shard(), &mut reads), ["p:1"]);
+        let replica = t.replica_nodes().next().expect("a replica").clone();
+        replica.repl.answered();
+        replica.repl.set_busy(true);
+        assert_eq!(targets(kill, t.shard(), &mut reads), ["r:1"]);
+        assert_eq!(targets(shutdown, t.shard(), &mut reads), ["p:1"]);
+        // Discovery lost the primary (a script keeps it from answering): the last one known.
+        let none = topo.publish(None, &[]);
+        assert_eq!(targets(shutdown, none.shard(), &mut reads), ["p:1"]);
     }
 
     #[test]

@@ -304,6 +304,7 @@ impl Topo {
                     n.set_primary(false);
                 }
             }
+            self.state.set_last_primary(p);
         }
         let old = self.current.swap(next.clone());
         let failover =

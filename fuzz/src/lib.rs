@@ -42,7 +42,6 @@ pub fn split(data: &[u8]) -> Option<(Limits, usize, &[u8])> {
             max_bulk_bytes: 16,
             max_array_len: 8,
             max_inline_bytes: 32,
-            max_depth: 3,
         }
     } else {
         Limits::default()

@@ -6,18 +6,22 @@
 //! (`SENTINEL FAILOVER`), which does not pause the old primary: the proxy holds writes, pauses them at
 //! the primary too, and waits until every replica Sentinel could promote has the primary's offset, so
 //! whichever one it promotes has everything. A replica leaves that wait only when no sentinel could
-//! promote it and this proxy has not heard from it for Sentinel's validity window; one it could promote
-//! but this proxy cannot probe makes the switchover refuse before anything is held.
+//! promote it and this proxy has not heard from it for Sentinel's validity window. One it could promote
+//! that this proxy cannot probe, or that does not replicate from the primary (a primary demoted a moment
+//! ago, until Sentinel converts it), makes the switchover refuse before anything is held, once it has
+//! been waited for without holding anything.
 //!
 //! ```text
-//! static    choose the replica -> hold writes -> FAILOVER TO -> its ROLE says master -------+
-//! sentinel  every promotable replica answers -> hold writes -> CLIENT PAUSE WRITE ->        |
-//!           promotable replicas reach the primary's offset -> SENTINEL FAILOVER ------------+
-//!                                                   the topology publishes another primary <+
+//! static    choose a replica of the primary itself -> hold writes -> FAILOVER TO ->
+//!           its ROLE says master ---------------------------------------------------------+
+//! sentinel  every promotable replica answers -> every one replicates (waited for, nothing    |
+//!           held) -> hold writes -> CLIENT PAUSE WRITE ->                                    |
+//!           promotable replicas reach the primary's offset -> SENTINEL FAILOVER -------------+
+//!                                                   the topology publishes another primary <-+
 //! ```
 //!
 //! A step that fails ends the switchover with its reply (once writes are paused at the primary, after
-//! CLIENT UNPAUSE); the HTTP handler releases held writes however it ends.
+//! CLIENT UNPAUSE), which is logged; the HTTP handler releases held writes however it ends.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,9 +33,10 @@ use tracing::{info, warn};
 
 use super::{reply, AdminState, Reply};
 use crate::node::Addr;
+use crate::node::Why;
 use crate::resp::Value as OwnedFrame;
 use crate::topology::probe::Role;
-use crate::topology::{sentinel, AddressMap, Topo, Topology};
+use crate::topology::{sentinel, AddressMap, Replica, Topo, Topology};
 use crate::upstream::control::{call, Control};
 use crate::upstream::Node;
 
@@ -50,8 +55,18 @@ pub enum Switchover {
 }
 
 /// Switches the primary over, to the replica `to` (`host:port`, static mode only) if given, and waits for
-/// the topology to follow. The caller holds the switchover lock and releases held writes.
+/// the topology to follow. The caller holds the switchover lock and releases held writes. Every refusal
+/// is logged with its reason.
 pub(super) async fn switch(s: &AdminState, to: Option<&str>) -> Reply {
+    let (status, body) = attempt(s, to).await;
+    if status != StatusCode::OK {
+        let error = body.0.get("error").and_then(|e| e.as_str()).unwrap_or("");
+        warn!(status = status.as_u16(), error, "switchover refused");
+    }
+    (status, body)
+}
+
+async fn attempt(s: &AdminState, to: Option<&str>) -> Reply {
     let started = Instant::now();
     let snapshot = s.topo.snapshot();
     let Some(old) = snapshot.primary().cloned() else {
@@ -93,12 +108,8 @@ async fn static_switchover(
     old: &Arc<Node>,
     to: Option<Addr>,
 ) -> Result<(), Reply> {
-    let Some(target) = static_target(snapshot, to) else {
-        return Err(reply(
-            StatusCode::CONFLICT,
-            json!({"error": "no replica to promote (name one of the topology's replicas, or wait for one to catch up)"}),
-        ));
-    };
+    let target = static_target(snapshot, old, to)
+        .map_err(|error| reply(StatusCode::CONFLICT, json!({ "error": error })))?;
     info!(from = %old.addr, to = %target.addr, "switchover requested");
     s.topo.hold_writes(true);
     failover_to(s, old, &target).await?;
@@ -106,14 +117,43 @@ async fn static_switchover(
 }
 
 /// The replica to promote: the one named, or else the one eligible for reads with the largest offset.
-fn static_target(snapshot: &Topology, to: Option<Addr>) -> Option<Arc<Node>> {
+/// Either must replicate from the primary itself: `FAILOVER TO` takes only a replica connected to the
+/// primary, and after a first switchover the other replicas follow the demoted primary (a chain).
+fn static_target(
+    snapshot: &Topology,
+    primary: &Node,
+    to: Option<Addr>,
+) -> Result<Arc<Node>, String> {
+    let direct = |r: &&Replica| {
+        r.parent == primary.addr || snapshot.aliases.get(&r.parent) == Some(&primary.addr)
+    };
     match to {
-        Some(a) => snapshot.replica_nodes().find(|n| n.addr == a).cloned(),
+        Some(a) => {
+            let Some(r) = snapshot.replicas().iter().find(|r| r.node.addr == a) else {
+                return Err(format!("{a} is not a replica in the topology"));
+            };
+            if !direct(&r) {
+                return Err(format!(
+                    "{a} replicates from {}, not from the primary {}: name one of the primary's own replicas",
+                    r.parent, primary.addr
+                ));
+            }
+            Ok(r.node.clone())
+        }
         None => snapshot
-            .replica_nodes()
+            .replicas()
+            .iter()
+            .filter(direct)
+            .map(|r| &r.node)
             .filter(|n| n.repl.is_eligible())
             .max_by_key(|n| n.repl.offset())
-            .cloned(),
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "no replica of the primary {} is caught up to promote (wait for one, or name one with ?to=)",
+                    primary.addr
+                )
+            }),
     }
 }
 
@@ -177,13 +217,14 @@ async fn sentinel_switchover(
 ) -> Result<(), Reply> {
     info!(from = %old.addr, "switchover requested from sentinel");
     let mut views: Vec<Control> = sentinels.iter().map(|n| Control::new(n.clone())).collect();
-    refuse_if_blind(s, snapshot, &mut views, master_name).await?;
+    let mut watched = Watched::new(snapshot, old.clone());
+    wait_ready(s, &mut watched, &mut views, master_name).await?;
     s.topo.hold_writes(true);
     let mut primary = Control::new(old.clone());
     pause_writes(s, &mut primary).await?;
     let asked = catch_up_and_ask(
         s,
-        snapshot,
+        &mut watched,
         &mut primary,
         &mut views,
         sentinels,
@@ -197,32 +238,64 @@ async fn sentinel_switchover(
     asked
 }
 
-/// Refuses when a replica Sentinel could promote has an offset this proxy cannot read now (its probes
-/// fail, or it probes no such node): it could never be shown to have the data. Nothing is paused yet: a
-/// pause held for nothing would also stall Sentinel's own link to the primary, and with a short
-/// down-after-milliseconds Sentinel fails over on its own.
-async fn refuse_if_blind(
+/// Waits, holding nothing, for half the switchover timeout until every replica Sentinel could promote
+/// answers this proxy and replicates from the primary with its link up; refuses if one does not.
+///
+/// One whose offset this proxy cannot read (its probes fail, or it probes no such node) could never be
+/// shown to have the data (504). One that does not replicate cannot catch up (409): right after a
+/// switchover the demoted primary still says it is a master until Sentinel converts it (8 s and more),
+/// and Sentinel could still choose it. Found against real Redis: holding writes while waiting for it
+/// stalled every client for the whole catch-up wait, then answered 504. Nothing is held or paused while
+/// waiting here: a pause held for nothing would also stall Sentinel's own link to the primary, and with a
+/// short down-after-milliseconds Sentinel fails over on its own.
+async fn wait_ready(
     s: &AdminState,
-    snapshot: &Topology,
+    watched: &mut Watched,
     views: &mut [Control],
     master_name: &str,
 ) -> Result<(), Reply> {
-    let promotable = promotable_replicas(views, master_name, &s.map).await;
-    let blind: Vec<String> = replicas_behind(&s.topo, snapshot, promotable.as_ref(), u64::MAX)
-        .iter()
-        .filter(|n| !n.repl.answering())
-        .map(|n| n.addr.to_string())
-        .collect();
-    if blind.is_empty() {
-        return Ok(());
+    let deadline = Instant::now() + s.timeout / 2;
+    loop {
+        watched.refresh(&s.topo)?;
+        let promotable = promotable_replicas(views, master_name, &s.map).await;
+        let counted = replicas_behind(&s.topo, watched, promotable.as_ref(), u64::MAX);
+        let name = |n: &Node| n.addr.to_string();
+        let blind: Vec<String> = counted
+            .iter()
+            .filter(|n| !n.repl.answering())
+            .map(|n| name(n))
+            .collect();
+        let idle: Vec<String> = counted
+            .iter()
+            .filter(|n| n.repl.answering())
+            .filter(|n| matches!(n.repl.why(), Why::NotReplica | Why::LinkDown))
+            .map(|n| format!("{}: {}", n.addr, n.repl.why().label()))
+            .collect();
+        if blind.is_empty() && idle.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() < deadline {
+            tokio::time::sleep(POLL * 10).await;
+            continue;
+        }
+        return Err(if blind.is_empty() {
+            reply(
+                StatusCode::CONFLICT,
+                json!({"error": format!(
+                    "replicas Sentinel could promote are not replicating from the primary ({}); switchover not started, nothing held (a primary demoted a moment ago replicates once Sentinel converts it)",
+                    idle.join(", ")
+                )}),
+            )
+        } else {
+            reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({"error": format!(
+                    "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
+                    blind.join(", ")
+                )}),
+            )
+        });
     }
-    Err(reply(
-        StatusCode::GATEWAY_TIMEOUT,
-        json!({"error": format!(
-            "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
-            blind.join(", ")
-        )}),
-    ))
 }
 
 /// Pauses writes at the primary itself, as Redis's FAILOVER does, for those that do not pass the hold
@@ -248,7 +321,7 @@ async fn pause_writes(s: &AdminState, primary: &mut Control) -> Result<(), Reply
 /// sentinels, one after another, until one accepts.
 async fn catch_up_and_ask(
     s: &AdminState,
-    snapshot: &Topology,
+    watched: &mut Watched,
     primary: &mut Control,
     views: &mut [Control],
     sentinels: &[Arc<Node>],
@@ -267,7 +340,7 @@ async fn catch_up_and_ask(
             ))
         }
     };
-    wait_caught_up(s, snapshot, views, master_name, target).await?;
+    wait_caught_up(s, watched, views, master_name, target).await?;
     ask_sentinels(sentinels, master_name).await
 }
 
@@ -276,15 +349,28 @@ async fn catch_up_and_ask(
 /// ranks by replica-priority before offset and may promote one that lags.
 async fn wait_caught_up(
     s: &AdminState,
-    snapshot: &Topology,
+    watched: &mut Watched,
     views: &mut [Control],
     master_name: &str,
     target: u64,
 ) -> Result<(), Reply> {
     let deadline = Instant::now() + s.timeout / 2;
     let behind = loop {
+        watched.refresh(&s.topo)?;
         let promotable = promotable_replicas(views, master_name, &s.map).await;
-        let behind = replicas_behind(&s.topo, snapshot, promotable.as_ref(), target);
+        let behind = replicas_behind(&s.topo, watched, promotable.as_ref(), target);
+        // One that says it is a master cannot catch up: writes are not held waiting for it.
+        let master = behind.iter().find(|n| n.repl.why() == Why::NotReplica);
+        if let Some(n) = master {
+            return Err(not_started(
+                StatusCode::CONFLICT,
+                &format!(
+                    "replica {} is not replicating from the primary ({}); switchover not started",
+                    n.addr,
+                    Why::NotReplica.label()
+                ),
+            ));
+        }
         if behind.is_empty() || Instant::now() >= deadline {
             break behind;
         }
@@ -355,6 +441,41 @@ async fn promotable_replicas(
     answered.then_some(promotable)
 }
 
+/// The replicas a sentinel switchover answers for: those of the topology when it started, and any the
+/// topology lists while it runs. One the topology drops meanwhile (a sentinel reports it disconnected: a
+/// replica that just died) still counts until [`replicas_behind`] lets it go: it may come back with old
+/// data, and Sentinel may then choose it.
+struct Watched {
+    primary: Arc<Node>,
+    replicas: Vec<Arc<Node>>,
+}
+
+impl Watched {
+    fn new(snapshot: &Topology, primary: Arc<Node>) -> Watched {
+        Watched {
+            replicas: snapshot.replica_nodes().cloned().collect(),
+            primary,
+        }
+    }
+
+    /// Adds the replicas the topology lists now; refuses if it names another primary.
+    fn refresh(&mut self, topo: &Topo) -> Result<(), Reply> {
+        let snapshot = topo.snapshot();
+        if snapshot.primary().map(|n| n.id) != Some(self.primary.id) {
+            return Err(not_started(
+                StatusCode::CONFLICT,
+                "the primary changed meanwhile; switchover not started",
+            ));
+        }
+        for n in snapshot.replica_nodes() {
+            if !self.replicas.iter().any(|r| r.id == n.id) {
+                self.replicas.push(n.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The replicas Sentinel could promote that lack the primary's offset `target`. A replica is left out
 /// only if both this proxy has not heard from it for Sentinel's validity window (counted from its first
 /// failed probe) and no sentinel could promote it now: the probes see a replica thawing before a
@@ -362,7 +483,7 @@ async fn promotable_replicas(
 /// sentinel could promote that this proxy does not probe counts as behind: its offset is unknown.
 fn replicas_behind(
     topo: &Topo,
-    snapshot: &Topology,
+    watched: &Watched,
     promotable: Option<&BTreeSet<Addr>>,
     target: u64,
 ) -> Vec<Arc<Node>> {
@@ -370,14 +491,15 @@ fn replicas_behind(
         promotable.is_none_or(|p| p.contains(&n.addr))
             || !n.repl.silent_longer_than(sentinel::REPLICA_VALIDITY)
     };
-    let mut behind: Vec<Arc<Node>> = snapshot
-        .replica_nodes()
+    let mut behind: Vec<Arc<Node>> = watched
+        .replicas
+        .iter()
         .filter(|n| counts(n) && n.repl.offset() < target)
         .cloned()
         .collect();
     for addr in promotable.into_iter().flatten() {
-        let known = snapshot.replica_nodes().any(|n| &n.addr == addr);
-        if !known && snapshot.primary().is_none_or(|p| &p.addr != addr) {
+        let known = watched.replicas.iter().any(|n| &n.addr == addr);
+        if !known && watched.primary.addr != *addr {
             behind.push(topo.node(addr));
         }
     }

@@ -111,6 +111,7 @@ impl Session {
         };
         let batch = retry::Batch {
             reads_only: sent.reads_only,
+            scripted: sent.scripted,
             count,
             resendable: sent.bytes.is_some(),
         };

@@ -39,6 +39,9 @@ pub(super) struct Batch {
     kinds: [u32; 3],
     /// Only reads: safe to run again elsewhere if this node fails them.
     reads_only: bool,
+    /// Holds a read-only script or function ([`crate::command::runs_script`]): never hedged, nor sent
+    /// elsewhere after a timeout.
+    scripted: bool,
     /// The offsets measured around it.
     want: Want,
     /// The offset its reads must be shown to have seen before they are delivered.
@@ -56,6 +59,7 @@ impl Batch {
             primary,
             kinds,
             reads_only: read,
+            scripted: false,
             want: Want::NONE,
             check: None,
             len: 0,
@@ -351,9 +355,16 @@ impl Session {
                 }
                 let mut kinds = [0; 3];
                 kinds[self.cur_kind as usize] = 1;
+                let scripted = class == Class::Read
+                    && self
+                        .input
+                        .args(req, start)
+                        .arg(0)
+                        .is_some_and(crate::command::runs_script);
                 let one = Batch {
                     want,
                     check,
+                    scripted,
                     len: req.len,
                     ..Batch::one(shard.id, node, primary, class == Class::Read, kinds)
                 };
@@ -424,6 +435,7 @@ impl Session {
                 }
             }
             Plan::Local(l) => self.local(l, req, start, shard, batch),
+            Plan::Interrupt(nodes) => self.interrupt(nodes, req, batch),
         }
     }
 
@@ -484,6 +496,7 @@ impl Session {
                 b.count += 1;
                 b.kinds[self.cur_kind as usize] += 1;
                 b.reads_only &= one.reads_only;
+                b.scripted |= one.scripted;
             }
             _ => {
                 self.flush(batch);
@@ -513,6 +526,7 @@ impl Session {
             primary,
             kinds,
             reads_only,
+            scripted,
             want,
             check,
             count,
@@ -536,9 +550,10 @@ impl Session {
         let mut sent = Sent::batch(shard, node, primary, bytes, reads_only);
         sent.want = want;
         sent.check = check;
+        sent.scripted = scripted;
         let now = Instant::now();
         sent.deadline = Some(now + self.ctx.timeout(reads_only));
-        sent.hedge_at = (reads_only && !primary).then(|| now + self.ctx.hedge_delay());
+        sent.hedge_at = (reads_only && !primary && !scripted).then(|| now + self.ctx.hedge_delay());
         self.queue.push(Entry {
             wait: Wait::Upstream(rx),
             count,

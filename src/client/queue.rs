@@ -57,6 +57,8 @@ pub(super) struct Sent {
     pub bytes: Option<Bytes>,
     /// Only reads: they may run again anywhere, even if they reached a node.
     pub reads_only: bool,
+    /// Holds a read-only script or function: never hedged, nor sent elsewhere after a timeout.
+    pub scripted: bool,
     /// The offsets measured around them.
     pub want: Want,
     /// They may be delivered only if they ran on data at least at this offset (the `ROLE` before them
@@ -86,6 +88,7 @@ impl Sent {
             primary,
             bytes: None,
             reads_only: false,
+            scripted: false,
             want: Want::NONE,
             check: None,
             failures: 0,

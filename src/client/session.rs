@@ -122,6 +122,8 @@ pub(super) struct Session {
     pub monitor: Option<tokio::sync::broadcast::Receiver<Bytes>>,
     /// The upstream client id of the dedicated connection last shown in the registry.
     pub shown_pinned: Option<u64>,
+    /// Its draw on the output budget all clients share.
+    charge: super::budget::Charge,
 }
 
 impl Drop for Session {
@@ -184,6 +186,7 @@ impl Session {
             tick_gate: WakeGate::default(),
             hedge: None,
             last_active: Instant::now(),
+            charge: ctx.budget.charge(id),
             ctx,
         }
     }
@@ -255,9 +258,18 @@ impl Session {
                 return Turn::End;
             }
         }
+        self.charge.set(self.out.len());
+        if self.charge.is_evicted() {
+            self.evicted();
+            return Turn::End;
+        }
+        // A closing session sends nothing more on its dedicated connection once its input is used up:
+        // what still holds the connection (a subscription whose confirmation is a RESP3 push not yet
+        // arrived, MULTI without EXEC, WATCH) waits for commands that will never come. Dropping the
+        // connection closes it, and Redis discards the transaction and the subscriptions.
         let done = self.flow.closing
             && self.queue.is_empty()
-            && self.pinned.is_none()
+            && (self.pinned.is_none() || self.input.is_empty())
             && self.flow.parked_since.is_none();
         self.publish();
         if self.flow.close_now || done {
@@ -318,6 +330,11 @@ impl Session {
             }
             // A line for MONITOR.
             line = super::monitor::next_line(&mut self.monitor) => self.out.push(line),
+            // The replies waiting for all clients passed the budget, and this client holds the most.
+            _ = self.charge.evicted() => {
+                self.evicted();
+                return false;
+            }
             // The oldest reply owed.
             outcome = self.queue.next(&mut self.topo_rx) => self.complete_front(outcome),
             // A read is at the front (has it been waiting too long?), or the client is idle (for too
@@ -360,6 +377,15 @@ impl Session {
         if streaming || self.queue.has_task() {
             self.flow.close_now = true;
         }
+    }
+
+    /// Says why the session ends: chosen to make room in the output budget.
+    fn evicted(&self) {
+        warn!(
+            pending = self.out.len(),
+            "client output among the largest past max_total_output_bytes, closing"
+        );
+        self.ctx.metrics.clients_evicted.inc();
     }
 
     /// The client just did something: its idle time starts again.

@@ -111,8 +111,7 @@ fn half_the_cores() -> usize {
 /// What one client may send and keep waiting, what it may be sent, and how many clients there may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ClientLimits {
-    /// The frame scanner's limits (`max_bulk_bytes`, `max_array_len`, `max_inline_bytes`,
-    /// `max_nesting_depth`).
+    /// The request scanner's limits (`max_bulk_bytes`, `max_array_len`, `max_inline_bytes`).
     pub scanner: Limits,
     /// `max_request_bytes`: 1 KiB to 8 GiB, and at least `max_bulk_bytes`.
     pub max_request_bytes: usize,
@@ -120,6 +119,8 @@ pub(super) struct ClientLimits {
     pub max_inflight: usize,
     /// `max_client_output_bytes`: up to 1 TiB; `None` for 0.
     pub max_output_bytes: Option<usize>,
+    /// `max_total_output_bytes`: up to 1 TiB; `None` for 0.
+    pub max_total_output_bytes: Option<usize>,
     /// `max_clients`: 1 to 10 million.
     pub max_clients: usize,
 }
@@ -131,12 +132,16 @@ impl ClientLimits {
         let bulk = n("max_bulk_bytes", raw.max_bulk_bytes, 1024..=4 << 30);
         let array = n("max_array_len", raw.max_array_len, 16..=i32::MAX as u64);
         let inline = n("max_inline_bytes", raw.max_inline_bytes, 64..=1 << 30);
-        let depth = n("max_nesting_depth", raw.max_nesting_depth, 2..=4096);
         let request = n("max_request_bytes", raw.max_request_bytes, 1024..=8 << 30);
         let inflight = n("max_client_inflight", raw.max_client_inflight, 1..=1 << 20);
         let output = n(
             "max_client_output_bytes",
             raw.max_client_output_bytes,
+            0..=1 << 40,
+        );
+        let total_output = n(
+            "max_total_output_bytes",
+            raw.max_total_output_bytes,
             0..=1 << 40,
         );
         let max_clients = n("max_clients", raw.max_clients, 1..=10_000_000);
@@ -153,11 +158,11 @@ impl ClientLimits {
                 max_bulk_bytes: bulk?.count(),
                 max_array_len: array?.count(),
                 max_inline_bytes: inline?.count(),
-                max_depth: depth?.count(),
             },
             max_request_bytes: request?.count(),
             max_inflight: inflight?.count(),
             max_output_bytes: output?.nonzero().map(Ranged::count),
+            max_total_output_bytes: total_output?.nonzero().map(Ranged::count),
             max_clients: max_clients?.count(),
         })
     }
@@ -188,6 +193,7 @@ mod tests {
         let raw = raw(Flags {
             client_idle_timeout_ms: Some(0),
             max_client_output_bytes: Some(0),
+            max_total_output_bytes: Some(0),
             ..Flags::default()
         });
         let mut problems = Vec::new();
@@ -195,6 +201,7 @@ mod tests {
         let limits = ClientLimits::parse(&raw, &mut problems).expect("valid");
         assert_eq!(timing.client_idle_timeout, None);
         assert_eq!(limits.max_output_bytes, None);
+        assert_eq!(limits.max_total_output_bytes, None);
     }
 
     #[test]

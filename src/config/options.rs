@@ -201,14 +201,16 @@ options! {
     admin_user: Vec<String> = Vec::new();
     /// Refresh the command table from the primary's COMMAND reply: true or false. Default true.
     refresh_commands: bool = true;
-    /// Largest bulk string in a request or reply, in bytes. Default 536870912 (512 MiB, as Redis).
+    /// Largest bulk string in a request, in bytes. Replies are held to it too, but never to less than
+    /// Redis's own 512 MiB. Default 536870912 (512 MiB, as Redis).
     max_bulk_bytes: u64 = 512 * 1024 * 1024;
     /// Most arguments in one request. Default 1048576.
     max_array_len: u64 = 1024 * 1024;
     /// Longest inline (telnet-style) command line, in bytes. Default 65536.
     max_inline_bytes: u64 = 64 * 1024;
-    /// Deepest nesting of aggregate replies. Default 128.
-    max_nesting_depth: u64 = 128;
+    /// Ignored, and accepted so that files written for earlier versions still load: replies are scanned
+    /// at any depth a server produces. Default none.
+    max_nesting_depth: u64;
     /// Most bytes a client may have sent that are not yet forwarded (one request must fit), in bytes.
     /// Default 1073741824 (1 GiB, as Redis's client-query-buffer-limit).
     max_request_bytes: u64 = 1024 * 1024 * 1024;
@@ -216,8 +218,12 @@ options! {
     /// Default 4096.
     max_client_inflight: u64 = 4096;
     /// Most reply bytes waiting for a client that does not read them; past it the client is
-    /// disconnected (Redis's client-output-buffer-limit). 0 disables the limit. Default 1073741824 (1 GiB).
-    max_client_output_bytes: u64 = 1024 * 1024 * 1024;
+    /// disconnected (Redis's client-output-buffer-limit). 0 disables the limit. Default 67108864 (64 MiB).
+    max_client_output_bytes: u64 = 64 * 1024 * 1024;
+    /// Most reply bytes waiting for clients that do not read them, over every client; past it the
+    /// clients holding the most are disconnected first until the rest fits (Redis's maxmemory-clients).
+    /// Output under 4 KiB per client is not counted. 0 disables the limit. Default 268435456 (256 MiB).
+    max_total_output_bytes: u64 = 256 * 1024 * 1024;
     /// Most client connections; past it a new client gets "-ERR max number of clients reached" and is
     /// closed. Default 10000.
     max_clients: u64 = 10_000;

@@ -82,6 +82,22 @@ proptest! {
     }
 
     #[test]
+    fn replies_nested_thousands_deep_split_anywhere_give_their_lengths(
+        replies in vec(deep_reply(), 1..4),
+        cuts in cuts(),
+    ) {
+        // Deeper than the oracle's recursion could go: the generated boundaries are the oracle.
+        let input: Vec<u8> = replies.concat();
+        let cuts = positions(&cuts, input.len());
+        let got = scan_replies(Limits::default(), &input, &cuts);
+        prop_assert_eq!(got.error, None);
+        prop_assert_eq!(got.consumed, input.len());
+        let lens: Vec<usize> = got.frames.iter().map(|(_, f)| f.len).collect();
+        let want: Vec<usize> = replies.iter().map(Bytes::len).collect();
+        prop_assert_eq!(lens, want);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_the_request_scanner_and_cuts_change_nothing(
         input in noise(),
         cuts in cuts(),
@@ -319,7 +335,6 @@ fn small_limits() -> Limits {
         max_bulk_bytes: 16,
         max_array_len: 8,
         max_inline_bytes: 32,
-        max_depth: 3,
     }
 }
 
@@ -481,6 +496,43 @@ fn resp3_reply() -> impl Strategy<Value = Bytes> {
             ]
         })
         .prop_map(Bytes::from)
+}
+
+/// One reply nested up to a few thousand levels deep, built from the inside out (no recursion): each level
+/// is an aggregate of any kind holding leaves around the level inside it, and runs of single-element
+/// arrays (what a Lua script's nested tables give) are common.
+fn deep_reply() -> impl Strategy<Value = Bytes> {
+    let level = (0u8..6, 0usize..3, 0usize..3);
+    let levels = prop_oneof![vec(level.clone(), 0..64), vec(level, 1000..3000)];
+    (levels, resp3_leaf()).prop_map(|(levels, leaf)| {
+        let mut reply = leaf;
+        for (kind, before, after) in levels {
+            let leaves = |n: usize| b"+x\r\n".repeat(n);
+            let (head, before, after) = match kind {
+                // Runs of single-element arrays, twice as likely as the rest.
+                0 | 1 => (b"*1".to_vec(), 0, 0),
+                2 => (
+                    format!("*{}", before + 1 + after).into_bytes(),
+                    before,
+                    after,
+                ),
+                3 => (
+                    format!(">{}", before + 1 + after).into_bytes(),
+                    before,
+                    after,
+                ),
+                // A map's value, after `before` whole pairs and a key.
+                4 => (format!("%{}", before + 1).into_bytes(), 2 * before + 1, 0),
+                // An attribute with `before + 1` pairs, decorating the level inside.
+                _ => (format!("|{}", before + 1).into_bytes(), 2 * (before + 1), 0),
+            };
+            let mut outer = [&head[..], b"\r\n", &leaves(before)].concat();
+            outer.extend_from_slice(&reply);
+            outer.extend_from_slice(&leaves(after));
+            reply = outer;
+        }
+        Bytes::from(reply)
+    })
 }
 
 /// Input for the robustness properties: raw bytes, or RESP-looking tokens that reach deep scanner states.

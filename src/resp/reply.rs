@@ -29,8 +29,11 @@ pub struct ReplyScanner {
     limits: Limits,
     /// Next unscanned byte of the current reply.
     at: usize,
-    /// Elements still missing in each open aggregate, innermost last.
-    open: Vec<u64>,
+    /// The open aggregates, innermost last, as runs: `(left, levels)` stands for `levels` nested
+    /// aggregates that each still miss `left` elements. Replies are scanned at any depth a server
+    /// produces (a Lua script's reply may nest thousands of levels): the run of single-element
+    /// aggregates such replies are made of takes one entry, and never more than one per level.
+    open: Vec<(u64, u64)>,
     /// Type of the current top-level reply, once known.
     kind: Option<u8>,
     /// No CR in the simple line at `at` before this offset, so that a long line arriving in pieces is
@@ -39,7 +42,7 @@ pub struct ReplyScanner {
 }
 
 impl ReplyScanner {
-    /// A scanner enforcing `limits` (bulk length and nesting depth).
+    /// A scanner enforcing `limits` (bulk and line length; nesting is not limited).
     pub fn new(limits: Limits) -> Self {
         ReplyScanner {
             limits,
@@ -123,17 +126,18 @@ impl ReplyScanner {
                             _ => n,
                         };
                         if elems > 0 {
-                            if self.open.len() >= self.limits.max_depth {
-                                return Err(Error::TooDeep(self.limits.max_depth));
+                            match self.open.last_mut() {
+                                Some((left, levels)) if *left == elems => *levels += 1,
+                                _ => self.open.push((elems, 1)),
                             }
-                            self.open.push(elems);
                             continue;
                         }
                     }
                 }
                 other => return Err(Error::UnknownType(char::from(other))),
             }
-            // One element finished: close every aggregate it completes.
+            // One element finished: close every aggregate it completes. A run of aggregates that each
+            // missed only this element closes whole, and its outermost is one element of the run below.
             loop {
                 match self.open.last_mut() {
                     None => {
@@ -145,8 +149,15 @@ impl ReplyScanner {
                         self.kind = None;
                         return Ok(Some(frame));
                     }
-                    Some(left) if *left > 1 => {
+                    Some((left, 1)) if *left > 1 => {
                         *left -= 1;
+                        break;
+                    }
+                    Some((left, levels)) if *left > 1 => {
+                        // Only the innermost level of the run took an element: it leaves the run.
+                        let rest = *left - 1;
+                        *levels -= 1;
+                        self.open.push((rest, 1));
                         break;
                     }
                     Some(_) => {
@@ -253,20 +264,63 @@ mod tests {
             max_bulk_bytes: 4,
             max_array_len: 4,
             max_inline_bytes: 4,
-            max_depth: 2,
         };
         let cases: &[&[u8]] = &[
             b"?\r\n",
             b"$x\r\n",
             b"$5\r\n",
             b"$1\r\nab\r\n",
-            b"*1\r\n*1\r\n*1\r\n",
             b"$?\r\n",
             b"%-1\r\n",
         ];
         for case in cases {
             let mut s = ReplyScanner::new(limits);
             assert!(s.scan(case).is_err(), "{:?}", String::from_utf8_lossy(case));
+        }
+    }
+
+    /// A Lua script may return a table nested thousands of levels deep, and Redis sends it. Found against
+    /// real Redis: at a limit of 128 levels, one such reply broke the connection it shared with other
+    /// clients, whose commands then failed as "may have run".
+    #[test]
+    fn replies_nest_at_any_depth_in_little_memory() {
+        let depth = 100_000;
+        let mut input = b"*1\r\n".repeat(depth);
+        input.extend_from_slice(b":1\r\n+OK\r\n");
+        let mut s = ReplyScanner::new(Limits::default());
+        assert_eq!(s.scan(&input[..input.len() / 2]), Ok(None));
+        assert!(s.open.len() <= 1, "one run, not one entry per level");
+        let got = s.scan(&input).expect("valid");
+        assert_eq!(got.map(|f| f.len), Some(depth * 4 + 4));
+    }
+
+    #[test]
+    fn deep_replies_of_every_aggregate_kind_resume_at_every_cut() {
+        // Each level holds a leaf, then the next level, then (for some) more leaves; maps and attributes
+        // count pairs, and an attribute precedes the value it decorates.
+        let mut reply = b":0\r\n".to_vec();
+        for level in 0..200 {
+            let (head, before, after): (&[u8], usize, usize) = match level % 5 {
+                0 => (b"*3", 1, 1),
+                1 => (b"%2", 1, 2),
+                2 => (b"*1", 0, 0),
+                3 => (b"|1", 2, 0),
+                _ => (b">2", 1, 0),
+            };
+            let mut outer = [head, b"\r\n"].concat();
+            outer.extend(b"+a\r\n".repeat(before));
+            outer.extend_from_slice(&reply);
+            outer.extend(b"$1\r\nb\r\n".repeat(after));
+            reply = outer;
+        }
+        let input = [&reply[..], b":7\r\n"].concat();
+        let got = frames(&input);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len, reply.len());
+        for cut in 0..reply.len() {
+            let mut s = ReplyScanner::new(Limits::default());
+            assert_eq!(s.scan(&input[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(s.scan(&input), Ok(Some(got[0])), "cut at {cut}");
         }
     }
 

@@ -400,7 +400,6 @@ mod tests {
             max_bulk_bytes: 10,
             max_array_len: 3,
             max_inline_bytes: 8,
-            max_depth: 4,
         };
         let cases: &[&[u8]] = &[
             b"*x\r\n",

@@ -30,6 +30,9 @@ pub enum Attempt<'a> {
 pub struct Batch {
     /// Only reads: they may run again anywhere.
     pub reads_only: bool,
+    /// Holds a read-only script or function: one still running after the deadline is not started on
+    /// another node (it would keep that node busy too; a script runs as long as it runs).
+    pub scripted: bool,
     /// Commands in it.
     pub count: u32,
     /// Its bytes are kept, so it can be sent again (batches on shared connections).
@@ -63,7 +66,7 @@ pub fn choose(attempt: Attempt<'_>, batch: Batch) -> Next {
             refused: false,
         },
         // A read that took too long may run elsewhere; a write that may be running may not.
-        Attempt::TimedOut if batch.reads_only => Next::Again {
+        Attempt::TimedOut if batch.reads_only && !batch.scripted => Next::Again {
             reached: true,
             refused: false,
         },
@@ -125,9 +128,24 @@ mod tests {
     fn batch(reads_only: bool, count: u32) -> Batch {
         Batch {
             reads_only,
+            scripted: false,
             count,
             resendable: true,
         }
+    }
+
+    #[test]
+    fn a_read_only_script_that_timed_out_is_not_started_elsewhere() {
+        let scripted = Batch {
+            scripted: true,
+            ..batch(true, 1)
+        };
+        assert_eq!(choose(Attempt::TimedOut, scripted), Next::Deliver);
+        // Lost on the way, it ran nowhere for long: another node may run it.
+        assert!(matches!(
+            choose(Attempt::Failed(&lost()), scripted),
+            Next::Again { .. }
+        ));
     }
 
     fn lost() -> Error {

@@ -13,7 +13,8 @@
 //! still saying `role:master`): every reachable node votes. A master votes for itself, a replica votes
 //! for the master it follows. The primary is the reachable master with the most votes, and only if no
 //! unreachable address gets more (the tree still follows a primary that is down: wait rather than guess).
-//! Ties go to the current primary, then to the larger replication offset.
+//! Ties go to the current primary, then to the larger replication offset. A node that answers `-BUSY` (a
+//! script running past `busy-reply-threshold`) is alive and votes as it last did.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -336,16 +337,26 @@ fn place_by_lineage(seen: &mut BTreeMap<Addr, Option<Seen>>) {
     }
 }
 
+/// What asking one address got.
+enum Asked {
+    /// What it said.
+    Seen(Option<Seen>),
+    /// `-BUSY`: a script or function runs there past `busy-reply-threshold`. It is alive, and what it
+    /// said last still holds: a script cannot change a node's role.
+    Busy,
+}
+
 /// Asks `addr` who it is and what it replicates.
-async fn ask(conn: &mut Control, map: &AddressMap) -> Option<Seen> {
+async fn ask(conn: &mut Control, map: &AddressMap) -> Asked {
     let mut text = String::new();
     for section in [&b"server"[..], b"replication"] {
         match call(conn, &[b"INFO", section]).await {
             Some(OwnedFrame::BulkString(b)) => text.push_str(&String::from_utf8_lossy(&b)),
-            _ => return None,
+            Some(OwnedFrame::Error(e)) if e.starts_with("BUSY") => return Asked::Busy,
+            _ => return Asked::Seen(None),
         }
     }
-    parse_info(&text, map)
+    Asked::Seen(parse_info(&text, map))
 }
 
 /// Runs static discovery until `cancel` fires.
@@ -360,6 +371,8 @@ pub async fn run(
     let mut known: Vec<Addr> = Vec::new();
     let mut conns: BTreeMap<Addr, Control> = BTreeMap::new();
     let mut missing: BTreeMap<Addr, u32> = BTreeMap::new();
+    // What each address said last, for one that answers BUSY now.
+    let mut last: BTreeMap<Addr, Seen> = BTreeMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -380,7 +393,13 @@ pub async fn run(
                 let conn = conns
                     .entry(addr.clone())
                     .or_insert_with(|| Control::new(topo.node(&addr)));
-                let info = ask(conn, &map).await;
+                let info = match ask(conn, &map).await {
+                    Asked::Seen(seen) => seen,
+                    Asked::Busy => last.get(&addr).cloned(),
+                };
+                if let Some(s) = &info {
+                    last.insert(addr.clone(), s.clone());
+                }
                 round.saw(addr, info);
             }
         }
@@ -405,6 +424,7 @@ pub async fn run(
         }
         topo.publish_if_changed(&decision);
         known = forget_long_gone(&round.seen, &seed_set, &mut missing, &mut conns);
+        last.retain(|a, _| known.contains(a));
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}

@@ -169,12 +169,24 @@ async fn probe_node(
         }
         let Some(c) = conn.as_mut() else { continue };
         let epoch = topo.next_epoch();
-        let Some(role) = ask_role(&node, c, timeout).await else {
-            conn = None;
-            continue;
+        let role = match ask_role(&node, c, timeout).await {
+            Asked::Role(role) => role,
+            // Alive, and keeping its role; the connection stays (ROLE is all it would refuse).
+            Asked::Busy => {
+                busy(&node, &topo);
+                continue;
+            }
+            Asked::Nothing => {
+                conn = None;
+                continue;
+            }
         };
         let at = Instant::now();
         node.repl.answered();
+        if node.repl.is_busy() {
+            info!(upstream = %node.addr, "node no longer busy");
+            node.repl.set_busy(false);
+        }
         let snapshot = topo.load();
         let shard = snapshot
             .shard_of(node.id)
@@ -253,23 +265,49 @@ async fn connect(
     }
 }
 
-/// Asks `ROLE`. `None` if the node did not answer within the timeout (frozen, overloaded, loading) or
-/// the link broke: it gets no reads until it answers again. A closed connection means the node is
-/// down; a timeout only that it is slow.
-async fn ask_role(node: &Node, c: &mut Dedicated, timeout: Duration) -> Option<Role> {
+/// What a probe's `ROLE` got.
+enum Asked {
+    /// The node's role.
+    Role(Role),
+    /// `-BUSY`: a script or function runs past `busy-reply-threshold`. The node is alive and keeps its
+    /// role; it answers nothing else until the script ends or is killed.
+    Busy,
+    /// No answer within the timeout (frozen, overloaded, loading, a script not yet past the threshold)
+    /// or the link broke.
+    Nothing,
+}
+
+/// Asks `ROLE`. A node that does not answer gets no reads until it answers again. A closed connection
+/// means the node is down; a timeout only that it is slow.
+async fn ask_role(node: &Node, c: &mut Dedicated, timeout: Duration) -> Asked {
     let (role, down) = match tokio::time::timeout(timeout, call(c, &[b"ROLE"])).await {
+        Ok(Some(OwnedFrame::Error(e))) if e.starts_with("BUSY") => return Asked::Busy,
         Ok(Some(frame)) => (Role::parse(&frame), false),
         Ok(None) => (None, true),
         Err(_) => (None, false),
     };
-    if role.is_none() {
+    let Some(role) = role else {
         if node.repl.is_eligible() {
             warn!(upstream = %node.addr, "replica stopped answering probes, taking it out of rotation");
         }
         node.set_eligibility(Why::NoAnswer);
         node.repl.unanswered(down);
+        return Asked::Nothing;
+    };
+    Asked::Role(role)
+}
+
+/// A node answered `-BUSY`: it is alive, and the primary stays the primary (`SCRIPT KILL` and
+/// `FUNCTION KILL` reach it through the proxy). A replica gets no reads: it would answer them BUSY.
+fn busy(node: &Node, topo: &Topo) {
+    node.repl.answered();
+    if !node.repl.is_busy() {
+        info!(upstream = %node.addr, "node busy running a script; it keeps its role");
     }
-    role
+    node.repl.set_busy(true);
+    if !topo.load().shard().is_primary(node.id) {
+        node.set_eligibility(Why::Busy);
+    }
 }
 
 /// What a replica's ROLE said, when.

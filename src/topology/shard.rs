@@ -90,6 +90,9 @@ pub struct ShardState {
     /// The primary's offset after the newest write acknowledged through this proxy: what a read must see
     /// in `global` consistency.
     acked: AtomicU64,
+    /// The last primary a snapshot named, kept while none is known: `SCRIPT KILL` and `SHUTDOWN` still
+    /// reach a primary that a script keeps too busy to answer discovery.
+    last_primary: arc_swap::ArcSwapOption<Node>,
 }
 
 impl ShardState {
@@ -119,6 +122,23 @@ impl ShardState {
         let h = self.history();
         let i = h.partition_point(|&(t, _)| t < then);
         h.get(i).or(h.back()).map(|&(_, o)| o)
+    }
+
+    /// Notes the primary a snapshot names.
+    pub fn set_last_primary(&self, primary: &Arc<Node>) {
+        let same = self
+            .last_primary
+            .load()
+            .as_ref()
+            .is_some_and(|p| p.id == primary.id);
+        if !same {
+            self.last_primary.store(Some(primary.clone()));
+        }
+    }
+
+    /// The last primary any snapshot named, even if the current one names none.
+    pub fn last_primary(&self) -> Option<Arc<Node>> {
+        self.last_primary.load_full()
     }
 
     /// Records the primary's offset at `at`.

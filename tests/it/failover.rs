@@ -727,3 +727,124 @@ async fn a_sentinel_switchover_waits_for_a_replica_only_the_sentinels_reach() {
     assert!(body.contains("127.0.0.1:1"), "{body}");
     assert_eq!(primary_addr(&proxy), Some(old));
 }
+
+/// After `FAILOVER TO`, the old primary replicates from the new one and the other replica still from the
+/// old primary: a chain. Found against real Redis: the next switchover without `?to=` chose the replica
+/// at the end of the chain, whose master is not the primary, and got 409 from Redis (the choice went by
+/// offset, and with offsets level to the last replica by address: the first switchover here makes that
+/// one the chained replica whenever the ports allow it).
+#[tokio::test]
+async fn switchovers_in_static_mode_go_on_working_after_the_first() {
+    let (cluster, proxy) = Cluster::builder().replicas(2).proxy().await;
+    let p = cluster.primary().addr();
+    let (a, b) = (cluster.replicas()[0].addr(), cluster.replicas()[1].addr());
+    let (low, high) = if a < b { (a, b) } else { (b, a) };
+    // Promote the lower replica: the higher one is left behind the demoted primary.
+    let first = if high > p { low } else { high };
+    let mut c = client(&proxy).await;
+    let mut primaries = vec![p];
+    for round in 0..4 {
+        let old = primary_addr(&proxy).expect("a primary");
+        let _: () = q(&mut c, &["SET", &format!("round{round}"), "1"]).await;
+        // Every node replicating, level with the primary.
+        wait_eligible(&proxy, 2).await;
+        eventually!("offsets level", {
+            let snapshot = proxy.topo.snapshot();
+            let primary = snapshot.primary().map(|n| n.repl.offset());
+            let level = snapshot
+                .replica_nodes()
+                .all(|n| Some(n.repl.offset()) == primary);
+            level
+        });
+        let path = match round {
+            0 => format!("/failover?to={first}"),
+            _ => "/failover".to_string(),
+        };
+        let (status, body) = http(proxy.admin, "POST", &path).await;
+        assert_eq!(status, 200, "round {round}: {body}");
+        let new = primary_addr(&proxy).expect("a primary");
+        assert_ne!(new, old, "round {round}");
+        primaries.push(new);
+    }
+    let last = primary_addr(&proxy).expect("a primary");
+    let server = if last == cluster.primary().addr() {
+        cluster.primary()
+    } else {
+        &cluster.replicas()[cluster.replica_at(&last).expect("a former replica")]
+    };
+    let rounds: Vec<String> = (0..4).map(|r| format!("round{r}")).collect();
+    assert_all_present(server, &rounds).await;
+    eprintln!("MEASURED static switchovers: {primaries:?}");
+}
+
+/// The proxy's node for the replica at `addr`, if the topology lists one there.
+fn replica_node_opt(
+    p: &redsplit::Proxy,
+    addr: &redsplit::config::Addr,
+) -> Option<Arc<redsplit::upstream::Node>> {
+    p.topo
+        .snapshot()
+        .replica_nodes()
+        .find(|n| &n.addr == addr)
+        .cloned()
+}
+
+/// Right after a sentinel switchover the old primary still says it is a master until Sentinel converts
+/// it (8 s and more): it cannot catch up, and Sentinel could still choose it. Found against real Redis:
+/// the next switchover held every write 5 s waiting for it, then answered 504. It must not hold writes
+/// for a replica that is not replicating: it says so at once, and works once Sentinel has caught up.
+#[tokio::test]
+async fn a_sentinel_switchover_right_after_another_holds_no_write_for_the_demoted_primary() {
+    let (cluster, proxy) = Cluster::builder().replicas(2).sentinels(3).proxy().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(proxy.listen, 2, stop.clone());
+    eventually!(
+        "writes flowing",
+        calls(cluster.primary(), "set").await > 200
+    );
+    let (status, body) = http(proxy.admin, "POST", "/failover").await;
+    assert_eq!(status, 200, "{body}");
+    let first = primary_addr(&proxy).expect("a primary");
+    let old = cluster.primary().addr();
+    eventually!(
+        "the topology lists the demoted primary among the replicas",
+        replica_node_opt(&proxy, &old).is_some()
+    );
+    // Until Sentinel has converted the old primary, every call is refused without holding writes.
+    let started = Instant::now();
+    let mut refused = Vec::new();
+    let second = loop {
+        let asked = Instant::now();
+        let (status, body) = http(proxy.admin, "POST", "/failover").await;
+        if status == 200 {
+            break body;
+        }
+        assert_eq!(status, 409, "{body} after {:?}", asked.elapsed());
+        assert!(body.contains(&old.to_string()), "{body}");
+        refused.push(asked..Instant::now());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still refused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let Writes { errors, ok_at, .. } = stop_writers(&stop, writers).await;
+    assert!(errors.is_empty(), "no write failed: {errors:?}");
+    // While refused, writes went on: no gap anywhere near the 5 s the switchover used to hold them.
+    let until = refused.last().map_or(started, |w| w.end);
+    let mut times = vec![started, until];
+    times.extend(ok_at.into_iter().filter(|t| *t > started && *t < until));
+    times.sort();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    assert!(gap < Duration::from_secs(3), "writes stalled {gap:?}");
+    assert_ne!(primary_addr(&proxy), Some(first));
+    eprintln!(
+        "MEASURED second sentinel switchover: refused {} times, then {second} after {:?}",
+        refused.len(),
+        started.elapsed()
+    );
+}

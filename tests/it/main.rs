@@ -34,6 +34,7 @@ mod protocol;
 mod regressions;
 mod reload;
 mod routing;
+mod scripts;
 mod session;
 mod tls;
 mod tools;

@@ -283,3 +283,60 @@ async fn shard_subscribers_receive_messages_and_can_leave() {
     raw.send(&resp(&["GET", "x"])).await;
     raw.expect(b"$-1\r\n").await;
 }
+
+/// The primary's client connections whose `CLIENT LIST` line contains `what`.
+async fn upstream_clients(cluster: &Cluster, what: &str) -> usize {
+    let mut d = direct(cluster.primary()).await;
+    let list: String = q(&mut d, &["CLIENT", "LIST"]).await;
+    list.lines().filter(|l| l.contains(what)).count()
+}
+
+#[tokio::test]
+async fn a_resp3_subscriber_that_hangs_up_at_once_leaves_no_subscription_upstream() {
+    let (cluster, proxy) = Cluster::builder().proxy().await;
+    let mut d = direct(cluster.primary()).await;
+    for i in 0..5 {
+        let channel = format!("gone{i}");
+        let mut raw = Raw::connect(&proxy).await;
+        raw.send(&resp(&["HELLO", "3"])).await;
+        let _ = raw.frame().await;
+        // Hangs up before the confirmation push can arrive.
+        raw.send(&resp(&["SUBSCRIBE", &channel])).await;
+        drop(raw);
+        eventually!(
+            "the subscription reached the primary",
+            calls(cluster.primary(), "subscribe").await > i
+        );
+        eventually!(format!("nobody subscribed to {channel}"), {
+            let numsub: (String, i64) = q(&mut d, &["PUBSUB", "NUMSUB", &channel]).await;
+            numsub.1 == 0
+        });
+        assert_eq!(q::<i64>(&mut d, &["PUBLISH", &channel, "m"]).await, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_inside_multi_or_watch_leaves_no_connection_upstream() {
+    let (cluster, proxy) = Cluster::builder().proxy().await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut out = resp(&["MULTI"]);
+    out.extend(resp(&["SET", "k", "v"]));
+    raw.send(&out).await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n").await;
+    drop(raw);
+    // Redis flags a connection inside MULTI with `x`.
+    eventually!(
+        "no connection left inside MULTI",
+        upstream_clients(&cluster, "flags=x").await == 0
+    );
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&["WATCH", "k"])).await;
+    raw.expect(b"+OK\r\n").await;
+    drop(raw);
+    eventually!(
+        "no connection left watching",
+        upstream_clients(&cluster, "cmd=watch").await == 0
+    );
+    let mut d = direct(cluster.primary()).await;
+    assert_eq!(q::<Option<String>>(&mut d, &["GET", "k"]).await, None);
+}
