@@ -239,9 +239,8 @@ mod tests {
     #[test]
     fn a_batch_without_its_bytes_is_delivered_as_it_is() {
         let b = Batch {
-            reads_only: true,
-            count: 1,
             resendable: false,
+            ..batch(true, 1)
         };
         assert_eq!(choose(Attempt::TimedOut, b), Next::Deliver);
     }
