@@ -116,6 +116,13 @@ impl Session {
             resendable: sent.bytes.is_some(),
         };
         let retry::Next::Again { reached, refused } = retry::choose(attempt, batch) else {
+            // A read not to be run again (a read-only script) that timed out says so.
+            let outcome = match outcome {
+                Outcome::TimedOut if sent.reads_only => {
+                    Outcome::Bytes(ClientError::ReadTimedOut.frames(count))
+                }
+                other => other,
+            };
             return self.deliver_front(outcome);
         };
         let refusal = match (&outcome, refused) {

@@ -164,19 +164,32 @@ async fn probe_node(
         }
         let limits = **cfg.limits.load();
         let timeout = probe_timeout(cfg.interval, &limits);
-        if conn.is_none() {
+        // A connection the node closed while idle (`CLIENT KILL`, its `timeout`) says nothing about the
+        // node: a fresh one does.
+        if conn.as_ref().is_some_and(|c| !c.is_alive()) {
+            conn = None;
+        }
+        let fresh = conn.is_none();
+        if fresh {
             conn = connect(&node, &topo, &table, &cfg, timeout).await;
         }
         let Some(c) = conn.as_mut() else { continue };
         let epoch = topo.next_epoch();
-        let role = match ask_role(&node, c, timeout).await {
+        let mut asked = ask_role(&node, c, timeout, !fresh).await;
+        if matches!(asked, Asked::Cut) {
+            // Cut under the question: ask once more on a fresh connection before calling it down.
+            conn = connect(&node, &topo, &table, &cfg, timeout).await;
+            let Some(c) = conn.as_mut() else { continue };
+            asked = ask_role(&node, c, timeout, false).await;
+        }
+        let role = match asked {
             Asked::Role(role) => role,
             // Alive, and keeping its role; the connection stays (ROLE is all it would refuse).
             Asked::Busy => {
                 busy(&node, &topo);
                 continue;
             }
-            Asked::Nothing => {
+            Asked::Nothing | Asked::Cut => {
                 conn = None;
                 continue;
             }
@@ -275,14 +288,18 @@ enum Asked {
     /// No answer within the timeout (frozen, overloaded, loading, a script not yet past the threshold)
     /// or the link broke.
     Nothing,
+    /// A connection used before closed under the question (`CLIENT KILL`): nothing is known yet.
+    Cut,
 }
 
 /// Asks `ROLE`. A node that does not answer gets no reads until it answers again. A closed connection
-/// means the node is down; a timeout only that it is slow.
-async fn ask_role(node: &Node, c: &mut Dedicated, timeout: Duration) -> Asked {
+/// means the node is down (a fresh one; one used before may just have been cut: `reused`, then
+/// [`Asked::Cut`] and nothing marked); a timeout only that it is slow.
+async fn ask_role(node: &Node, c: &mut Dedicated, timeout: Duration, reused: bool) -> Asked {
     let (role, down) = match tokio::time::timeout(timeout, call(c, &[b"ROLE"])).await {
         Ok(Some(OwnedFrame::Error(e))) if e.starts_with("BUSY") => return Asked::Busy,
         Ok(Some(frame)) => (Role::parse(&frame), false),
+        Ok(None) if reused => return Asked::Cut,
         Ok(None) => (None, true),
         Err(_) => (None, false),
     };

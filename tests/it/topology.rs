@@ -218,3 +218,69 @@ async fn a_replica_600ms_behind_gets_reads_under_a_2000ms_limit() {
     eprintln!("MEASURED delayed replica lag {lag} ms, reads on it under a 2000 ms limit: {reads}");
     assert!(reads > 250, "most of 300 reads on the replica, got {reads}");
 }
+
+/// `CLIENT KILL TYPE normal` on the primary closes every connection the proxy has there (shared, probe,
+/// discovery). A lost connection is not a dead node: the proxy reconnects and asks again, and the
+/// primary stays published. (It published "no primary" for about 0.9 s after each kill, and writes
+/// waited.)
+#[tokio::test]
+async fn killing_the_proxys_connections_on_the_primary_is_not_taken_for_a_dead_primary() {
+    let (cluster, proxy) = Cluster::builder().replicas(1).proxy().await;
+    let primary = cluster.primary().addr();
+    eventually!(
+        "primary published",
+        proxy.topo.snapshot().primary().is_some()
+    );
+    // Every snapshot the proxy publishes without a primary.
+    let stop = Arc::new(AtomicBool::new(false));
+    let without = {
+        let (topo, stop) = (proxy.topo.clone(), stop.clone());
+        let mut changes = topo.subscribe();
+        tokio::spawn(async move {
+            let mut without = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let changed =
+                    tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+                if matches!(changed, Ok(Err(_))) {
+                    break;
+                }
+                if changed.is_ok() && topo.snapshot().primary().is_none() {
+                    without += 1;
+                }
+            }
+            without
+        })
+    };
+    // A writer whose slowest successful write shows any hold.
+    let writer = {
+        let (addr, stop) = (proxy.listen, stop.clone());
+        tokio::spawn(async move {
+            let mut c = client_at(addr).await;
+            let (mut slowest, mut ok) = (Duration::ZERO, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                // A write on a killed connection may fail ("may have run"); that is the kill's doing.
+                if try_q(&mut c, &["INCR", "killed"]).await.is_ok() {
+                    slowest = slowest.max(started.elapsed());
+                    ok += 1;
+                }
+            }
+            (slowest, ok)
+        })
+    };
+    let mut d = direct(cluster.primary()).await;
+    for _ in 0..5 {
+        let killed: i64 = q(&mut d, &["CLIENT", "KILL", "TYPE", "normal"]).await;
+        assert!(killed > 0, "the proxy had connections on {primary}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let without = without.await.expect("watcher");
+    let (slowest, ok) = writer.await.expect("writer");
+    assert_eq!(without, 0, "snapshots published without a primary");
+    assert!(ok > 50, "{ok} writes acknowledged");
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a write waited {slowest:?}"
+    );
+}
