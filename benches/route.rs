@@ -137,6 +137,7 @@ fn policy(consistency: Consistency) -> Policy {
         consistency,
         fallback: Fallback::Primary,
         max_lag: Duration::from_secs(1),
+        patience: Duration::from_secs(1),
     }
 }
 

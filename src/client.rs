@@ -229,6 +229,7 @@ impl Context {
             consistency: self.consistency,
             fallback: self.fallback,
             max_lag: self.lag.load().max_lag,
+            patience: self.read_timeout,
         }
     }
 

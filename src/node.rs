@@ -276,6 +276,13 @@ impl ReplState {
         since != 0 && since_start_ms().saturating_sub(since) > window.as_millis() as u64
     }
 
+    /// How long the node has been silent: since the first probe that failed gave up (a lower bound).
+    /// `None` while it answers.
+    pub fn silent_for(&self) -> Option<Duration> {
+        let since = self.silent_since_ms.load(Ordering::Relaxed);
+        (since != 0).then(|| Duration::from_millis(since_start_ms().saturating_sub(since)))
+    }
+
     /// True if a probe got an answer within `window` and none failed since.
     pub fn answered_within(&self, window: Duration) -> bool {
         let last = self.last_answer_ms.load(Ordering::Relaxed);

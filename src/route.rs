@@ -76,6 +76,9 @@ pub struct Policy {
     pub fallback: Fallback,
     /// No read is served from data older than this.
     pub max_lag: std::time::Duration,
+    /// How long the primary may have been silent before a read only it may serve fails at once instead
+    /// of waiting on it (`read_timeout_ms`: the wait a read would get).
+    pub patience: std::time::Duration,
 }
 
 /// Where one command goes.
@@ -119,6 +122,12 @@ pub enum Plan {
     Hold,
     /// Nowhere: a read with `fallback = "error"` and no replica to serve it.
     Refuse(PrimaryReason),
+    /// Nowhere: a read only the primary may serve (no replica within the lag limit, or none has what
+    /// the session saw), and the primary has answered no probe for longer than the read would wait
+    /// (frozen, stalled by a fork, or cut off). Its replicas cannot stand in: the proxy cannot tell a
+    /// frozen primary from one that others still write to, so their data may be older than the lag
+    /// limit. The read fails at once, saying so, rather than waiting on a node that is not answering.
+    Silent(std::time::Duration),
 }
 
 /// Why a write cannot go to a primary now.
@@ -176,7 +185,10 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
                 check,
             },
             ReadTarget::Primary(reason) => match &shard.primary {
-                Some(p) => on_primary(p, Some(reason)),
+                Some(p) => match p.repl.silent_for() {
+                    Some(silent) if silent > policy.patience => Plan::Silent(silent),
+                    _ => on_primary(p, Some(reason)),
+                },
                 None => Plan::Hold,
             },
             ReadTarget::Refuse(reason) => Plan::Refuse(reason),
@@ -236,6 +248,7 @@ mod tests {
         consistency: Consistency::Session,
         fallback: Fallback::Primary,
         max_lag: std::time::Duration::from_secs(1),
+        patience: std::time::Duration::from_secs(1),
     };
 
     fn is_primary(plan: &Plan) -> bool {
@@ -334,5 +347,40 @@ mod tests {
             plan(Class::Read, &mut reads, t.shard(), &strict),
             Plan::Refuse(PrimaryReason::Lag)
         ));
+    }
+
+    #[test]
+    fn a_read_only_a_silent_primary_may_serve_fails_at_once() {
+        let (_, t) = shard(true);
+        let mut reads = ReadState::default();
+        let primary = t.primary().expect("a primary").clone();
+        // One failed probe: the primary is silent, not yet for longer than a read would wait.
+        primary.repl.unanswered(false);
+        let patient = Policy {
+            patience: std::time::Duration::from_secs(3600),
+            ..SESSION
+        };
+        assert!(is_primary(&plan(
+            Class::Read,
+            &mut reads,
+            t.shard(),
+            &patient
+        )));
+        let impatient = Policy {
+            patience: std::time::Duration::ZERO,
+            ..SESSION
+        };
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(matches!(
+            plan(Class::Read, &mut reads, t.shard(), &impatient),
+            Plan::Silent(_)
+        ));
+        // Writes are not reads: they go to it (and wait for `write_timeout_ms`).
+        assert!(is_primary(&plan(
+            Class::Primary,
+            &mut reads,
+            t.shard(),
+            &impatient
+        )));
     }
 }

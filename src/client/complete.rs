@@ -346,7 +346,13 @@ impl Session {
             // its own error (waiting would turn it into a late hold error).
             Later::Unknown if reads_only => return Resend::GiveUp,
             Later::Unknown => None,
-            Later::None => self.resend_target(shard, reads_only, failed.as_ref().map(|n| n.id)),
+            Later::None => {
+                match self.resend_target(shard, reads_only, failed.as_ref().map(|n| n.id)) {
+                    Some(target) => target,
+                    // Only a primary silent past a read's patience may serve it: the read fails now.
+                    None => return Resend::GiveUp,
+                }
+            }
         };
         let Some(entry) = self.queue.front_mut() else {
             return Resend::GiveUp;
@@ -461,6 +467,7 @@ impl Session {
         }
         let Some((node, primary, check)) = self
             .resend_target(shard, true, Some(slow.id))
+            .flatten()
             .filter(|(n, _, _)| n.id != slow.id)
         else {
             return;
@@ -481,22 +488,31 @@ impl Session {
     }
 
     /// Where a batch goes again: reads wherever the router allows but the node `avoid` that failed them,
-    /// writes to the node writes go to now (if any).
+    /// writes to the node writes go to now. `Some(None)`: nowhere yet (the batch is held); `None`: a
+    /// read only a primary silent past its patience may serve, which fails now.
     fn resend_target(
         &mut self,
         shard: &Shard,
         reads_only: bool,
         avoid: Option<u64>,
-    ) -> Option<(Arc<Node>, bool, Option<u64>)> {
+    ) -> Option<Option<Target>> {
         if !reads_only {
-            return route::writer(shard).ok().map(|p| (p.clone(), true, None));
+            return Some(route::writer(shard).ok().map(|p| (p.clone(), true, None)));
         }
         let policy = self.ctx.policy();
         let reads = self.state.reads.shard(shard.id);
-        match reads.route_avoiding(shard, &policy, avoid) {
+        Some(match reads.route_avoiding(shard, &policy, avoid) {
             ReadTarget::Replica { node, check, .. } => Some((node, false, check)),
-            ReadTarget::Primary(_) => shard.primary.clone().map(|p| (p, true, None)),
+            ReadTarget::Primary(_) => match &shard.primary {
+                // As `route::plan` does for a new read (`Plan::Silent`).
+                Some(p) if p.repl.silent_for().is_some_and(|s| s > policy.patience) => return None,
+                p => p.clone().map(|p| (p, true, None)),
+            },
             ReadTarget::Refuse(_) => None,
-        }
+        })
     }
 }
+
+/// A node to send a batch to again: the node, whether it is the primary, and the offset its reads must be
+/// shown to have seen.
+type Target = (Arc<Node>, bool, Option<u64>);

@@ -374,6 +374,9 @@ impl Session {
                 self.flush(batch);
                 self.park(req)
             }
+            Plan::Silent(silent) => {
+                self.reply_local(batch, req, ClientError::PrimarySilent(silent).frame())
+            }
             Plan::Refuse(reason) => {
                 self.reply_local(batch, req, ClientError::NoReplica(reason).frame())
             }

@@ -27,6 +27,8 @@ pub enum ClientError<'a> {
     NoReplica(PrimaryReason),
     /// No primary is known.
     NoPrimary,
+    /// A read only the primary may serve, which has been silent this long.
+    PrimarySilent(std::time::Duration),
     /// A command the proxy cannot follow inside MULTI.
     InMulti(&'a str),
     /// A read timed out on every node it was tried on.
@@ -83,6 +85,12 @@ impl ClientError<'_> {
                 format!("ERR redsplit: no replica can serve this read ({reason:?}) and fallback is \"error\"")
             }
             ClientError::NoPrimary => "MASTERDOWN redsplit: no primary is known".into(),
+            ClientError::PrimarySilent(silent) => format!(
+                "ERR redsplit: no replica is known to be fresh enough for this read (max_lag_ms, or what \
+                 this connection wrote or read) and the primary has not answered for {} ms (frozen or \
+                 unreachable); the read was not run",
+                silent.as_millis()
+            ),
             ClientError::InMulti(cmd) => {
                 format!("ERR redsplit: {cmd} is not supported inside MULTI")
             }

@@ -388,6 +388,7 @@ mod tests {
             consistency,
             fallback,
             max_lag: Duration::from_secs(1),
+            patience: Duration::from_secs(1),
         }
     }
 

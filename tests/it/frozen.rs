@@ -215,3 +215,88 @@ async fn more_sets(server: &Server, n: u64) {
         calls(server, "set").await >= start + n
     );
 }
+
+/// Readers (eventual and session) while the primary is frozen for 3 s, shorter than Sentinel's
+/// down-after (no failover): how many reads succeeded, the errors, and the slowest read.
+async fn reads_during_a_frozen_primary(session: bool) -> (u64, Vec<String>, Duration) {
+    let mut b = Cluster::builder()
+        .replicas(2)
+        .sentinels(3)
+        .down_after_ms(20_000);
+    if !session {
+        b = b.eventual();
+    }
+    let (cluster, proxy) = b.proxy().await;
+    let mut setup = client(&proxy).await;
+    let _: () = q(&mut setup, &["SET", "k", "v"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, addr) = (stop.clone(), proxy.listen);
+            tokio::spawn(async move {
+                let mut c = client_at(addr).await;
+                let (mut n, mut errors, mut slowest) = (0u64, Vec::new(), Duration::ZERO);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = Instant::now();
+                    match try_q(&mut c, &["GET", "k"]).await {
+                        Ok(_) => n += 1,
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                    slowest = slowest.max(started.elapsed());
+                }
+                (n, errors, slowest)
+            })
+        })
+        .collect();
+    cluster.primary().signal("STOP").expect("SIGSTOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.primary().signal("CONT").expect("SIGCONT");
+    let (mut n, mut errors, mut slowest) = (0, Vec::new(), Duration::ZERO);
+    // Reads flow again once it answers.
+    let mut after = client(&proxy).await;
+    eventually!(
+        "reads succeed after the thaw",
+        try_q(&mut after, &["GET", "k"]).await.is_ok()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        let (rn, re, rs) = r.await.expect("reader");
+        n += rn;
+        errors.extend(re);
+        slowest = slowest.max(rs);
+    }
+    eprintln!(
+        "MEASURED frozen primary, session={session}: {n} reads, {} errors, slowest {slowest:?}",
+        errors.len()
+    );
+    (n, errors, slowest)
+}
+
+/// The primary frozen (SIGSTOP: a VM pause, a slow fork) for 3 s, longer than the lag limit. Replicas
+/// serve reads while within the lag limit counted from the primary's last answer; after that no node
+/// may serve them (a frozen primary cannot be told from one cut off from the proxy that others still
+/// write to), and each read fails at once saying why, rather than waiting on the frozen primary.
+/// Before: reads went to the frozen primary and waited there until it thawed or they timed out.
+#[tokio::test]
+async fn reads_fail_fast_and_clearly_while_the_primary_is_frozen_past_the_lag_limit() {
+    for session in [false, true] {
+        let (n, errors, slowest) = reads_during_a_frozen_primary(session).await;
+        assert!(n > 500, "session={session}: {n} reads");
+        // A read sent to the primary in the moment before it counts as silent waits for the timeout
+        // (1 s of silence); none waits longer.
+        assert!(
+            slowest < Duration::from_millis(1500),
+            "session={session}: a read took {slowest:?}"
+        );
+        let unclear: Vec<&String> = errors
+            .iter()
+            .filter(|e| !e.contains("has not answered for") && !e.contains("read timed out"))
+            .collect();
+        assert!(unclear.is_empty(), "session={session}: {unclear:?}");
+        let timed_out = errors.iter().filter(|e| e.contains("timed out")).count();
+        assert!(
+            timed_out <= 4,
+            "session={session}: {timed_out} reads waited for a timeout"
+        );
+    }
+}
