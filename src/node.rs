@@ -276,11 +276,14 @@ impl ReplState {
         since != 0 && since_start_ms().saturating_sub(since) > window.as_millis() as u64
     }
 
-    /// How long the node has been silent: since the first probe that failed gave up (a lower bound).
-    /// `None` while it answers.
-    pub fn silent_for(&self) -> Option<Duration> {
+    /// How long the node has been silent without being down: since the first probe that failed gave up
+    /// (a lower bound), while it times out rather than refusing or closing connections (frozen,
+    /// stalled, or cut off by the network). `None` while it answers, or if it is down for certain (a
+    /// failover is then what comes next).
+    pub fn stalled_for(&self) -> Option<Duration> {
         let since = self.silent_since_ms.load(Ordering::Relaxed);
-        (since != 0).then(|| Duration::from_millis(since_start_ms().saturating_sub(since)))
+        (since != 0 && !self.is_down())
+            .then(|| Duration::from_millis(since_start_ms().saturating_sub(since)))
     }
 
     /// True if a probe got an answer within `window` and none failed since.

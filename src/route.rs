@@ -123,8 +123,9 @@ pub enum Plan {
     /// Nowhere: a read with `fallback = "error"` and no replica to serve it.
     Refuse(PrimaryReason),
     /// Nowhere: a read only the primary may serve (no replica within the lag limit, or none has what
-    /// the session saw), and the primary has answered no probe for longer than the read would wait
-    /// (frozen, stalled by a fork, or cut off). Its replicas cannot stand in: the proxy cannot tell a
+    /// the session saw), and the primary has answered no probe for longer than the read would wait,
+    /// timing out rather than refusing connections (frozen, stalled by a fork, or cut off; one that
+    /// refuses them is down, and the read waits for the failover). Its replicas cannot stand in: the proxy cannot tell a
     /// frozen primary from one that others still write to, so their data may be older than the lag
     /// limit. The read fails at once, saying so, rather than waiting on a node that is not answering.
     Silent(std::time::Duration),
@@ -185,7 +186,7 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
                 check,
             },
             ReadTarget::Primary(reason) => match &shard.primary {
-                Some(p) => match p.repl.silent_for() {
+                Some(p) => match p.repl.stalled_for() {
                     Some(silent) if silent > policy.patience => Plan::Silent(silent),
                     _ => on_primary(p, Some(reason)),
                 },
@@ -378,6 +379,15 @@ mod tests {
         // Writes are not reads: they go to it (and wait for `write_timeout_ms`).
         assert!(is_primary(&plan(
             Class::Primary,
+            &mut reads,
+            t.shard(),
+            &impatient
+        )));
+        // A primary that refuses connections is down: a failover comes, and the read goes on to wait
+        // for it as before (sent, failed, held).
+        primary.repl.unanswered(true);
+        assert!(is_primary(&plan(
+            Class::Read,
             &mut reads,
             t.shard(),
             &impatient

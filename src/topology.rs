@@ -300,7 +300,11 @@ impl Topo {
                 .expect("node registry lock is never poisoned")
                 .values()
             {
-                if n.id != p.id && n.is_primary() {
+                // The same process under another address (an alias discovery chose this round) is
+                // not a former primary.
+                let run_id = |n: &Node| n.identity().map(|i| i.run_id);
+                let same_process = run_id(n).is_some() && run_id(n) == run_id(p);
+                if n.id != p.id && n.is_primary() && !same_process {
                     n.set_primary(false);
                 }
             }

@@ -24,6 +24,8 @@ enum Resend {
     Held,
     /// No more tries: deliver the failure.
     GiveUp,
+    /// No more tries: only the primary may serve the read, and it has been silent this long.
+    Silent(std::time::Duration),
 }
 
 /// Failures of one read batch on nodes it reached before its failure is delivered: one retry. A read
@@ -68,7 +70,8 @@ impl Session {
                         return self.deliver_front(Outcome::Bytes(e));
                     }
                     Outcome::TimedOut => {
-                        node.record_failure();
+                        // Not counted toward taking the node out of rotation: a write may run long
+                        // (a script, a pause) on a node that is fine.
                         node.metrics.load().error(BackendError::Timeout);
                         self.ctx.topo.request_refresh();
                         let ms = self.ctx.write_timeout.as_millis() as u64;
@@ -132,6 +135,12 @@ impl Session {
         let behind = matches!(attempt, retry::Attempt::Behind);
         let outcome = match self.resend_front(reached, refusal, behind) {
             Resend::Sent | Resend::Held => return,
+            Resend::Silent(silent) => {
+                Outcome::Bytes(ClientError::PrimarySilent(silent).frames(count))
+            }
+            // A read that ran on data older than it must see is never delivered, even when it cannot
+            // go anywhere else (a later write of the session already ran, or no node qualifies).
+            Resend::GiveUp if behind => Outcome::Bytes(ClientError::NotFresh.frames(count)),
             Resend::GiveUp => match outcome {
                 Outcome::Wake => {
                     let refused = self
@@ -348,9 +357,9 @@ impl Session {
             Later::Unknown => None,
             Later::None => {
                 match self.resend_target(shard, reads_only, failed.as_ref().map(|n| n.id)) {
-                    Some(target) => target,
+                    Ok(target) => target,
                     // Only a primary silent past a read's patience may serve it: the read fails now.
-                    None => return Resend::GiveUp,
+                    Err(silent) => return Resend::Silent(silent),
                 }
             }
         };
@@ -467,6 +476,7 @@ impl Session {
         }
         let Some((node, primary, check)) = self
             .resend_target(shard, true, Some(slow.id))
+            .ok()
             .flatten()
             .filter(|(n, _, _)| n.id != slow.id)
         else {
@@ -488,25 +498,28 @@ impl Session {
     }
 
     /// Where a batch goes again: reads wherever the router allows but the node `avoid` that failed them,
-    /// writes to the node writes go to now. `Some(None)`: nowhere yet (the batch is held); `None`: a
-    /// read only a primary silent past its patience may serve, which fails now.
+    /// writes to the node writes go to now. `Ok(None)`: nowhere yet (the batch is held); `Err`: a read
+    /// only a primary silent past its patience may serve (silent this long), which fails now.
     fn resend_target(
         &mut self,
         shard: &Shard,
         reads_only: bool,
         avoid: Option<u64>,
-    ) -> Option<Option<Target>> {
+    ) -> Result<Option<Target>, std::time::Duration> {
         if !reads_only {
-            return Some(route::writer(shard).ok().map(|p| (p.clone(), true, None)));
+            return Ok(route::writer(shard).ok().map(|p| (p.clone(), true, None)));
         }
         let policy = self.ctx.policy();
         let reads = self.state.reads.shard(shard.id);
-        Some(match reads.route_avoiding(shard, &policy, avoid) {
+        Ok(match reads.route_avoiding(shard, &policy, avoid) {
             ReadTarget::Replica { node, check, .. } => Some((node, false, check)),
             ReadTarget::Primary(_) => match &shard.primary {
                 // As `route::plan` does for a new read (`Plan::Silent`).
-                Some(p) if p.repl.silent_for().is_some_and(|s| s > policy.patience) => return None,
-                p => p.clone().map(|p| (p, true, None)),
+                Some(p) => match p.repl.stalled_for() {
+                    Some(silent) if silent > policy.patience => return Err(silent),
+                    _ => Some((p.clone(), true, None)),
+                },
+                None => None,
             },
             ReadTarget::Refuse(_) => None,
         })

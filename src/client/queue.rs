@@ -301,6 +301,15 @@ impl Queue {
                 None => std::future::pending().await,
             },
             Wait::Upstream(rx) if write => {
+                // Already replaced (a write queued behind the one that took the topology change).
+                let replaced = entry
+                    .sent
+                    .as_ref()
+                    .and_then(|s| s.node.as_ref())
+                    .is_some_and(|n| !n.is_primary());
+                if replaced {
+                    return Outcome::Wake;
+                }
                 let r = tokio::select! {
                     r = &mut *rx => r,
                     Ok(()) = topo.changed() => return Outcome::Wake,

@@ -29,6 +29,8 @@ pub enum ClientError<'a> {
     NoPrimary,
     /// A read only the primary may serve, which has been silent this long.
     PrimarySilent(std::time::Duration),
+    /// A read that ran on data older than it must see, with nowhere else to go.
+    NotFresh,
     /// A command the proxy cannot follow inside MULTI.
     InMulti(&'a str),
     /// A read timed out on every node it was tried on.
@@ -85,6 +87,10 @@ impl ClientError<'_> {
                 format!("ERR redsplit: no replica can serve this read ({reason:?}) and fallback is \"error\"")
             }
             ClientError::NoPrimary => "MASTERDOWN redsplit: no primary is known".into(),
+            ClientError::NotFresh => "ERR redsplit: the node that ran this read was behind what this \
+                connection wrote or read, and no other node could run it in time; the reply was not \
+                delivered"
+                .into(),
             ClientError::PrimarySilent(silent) => format!(
                 "ERR redsplit: no replica is known to be fresh enough for this read (max_lag_ms, or what \
                  this connection wrote or read) and the primary has not answered for {} ms (frozen or \

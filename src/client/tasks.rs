@@ -39,6 +39,11 @@ pub(super) async fn blocking_call(
     };
     handle.set_blocked_on(None);
     match reply {
+        // Served after another node replaced its node as the primary: what it popped or moved there
+        // is lost when the former primary is demoted. Never a success.
+        Ok(_) if !node.is_primary() => {
+            let _ = tx.send(ClientError::FormerPrimary(&node.addr).frame());
+        }
         Ok(reply) => {
             let _ = tx.send(reply);
             conn.mark_clean();

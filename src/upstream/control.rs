@@ -73,7 +73,8 @@ impl Control {
 /// (`CLIENT KILL` of the proxy's connections) is asked once more on a fresh connection: a cut
 /// connection is not a dead node, and only a node that fails a fresh connection counts as down.
 pub async fn call(c: &mut Control, args: &[&[u8]]) -> Option<OwnedFrame> {
-    let reused = c.conn.is_some();
+    // A connection already seen closed is replaced in `attempt`: that one is fresh.
+    let reused = c.conn.as_ref().is_some_and(Dedicated::is_alive);
     match attempt(c, args).await {
         Ok(frame) => Some(frame),
         Err(Failure::Closed) if reused && harmless(args) => attempt(c, args).await.ok(),

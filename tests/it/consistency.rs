@@ -253,3 +253,43 @@ async fn a_history_of_many_connections_keeps_every_promise_of_each_mode() {
         }
     }
 }
+
+/// A read checked on a replica that turns out to be behind the session's write, with a write of the
+/// session pipelined after it: the read cannot go elsewhere (it would see the later write), and its
+/// stale reply must not be delivered either. Before: the replica's old value reached the client.
+#[tokio::test]
+async fn a_read_found_behind_with_a_write_pipelined_after_it_is_never_delivered_stale() {
+    let (cluster, proxy) = lenient(1, Consistency::Session).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let mut r = direct(&cluster.replicas()[0]).await;
+    let mut stale = Vec::new();
+    for i in 0..20 {
+        let old = format!("old{i}");
+        raw.send(&resp(&["SET", "k", &old])).await;
+        raw.expect(b"+OK\r\n").await;
+        eventually!(
+            "the replica has the old value",
+            q::<Option<String>>(&mut r, &["GET", "k"]).await.as_deref() == Some(old.as_str())
+        );
+        // The replica stops applying the stream; its last probe still shows it level.
+        let _: () = q(&mut r, &["CLIENT", "PAUSE", "2000", "WRITE"]).await;
+        raw.send(&resp(&["SET", "k", "new"])).await;
+        raw.expect(b"+OK\r\n").await;
+        let mut pipeline = resp(&["GET", "k"]);
+        pipeline.extend(resp(&["SET", "x", "1"]));
+        raw.send(&pipeline).await;
+        let got = String::from_utf8_lossy(&raw.frame().await).into_owned();
+        raw.expect(b"+OK\r\n").await;
+        if got.contains("old") {
+            stale.push(got.clone());
+        }
+        assert!(
+            got == "$3\r\nnew\r\n"
+                || got.contains("the reply was not delivered")
+                || got.contains("old"),
+            "{got:?}"
+        );
+        let _: () = q(&mut r, &["CLIENT", "UNPAUSE"]).await;
+    }
+    assert!(stale.is_empty(), "stale reads delivered: {stale:?}");
+}

@@ -200,6 +200,17 @@ async fn writes_in_flight_on_a_frozen_primary_are_not_acknowledged_after_the_swi
         Duration::from_secs(60)
     );
     assert_all_present(server, &writes.acked).await;
+    // The switch came well within write_timeout_ms (10 s): the writes in flight learnt of it, not of a
+    // timeout.
+    assert!(
+        switched < Duration::from_secs(9),
+        "switch after {switched:?}"
+    );
+    assert!(
+        !former.is_empty(),
+        "the writes in flight were told: {:?}",
+        writes.errors
+    );
     assert!(
         writes.errors.len() <= 4 * 2,
         "at most a couple of errors per writer: {:?}",
