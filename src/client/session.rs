@@ -352,7 +352,7 @@ impl Session {
             // The front read on a replica has waited past its hedge delay.
             _ = fired(&mut self.hedge), if hedge_at.is_some() => self.complete_front(Outcome::Hedge),
             // A reply or push on the dedicated connection.
-            frame = next_pinned(&mut self.pinned, &self.ctx.topo) => self.on_pinned_frame(frame),
+            frame = next_pinned(&mut self.pinned) => self.on_pinned_frame(frame),
             // A parked request may have somewhere to go now: dispatch looks again.
             _ = topology_or_poll(&mut self.park_rx), if parked => {}
             // More requests.
@@ -463,24 +463,34 @@ async fn topology_or_poll(topo: &mut watch::Receiver<Generation>) {
 
 /// The next frame on the dedicated connection; never resolves without one. Fails once the topology
 /// names another primary than the connection's node: nothing more may be written there.
-async fn next_pinned(
-    pinned: &mut Option<Pinned>,
-    topo: &crate::topology::Topo,
-) -> Result<(Bytes, ReplyFrame), upstream::Error> {
+async fn next_pinned(pinned: &mut Option<Pinned>) -> Result<(Bytes, ReplyFrame), upstream::Error> {
     let Some(p) = pinned else {
         return std::future::pending().await;
     };
+    let replaced = |node: &upstream::Node| {
+        Err(upstream::Error::NotPrimary {
+            addr: node.addr.clone(),
+        })
+    };
     loop {
         tokio::select! {
-            frame = p.conn.next_frame() => return frame,
+            frame = p.conn.next_frame() => {
+                // Sent after another node replaced its node as the primary (the frame and the change
+                // came together): a reply from a former primary is never passed on as a success.
+                if !p.conn.node.is_primary() {
+                    return replaced(&p.conn.node);
+                }
+                return frame;
+            }
             changed = p.topo_rx.changed() => {
                 if changed.is_err() {
                     // The topology is gone (shutdown): only the connection matters now.
                     return p.conn.next_frame().await;
                 }
-                let node = &p.conn.node;
-                if topo.snapshot().primary().map(|n| n.id) != Some(node.id) {
-                    return Err(upstream::Error::NotPrimary { addr: node.addr.clone() });
+                // Another node is the primary now. (No primary at all replaces nobody: the same node
+                // may come back, and the session waits for it.)
+                if !p.conn.node.is_primary() {
+                    return replaced(&p.conn.node);
                 }
             }
         }
