@@ -485,6 +485,15 @@ impl Session {
             self.flush(batch);
             return Step::Wait;
         }
+        // A command that may write waits for this session's reads still to be checked (on a replica
+        // not known to have what the session wrote): one found behind must go again elsewhere, which
+        // it may not once a later write ran (it would see the write), and would fail instead.
+        if !one.reads_only
+            && (batch.as_ref().is_some_and(|b| b.check.is_some()) || self.queue.checked_in_flight())
+        {
+            self.flush(batch);
+            return Step::Wait;
+        }
         self.state.sent(one.shard, one.node.id, one.primary, 1);
         if req.inline {
             self.flush(batch);

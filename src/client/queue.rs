@@ -338,6 +338,14 @@ impl Queue {
         }
     }
 
+    /// True if a read whose freshness is still to be checked (see [`Sent::check`]) is unanswered.
+    pub fn checked_in_flight(&self) -> bool {
+        self.entries.iter().any(|e| {
+            matches!(e.wait, Wait::Upstream(_) | Wait::Held)
+                && e.sent.as_ref().is_some_and(|s| s.check.is_some())
+        })
+    }
+
     /// Whether a request queued after the front one may have changed data: it was sent (or its reply
     /// says it ran) and is not only reads. Replies already in are taken from their channels to tell.
     pub fn later_writes(&mut self) -> Later {
