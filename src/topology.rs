@@ -311,11 +311,7 @@ impl Topo {
             if self.state.last_primary().is_none_or(|l| l.id != p.id) {
                 self.state.new_era(self.current_epoch());
             }
-            if self
-                .state
-                .promoted()
-                .is_some_and(|pr| pr.primary != p.id || pr.node == p.id)
-            {
+            if self.state.promoted().is_some_and(|pr| pr.primary != p.id) {
                 self.state.end_promotion_hold();
                 info!(primary = %p.addr, "writes released: the topology follows the promoted replica");
             }

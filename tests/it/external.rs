@@ -133,6 +133,53 @@ async fn a_replica_promoted_by_an_operator_in_static_mode_loses_no_acknowledged_
     assert_eq!((judged.ryw, judged.monotonic), (0, 0), "stale reads");
 }
 
+#[tokio::test]
+async fn a_replica_an_operator_detaches_as_a_master_of_its_own_holds_writes_only_for_write_hold() {
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(2)
+        .flags(|f| f.write_hold_ms = Some(1000))
+        .proxy()
+        .await;
+    let old = cluster.primary().addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(proxy.listen, 2, stop.clone());
+    eventually!(
+        "writes flowing",
+        calls(cluster.primary(), "set").await > 500
+    );
+    let mut stray = direct(&cluster.replicas()[1]).await;
+    let _: () = q(&mut stray, &["REPLICAOF", "NO", "ONE"]).await;
+    eventually!("writes held", proxy.topo.writes_held());
+    let held = Instant::now();
+    eventually!("writes released", !proxy.topo.writes_held(), PATIENCE);
+    let released = held.elapsed();
+    let at = calls(cluster.primary(), "set").await;
+    eventually!(
+        "writes reach the primary again",
+        calls(cluster.primary(), "set").await > at + 500
+    );
+    let Writes { acked, errors, .. } = stop_writers(&stop, writers).await;
+    eprintln!(
+        "MEASURED stray master: writes held {released:?}, {} acknowledged, {} failed",
+        acked.len(),
+        errors.len()
+    );
+    assert_eq!(primary_addr(&proxy), Some(old));
+    assert!(
+        released >= Duration::from_millis(900),
+        "held write_hold_ms: {released:?}"
+    );
+    assert!(
+        !proxy
+            .topo
+            .snapshot()
+            .replica_nodes()
+            .any(|n| n.addr == cluster.replicas()[1].addr()),
+        "the stray master is no replica"
+    );
+    assert_all_present(cluster.primary(), &acked).await;
+}
+
 /// How long a promotion nothing announces may go unseen: a few probe intervals (20 ms in tests).
 const DETECTION: Duration = Duration::from_millis(150);
 
