@@ -339,6 +339,28 @@ mod tests {
     }
 
     #[test]
+    fn a_promotion_a_sentinel_announces_holds_writes_until_it_happens_or_write_hold_passes() {
+        let (topo, t) = shard(true);
+        let replica = t.replica_nodes().next().expect("a replica").clone();
+        let long = std::time::Duration::from_secs(60);
+        topo.failover_announced(&replica.addr);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        // Still a replica, as it is until the sentinel's next tick: that ends nothing.
+        topo.settle_promotion(&replica, true, long);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        // Seen master, then a replica again: the failover was undone.
+        topo.replica_promoted(&replica);
+        topo.settle_promotion(&replica, true, long);
+        assert!(writer(t.shard()).is_ok());
+        // Announced and never seen master: a stalled failover holds writes for write_hold_ms at most.
+        topo.failover_announced(&replica.addr);
+        topo.settle_promotion(&replica, false, long);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        topo.settle_promotion(&replica, false, std::time::Duration::ZERO);
+        assert!(writer(t.shard()).is_ok());
+    }
+
+    #[test]
     fn a_stray_master_the_tree_drops_releases_writes_only_after_write_hold() {
         let (topo, t) = shard(true);
         let replica = t.replica_nodes().next().expect("a replica").clone();
