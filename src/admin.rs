@@ -146,7 +146,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, String) {
         ),
         Some(_) if s.topo.writes_held() => (
             StatusCode::OK,
-            "ready (writes held for a switchover)\n".into(),
+            "ready (writes held for a failover)\n".into(),
         ),
         Some(p) => (StatusCode::OK, format!("ready: primary {}\n", p.addr)),
     }

@@ -135,6 +135,7 @@ impl Proxy {
                 interval: config.probe_interval,
                 limits: lag.clone(),
                 refresh_commands: config.refresh_commands,
+                write_hold: config.write_hold,
             },
             cancel.clone(),
             &tracker,

@@ -117,8 +117,8 @@ pub enum Plan {
     /// every node running a script, `SHUTDOWN` to the primary): never held, never behind the script.
     /// Empty if no node is known at all.
     Interrupt(Vec<Arc<Node>>),
-    /// Nowhere yet: no primary is known (a failover) or writes are held (a switchover). The command
-    /// waits, at most `write_hold_ms`.
+    /// Nowhere yet: no primary is known (a failover) or writes are held (a switchover, a replica
+    /// promoted outside the proxy). The command waits, at most `write_hold_ms`.
     Hold,
     /// Nowhere: a read with `fallback = "error"` and no replica to serve it.
     Refuse(PrimaryReason),
@@ -136,7 +136,7 @@ pub enum Plan {
 pub enum NoWriter {
     /// No primary is known.
     NoPrimary,
-    /// Writes are held for a switchover.
+    /// Writes are held for a switchover, or for a replica promoted outside the proxy.
     Held,
 }
 
@@ -152,6 +152,8 @@ pub fn writer(shard: &Shard) -> Result<&Arc<Node>, NoWriter> {
 /// Where a command of `class` goes in `shard`, for a session whose reads are `reads`. Reads are not held
 /// by a switchover: only a primary that is gone holds them.
 pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy) -> Plan {
+    // Replies to this command are measured in the shard's current replication history.
+    reads.rebase(shard);
     // What the session must see is measured after its commands on the primary: the offset after a write
     // covers it, the one after a read bounds what it saw. After a read on a replica, the session stays
     // on that replica until a later measurement of it gives that bound (one ROLE less per read).
@@ -299,6 +301,95 @@ mod tests {
         assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
         topo.hold_writes(false);
         assert!(writer(t.shard()).is_ok());
+    }
+
+    #[test]
+    fn a_replica_promoted_outside_the_proxy_holds_writes_until_another_primary_is_published() {
+        let (topo, t) = shard(true);
+        for r in t.replica_nodes() {
+            r.repl.set(crate::node::Why::Eligible);
+        }
+        let replica = t.replica_nodes().next().expect("a replica").clone();
+        topo.replica_promoted(&replica);
+        let mut reads = ReadState::default();
+        let now = topo.snapshot();
+        assert!(matches!(
+            plan(Class::Primary, &mut reads, now.shard(), &SESSION),
+            Plan::Hold
+        ));
+        assert!(matches!(
+            plan(Class::Read, &mut reads, now.shard(), &SESSION),
+            Plan::Forward { primary: false, .. }
+        ));
+        // The source still names the old primary: writes stay held.
+        let p = Addr::parse("p:1").expect("addr");
+        let r = Addr::parse("r:1").expect("addr");
+        let same = topo.publish(Some(&p), std::slice::from_ref(&r));
+        assert_eq!(writer(same.shard()).err(), Some(NoWriter::Held));
+        // It publishes the promoted replica: writes go there.
+        let next = topo.publish(Some(&r), std::slice::from_ref(&p));
+        assert_eq!(writer(next.shard()).map(|n| n.id).ok(), Some(replica.id));
+    }
+
+    #[test]
+    fn a_promoted_replica_that_rejoins_as_a_replica_releases_writes_to_the_old_primary() {
+        let (topo, t) = shard(true);
+        let replica = t.replica_nodes().next().expect("a replica").clone();
+        let long = std::time::Duration::from_secs(60);
+        topo.replica_promoted(&replica);
+        // Still listed, still a master: held, however long.
+        topo.settle_promotion(&replica, false, std::time::Duration::ZERO);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        topo.settle_promotion(&replica, true, long);
+        assert_eq!(
+            writer(t.shard()).map(|n| n.addr.to_string()).ok(),
+            Some("p:1".into())
+        );
+        // A switchover's hold is not released by it.
+        topo.hold_writes(true);
+        topo.replica_promoted(&replica);
+        topo.settle_promotion(&replica, true, long);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+    }
+
+    #[test]
+    fn a_promotion_a_sentinel_announces_holds_writes_until_it_happens_or_write_hold_passes() {
+        let (topo, t) = shard(true);
+        let replica = t.replica_nodes().next().expect("a replica").clone();
+        let long = std::time::Duration::from_secs(60);
+        topo.failover_announced(&replica.addr);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        // Still a replica, as it is until the sentinel's next tick: that ends nothing.
+        topo.settle_promotion(&replica, true, long);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        // Seen master, then a replica again: the failover was undone.
+        topo.replica_promoted(&replica);
+        topo.settle_promotion(&replica, true, long);
+        assert!(writer(t.shard()).is_ok());
+        // Announced and never seen master: a stalled failover holds writes for write_hold_ms at most.
+        topo.failover_announced(&replica.addr);
+        topo.settle_promotion(&replica, false, long);
+        assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
+        topo.settle_promotion(&replica, false, std::time::Duration::ZERO);
+        assert!(writer(t.shard()).is_ok());
+    }
+
+    #[test]
+    fn a_stray_master_the_tree_drops_releases_writes_only_after_write_hold() {
+        let (topo, t) = shard(true);
+        let replica = t.replica_nodes().next().expect("a replica").clone();
+        topo.replica_promoted(&replica);
+        // The source publishes the old primary without it (static discovery: an independent master).
+        let p = Addr::parse("p:1").expect("addr");
+        let dropped = topo.publish(Some(&p), &[]);
+        topo.settle_promotion(&replica, false, std::time::Duration::from_secs(60));
+        assert_eq!(
+            writer(dropped.shard()).err(),
+            Some(NoWriter::Held),
+            "a failover may still be under way"
+        );
+        topo.settle_promotion(&replica, false, std::time::Duration::ZERO);
+        assert!(writer(dropped.shard()).is_ok());
     }
 
     #[test]

@@ -16,15 +16,17 @@ pub mod shard;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use tokio::sync::watch;
+use tracing::{info, warn};
 
 use crate::node::Addr;
 pub use crate::node::{ReplState, Sample, Why};
 use crate::upstream::{Node, Settings};
-pub use shard::{Replica, Shard, ShardId, ShardState};
+pub use shard::{Promotion, Replica, Shard, ShardId, ShardState};
 
 /// Topology generation: increases by one with every published snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -308,6 +310,15 @@ impl Topo {
                     n.set_primary(false);
                 }
             }
+            // Another primary: a new replication history (a promoted replica starts one), and the
+            // topology settled for a promotion seen outside the proxy.
+            if self.state.last_primary().is_none_or(|l| l.id != p.id) {
+                self.state.new_era(self.current_epoch());
+            }
+            if self.state.promoted().is_some_and(|pr| pr.primary != p.id) {
+                self.state.end_promotion_hold();
+                info!(primary = %p.addr, "writes released: the topology follows the promoted replica");
+            }
             self.state.set_last_primary(p);
         }
         let old = self.current.swap(next.clone());
@@ -330,7 +341,7 @@ impl Topo {
             .iter()
             .map(|(alias, to)| format!("{alias}={to}"))
             .collect();
-        tracing::info!(
+        info!(
             generation = next.generation.0,
             primary = next.primary().map(|n| n.addr.to_string()).unwrap_or_else(|| "none".into()),
             replicas = %replicas.join(","),
@@ -376,6 +387,72 @@ impl Topo {
     pub fn hold_writes(&self, hold: bool) {
         self.state.hold_writes(hold);
         if !hold {
+            let generation = self.current.load().generation;
+            self.changed.send_replace(generation);
+        }
+    }
+
+    /// `node`, a replica in the current snapshot, reports itself a master: promoted outside the proxy
+    /// (`SENTINEL FAILOVER` sent to a sentinel, `REPLICAOF NO ONE`, Redis `FAILOVER`). Writes are held at
+    /// once (a write the primary takes now is lost when it follows the promoted node) and the source is
+    /// asked to look again. Held writes wait at most `write_hold_ms`, as with no primary.
+    pub fn replica_promoted(&self, node: &Node) {
+        let snapshot = self.load();
+        let Some(shard) = snapshot.shard_of(node.id) else {
+            return;
+        };
+        let Some(primary) = shard.primary.as_ref() else {
+            return;
+        };
+        if shard.replica(node.id).is_none() || primary.id == node.id {
+            return;
+        }
+        if self
+            .state
+            .hold_for_promotion(node.id, primary.id, Instant::now(), true)
+        {
+            warn!(upstream = %node.addr, primary = %primary.addr, "a replica reports itself a master; holding writes until the topology settles");
+            self.request_refresh();
+        }
+    }
+
+    /// A sentinel announced that it promotes the replica at `addr` (`+selected-slave`): it will stop
+    /// following the primary within a sentinel tick, and writes the primary takes from then on are lost.
+    /// Writes are held as for a replica seen promoted; if it never turns master, the hold ends after
+    /// `write_hold_ms`.
+    pub fn failover_announced(&self, addr: &Addr) {
+        let snapshot = self.load();
+        let shard = snapshot.shard();
+        let (Some(primary), Some(replica)) = (
+            shard.primary.as_ref(),
+            shard.replicas.iter().find(|r| r.node.addr == *addr),
+        ) else {
+            return;
+        };
+        if self
+            .state
+            .hold_for_promotion(replica.node.id, primary.id, Instant::now(), false)
+        {
+            warn!(upstream = %addr, primary = %primary.addr, "a sentinel promotes a replica; holding writes until the topology settles");
+        }
+    }
+
+    /// Ends the hold for `node`'s promotion once the topology settled without another primary: the node,
+    /// once seen master, reports a replica again (`replica`; the old primary stays), or it has been held
+    /// `settle` and the current snapshot no longer lists it as a replica (a stray master, not in this
+    /// tree) or it never turned master (an announced failover that stalled). A new primary ends it when
+    /// published.
+    pub fn settle_promotion(&self, node: &Node, replica: bool, settle: Duration) {
+        let Some(pr) = self.state.promoted().filter(|p| p.node == node.id) else {
+            return;
+        };
+        let listed = self.load().shard().replica(node.id).is_some();
+        let waited = pr.since.elapsed() >= settle;
+        if (replica && pr.seen_master) || (waited && (!listed || !pr.seen_master)) {
+            if self.state.end_promotion_hold() {
+                info!(upstream = %node.addr, replica, "writes released: the primary stays");
+            }
+            // Wake held writes now, as a release does.
             let generation = self.current.load().generation;
             self.changed.send_replace(generation);
         }

@@ -7,7 +7,7 @@
 //! entering MULTI or pub/sub, blocking commands), because they move the session to another upstream
 //! connection and Redis runs a client's commands in order; some also hold later requests until they are
 //! answered (`hold`: the session's state depends on their outcome). A request with nowhere to go yet (no
-//! primary, or writes held for a switchover) is *parked*: it stays first in the input, and nothing after
+//! primary, or writes held for a failover) is *parked*: it stays first in the input, and nothing after
 //! it is dispatched, until it can go or `write_hold_ms` has passed.
 
 use std::sync::Arc;

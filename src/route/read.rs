@@ -80,6 +80,9 @@ pub struct ReadState {
     sticky: Option<(u64, u32)>,
     /// Reads sent to the pending node in a row, while its offset after them was not measured.
     stays: u32,
+    /// The replication history (the shard's era) `floor` and `pending` belong to; `None` before the
+    /// session's first command in the shard.
+    era: Option<u64>,
 }
 
 /// Replicas whose last probe put them within this of the primary may take a read they are not yet known
@@ -123,6 +126,7 @@ impl ReadState {
             _ => {}
         }
         if consistent {
+            self.rebase(shard);
             self.resolve(shard);
         }
         // The lag limit needs checking only for a replica whose last probe does not already bound the age
@@ -137,7 +141,12 @@ impl ReadState {
         };
         let session_floor = if consistent { self.floor } else { 0 };
         let global = match policy.consistency {
-            Consistency::Global => shard.state.acked(),
+            Consistency::Global => match shard.state.acked() {
+                Some(o) => o,
+                // The primary changed and is not measured in its history yet: it alone is known to have
+                // every write acknowledged before.
+                None => return ReadTarget::Primary(PrimaryReason::Session),
+            },
             _ => 0,
         };
         let required = session_floor.max(global);
@@ -279,6 +288,33 @@ impl ReadState {
             self.floor = offset;
             self.floor_node = node;
         }
+    }
+
+    /// Moves the session's floor to the shard's current replication history (every command's plan does
+    /// this first, so a floor is always of the history it was measured in). Offsets of another history
+    /// say nothing here: a promoted replica goes on from the offset it had reached, and replicas that
+    /// resynced may be at any offset, so an old floor could be met by data without the session's writes
+    /// or never be met at all. Whatever the session wrote or read that survived is on the new primary: its
+    /// first measurement after the change becomes the floor (reads go to the primary until then).
+    pub fn rebase(&mut self, shard: &Shard) {
+        let era = shard.state.era();
+        if self.era.is_none() {
+            self.era = Some(era);
+        }
+        // Without a primary there is nothing to measure: the old floor stands meanwhile.
+        let Some(primary) = shard.primary.as_ref().filter(|_| self.era != Some(era)) else {
+            return;
+        };
+        self.era = Some(era);
+        if self.floor == 0 && self.pending.is_none() {
+            return;
+        }
+        self.floor = 0;
+        self.floor_node = 0;
+        self.pending = Some(Pending {
+            node: primary.id,
+            epoch: shard.state.era_epoch(),
+        });
     }
 
     /// Turns the pending reply into a floor once a later measurement of its node is in.
@@ -529,6 +565,82 @@ mod tests {
         s.sent(p, true, 1);
         s.replied(p, true, 1, topo.current_epoch(), Some(200));
         assert_eq!(replica(&s.route(t.shard(), &session)), (r, Some(200)));
+    }
+
+    /// The topology of `setup` after a failover to `r:1`: `p:1` and `r:2` are its replicas.
+    fn failover(topo: &Topo) -> Arc<Topology> {
+        let addr = |s: &str| Addr::parse(s).expect("addr");
+        let t = topo.publish(Some(&addr("r:1")), &[addr("r:2"), addr("p:1")]);
+        for r in t.replica_nodes() {
+            r.repl.eligible.store(true, Ordering::Relaxed);
+        }
+        t
+    }
+
+    #[test]
+    fn a_floor_of_a_former_primary_becomes_the_new_primary_s_first_measurement() {
+        let (topo, t) = setup();
+        let p = t.primary().expect("primary").clone();
+        let session = policy(SESSION, PRIMARY);
+        let mut s = ReadState::default();
+        // Written on the old primary far along its history (the write's plan bound the session to it).
+        s.rebase(t.shard());
+        s.replied(p.id, true, 0, topo.current_epoch(), Some(9_000));
+        let t = failover(&topo);
+        let new = t.primary().expect("primary").clone();
+        let r2 = t
+            .replica_nodes()
+            .find(|n| n.addr.as_str() == "r:2")
+            .expect("r2")
+            .clone();
+        new.repl.record(topo.next_epoch() - 1, 1_000);
+        r2.repl.record(topo.next_epoch(), 1_200);
+        p.repl.record(topo.next_epoch(), 9_500);
+        p.repl.eligible.store(false, Ordering::Relaxed);
+        // Until the new primary is measured after the change, only it is known to have the writes.
+        assert!(matches!(
+            s.route(t.shard(), &session),
+            ReadTarget::Primary(PrimaryReason::Session)
+        ));
+        new.repl.record(topo.next_epoch(), 1_100);
+        // Its offset is the floor now: r2 has it; the old 9000 (another history) is no longer asked.
+        assert_eq!(replica(&s.route(t.shard(), &session)), (r2.id, None));
+        assert_eq!(s.floor(), 1_100);
+    }
+
+    #[test]
+    fn a_session_with_nothing_to_see_reads_replicas_at_once_after_a_failover() {
+        let (topo, _) = setup();
+        let t = failover(&topo);
+        let mut s = ReadState::default();
+        let (r, check) = replica(&s.route(t.shard(), &policy(SESSION, PRIMARY)));
+        assert_ne!(Some(r), t.primary().map(|p| p.id));
+        assert_eq!(check, None);
+    }
+
+    #[test]
+    fn global_reads_wait_for_the_new_primary_s_history_before_trusting_acknowledged_offsets() {
+        let (topo, t) = setup();
+        let global = policy(Consistency::Global, PRIMARY);
+        let p = t.primary().expect("primary");
+        t.shard().state.primary_measured(topo.next_epoch(), 9_000);
+        t.shard().state.ack(9_000);
+        let t = failover(&topo);
+        let mut s = ReadState::default();
+        assert!(
+            matches!(
+                s.route(t.shard(), &global),
+                ReadTarget::Primary(PrimaryReason::Session)
+            ),
+            "acknowledged writes of the old history: only the new primary is known to have them"
+        );
+        t.shard().state.primary_measured(topo.next_epoch(), 1_100);
+        assert_eq!(t.shard().state.acked(), Some(1_100));
+        for r in t.replica_nodes().filter(|n| n.id != p.id) {
+            r.repl.record(topo.next_epoch(), 1_100);
+        }
+        let (_, check) = replica(&s.route(t.shard(), &global));
+        assert_eq!(check, None);
     }
 
     #[test]

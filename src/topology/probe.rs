@@ -29,6 +29,9 @@ pub struct ProbeConfig {
     pub limits: Arc<ArcSwap<LagLimits>>,
     /// Refresh the command table from the primary.
     pub refresh_commands: bool,
+    /// `write_hold_ms`: how long writes held for a replica promoted outside the proxy may wait before
+    /// the hold gives way to a tree that no longer lists it.
+    pub write_hold: Duration,
 }
 
 /// How far behind a replica may be and still get reads.
@@ -107,8 +110,11 @@ pub fn spawn(
         let mut sweep = tokio::time::interval(Duration::from_secs(10));
         loop {
             let snapshot = topo.snapshot();
+            // A promoted replica the tree dropped keeps its probe while writes are held for it: the
+            // probe ends the hold.
+            let promoted = topo.shard_state().promoted().map(|p| p.node);
             running.retain(|id, token| {
-                let keep = snapshot.nodes().any(|n| n.id == *id);
+                let keep = snapshot.nodes().any(|n| n.id == *id) || promoted == Some(*id);
                 if !keep {
                     token.cancel();
                 }
@@ -157,11 +163,18 @@ async fn probe_node(
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<Dedicated> = None;
+    // Its last ROLE said replica while the snapshot listed it as one: a master answer next means it was
+    // promoted outside the proxy (never set for a former primary listed as a replica before it follows).
+    let mut was_replica = false;
+    // The last ROLE found the connection closed: the next closed one waits for the tick (a node that
+    // accepts connections and closes them must not be reconnected to in a loop).
+    let mut just_closed = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        topo.settle_promotion(&node, false, cfg.write_hold);
         let limits = **cfg.limits.load();
         let timeout = probe_timeout(cfg.interval, &limits);
         // A connection the node closed while idle (`CLIENT KILL`, its `timeout`) says nothing about the
@@ -193,7 +206,17 @@ async fn probe_node(
                 conn = None;
                 continue;
             }
+            // Closed (a restart, `CLIENT KILL` as a replica is promoted): connect again at once rather
+            // than a tick later, so a change of role is seen soon.
+            Asked::Closed => {
+                conn = None;
+                if !std::mem::replace(&mut just_closed, true) {
+                    tick.reset_immediately();
+                }
+                continue;
+            }
         };
+        just_closed = false;
         let at = Instant::now();
         node.repl.answered();
         if node.repl.is_busy() {
@@ -208,13 +231,24 @@ async fn probe_node(
             Role::Master { offset } => {
                 node.repl.record(epoch, offset);
                 if shard.is_primary(node.id) {
-                    shard.state.record_primary_offset(at, offset);
+                    if shard.state.record_primary_offset(at, offset) {
+                        // Restarted or resynced: offsets from before are of another history.
+                        shard.state.new_era(epoch.saturating_sub(1));
+                    }
+                    shard.state.primary_measured(epoch, offset);
                     node.set_eligibility(Why::IsPrimary);
                 } else {
+                    let announced = shard.state.promoted().is_some_and(|p| p.node == node.id);
+                    if (was_replica || announced) && shard.replica(node.id).is_some() {
+                        topo.replica_promoted(&node);
+                    }
                     node.set_eligibility(Why::NotReplica);
                 }
+                was_replica = false;
             }
             Role::Replica { state, offset, .. } => {
+                was_replica = shard.replica(node.id).is_some();
+                topo.settle_promotion(&node, true, cfg.write_hold);
                 // With its link down a replica reports no offset; its data has not moved since the
                 // last probe, so that offset stands (but no new sample: it cannot vouch for this epoch).
                 let offset = match offset {
@@ -286,10 +320,12 @@ enum Asked {
     /// role; it answers nothing else until the script ends or is killed.
     Busy,
     /// No answer within the timeout (frozen, overloaded, loading, a script not yet past the threshold)
-    /// or the link broke.
+    /// or no reply that parses.
     Nothing,
     /// A connection used before closed under the question (`CLIENT KILL`): nothing is known yet.
     Cut,
+    /// A fresh connection closed: the node is down (or restarting, or being promoted).
+    Closed,
 }
 
 /// Asks `ROLE`. A node that does not answer gets no reads until it answers again. A closed connection
@@ -309,7 +345,7 @@ async fn ask_role(node: &Node, c: &mut Dedicated, timeout: Duration, reused: boo
         }
         node.set_eligibility(Why::NoAnswer);
         node.repl.unanswered(down);
-        return Asked::Nothing;
+        return if down { Asked::Closed } else { Asked::Nothing };
     };
     Asked::Role(role)
 }

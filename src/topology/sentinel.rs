@@ -5,6 +5,10 @@
 //! interval, and at once when a sentinel publishes an event about the master (`+switch-master`, `+sdown`,
 //! `-sdown`, `+odown`, `+slave`, `+reboot`, `+convert-to-slave`, ...) or the data path reports a failure.
 //! The address most sentinels give wins. Replicas flagged `s_down`, `o_down` or `disconnected` are left out.
+//!
+//! `+selected-slave` comes from the sentinel leading a failover a tick before it sends the replica
+//! `REPLICAOF NO ONE`: writes are held from then on (see [`super::shard`]), so the old primary takes none
+//! that the promoted replica would never get, also when the failover was not asked of this proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,6 +40,7 @@ const EVENTS: &[&str] = &[
     "+failover-end",
     "+promoted-slave",
     "+role-change",
+    "+selected-slave",
 ];
 
 /// How soon to look again when the sentinels name a primary that does not yet confirm it is one.
@@ -61,6 +66,7 @@ pub async fn run(
         tracker.spawn(listen(
             node.clone(),
             master_name.clone(),
+            map.clone(),
             topo.clone(),
             cancel.clone(),
         ));
@@ -258,7 +264,13 @@ fn fields(entry: &OwnedFrame) -> Option<impl Fn(&str) -> Option<String> + '_> {
 }
 
 /// Listens to one sentinel's events and asks for a refresh on those about our master.
-async fn listen(node: Arc<Node>, master_name: String, topo: Arc<Topo>, cancel: CancellationToken) {
+async fn listen(
+    node: Arc<Node>,
+    master_name: String,
+    map: AddressMap,
+    topo: Arc<Topo>,
+    cancel: CancellationToken,
+) {
     loop {
         let subscribed = async {
             let mut conn = Dedicated::open(node.clone(), ConnKey::default())
@@ -277,10 +289,14 @@ async fn listen(node: Arc<Node>, master_name: String, topo: Arc<Topo>, cancel: C
                     if let [OwnedFrame::BulkString(kind), OwnedFrame::BulkString(channel), OwnedFrame::BulkString(payload)] =
                         parts.as_slice()
                     {
-                        if kind == b"message"
-                            && about(&String::from_utf8_lossy(payload), &master_name)
-                        {
+                        let payload = String::from_utf8_lossy(payload);
+                        if kind == b"message" && about(&payload, &master_name) {
                             info!(sentinel = %node.addr, event = %String::from_utf8_lossy(channel), "sentinel event");
+                            if channel == b"+selected-slave" {
+                                if let Some(addr) = instance_addr(&payload) {
+                                    topo.failover_announced(&map.map(addr));
+                                }
+                            }
                             topo.request_refresh();
                         }
                     }
@@ -310,9 +326,25 @@ fn about(payload: &str, master: &str) -> bool {
         || payload.contains(&format!("@ {master} "))
 }
 
+/// The address of the instance an event is about: `<type> <name> <ip> <port> @ ...`.
+fn instance_addr(payload: &str) -> Option<Addr> {
+    let mut words = payload.split(' ').skip(2);
+    let (ip, port) = (words.next()?, words.next()?);
+    Addr::parse(&format!("{ip}:{port}")).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_selected_replica_is_read_from_the_event() {
+        assert_eq!(
+            instance_addr("slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"),
+            Addr::parse("127.0.0.1:6380").ok()
+        );
+        assert_eq!(instance_addr("slave x"), None);
+    }
 
     #[test]
     fn events_are_matched_to_the_master_name() {

@@ -1,6 +1,19 @@
 //! One shard: a primary and the replicas under it, as a snapshot sees it ([`Shard`]), and what lives as
 //! long as the shard rather than one snapshot ([`ShardState`]): the primary's offset history (lag in
-//! time is read from it) and whether writes are held (a switchover under way).
+//! time is read from it), whether writes are held (a switchover under way, a replica promoted outside the
+//! proxy), and which replication history the primary's offsets belong to ([`ShardState::era`]).
+//!
+//! A replica promoted outside the proxy (`SENTINEL FAILOVER` sent to a sentinel, `REPLICAOF NO ONE` by an
+//! operator, Redis `FAILOVER`) holds writes from the probe that sees it answer `ROLE` master:
+//!
+//! ```text
+//! replica of the primary reports master ──┐
+//! a sentinel announces it promotes one ───┴▶ held (writes wait, reads go on; the source looks again)
+//!   ├─ another primary published ─────────────────────────────▶ released (writes go to it)
+//!   ├─ the node, seen master, reports a replica again ────────▶ released (the old primary stays)
+//!   └─ held write_hold_ms, and the tree no longer lists it ───▶ released (a stray master, not ours)
+//!      or it was never seen master (the failover stalled)
+//! ```
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,6 +93,19 @@ impl Shard {
 /// How far back a shard's offset history reaches. Lag older than this reads as this.
 pub const HISTORY_SPAN: Duration = Duration::from_secs(120);
 
+/// A replica of the primary found reporting itself a master: promoted outside the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promotion {
+    /// The promoted node (by id).
+    pub node: u64,
+    /// The primary it was a replica of (by id).
+    pub primary: u64,
+    /// When the hold began.
+    pub since: Instant,
+    /// A probe saw it answer master (else a sentinel only announced that it is being promoted).
+    pub seen_master: bool,
+}
+
 /// What a shard keeps across snapshots.
 #[derive(Debug, Default)]
 pub struct ShardState {
@@ -87,6 +113,20 @@ pub struct ShardState {
     history: Mutex<VecDeque<(Instant, u64)>>,
     /// Set during a manual switchover: writes wait as if there were no primary, reads go on.
     writes_held: AtomicBool,
+    /// A replica of the primary that began to report itself a master: writes wait as during a
+    /// switchover, until the topology settles.
+    promoted: Mutex<Option<Promotion>>,
+    /// `promoted` is set (read on every write, without the lock).
+    promotion_held: AtomicBool,
+    /// The replication history the primary's offsets belong to: bumped when another node becomes the
+    /// primary or the primary's offset goes backwards (a restart). Offsets of different eras are not
+    /// comparable.
+    era: AtomicU64,
+    /// The measurement epoch when `era` last changed: a measurement of the primary with a later epoch
+    /// gives an offset in the new history.
+    era_epoch: AtomicU64,
+    /// `acked` is from a former era: the first measurement of the primary in this one replaces it.
+    acked_stale: AtomicBool,
     /// The primary's offset after the newest write acknowledged through this proxy: what a read must see
     /// in `global` consistency.
     acked: AtomicU64,
@@ -101,9 +141,46 @@ impl ShardState {
         self.writes_held.store(hold, Ordering::SeqCst);
     }
 
-    /// True while writes are held.
+    /// True while writes are held: a switchover, or a replica promoted outside the proxy.
     pub fn writes_held(&self) -> bool {
-        self.writes_held.load(Ordering::Relaxed)
+        self.writes_held.load(Ordering::Relaxed) || self.promotion_held.load(Ordering::Acquire)
+    }
+
+    /// Holds writes for `node`, a replica of `primary` that reports itself a master (`seen_master`) or
+    /// that a sentinel announced it promotes. True if this began a hold (none was under way for a
+    /// promotion).
+    pub fn hold_for_promotion(
+        &self,
+        node: u64,
+        primary: u64,
+        now: Instant,
+        seen_master: bool,
+    ) -> bool {
+        let mut p = self.promotion();
+        if let Some(held) = p.as_mut() {
+            held.seen_master |= seen_master && held.node == node;
+            return false;
+        }
+        *p = Some(Promotion {
+            node,
+            primary,
+            since: now,
+            seen_master,
+        });
+        self.promotion_held.store(true, Ordering::Release);
+        true
+    }
+
+    /// The promotion writes are held for, if any.
+    pub fn promoted(&self) -> Option<Promotion> {
+        *self.promotion()
+    }
+
+    /// Ends the hold for a promotion. True if one was under way.
+    pub fn end_promotion_hold(&self) -> bool {
+        let mut p = self.promotion();
+        self.promotion_held.store(false, Ordering::Release);
+        p.take().is_some()
     }
 
     /// Notes a write acknowledged to a client, covered by the primary's offset `offset`.
@@ -111,9 +188,48 @@ impl ShardState {
         self.acked.fetch_max(offset, Ordering::AcqRel);
     }
 
-    /// The offset that covers every write acknowledged through this proxy so far.
-    pub fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Acquire)
+    /// The offset that covers every write acknowledged through this proxy so far; `None` right after the
+    /// primary's history changed, until the primary is measured in the new one (what was acknowledged
+    /// before is there, if anywhere).
+    pub fn acked(&self) -> Option<u64> {
+        (!self.acked_stale.load(Ordering::Acquire)).then(|| self.acked.load(Ordering::Acquire))
+    }
+
+    /// The primary's replication history, as a number that changes with it: when another node becomes
+    /// the primary, or the primary's offset goes backwards. Offsets measured in different eras must not
+    /// be compared.
+    pub fn era(&self) -> u64 {
+        self.era.load(Ordering::Acquire)
+    }
+
+    /// The measurement epoch at which the current era began: a measurement of the primary with a later
+    /// epoch is of the new history.
+    pub fn era_epoch(&self) -> u64 {
+        self.era_epoch.load(Ordering::Acquire)
+    }
+
+    /// Starts a new era: the primary's offsets from now on are of another replication history. `epoch`:
+    /// the current measurement epoch.
+    pub fn new_era(&self, epoch: u64) {
+        self.era_epoch.store(epoch, Ordering::Release);
+        self.acked.store(0, Ordering::Release);
+        self.acked_stale.store(true, Ordering::Release);
+        self.era.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Notes a measurement of the primary, taken at `epoch`, that found it at `offset`: once one was
+    /// taken after the era began, acknowledged writes are covered by it.
+    pub fn primary_measured(&self, epoch: u64, offset: u64) {
+        if epoch > self.era_epoch() && self.acked_stale.load(Ordering::Acquire) {
+            self.acked.fetch_max(offset, Ordering::AcqRel);
+            self.acked_stale.store(false, Ordering::Release);
+        }
+    }
+
+    fn promotion(&self) -> std::sync::MutexGuard<'_, Option<Promotion>> {
+        self.promoted
+            .lock()
+            .expect("promotion lock is never poisoned: nothing panics while holding it")
     }
 
     /// The primary's offset at the first sample at or after `then`: data at that offset is no older than
@@ -141,10 +257,12 @@ impl ShardState {
         self.last_primary.load_full()
     }
 
-    /// Records the primary's offset at `at`.
-    pub fn record_primary_offset(&self, at: Instant, offset: u64) {
+    /// Records the primary's offset at `at`. True if it went backwards (a restart, a full resync): a
+    /// new replication history.
+    pub fn record_primary_offset(&self, at: Instant, offset: u64) -> bool {
         let mut h = self.history();
-        if h.back().is_some_and(|&(_, o)| o > offset) {
+        let backwards = h.back().is_some_and(|&(_, o)| o > offset);
+        if backwards {
             // The offset went backwards: a different primary or a restart. Old history means nothing now.
             h.clear();
         }
@@ -155,6 +273,7 @@ impl ShardState {
         {
             h.pop_front();
         }
+        backwards
     }
 
     /// How far in time `offset` trails `reference` in the primary's history: the lag of a replica

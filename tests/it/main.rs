@@ -22,6 +22,7 @@ mod badinput;
 mod cli;
 mod consistency;
 mod cursor;
+mod external;
 mod failover;
 mod frozen;
 mod hedge;
