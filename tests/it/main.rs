@@ -19,6 +19,7 @@ mod harness;
 
 mod auth;
 mod badinput;
+mod chaos;
 mod cli;
 mod consistency;
 mod cursor;
