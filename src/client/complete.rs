@@ -106,6 +106,15 @@ impl Session {
                 self.ctx.metrics.reads_behind.inc();
                 retry::Attempt::Behind
             }
+            // A read on the primary answered after another node replaced it (a frozen primary thawed
+            // after the switch): its data may be older than what the session saw since on the new
+            // side. Sent again, never delivered.
+            Outcome::Upstream(Ok(r))
+                if sent.primary && sent.reads_only && !r.from_primary =>
+            {
+                self.ctx.metrics.reads_behind.inc();
+                retry::Attempt::Behind
+            }
             Outcome::Upstream(Ok(r)) => retry::Attempt::Replied(r),
             Outcome::Upstream(Err(e)) => retry::Attempt::Failed(e),
             Outcome::TimedOut => retry::Attempt::TimedOut,
