@@ -394,18 +394,34 @@ async fn wait_caught_up(
 
 /// `SENTINEL FAILOVER` on each sentinel in turn until one accepts.
 async fn ask_sentinels(sentinels: &[Arc<Node>], master_name: &str) -> Result<(), Reply> {
+    // What the sentinels said, in their words: a refusal for a state that passes (a failover still in
+    // progress, no replica good enough yet) is a conflict to retry, not a broken gateway.
+    let mut refusals = Vec::new();
     for sentinel in sentinels {
         let mut c = Control::new(sentinel.clone());
         match call(&mut c, &[b"SENTINEL", b"FAILOVER", master_name.as_bytes()]).await {
             Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => return Ok(()),
+            Some(OwnedFrame::Error(e)) => {
+                warn!(sentinel = %sentinel.addr, reply = %e, "sentinel refused the failover");
+                refusals.push(format!("{}: {e}", sentinel.addr));
+            }
             other => {
                 warn!(sentinel = %sentinel.addr, reply = ?other, "sentinel refused the failover")
             }
         }
     }
+    if refusals.is_empty() {
+        return Err(not_started(
+            StatusCode::BAD_GATEWAY,
+            "no sentinel answered SENTINEL FAILOVER",
+        ));
+    }
     Err(not_started(
-        StatusCode::BAD_GATEWAY,
-        "no sentinel accepted SENTINEL FAILOVER",
+        StatusCode::CONFLICT,
+        &format!(
+            "no sentinel accepted SENTINEL FAILOVER ({}); switchover not started",
+            refusals.join("; ")
+        ),
     ))
 }
 
