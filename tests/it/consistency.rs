@@ -3,6 +3,8 @@
 //! Each test also runs the same workload in `eventual` mode and sees stale reads there, which proves the
 //! workload can catch a violation.
 
+use std::time::{Duration, Instant};
+
 use redis::aio::MultiplexedConnection;
 use redsplit::config::Consistency;
 use redsplit::Proxy;
@@ -199,7 +201,7 @@ async fn a_history_of_many_connections_keeps_every_promise_of_each_mode() {
     use crate::history::{run, Workload};
     let cluster = Cluster::builder()
         .replicas(2)
-        .delay_replica(1, std::time::Duration::from_millis(30))
+        .delay_replica(1, Duration::from_millis(30))
         .start()
         .await;
     let workload = Workload {
@@ -223,7 +225,7 @@ async fn a_history_of_many_connections_keeps_every_promise_of_each_mode() {
             proxy.listen,
             workload,
             &format!("{mode:?}:"),
-            std::time::Duration::from_millis(1500),
+            Duration::from_millis(1500),
         )
         .await;
         let after = reads_by_role(&proxy).await;
@@ -288,4 +290,78 @@ async fn a_read_found_behind_with_a_write_pipelined_after_it_is_never_delivered_
         let _: () = q(&mut r, &["CLIENT", "UNPAUSE"]).await;
     }
     assert!(stale.is_empty(), "stale reads delivered: {stale:?}");
+}
+
+/// A pipeline `GET k`, `ECHO`, `GET k` on a session whose reads go to the one replica, which stops
+/// answering (`CLIENT PAUSE ALL`: it runs nothing, the replication stream included) before the GETs
+/// reach it, while `k` goes from `old` to `new` on the primary. `again` after the GETs were sent, the
+/// first goes to the primary (a hedge, or its read timeout: `tweak` sets which), and sees `new`; the
+/// second, already sent to the replica, runs there once the pause ends, before the stream it postponed
+/// too, and sees `old`. The primary is paused meanwhile too, so that the second's reply is in when the
+/// first's is delivered. Returns the two GETs' replies.
+async fn reads_behind_a_read_sent_again(
+    again: Duration,
+    tweak: impl FnOnce(&mut redsplit::config::Flags),
+) -> (String, String) {
+    let (cluster, proxy) = Cluster::builder()
+        .replicas(1)
+        .flags(|f| {
+            f.max_lag_ms = Some(600_000);
+            tweak(f);
+        })
+        .proxy()
+        .await;
+    let mut writer = client(&proxy).await;
+    let _: () = q(&mut writer, &["SET", "k", "old"]).await;
+    let mut r = direct(&cluster.replicas()[0]).await;
+    eventually!(
+        "the replica has the old value",
+        q::<Option<String>>(&mut r, &["GET", "k"]).await.as_deref() == Some("old")
+    );
+    let mut p = direct(cluster.primary()).await;
+    let mut raw = Raw::connect(&proxy).await;
+    // Pauses end by themselves: a paused server postpones CLIENT UNPAUSE too.
+    let ms = |d: Duration| d.as_millis().to_string();
+    let until = ms(again + Duration::from_millis(200));
+    let _: () = q(&mut r, &["CLIENT", "PAUSE", &until, "ALL"]).await;
+    let start = Instant::now();
+    let mut pipeline = resp(&["GET", "k"]);
+    pipeline.extend(resp(&["ECHO", "between"]));
+    pipeline.extend(resp(&["GET", "k"]));
+    raw.send(&pipeline).await;
+    // The GETs reach the replica before the write's stream: it runs them first when the pause ends.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _: () = q(&mut writer, &["SET", "k", "new"]).await;
+    // The primary answers the first GET sent again only after the replica answered the second.
+    tokio::time::sleep_until((start + again - Duration::from_millis(200)).into()).await;
+    let _: () = q(&mut p, &["CLIENT", "PAUSE", "600", "ALL"]).await;
+    let first = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    raw.expect(b"$7\r\nbetween\r\n").await;
+    let second = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    (first, second)
+}
+
+/// Before: the hedge took the first GET to the primary (`new`) and left the second on the replica
+/// (`old`): the session read back in time within one pipeline (2 of 2 runs, each test). The chaos
+/// test's readers saw it in every run of the switchovers in Sentinel mode (`mono=2` to 13, hedges and
+/// read retries in each), before any fault as after.
+#[tokio::test]
+async fn a_hedged_read_takes_the_session_s_later_reads_with_it() {
+    let got = reads_behind_a_read_sent_again(Duration::from_millis(400), |f| {
+        f.read_hedge_ms = Some(400);
+        f.read_timeout_ms = Some(5000);
+    })
+    .await;
+    assert_eq!(got, ("$3\r\nnew\r\n".into(), "$3\r\nnew\r\n".into()));
+}
+
+/// The same with the read timeout, not a hedge, sending the first GET to the primary.
+#[tokio::test]
+async fn a_read_sent_again_after_its_timeout_takes_the_session_s_later_reads_with_it() {
+    let got = reads_behind_a_read_sent_again(Duration::from_millis(600), |f| {
+        f.read_hedge_ms = Some(60_000);
+        f.read_timeout_ms = Some(600);
+    })
+    .await;
+    assert_eq!(got, ("$3\r\nnew\r\n".into(), "$3\r\nnew\r\n".into()));
 }
