@@ -109,9 +109,7 @@ impl Session {
             // A read on the primary answered after another node replaced it (a frozen primary thawed
             // after the switch): its data may be older than what the session saw since on the new
             // side. Sent again, never delivered.
-            Outcome::Upstream(Ok(r))
-                if sent.primary && sent.reads_only && !r.from_primary =>
-            {
+            Outcome::Upstream(Ok(r)) if sent.primary && sent.reads_only && !r.from_primary => {
                 self.ctx.metrics.reads_behind.inc();
                 retry::Attempt::Behind
             }
@@ -363,6 +361,8 @@ impl Session {
             // Only a write waits for the later write's verdict; a read's failure is delivered now, as
             // its own error (waiting would turn it into a late hold error).
             Later::Unknown if reads_only => return Resend::GiveUp,
+            // A later read that must stay where it is could not run after this one again.
+            Later::None if reads_only && self.queue.later_reads_bound() => return Resend::GiveUp,
             Later::Unknown => None,
             Later::None => {
                 match self.resend_target(shard, reads_only, failed.as_ref().map(|n| n.id)) {
@@ -433,24 +433,62 @@ impl Session {
         if let Some(entry) = self.queue.front_mut() {
             entry.wait = Wait::Upstream(rx);
             // The node runs them: its command counters say so (where reads were served).
-            let m = node.metrics.load();
-            for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
-                .into_iter()
-                .zip(entry.kinds)
-            {
-                if n > 0 {
-                    m.commands(primary, kind, u64::from(n));
-                }
-            }
+            count_commands(node, primary, entry.kinds);
         }
+        self.carry_later_reads(&conn, node, primary, check, now);
         self.state.sent(shard, node.id, primary, count);
         Resend::Sent
     }
 
+    /// Sends every later read already sent (answered or not, not delivered yet) again to `node`, after
+    /// the front entry just sent there, with the same check. The front read runs later than they did,
+    /// on another node or the same: on the primary, say, after a replica stopped answering. What it sees
+    /// may be newer than what they saw, and it is delivered first: kept, their replies could take the
+    /// session back in time. Run after it on the same connection, they see at least what it saw.
+    /// Callers make sure no later command may have written ([`Later::None`]) and that every later read
+    /// sent may go elsewhere ([`super::queue::Queue::later_reads_bound`]).
+    fn carry_later_reads(
+        &mut self,
+        conn: &upstream::Shared,
+        node: &Arc<Node>,
+        primary: bool,
+        check: Option<u64>,
+        now: Instant,
+    ) {
+        let deadline = now + self.ctx.timeout(true);
+        let hedge_at = (!primary).then(|| now + self.ctx.hedge_delay());
+        for entry in self.queue.later_reads_sent() {
+            let Some(sent) = entry.sent.as_mut() else {
+                continue;
+            };
+            let Some(bytes) = sent.bytes.clone() else {
+                continue;
+            };
+            // Its reply, in or not, is dropped: for the bookkeeping it was over without one.
+            if let Some(old) = &sent.node {
+                self.state
+                    .reads
+                    .shard(sent.shard)
+                    .abandoned(old.id, sent.primary, entry.count);
+            }
+            sent.node = Some(node.clone());
+            sent.primary = primary;
+            sent.check = check;
+            sent.want.before = check.is_some();
+            sent.deadline = Some(deadline);
+            sent.hedge_at = hedge_at;
+            entry.wait = Wait::Upstream(upstream::submit(conn, bytes, entry.count, sent.want));
+            count_commands(node, primary, entry.kinds);
+            self.state.sent(sent.shard, node.id, primary, entry.count);
+        }
+    }
+
     /// The front entry, a read on a replica, is still unanswered past its hedge delay: the replica may be
     /// frozen. It goes to another node the router allows, once; its first reply, should it still come,
-    /// is dropped. It keeps waiting where it is if it has nowhere else to go, or if a later command of
-    /// this session may have written (running the read again after it would let it see that write).
+    /// is dropped; later reads already sent go with it (see [`Session::carry_later_reads`]). It keeps
+    /// waiting where it is if it has nowhere else to go, if a later command of this session may have
+    /// written (running the read again after it would let it see that write), or if a later read may not
+    /// leave its node.
     pub(super) fn hedge_front(&mut self) {
         let topo = self.ctx.topo.snapshot();
         let shard = topo.shard();
@@ -480,7 +518,7 @@ impl Session {
         if sent.failures + 1 >= MAX_READ_FAILURES {
             return;
         }
-        if self.queue.later_writes() != Later::None {
+        if self.queue.later_writes() != Later::None || self.queue.later_reads_bound() {
             return;
         }
         let Some((node, primary, check)) = self
@@ -532,6 +570,19 @@ impl Session {
             },
             ReadTarget::Refuse(_) => None,
         })
+    }
+}
+
+/// Counts commands of `kinds` (reads, writes, others) sent to `node`.
+fn count_commands(node: &Node, primary: bool, kinds: [u32; 3]) {
+    let m = node.metrics.load();
+    for (kind, n) in [Kind::Read, Kind::Write, Kind::Other]
+        .into_iter()
+        .zip(kinds)
+    {
+        if n > 0 {
+            m.commands(primary, kind, u64::from(n));
+        }
     }
 }
 

@@ -346,6 +346,25 @@ impl Queue {
         })
     }
 
+    /// Reads queued after the front one that were sent to a node (answered or not) and may be sent
+    /// again: the ones the front takes along when it is sent again (see `Session::carry_later_reads`).
+    pub fn later_reads_sent(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.entries
+            .iter_mut()
+            .skip(1)
+            .filter(|e| sent_read(e).is_some_and(|s| s.bytes.is_some() && !s.scripted))
+    }
+
+    /// Whether a read queued after the front one was sent to a node it may not leave: a SCAN cursor
+    /// bound to its node, or a read-only script (never started twice). The front read may then not run
+    /// again: that read could not follow it, and it may have seen older data than the front would.
+    pub fn later_reads_bound(&self) -> bool {
+        self.entries
+            .iter()
+            .skip(1)
+            .any(|e| sent_read(e).is_some_and(|s| s.bytes.is_none() || s.scripted))
+    }
+
     /// Whether a request queued after the front one may have changed data: it was sent (or its reply
     /// says it ran) and is not only reads. Replies already in are taken from their channels to tell.
     pub fn later_writes(&mut self) -> Later {
@@ -372,6 +391,13 @@ impl Queue {
         }
         later
     }
+}
+
+/// The send record of an entry holding only reads that went to a node and are not delivered yet.
+fn sent_read(e: &Entry) -> Option<&Sent> {
+    let sent = e.sent.as_ref()?;
+    (sent.reads_only && sent.node.is_some() && matches!(e.wait, Wait::Upstream(_) | Wait::Done(_)))
+        .then_some(sent)
 }
 
 /// The error for an entry whose reply channel closed without an answer.
