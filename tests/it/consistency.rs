@@ -298,7 +298,8 @@ async fn a_read_found_behind_with_a_write_pipelined_after_it_is_never_delivered_
 /// first goes to the primary (a hedge, or its read timeout: `tweak` sets which), and sees `new`; the
 /// second, already sent to the replica, runs there once the pause ends, before the stream it postponed
 /// too, and sees `old`. The primary is paused meanwhile too, so that the second's reply is in when the
-/// first's is delivered. Returns the two GETs' replies.
+/// first's is delivered. Each step leaves 200 ms or more to the next on a busy machine. Returns the two
+/// GETs' replies.
 async fn reads_behind_a_read_sent_again(
     again: Duration,
     tweak: impl FnOnce(&mut redsplit::config::Flags),
@@ -322,7 +323,7 @@ async fn reads_behind_a_read_sent_again(
     let mut raw = Raw::connect(&proxy).await;
     // Pauses end by themselves: a paused server postpones CLIENT UNPAUSE too.
     let ms = |d: Duration| d.as_millis().to_string();
-    let until = ms(again + Duration::from_millis(200));
+    let until = ms(again + Duration::from_millis(300));
     let _: () = q(&mut r, &["CLIENT", "PAUSE", &until, "ALL"]).await;
     let start = Instant::now();
     let mut pipeline = resp(&["GET", "k"]);
@@ -334,7 +335,7 @@ async fn reads_behind_a_read_sent_again(
     let _: () = q(&mut writer, &["SET", "k", "new"]).await;
     // The primary answers the first GET sent again only after the replica answered the second.
     tokio::time::sleep_until((start + again - Duration::from_millis(200)).into()).await;
-    let _: () = q(&mut p, &["CLIENT", "PAUSE", "600", "ALL"]).await;
+    let _: () = q(&mut p, &["CLIENT", "PAUSE", "700", "ALL"]).await;
     let first = String::from_utf8_lossy(&raw.frame().await).into_owned();
     raw.expect(b"$7\r\nbetween\r\n").await;
     let second = String::from_utf8_lossy(&raw.frame().await).into_owned();
@@ -358,9 +359,9 @@ async fn a_hedged_read_takes_the_session_s_later_reads_with_it() {
 /// The same with the read timeout, not a hedge, sending the first GET to the primary.
 #[tokio::test]
 async fn a_read_sent_again_after_its_timeout_takes_the_session_s_later_reads_with_it() {
-    let got = reads_behind_a_read_sent_again(Duration::from_millis(600), |f| {
+    let got = reads_behind_a_read_sent_again(Duration::from_millis(1000), |f| {
         f.read_hedge_ms = Some(60_000);
-        f.read_timeout_ms = Some(600);
+        f.read_timeout_ms = Some(1000);
     })
     .await;
     assert_eq!(got, ("$3\r\nnew\r\n".into(), "$3\r\nnew\r\n".into()));
