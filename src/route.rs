@@ -188,9 +188,9 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
                 check,
             },
             ReadTarget::Primary(reason) => match &shard.primary {
-                Some(p) => match p.repl.stalled_for() {
-                    Some(silent) if silent > policy.patience => Plan::Silent(silent),
-                    _ => on_primary(p, Some(reason)),
+                Some(p) => match primary_silent(p, policy) {
+                    Some(silent) => Plan::Silent(silent),
+                    None => on_primary(p, Some(reason)),
                 },
                 None => Plan::Hold,
             },
@@ -206,6 +206,16 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
         Class::Local(local) => Plan::Local(local),
         Class::Interrupt(what) => Plan::Interrupt(interrupted(shard, what)),
     }
+}
+
+/// How long `primary` has been silent, if longer than a read would wait on it (`policy.patience`) while
+/// timing out rather than refusing connections: a read only it may serve then fails at once
+/// ([`Plan::Silent`]), a new one or one sent again.
+pub fn primary_silent(primary: &Node, policy: &Policy) -> Option<std::time::Duration> {
+    primary
+        .repl
+        .stalled_for()
+        .filter(|silent| *silent > policy.patience)
 }
 
 /// The nodes an interrupting command goes to. A script that runs past `busy-reply-threshold` makes its

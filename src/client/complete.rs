@@ -561,10 +561,9 @@ impl Session {
         Ok(match reads.route_avoiding(shard, &policy, avoid) {
             ReadTarget::Replica { node, check, .. } => Some((node, false, check)),
             ReadTarget::Primary(_) => match &shard.primary {
-                // As `route::plan` does for a new read (`Plan::Silent`).
-                Some(p) => match p.repl.stalled_for() {
-                    Some(silent) if silent > policy.patience => return Err(silent),
-                    _ => Some((p.clone(), true, None)),
+                Some(p) => match route::primary_silent(p, &policy) {
+                    Some(silent) => return Err(silent),
+                    None => Some((p.clone(), true, None)),
                 },
                 None => None,
             },
