@@ -399,14 +399,24 @@ async fn ask_sentinels(sentinels: &[Arc<Node>], master_name: &str) -> Result<(),
     let mut refusals = Vec::new();
     for sentinel in sentinels {
         let mut c = Control::new(sentinel.clone());
+        // One that cannot be reached was asked nothing: the next one is.
+        if !c.connect().await {
+            warn!(sentinel = %sentinel.addr, "sentinel unreachable for SENTINEL FAILOVER");
+            continue;
+        }
         match call(&mut c, &[b"SENTINEL", b"FAILOVER", master_name.as_bytes()]).await {
             Some(OwnedFrame::SimpleString(ok)) if ok == b"OK" => return Ok(()),
             Some(OwnedFrame::Error(e)) => {
                 warn!(sentinel = %sentinel.addr, reply = %e, "sentinel refused the failover");
                 refusals.push(format!("{}: {e}", sentinel.addr));
             }
+            // Asked, and no answer in time (a loaded sentinel): it may have started the failover.
+            // Releasing the writes and the pause now would let the primary take writes the promoted
+            // replica never gets, and asking the next one would only get INPROG. Go on as if it
+            // accepted: the caller waits for the topology to switch, and answers 504 if it does not.
             other => {
-                warn!(sentinel = %sentinel.addr, reply = ?other, "sentinel refused the failover")
+                warn!(sentinel = %sentinel.addr, reply = ?other, "no clear answer to SENTINEL FAILOVER; it may have started, waiting for the switch");
+                return Ok(());
             }
         }
     }
