@@ -257,17 +257,19 @@ async fn wait_ready(
     let deadline = Instant::now() + s.timeout / 2;
     loop {
         watched.refresh(&s.topo)?;
-        let promotable = promotable_replicas(views, master_name, &s.map).await;
-        let counted = replicas_behind(&s.topo, watched, promotable.as_ref(), u64::MAX);
+        let view = sentinel_view(views, master_name, &s.map).await;
+        let counted = replicas_behind(&s.topo, watched, view.as_ref(), u64::MAX);
         let name = |n: &Node| n.addr.to_string();
+        // One the topology does not list is not probed: its offset could not be followed (right after a
+        // switchover the topology lists none until the sentinels' links to them are up).
         let blind: Vec<String> = counted
             .iter()
-            .filter(|n| !n.repl.answering())
+            .filter(|n| !n.repl.answering() || !watched.lists(n))
             .map(|n| name(n))
             .collect();
         let idle: Vec<String> = counted
             .iter()
-            .filter(|n| n.repl.answering())
+            .filter(|n| n.repl.answering() && watched.lists(n))
             .filter(|n| matches!(n.repl.why(), Why::NotReplica | Why::LinkDown))
             .map(|n| format!("{}: {}", n.addr, n.repl.why().label()))
             .collect();
@@ -290,7 +292,7 @@ async fn wait_ready(
             reply(
                 StatusCode::GATEWAY_TIMEOUT,
                 json!({"error": format!(
-                    "replicas Sentinel could promote do not answer this proxy ({}); switchover not started",
+                    "replicas Sentinel could promote do not answer this proxy or are not in its topology ({}); switchover not started",
                     blind.join(", ")
                 )}),
             )
@@ -357,8 +359,8 @@ async fn wait_caught_up(
     let deadline = Instant::now() + s.timeout / 2;
     let behind = loop {
         watched.refresh(&s.topo)?;
-        let promotable = promotable_replicas(views, master_name, &s.map).await;
-        let behind = replicas_behind(&s.topo, watched, promotable.as_ref(), target);
+        let view = sentinel_view(views, master_name, &s.map).await;
+        let behind = replicas_behind(&s.topo, watched, view.as_ref(), target);
         // One that says it is a master cannot catch up: writes are not held waiting for it.
         let master = behind.iter().find(|n| n.repl.why() == Why::NotReplica);
         if let Some(n) = master {
@@ -440,15 +442,25 @@ fn not_started(status: StatusCode, error: &str) -> Reply {
     reply(status, json!({ "error": error }))
 }
 
-/// The replicas (as this proxy reaches them) that some sentinel could promote now, by its own view;
-/// `None` if no sentinel answered (then any replica may be).
-async fn promotable_replicas(
+/// What the sentinels say of the master's replicas (as this proxy reaches them), each by its own view.
+#[derive(Debug, Default)]
+struct SentinelView {
+    /// Every replica some sentinel lists, up or not: one flagged down now may be promotable a moment
+    /// later (a sentinel's link to a replica is new after each switchover).
+    listed: BTreeSet<Addr>,
+    /// Those some sentinel could promote now.
+    promotable: BTreeSet<Addr>,
+}
+
+/// The sentinels' view of the master's replicas; `None` if no sentinel answered (then any replica may be
+/// promoted).
+async fn sentinel_view(
     sentinels: &mut [Control],
     master_name: &str,
     map: &AddressMap,
-) -> Option<BTreeSet<Addr>> {
+) -> Option<SentinelView> {
     let mut answered = false;
-    let mut promotable = BTreeSet::new();
+    let mut view = SentinelView::default();
     for c in sentinels.iter_mut() {
         let Some(OwnedFrame::Array(items)) =
             call(c, &[b"SENTINEL", b"replicas", master_name.as_bytes()]).await
@@ -456,15 +468,15 @@ async fn promotable_replicas(
             continue;
         };
         answered = true;
-        promotable.extend(
-            items
-                .iter()
-                .filter_map(sentinel::promotable_replica)
-                .filter(|(_, p)| *p)
-                .map(|(a, _)| map.map(a)),
-        );
+        for (addr, promotable) in items.iter().filter_map(sentinel::promotable_replica) {
+            let addr = map.map(addr);
+            if promotable {
+                view.promotable.insert(addr.clone());
+            }
+            view.listed.insert(addr);
+        }
     }
-    answered.then_some(promotable)
+    answered.then_some(view)
 }
 
 /// The replicas a sentinel switchover answers for: those of the topology when it started, and any the
@@ -482,6 +494,11 @@ impl Watched {
             replicas: snapshot.replica_nodes().cloned().collect(),
             primary,
         }
+    }
+
+    /// True if the topology listed `n` as a replica at some point of the switchover.
+    fn lists(&self, n: &Node) -> bool {
+        self.replicas.iter().any(|r| r.id == n.id)
     }
 
     /// Adds the replicas the topology lists now; refuses if it names another primary.
@@ -505,16 +522,19 @@ impl Watched {
 /// The replicas Sentinel could promote that lack the primary's offset `target`. A replica is left out
 /// only if both this proxy has not heard from it for Sentinel's validity window (counted from its first
 /// failed probe) and no sentinel could promote it now: the probes see a replica thawing before a
-/// sentinel's view says so, and the sentinels see one that only this proxy cannot reach. A replica a
-/// sentinel could promote that this proxy does not probe counts as behind: its offset is unknown.
+/// sentinel's view says so, and the sentinels see one that only this proxy cannot reach. A replica the
+/// topology does not list counts as behind (its offset is unknown: it is not probed) if a sentinel could
+/// promote it, or if a sentinel lists it and this proxy heard from it within the validity window: right
+/// after a switchover the topology lists no replica until the sentinels' new links to them are up, and
+/// a sentinel whose link comes up a moment later may promote one that still follows the demoted primary.
 fn replicas_behind(
     topo: &Topo,
     watched: &Watched,
-    promotable: Option<&BTreeSet<Addr>>,
+    view: Option<&SentinelView>,
     target: u64,
 ) -> Vec<Arc<Node>> {
     let counts = |n: &Node| {
-        promotable.is_none_or(|p| p.contains(&n.addr))
+        view.is_none_or(|v| v.promotable.contains(&n.addr))
             || !n.repl.silent_longer_than(sentinel::REPLICA_VALIDITY)
     };
     let mut behind: Vec<Arc<Node>> = watched
@@ -523,10 +543,15 @@ fn replicas_behind(
         .filter(|n| counts(n) && n.repl.offset() < target)
         .cloned()
         .collect();
-    for addr in promotable.into_iter().flatten() {
+    for addr in view.iter().flat_map(|v| &v.listed) {
         let known = watched.replicas.iter().any(|n| &n.addr == addr);
-        if !known && watched.primary.addr != *addr {
-            behind.push(topo.node(addr));
+        if known || watched.primary.addr == *addr {
+            continue;
+        }
+        let n = topo.node(addr);
+        let promotable = view.is_some_and(|v| v.promotable.contains(addr));
+        if promotable || n.repl.answered_within(sentinel::REPLICA_VALIDITY) {
+            behind.push(n);
         }
     }
     behind
@@ -571,3 +596,6 @@ async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

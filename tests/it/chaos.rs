@@ -147,6 +147,11 @@ async fn chaos(name: &str, mut cluster: Cluster, proxy: Proxy, fault: Fault) {
         })
         .collect();
     let load = Load::start(proxy.listen, servers).await;
+    // The load's start on the wall clock, to set the examples' times against the proxy's log.
+    let load_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let load_started = load.started;
     assert!(
         progress(&load, PROGRESS, PATIENCE).await,
@@ -197,10 +202,12 @@ async fn chaos(name: &str, mut cluster: Cluster, proxy: Proxy, fault: Fault) {
     );
 
     let evidence = format!(
-        "{name}: {}; examples: {:?}; errors: {:?}; primaries published (ms after the fault): {primaries:?}",
+        "{name}: {}; examples: {:?}; errors: {:?}; primaries published (ms after the fault): {primaries:?}; \
+         {note}fault_at_ms={} load_started_unix_ms={load_wall}",
         figures.line(),
         figures.examples,
-        figures.errors
+        figures.errors,
+        fault_start.duration_since(load_started).as_millis(),
     );
     if let Some((n, done)) = switchovers {
         assert_eq!(done, n, "{name}: switchovers done: {note}");

@@ -67,7 +67,16 @@ pub fn check(
     let mut f = Figures::default();
     let mut ok_at = Vec::new();
     for (w, (log, fin)) in history.writers.iter().zip(finals).enumerate() {
-        check_writer(w, log, fin, fault_end, excused, &mut f, &mut ok_at);
+        check_writer(
+            w,
+            log,
+            fin,
+            history.started,
+            fault_end,
+            excused,
+            &mut f,
+            &mut ok_at,
+        );
     }
     for log in &history.readers {
         f.read_errors += log.read_errors;
@@ -111,10 +120,12 @@ impl Figures {
 }
 
 /// Checks writer `w`'s history against its keys on the final primary.
+#[allow(clippy::too_many_arguments)]
 fn check_writer(
     w: usize,
     log: &WriterLog,
     fin: &Final,
+    started: Instant,
     fault_end: Instant,
     excused: Option<(Instant, Duration)>,
     f: &mut Figures,
@@ -130,7 +141,8 @@ fn check_writer(
         if in_window(at) {
             f.lost_in_window += 1;
         }
-        keep(&mut f.examples, [what]);
+        let ms = at.saturating_duration_since(started).as_millis();
+        keep(&mut f.examples, [format!("{what} ({ms} ms)")]);
     };
     f.ryw += log.ryw;
     f.monotonic += log.monotonic;

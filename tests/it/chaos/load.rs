@@ -50,6 +50,8 @@ pub struct History {
     pub readers: Vec<ReaderLog>,
     /// When the load was told to stop.
     pub stopped: Instant,
+    /// When the load started: examples give their time from it.
+    pub started: Instant,
 }
 
 /// One write a writer sent, in the order sent.
@@ -178,6 +180,7 @@ impl Load {
             writers,
             readers,
             stopped,
+            started: self.started,
         }
     }
 }
