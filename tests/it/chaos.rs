@@ -68,8 +68,9 @@ async fn history_holds_when_the_primary_freezes_past_down_after_and_comes_back()
     chaos("freeze_long", cluster, proxy, Fault::FreezePastDownAfter).await;
 }
 
-/// `SENTINEL FAILOVER` sent to one sentinel directly, not through the proxy: nothing holds writes, and
-/// the old primary takes them until the proxy learns of the switch.
+/// `SENTINEL FAILOVER` sent to one sentinel directly, not through the proxy: the proxy learns of it from
+/// the sentinel's `+selected-slave` or a probe seeing the replica turn master, and holds writes until the
+/// switch (before that hold, the old primary took writes the promoted replica never got).
 #[tokio::test]
 async fn history_holds_through_a_failover_started_at_a_sentinel() {
     let (cluster, proxy) = Cluster::builder().replicas(2).sentinels(3).proxy().await;
