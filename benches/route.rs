@@ -114,6 +114,7 @@ fn topology(replicas: usize) -> (Arc<Topo>, Arc<Topology>) {
         metrics: None,
         refresh: Default::default(),
         tls: None,
+        zones: Default::default(),
     };
     let topo = Topo::new(Arc::new(settings));
     let addr = |s: String| Addr::parse(&s).expect("host:port");
@@ -138,6 +139,7 @@ fn policy(consistency: Consistency) -> Policy {
         fallback: Fallback::Primary,
         max_lag: Duration::from_secs(1),
         patience: Duration::from_secs(1),
+        zone_affinity: Default::default(),
     }
 }
 

@@ -39,7 +39,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::command::SharedTable;
 use crate::resp::Limits;
-use crate::route::{Consistency, Fallback};
+use crate::route::{Consistency, Fallback, ZoneAffinity};
 use crate::topology::Topo;
 
 /// Everything sessions share.
@@ -53,6 +53,8 @@ pub struct Context {
     pub consistency: Consistency,
     /// No-replica behaviour.
     pub fallback: Fallback,
+    /// Which zones' nodes reads prefer.
+    pub zone_affinity: ZoneAffinity,
     /// Request scanner limits.
     pub limits: Limits,
     /// Per-client limit on bytes received and not yet forwarded.
@@ -101,6 +103,8 @@ pub struct Settings {
     pub consistency: Consistency,
     /// No-replica behaviour.
     pub fallback: Fallback,
+    /// Which zones' nodes reads prefer.
+    pub zone_affinity: ZoneAffinity,
     /// Request scanner limits.
     pub limits: Limits,
     /// Per-client limit on bytes received and not yet forwarded.
@@ -140,6 +144,7 @@ impl Context {
         let Settings {
             consistency,
             fallback,
+            zone_affinity,
             limits,
             max_request_bytes,
             max_inflight,
@@ -158,6 +163,7 @@ impl Context {
             table,
             consistency,
             fallback,
+            zone_affinity,
             limits,
             max_request_bytes,
             max_inflight,
@@ -230,6 +236,7 @@ impl Context {
             fallback: self.fallback,
             max_lag: self.lag.load().max_lag,
             patience: self.read_timeout,
+            zone_affinity: self.zone_affinity,
         }
     }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::auth::ClientUser;
 pub use crate::node::Addr;
 use crate::resp::Limits;
-pub use crate::route::{Consistency, Fallback};
+pub use crate::route::{Consistency, Fallback, ZoneAffinity};
 use crate::upstream::Credentials;
 
 mod credentials;
@@ -60,6 +60,10 @@ pub struct Config {
     pub max_lag_bytes: Option<u64>,
     /// No-replica fallback.
     pub fallback: Fallback,
+    /// The proxy's zone and the configured zones of nodes.
+    pub zones: crate::node::Zones,
+    /// Which zones' nodes reads prefer.
+    pub zone_affinity: ZoneAffinity,
     /// Offset probe interval.
     pub probe_interval: Duration,
     /// Worker threads (resolved: at least 1).
@@ -124,6 +128,7 @@ impl Config {
         crate::client::Settings {
             consistency: self.consistency,
             fallback: self.fallback,
+            zone_affinity: self.zone_affinity,
             limits: self.limits,
             max_request_bytes: self.max_request_bytes,
             max_inflight: self.max_client_inflight,
@@ -158,6 +163,8 @@ impl Config {
             sentinel_facade => "sentinel_facade",
             consistency => "consistency",
             fallback => "fallback",
+            zones => "zone/node_zones",
+            zone_affinity => "zone_affinity",
             probe_interval => "probe_interval_ms",
             worker_threads => "worker_threads",
             backend_connections => "backend_connections",
@@ -221,6 +228,7 @@ impl Config {
         let kind = Source::kind(&raw);
         let source = Source::parse(&raw, kind, problems);
         let address_map = source::address_map(&raw.address_map, problems);
+        let zones = zones(&raw, problems);
         let upstream = Upstream::parse(&raw, problems);
         let client_auth = ClientAuth::parse(&raw, problems);
         let tls_listen = tls::listener(&raw, problems);
@@ -242,6 +250,8 @@ impl Config {
             max_lag: timing.max_lag,
             max_lag_bytes: (raw.max_lag_bytes > 0).then_some(raw.max_lag_bytes),
             fallback: raw.fallback,
+            zones: zones?,
+            zone_affinity: raw.zone_affinity,
             probe_interval: timing.probe_interval,
             worker_threads: workers.threads,
             backend_connections: workers.backend_connections,
@@ -272,6 +282,30 @@ impl Config {
             log_format: raw.log_format,
         })
     }
+}
+
+/// The proxy's zone and the `node_zones` entries, if every entry parses.
+fn zones(raw: &Raw, problems: &mut Vec<String>) -> Option<crate::node::Zones> {
+    let before = problems.len();
+    let own = match raw.zone.as_deref().map(str::trim) {
+        Some("") => {
+            problems.push("option `zone`: empty; leave it out for no zone".into());
+            None
+        }
+        z => z.map(|z| crate::node::Zone(z.to_string())),
+    };
+    let rules = raw
+        .node_zones
+        .iter()
+        .filter_map(|r| match crate::node::ZoneRule::parse(r) {
+            Ok(rule) => Some(rule),
+            Err(e) => {
+                problems.push(format!("option `node_zones`: {e}"));
+                None
+            }
+        })
+        .collect();
+    (problems.len() == before).then_some(crate::node::Zones { own, rules })
 }
 
 /// The `log_level` filter, if it parses (RUST_LOG syntax).

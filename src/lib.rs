@@ -334,6 +334,7 @@ fn upstream_settings(
         limits: config.limits.for_replies(),
         refresh: Arc::new(tokio::sync::Notify::new()),
         tls: tls.client.clone().filter(|_| config.backend_tls.is_some()),
+        zones: Arc::new(config.zones.clone()),
     };
     let sentinels = upstream::Settings {
         credentials: config.sentinel_credentials.clone(),

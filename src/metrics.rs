@@ -8,6 +8,8 @@ use prometheus::{
     Registry,
 };
 
+use crate::node::Locality;
+
 /// What a command does, the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -44,10 +46,20 @@ pub enum ReadReason {
     Transaction = 3,
     /// `consistency = "primary"`, or a retry after a replica failed.
     Policy = 4,
+    /// `zone_affinity = "replicas-and-primary"`: no replica in the proxy's zone qualifies and the
+    /// primary is in it.
+    Zone = 5,
 }
 
 impl ReadReason {
-    const LABELS: [&'static str; 5] = ["session", "lag", "no_replica", "transaction", "policy"];
+    const LABELS: [&'static str; 6] = [
+        "session",
+        "lag",
+        "no_replica",
+        "transaction",
+        "policy",
+        "zone",
+    ];
 }
 
 /// Upstream failure kinds, the `kind` label of `redsplit_backend_errors_total`.
@@ -90,7 +102,10 @@ pub struct Metrics {
     pub pinned_sessions: IntGauge,
     commands: IntCounterVec,
     durations: [Histogram; 3],
-    reads_on_primary: [IntCounter; 5],
+    reads_on_primary: [IntCounter; 6],
+    /// Reads routed to replicas, by [`crate::node::Locality`].
+    replica_reads: [IntCounter; 3],
+    zone_info: IntGaugeVec,
     lag_bytes: IntGaugeVec,
     lag_seconds: prometheus::GaugeVec,
     eligible: IntGaugeVec,
@@ -259,6 +274,32 @@ impl Metrics {
             )?,
             durations: Kind::ALL.map(|k| durations_vec.with_label_values(&[k.label()])),
             reads_on_primary: ReadReason::LABELS.map(|r| reads_vec.with_label_values(&[r])),
+            replica_reads: {
+                let v = reg(
+                    registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "redsplit_replica_reads_total",
+                            "Reads routed to replicas, by where the replica is: in the proxy's zone (local), \
+                             in another (remote), or unknown (no zone for the proxy or the replica)",
+                        ),
+                        &["locality"],
+                    )?,
+                )?;
+                [Locality::Unknown, Locality::Local, Locality::Remote]
+                    .map(|l| v.with_label_values(&[l.label()]))
+            },
+            zone_info: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "redsplit_node_zone_info",
+                        "1 for each data node's zone (configured in node_zones, else reported by the server) \
+                         and whether it is the proxy's own",
+                    ),
+                    &["node", "zone", "locality"],
+                )?,
+            )?,
             commands,
             lag_bytes: reg(
                 registry,
@@ -407,6 +448,31 @@ impl Metrics {
     #[inline]
     pub fn read_on_primary(&self, reason: ReadReason) {
         self.reads_on_primary[reason as usize].inc();
+    }
+
+    /// Counts a read routed to a replica at `locality`.
+    #[inline]
+    pub fn replica_read(&self, locality: Locality) {
+        self.replica_reads[locality as usize].inc();
+    }
+
+    /// Reads routed to replicas at `locality` so far.
+    pub fn replica_reads(&self, locality: Locality) -> u64 {
+        self.replica_reads[locality as usize].get()
+    }
+
+    /// Sets the zone series of the node at `addr` (removing the one for its previous zone, if any).
+    pub fn node_zone(&self, addr: &str, old: Option<(&str, Locality)>, new: Option<(&str, Locality)>) {
+        if let Some((zone, locality)) = old {
+            let _ = self
+                .zone_info
+                .remove_label_values(&[addr, zone, locality.label()]);
+        }
+        if let Some((zone, locality)) = new {
+            self.zone_info
+                .with_label_values(&[addr, zone, locality.label()])
+                .set(1);
+        }
     }
 }
 

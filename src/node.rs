@@ -7,6 +7,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod zone;
+
+pub use zone::{Locality, Zone, ZoneRule, Zones};
+
 /// An upstream address as configured: `host:port`, resolved when connecting (hosts may be names).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr(String);
@@ -324,10 +328,6 @@ pub struct RunId(pub String);
 /// with it, directly or through other replicas, report the same one. A promoted replica starts a new one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReplId(pub String);
-
-/// A node's availability zone (datacenter, site), when known.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Zone(pub String);
 
 /// What a node is: the process and the replication history it follows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,6 +39,21 @@ pub enum Fallback {
     Error,
 }
 
+/// Which nodes a read prefers when the proxy has a zone (`zone`); the tiers are tried in order, lag
+/// gating and consistency applying unchanged inside each. Without a proxy zone, or for replicas whose
+/// zone is unknown (they count as remote), there is one tier of replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZoneAffinity {
+    /// Replicas in the proxy's zone, then replicas in other zones, then the primary (Valkey GLIDE's
+    /// `AZ_AFFINITY`).
+    #[default]
+    Replicas,
+    /// Replicas in the proxy's zone, then the primary if it is in the proxy's zone, then replicas in
+    /// other zones, then the primary (GLIDE's `AZ_AFFINITY_REPLICAS_AND_PRIMARY`).
+    ReplicasAndPrimary,
+}
+
 /// Why a read went to the primary (the label of `redsplit_reads_on_primary_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrimaryReason {
@@ -52,6 +67,9 @@ pub enum PrimaryReason {
     Transaction,
     /// `consistency = "primary"`, or a retry after a replica failed.
     Policy,
+    /// `zone_affinity = "replicas-and-primary"`: no replica in the proxy's zone qualifies and the
+    /// primary is in it.
+    Zone,
 }
 
 impl From<PrimaryReason> for crate::metrics::ReadReason {
@@ -63,6 +81,7 @@ impl From<PrimaryReason> for crate::metrics::ReadReason {
             PrimaryReason::NoReplica => M::NoReplica,
             PrimaryReason::Transaction => M::Transaction,
             PrimaryReason::Policy => M::Policy,
+            PrimaryReason::Zone => M::Zone,
         }
     }
 }
@@ -79,6 +98,8 @@ pub struct Policy {
     /// How long the primary may have been silent before a read only it may serve fails at once instead
     /// of waiting on it (`read_timeout_ms`: the wait a read would get).
     pub patience: std::time::Duration,
+    /// Which zones' nodes reads prefer.
+    pub zone_affinity: ZoneAffinity,
 }
 
 /// Where one command goes.
@@ -262,6 +283,7 @@ mod tests {
         fallback: Fallback::Primary,
         max_lag: std::time::Duration::from_secs(1),
         patience: std::time::Duration::from_secs(1),
+        zone_affinity: ZoneAffinity::Replicas,
     };
 
     fn is_primary(plan: &Plan) -> bool {
@@ -460,6 +482,7 @@ mod tests {
         primary.repl.unanswered(false);
         let patient = Policy {
             patience: std::time::Duration::from_secs(3600),
+            zone_affinity: ZoneAffinity::Replicas,
             ..SESSION
         };
         assert!(is_primary(&plan(
@@ -470,6 +493,7 @@ mod tests {
         )));
         let impatient = Policy {
             patience: std::time::Duration::ZERO,
+            zone_affinity: ZoneAffinity::Replicas,
             ..SESSION
         };
         std::thread::sleep(std::time::Duration::from_millis(5));

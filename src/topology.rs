@@ -276,7 +276,6 @@ impl Topo {
                         identity: node.identity(),
                         node,
                         parent: parent.clone(),
-                        zone: None,
                     }
                 })
                 .collect();

@@ -31,7 +31,7 @@ pub use offsets::{Offsets, Want};
 pub use verdict::{Verdict, Verdicts};
 
 use crate::node::Addr;
-use crate::node::{Identity, ReplState};
+use crate::node::{Identity, Locality, ReplState, Zone, Zones};
 use crate::resp::{self, encode_command, Limits, ReplyScanner};
 
 /// Upstream failures. Each says whether the request may have reached the node: a request that was never
@@ -146,6 +146,8 @@ pub struct Settings {
     pub refresh: Arc<tokio::sync::Notify>,
     /// TLS for these connections (`backend_tls`, `sentinel_tls`); `None`: plain TCP.
     pub tls: Option<Arc<crate::tls::Client>>,
+    /// The proxy's zone and the configured zones of nodes.
+    pub zones: Arc<Zones>,
 }
 
 thread_local! {
@@ -173,6 +175,7 @@ pub(crate) fn test_settings() -> Arc<Settings> {
         refresh: Default::default(),
         metrics: None,
         tls: None,
+        zones: Default::default(),
     })
 }
 
@@ -203,6 +206,10 @@ pub struct Node {
     /// The published topology names it a primary; cleared only when another node takes its place, so
     /// a write it answers after that is known to have run on a former primary.
     primary: std::sync::atomic::AtomicBool,
+    /// Its zone: configured (`node_zones`), else as the server reports it.
+    zone: arc_swap::ArcSwapOption<Zone>,
+    /// [`Locality`] of `zone` (read on every read's routing, without the swap).
+    locality: std::sync::atomic::AtomicU8,
     settings: Arc<Settings>,
     pools: Mutex<FxHashMap<ConnKey, Arc<Pool>>>,
 }
@@ -211,6 +218,12 @@ impl Node {
     /// A node with no connections yet.
     pub fn new(addr: Addr, settings: Arc<Settings>) -> Arc<Node> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let zone = settings.zones.configured(&addr);
+        let locality = settings.zones.locality(zone.as_ref());
+        if let (Some(m), Some(z)) = (&settings.metrics, &zone) {
+            m.node_zone(addr.as_str(), None, Some((&z.0, locality)));
+        }
+        let locality = locality as u8;
         Arc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addr,
@@ -220,6 +233,8 @@ impl Node {
             metrics: arc_swap::ArcSwap::from_pointee(crate::metrics::NodeMetrics::detached()),
             failures: std::sync::atomic::AtomicU32::new(0),
             primary: std::sync::atomic::AtomicBool::new(false),
+            zone: arc_swap::ArcSwapOption::new(zone.map(Arc::new)),
+            locality: std::sync::atomic::AtomicU8::new(locality),
             settings,
             pools: Mutex::new(FxHashMap::default()),
         })
@@ -235,6 +250,38 @@ impl Node {
         if self.identity.load().as_deref() != Some(&identity) {
             self.identity.store(Some(Arc::new(identity)));
         }
+    }
+
+    /// Its zone, when known.
+    pub fn zone(&self) -> Option<Zone> {
+        self.zone.load().as_deref().cloned()
+    }
+
+    /// Where it runs relative to the proxy's zone.
+    #[inline]
+    pub fn locality(&self) -> Locality {
+        Locality::from_u8(self.locality.load(Ordering::Relaxed))
+    }
+
+    /// Records the zone the server reports for itself (`availability_zone`); a configured zone wins.
+    pub fn set_reported_zone(&self, reported: Option<Zone>) {
+        let zones = &self.settings.zones;
+        let zone = zones.configured(&self.addr).or(reported);
+        let old = self.zone.load_full();
+        if old.as_deref() == zone.as_ref() {
+            return;
+        }
+        tracing::info!(upstream = %self.addr, zone = zone.as_ref().map(|z| z.0.as_str()).unwrap_or("none"), "node zone");
+        let locality = zones.locality(zone.as_ref());
+        if let Some(m) = &self.settings.metrics {
+            m.node_zone(
+                self.addr.as_str(),
+                old.as_deref().map(|z| (z.0.as_str(), self.locality())),
+                zone.as_ref().map(|z| (z.0.as_str(), locality)),
+            );
+        }
+        self.locality.store(locality as u8, Ordering::Relaxed);
+        self.zone.store(zone.map(Arc::new));
     }
 
     /// Counts a failure (broken connection, timeout) of a request to this node; takes it out of read

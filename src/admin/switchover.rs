@@ -116,8 +116,9 @@ async fn static_switchover(
     wait_promoted(s, target).await
 }
 
-/// The replica to promote: the one named, or else the one eligible for reads with the largest offset.
-/// Either must replicate from the primary itself: `FAILOVER TO` takes only a replica connected to the
+/// The replica to promote: the one named, or else one eligible for reads, in the primary's zone if one
+/// is (the writers' latency stays what it was), with the largest offset (`FAILOVER TO` waits for the
+/// target to catch up in any case). Either must replicate from the primary itself: `FAILOVER TO` takes only a replica connected to the
 /// primary, and after a first switchover the other replicas follow the demoted primary (a chain).
 fn static_target(
     snapshot: &Topology,
@@ -146,7 +147,10 @@ fn static_target(
             .filter(direct)
             .map(|r| &r.node)
             .filter(|n| n.repl.is_eligible())
-            .max_by_key(|n| n.repl.offset())
+            .max_by_key(|n| {
+                let zone = primary.zone();
+                (zone.is_some() && n.zone() == zone, n.repl.offset())
+            })
             .cloned()
             .ok_or_else(|| {
                 format!(

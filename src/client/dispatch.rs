@@ -352,6 +352,8 @@ impl Session {
             } => {
                 if let Some(reason) = reason {
                     self.ctx.metrics.read_on_primary(reason.into());
+                } else if !primary && class == Class::Read {
+                    self.ctx.metrics.replica_read(node.locality());
                 }
                 let mut kinds = [0; 3];
                 kinds[self.cur_kind as usize] = 1;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{Consistency, Fallback};
+use super::{Consistency, Fallback, ZoneAffinity};
 
 /// Where the topology comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -48,7 +48,7 @@ macro_rules! merged {
 }
 
 macro_rules! options {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty $(= $default:expr)? ; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty $(= $default:expr)? $(, flag $flag:literal)? ; )*) => {
         /// The TOML file, as written. Every field is optional; defaults apply after flags.
         #[derive(Debug, Default, Clone, Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -59,7 +59,7 @@ macro_rules! options {
         /// One flag per file option, same name in kebab case; a flag overrides the file.
         #[derive(Debug, Default, Clone, clap::Args)]
         pub struct Flags {
-            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long $(, visible_alias = $flag)?)] pub $name: Option<$ty>, )*
         }
 
         /// The name of every option, as written in the file.
@@ -132,6 +132,20 @@ options! {
     /// Address mapping, repeatable "announced=reachable" (host:port each): addresses nodes and sentinels
     /// announce (containers, NAT) are replaced by the reachable ones. Default none.
     address_map: Vec<String> = Vec::new();
+    /// The proxy's own zone (datacenter, site, availability zone): reads prefer replicas in it (see
+    /// `zone_affinity`). Default none: reads ignore zones.
+    zone: String;
+    /// Zones of nodes, repeatable, "ADDR=ZONE" (host:port as the proxy reaches the node), "HOST=ZONE"
+    /// (every port) or "CIDR=ZONE" (nodes addressed by IP in that network); the most specific entry
+    /// wins. A node without an entry has the zone it reports itself (Valkey 8.1's `availability-zone`),
+    /// else none (it counts as remote). Flag `--node-zone` (or `--node-zones`). Default none.
+    node_zones: Vec<String> = Vec::new(), flag "node-zone";
+    /// With `zone` set, the order reads try nodes in: "replicas" (replicas in the proxy's zone, then
+    /// replicas in other zones, then the primary: GLIDE's AZ_AFFINITY) or "replicas-and-primary"
+    /// (replicas in the zone, then the primary if it is in the zone, then other replicas: GLIDE's
+    /// AZ_AFFINITY_REPLICAS_AND_PRIMARY). Lag limits and consistency apply in every tier. Default
+    /// "replicas".
+    zone_affinity: ZoneAffinity = ZoneAffinity::Replicas;
     /// Replicas the embedded topology starts. Default 2.
     embedded_replicas: u32 = 2;
     /// Sentinels the embedded topology starts. Default 3.

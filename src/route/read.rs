@@ -32,7 +32,8 @@ use std::time::Instant;
 
 use rand::Rng;
 
-use super::{Consistency, Fallback, Policy, PrimaryReason};
+use super::{Consistency, Fallback, Policy, PrimaryReason, ZoneAffinity};
+use crate::node::Locality;
 use crate::topology::{Shard, ShardId};
 use crate::upstream::Node;
 
@@ -177,23 +178,38 @@ impl ReadState {
             return target;
         }
         self.stays = 0;
-        let known = least_outstanding(
-            shard
-                .replica_nodes()
-                .filter(|n| candidate(n) && n.repl.offset() >= need(n)),
-        );
-        let chosen = known.or_else(|| {
-            least_outstanding(shard.replica_nodes().filter(|n| {
-                candidate(n) && n.repl.lag_ms.load(Ordering::Relaxed) <= OPTIMISTIC_LAG_MS
-            }))
-        });
-        if let Some(node) = chosen {
-            let check = check(&node, need(&node));
-            return ReadTarget::Replica {
-                node,
-                check,
-                after: false,
-            };
+        // Replicas in the proxy's zone first, then the others (with no zone for the proxy, every
+        // replica is in the second tier). Inside a tier: one known to be fresh enough, else one close
+        // enough to be worth a check.
+        for local in [true, false] {
+            let in_tier = |n: &Node| (n.locality() == Locality::Local) == local;
+            let known = least_outstanding(
+                shard
+                    .replica_nodes()
+                    .filter(|n| in_tier(n) && candidate(n) && n.repl.offset() >= need(n)),
+            );
+            let chosen = known.or_else(|| {
+                least_outstanding(shard.replica_nodes().filter(|n| {
+                    in_tier(n)
+                        && candidate(n)
+                        && n.repl.lag_ms.load(Ordering::Relaxed) <= OPTIMISTIC_LAG_MS
+                }))
+            });
+            if let Some(node) = chosen {
+                let check = check(&node, need(&node));
+                return ReadTarget::Replica {
+                    node,
+                    check,
+                    after: false,
+                };
+            }
+            let primary_local = shard
+                .primary
+                .as_ref()
+                .is_some_and(|p| p.locality() == Locality::Local);
+            if local && primary_local && policy.zone_affinity == ZoneAffinity::ReplicasAndPrimary {
+                return ReadTarget::Primary(PrimaryReason::Zone);
+            }
         }
         let reason = if shard.replicas.is_empty() {
             PrimaryReason::NoReplica
@@ -425,6 +441,7 @@ mod tests {
             fallback,
             max_lag: Duration::from_secs(1),
             patience: Duration::from_secs(1),
+            zone_affinity: ZoneAffinity::Replicas,
         }
     }
 
@@ -678,6 +695,111 @@ mod tests {
             .map(|_| replica(&s.route(t.shard(), &eventual)).0)
             .collect();
         assert_eq!(picks.len(), 2, "ties are broken at random");
+    }
+
+    /// `p:1` and `r:1` in the proxy's zone `a` with `local`, else in `b`; `r:2` in `b`.
+    fn zoned(local: &[&str]) -> Arc<Topology> {
+        let rules = ["p:1", "r:1", "r:2"]
+            .iter()
+            .map(|n| {
+                let zone = if local.contains(n) { "a" } else { "b" };
+                crate::node::ZoneRule::parse(&format!("{n}={zone}")).expect("rule")
+            })
+            .collect();
+        let mut settings = (*crate::upstream::test_settings()).clone();
+        settings.zones = Arc::new(crate::node::Zones {
+            own: Some(crate::node::Zone("a".into())),
+            rules,
+        });
+        let topo = Topo::new(Arc::new(settings));
+        let addr = |s: &str| Addr::parse(s).expect("addr");
+        let t = topo.publish(Some(&addr("p:1")), &[addr("r:1"), addr("r:2")]);
+        for r in t.replica_nodes() {
+            r.repl.eligible.store(true, Ordering::Relaxed);
+        }
+        t
+    }
+
+    fn zone_policy(affinity: ZoneAffinity) -> Policy {
+        Policy {
+            zone_affinity: affinity,
+            ..policy(Consistency::Eventual, PRIMARY)
+        }
+    }
+
+    #[test]
+    fn reads_stay_in_the_proxy_s_zone_while_a_replica_there_qualifies() {
+        let t = zoned(&["r:1"]);
+        let (r1, r2) = (&t.replicas()[0].node, &t.replicas()[1].node);
+        let mut s = ReadState::default();
+        let replicas = zone_policy(ZoneAffinity::Replicas);
+        // Busier than the remote one: still chosen, locality comes before load.
+        r1.outstanding.store(50, Ordering::Relaxed);
+        for _ in 0..50 {
+            assert_eq!(replica(&s.route(t.shard(), &replicas)).0, r1.id);
+        }
+        // Lagging out of eligibility: the remote replica, then the primary.
+        r1.repl.eligible.store(false, Ordering::Relaxed);
+        assert_eq!(replica(&s.route(t.shard(), &replicas)).0, r2.id);
+        r2.repl.eligible.store(false, Ordering::Relaxed);
+        assert!(matches!(
+            s.route(t.shard(), &replicas),
+            ReadTarget::Primary(PrimaryReason::Lag)
+        ));
+    }
+
+    #[test]
+    fn replicas_and_primary_affinity_prefers_a_local_primary_to_a_remote_replica() {
+        let both = zone_policy(ZoneAffinity::ReplicasAndPrimary);
+        let mut s = ReadState::default();
+        // A local replica first.
+        let t = zoned(&["p:1", "r:1"]);
+        assert_eq!(replica(&s.route(t.shard(), &both)).0, t.replicas()[0].node.id);
+        // No local replica qualifies: the local primary, not the remote replica.
+        t.replicas()[0]
+            .node
+            .repl
+            .eligible
+            .store(false, Ordering::Relaxed);
+        assert!(matches!(
+            s.route(t.shard(), &both),
+            ReadTarget::Primary(PrimaryReason::Zone)
+        ));
+        // The same under `replicas`: the remote replica.
+        assert_eq!(
+            replica(&s.route(t.shard(), &zone_policy(ZoneAffinity::Replicas))).0,
+            t.replicas()[1].node.id
+        );
+        // A remote primary: the remote replica.
+        let t = zoned(&["r:1"]);
+        t.replicas()[0]
+            .node
+            .repl
+            .eligible
+            .store(false, Ordering::Relaxed);
+        assert_eq!(replica(&s.route(t.shard(), &both)).0, t.replicas()[1].node.id);
+    }
+
+    #[test]
+    fn a_local_replica_behind_the_session_gives_way_to_a_remote_one_that_has_its_writes() {
+        let t = zoned(&["r:1"]);
+        let p = t.primary().expect("primary").id;
+        let (r1, r2) = (&t.replicas()[0].node, &t.replicas()[1].node);
+        r1.repl.record(1, 100);
+        r2.repl.record(2, 500);
+        // Far behind at its last probe: not even worth a check.
+        r1.repl.lag_ms.store(5_000, Ordering::Relaxed);
+        let mut s = ReadState::default();
+        s.replied(p, true, 0, 0, Some(400));
+        assert_eq!(
+            replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))),
+            (r2.id, None)
+        );
+        // Caught up: back home.
+        r1.repl.record(3, 600);
+        let mut s = ReadState::default();
+        s.replied(p, true, 0, 0, Some(400));
+        assert_eq!(replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))).0, r1.id);
     }
 
     #[test]

@@ -482,6 +482,7 @@ async fn learn_identity(c: &mut Dedicated, timeout: Duration) {
     if let Some(id) = crate::node::Identity::from_info(&text) {
         c.node.set_identity(id);
     }
+    c.node.set_reported_zone(crate::node::zone::reported(&text));
 }
 
 /// On connecting to the primary: refresh the command table and learn the server version.

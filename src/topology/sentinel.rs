@@ -6,6 +6,11 @@
 //! `-sdown`, `+odown`, `+slave`, `+reboot`, `+convert-to-slave`, ...) or the data path reports a failure.
 //! The address most sentinels give wins. Replicas flagged `s_down`, `o_down` or `disconnected` are left out.
 //!
+//! The sentinels know only the primary's own replicas. Replicas of replicas (a replica in each site fed
+//! by that site's replica of the primary) are found as static mode finds them: every node's `INFO
+//! replication` lists the replicas it feeds, level by level from the primary down ([`Tree`]); they get
+//! reads like any replica, measured against the primary's offsets.
+//!
 //! `+selected-slave` comes from the sentinel leading a failover a tick before it sends the replica
 //! `REPLICAOF NO ONE`: writes are held from then on (see [`super::shard`]), so the old primary takes none
 //! that the promoted replica would never get, also when the failover was not asked of this proxy.
@@ -19,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::discovery::Decision;
+use super::discovery::{parse_info, Decision};
 use super::probe::Role;
 use super::{AddressMap, Topo};
 use crate::node::Addr;
@@ -72,11 +77,12 @@ pub async fn run(
         ));
     }
     let mut controls: Vec<Control> = nodes.into_iter().map(Control::new).collect();
+    let mut tree = Tree::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = false;
     loop {
-        let look = look(&topo, &mut controls, &master_name, &map).await;
+        let look = look(&topo, &mut controls, &mut tree, &master_name, &map).await;
         // Say it once when the sentinels go silent, and once when they are back.
         match (look, unanswered) {
             (Look::NoAnswer, false) => warn!("no sentinel answers; keeping the current topology"),
@@ -115,8 +121,14 @@ enum Look {
     NoMajority,
 }
 
-/// Asks the sentinels and publishes what they agree on.
-async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &AddressMap) -> Look {
+/// Asks the sentinels and publishes what they agree on, with the replicas of replicas under them.
+async fn look(
+    topo: &Topo,
+    controls: &mut [Control],
+    tree: &mut Tree,
+    master_name: &str,
+    map: &AddressMap,
+) -> Look {
     let name = master_name.as_bytes();
     let mut answers: BTreeMap<Addr, usize> = BTreeMap::new();
     let mut named: Vec<Option<Addr>> = vec![None; controls.len()];
@@ -177,23 +189,130 @@ async fn look(topo: &Topo, controls: &mut [Control], master_name: &str, map: &Ad
         }
     }
     let snapshot = topo.snapshot();
+    // The replicas the proxy had directly under the primary; those of replicas are found again below.
     replicas.extend(
         snapshot
-            .replica_nodes()
-            .map(|n| n.addr.clone())
-            .filter(|a| !down.contains(a)),
+            .replicas()
+            .iter()
+            .filter(|r| Some(&r.parent) == current.as_ref() && !down.contains(&r.node.addr))
+            .map(|r| r.node.addr.clone()),
     );
     replicas.remove(&candidate);
-    let replicas = replicas
-        .into_iter()
-        .map(|a| (a, candidate.clone()))
-        .collect();
+    let mut decided: Vec<(Addr, Addr)> = if Some(&candidate) == current.as_ref() {
+        tree.walk(topo, &candidate, &replicas, map).await
+    } else {
+        // A new primary is published at once, with the replicas the sentinels list under it and those
+        // of replicas kept where they were; the tree is walked again right after.
+        let below: Vec<(Addr, Addr)> = snapshot
+            .replicas()
+            .iter()
+            .filter(|r| Some(&r.parent) != current.as_ref() && r.parent != candidate)
+            .filter(|r| r.node.addr != candidate && !replicas.contains(&r.node.addr))
+            .map(|r| (r.node.addr.clone(), r.parent.clone()))
+            .collect();
+        topo.request_refresh();
+        replicas
+            .iter()
+            .map(|a| (a.clone(), candidate.clone()))
+            .chain(below)
+            .collect()
+    };
+    decided.sort();
     topo.publish_if_changed(&Decision {
         primary: Some(candidate),
-        replicas,
+        replicas: decided,
         aliases: Default::default(),
     });
     Look::Settled
+}
+
+/// How many levels of replicas of replicas are followed below the primary's own replicas.
+const MAX_TREE_DEPTH: usize = 4;
+
+/// How long a replica may take to say which replicas it has.
+const TREE_ASK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Connections to the primary and its replicas, to find replicas of replicas: the sentinels know only
+/// the primary's own (from its `INFO replication`), so each replica is asked for its own.
+#[derive(Default)]
+struct Tree {
+    conns: BTreeMap<Addr, Control>,
+}
+
+impl Tree {
+    /// The replicas under `primary`, each with the node it follows, found level by level from every
+    /// node's `INFO replication` (the replicas it lists), from the primary down. A node that cannot be
+    /// asked keeps the replicas it had in the current snapshot (the primary: `listed`, those the
+    /// sentinels list); a replica a sentinel lists that no node lists follows the primary.
+    async fn walk(
+        &mut self,
+        topo: &Topo,
+        primary: &Addr,
+        listed: &BTreeSet<Addr>,
+        map: &AddressMap,
+    ) -> Vec<(Addr, Addr)> {
+        let snapshot = topo.snapshot();
+        let mut placed: BTreeSet<Addr> = BTreeSet::from([primary.clone()]);
+        let mut found = Vec::new();
+        let mut level: Vec<Addr> = vec![primary.clone()];
+        for _ in 0..=MAX_TREE_DEPTH {
+            // One level at a time, its replicas asked together: a frozen one costs one timeout.
+            let mut asks = tokio::task::JoinSet::new();
+            for parent in level {
+                let mut conn = self.conns.remove(&parent).unwrap_or_else(|| {
+                    Control::with_timeout(topo.node(&parent), TREE_ASK_TIMEOUT)
+                });
+                asks.spawn(async move {
+                    let reply = call(&mut conn, &[b"INFO", b"replication"]).await;
+                    (parent, conn, reply)
+                });
+            }
+            let mut answers = Vec::new();
+            while let Some(joined) = asks.join_next().await {
+                if let Ok((parent, conn, reply)) = joined {
+                    self.conns.insert(parent.clone(), conn);
+                    answers.push((parent, reply));
+                }
+            }
+            // In address order, so the tree does not depend on which answer came first.
+            answers.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut next = Vec::new();
+            for (parent, reply) in answers {
+                let children: Vec<Addr> = match reply {
+                    Some(OwnedFrame::BulkString(text)) => {
+                        parse_info(&String::from_utf8_lossy(&text), map)
+                            .map(|s| s.replicas)
+                            .unwrap_or_default()
+                    }
+                    _ if parent == *primary => listed.iter().cloned().collect(),
+                    _ => snapshot
+                        .replicas()
+                        .iter()
+                        .filter(|r| r.parent == parent)
+                        .map(|r| r.node.addr.clone())
+                        .collect(),
+                };
+                for child in children {
+                    if placed.insert(child.clone()) {
+                        found.push((child.clone(), parent.clone()));
+                        next.push(child);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
+        }
+        for r in listed {
+            if placed.insert(r.clone()) {
+                found.push((r.clone(), primary.clone()));
+            }
+        }
+        // Nodes no longer in the tree (demoted, gone) are not asked again.
+        self.conns.retain(|a, _| placed.contains(a));
+        found
+    }
 }
 
 /// `[ip, port]` from `get-master-addr-by-name`.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::node::{Addr, Identity, Zone};
+use crate::node::{Addr, Identity};
 use crate::upstream::Node;
 
 /// A shard's number in the topology: 0 for the one shard a replicated primary is; one per slot range
@@ -50,8 +50,6 @@ pub struct Replica {
     /// The master it follows: the primary, another replica, or an address only it knows (a relay in
     /// front of the primary).
     pub parent: Addr,
-    /// Its zone, when known.
-    pub zone: Option<Zone>,
     /// What it is, as last learned (run id, replication history).
     pub identity: Option<Identity>,
 }

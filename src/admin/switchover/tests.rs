@@ -71,3 +71,27 @@ fn a_listed_replica_caught_up_is_not_behind() {
     let behind = replicas_behind(&topo, &watched, Some(&view(&["r2:1"], &["r2:1"])), 101);
     assert_eq!(addrs(&behind), ["r2:1"]);
 }
+
+#[test]
+fn a_switchover_without_a_target_prefers_a_caught_up_replica_in_the_primary_s_zone() {
+    let rules = ["p:1=a", "near:1=a", "far:1=b"]
+        .iter()
+        .map(|r| crate::node::ZoneRule::parse(r).expect("rule"))
+        .collect();
+    let mut settings = (*crate::upstream::test_settings()).clone();
+    settings.zones = Arc::new(crate::node::Zones { own: None, rules });
+    let topo = Topo::new(Arc::new(settings));
+    let t = topo.publish(Some(&addr("p:1")), &[addr("far:1"), addr("near:1")]);
+    for r in t.replica_nodes() {
+        r.repl.eligible.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let (far, near) = (&t.replicas()[0].node, &t.replicas()[1].node);
+    far.repl.record(topo.next_epoch(), 900);
+    near.repl.record(topo.next_epoch(), 800);
+    let primary = t.primary().expect("primary").clone();
+    let chosen = static_target(&t, &primary, None).expect("a target");
+    assert_eq!(chosen.addr, near.addr, "same zone beats a larger offset");
+    near.repl.eligible.store(false, std::sync::atomic::Ordering::Relaxed);
+    let chosen = static_target(&t, &primary, None).expect("a target");
+    assert_eq!(chosen.addr, far.addr, "no eligible replica in the zone: any other");
+}
