@@ -462,7 +462,12 @@ impl Metrics {
     }
 
     /// Sets the zone series of the node at `addr` (removing the one for its previous zone, if any).
-    pub fn node_zone(&self, addr: &str, old: Option<(&str, Locality)>, new: Option<(&str, Locality)>) {
+    pub fn node_zone(
+        &self,
+        addr: &str,
+        old: Option<(&str, Locality)>,
+        new: Option<(&str, Locality)>,
+    ) {
         if let Some((zone, locality)) = old {
             let _ = self
                 .zone_info

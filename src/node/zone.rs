@@ -82,7 +82,11 @@ impl ZoneRule {
                 what.parse()
                     .map_err(|_| format!("`{what}` in `{s}` is not a network (CIDR)"))?,
             )
-        } else if let Ok(ip) = what.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        } else if let Ok(ip) = what
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Pattern::Net(ipnet::IpNet::from(ip))
         } else if what.contains(':') {
             Pattern::Addr(Addr::parse(what)?)
@@ -198,7 +202,13 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_with_the_entry_named() {
-        for bad in ["10.0.0.0/33=a", "no-zone-here", "10.0.0.1:6379=", "=a", "h:0=a"] {
+        for bad in [
+            "10.0.0.0/33=a",
+            "no-zone-here",
+            "10.0.0.1:6379=",
+            "=a",
+            "h:0=a",
+        ] {
             let e = ZoneRule::parse(bad).expect_err(bad);
             assert!(e.contains('`'), "{bad}: {e}");
         }
@@ -210,7 +220,10 @@ mod tests {
         assert_eq!(z.locality(Some(&Zone("a".into()))), Locality::Local);
         assert_eq!(z.locality(Some(&Zone("b".into()))), Locality::Remote);
         assert_eq!(z.locality(None), Locality::Unknown);
-        assert_eq!(Zones::default().locality(Some(&Zone("a".into()))), Locality::Unknown);
+        assert_eq!(
+            Zones::default().locality(Some(&Zone("a".into()))),
+            Locality::Unknown
+        );
     }
 
     #[test]

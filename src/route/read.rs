@@ -754,7 +754,10 @@ mod tests {
         let mut s = ReadState::default();
         // A local replica first.
         let t = zoned(&["p:1", "r:1"]);
-        assert_eq!(replica(&s.route(t.shard(), &both)).0, t.replicas()[0].node.id);
+        assert_eq!(
+            replica(&s.route(t.shard(), &both)).0,
+            t.replicas()[0].node.id
+        );
         // No local replica qualifies: the local primary, not the remote replica.
         t.replicas()[0]
             .node
@@ -777,7 +780,10 @@ mod tests {
             .repl
             .eligible
             .store(false, Ordering::Relaxed);
-        assert_eq!(replica(&s.route(t.shard(), &both)).0, t.replicas()[1].node.id);
+        assert_eq!(
+            replica(&s.route(t.shard(), &both)).0,
+            t.replicas()[1].node.id
+        );
     }
 
     #[test]
@@ -799,7 +805,10 @@ mod tests {
         r1.repl.record(3, 600);
         let mut s = ReadState::default();
         s.replied(p, true, 0, 0, Some(400));
-        assert_eq!(replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))).0, r1.id);
+        assert_eq!(
+            replica(&s.route(t.shard(), &policy(SESSION, PRIMARY))).0,
+            r1.id
+        );
     }
 
     #[test]

@@ -259,9 +259,10 @@ impl Tree {
             // One level at a time, its replicas asked together: a frozen one costs one timeout.
             let mut asks = tokio::task::JoinSet::new();
             for parent in level {
-                let mut conn = self.conns.remove(&parent).unwrap_or_else(|| {
-                    Control::with_timeout(topo.node(&parent), TREE_ASK_TIMEOUT)
-                });
+                let mut conn = self
+                    .conns
+                    .remove(&parent)
+                    .unwrap_or_else(|| Control::with_timeout(topo.node(&parent), TREE_ASK_TIMEOUT));
                 asks.spawn(async move {
                     let reply = call(&mut conn, &[b"INFO", b"replication"]).await;
                     (parent, conn, reply)

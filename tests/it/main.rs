@@ -41,3 +41,4 @@ mod session;
 mod tls;
 mod tools;
 mod topology;
+mod zones;

@@ -83,7 +83,9 @@ fn a_switchover_without_a_target_prefers_a_caught_up_replica_in_the_primary_s_zo
     let topo = Topo::new(Arc::new(settings));
     let t = topo.publish(Some(&addr("p:1")), &[addr("far:1"), addr("near:1")]);
     for r in t.replica_nodes() {
-        r.repl.eligible.store(true, std::sync::atomic::Ordering::Relaxed);
+        r.repl
+            .eligible
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let (far, near) = (&t.replicas()[0].node, &t.replicas()[1].node);
     far.repl.record(topo.next_epoch(), 900);
@@ -91,7 +93,12 @@ fn a_switchover_without_a_target_prefers_a_caught_up_replica_in_the_primary_s_zo
     let primary = t.primary().expect("primary").clone();
     let chosen = static_target(&t, &primary, None).expect("a target");
     assert_eq!(chosen.addr, near.addr, "same zone beats a larger offset");
-    near.repl.eligible.store(false, std::sync::atomic::Ordering::Relaxed);
+    near.repl
+        .eligible
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let chosen = static_target(&t, &primary, None).expect("a target");
-    assert_eq!(chosen.addr, far.addr, "no eligible replica in the zone: any other");
+    assert_eq!(
+        chosen.addr, far.addr,
+        "no eligible replica in the zone: any other"
+    );
 }
