@@ -515,7 +515,7 @@ impl AsyncWrite for Stream {
 }
 
 /// Opens a connection to `addr` (TLS if the settings say so) and greets it for `key`: AUTH or HELLO,
-/// SELECT. The connect timeout covers all of it.
+/// SELECT, or else PING: it is open once the node has answered. The connect timeout covers all of it.
 pub(crate) async fn connect(
     addr: &Addr,
     key: &ConnKey,
@@ -562,8 +562,14 @@ pub(crate) async fn connect(
         if key.db != 0 {
             cmds.push(vec![b"SELECT", db.as_bytes()]);
         }
-        if cmds.is_empty() {
-            return Ok(stream);
+        // Nothing to set: a PING all the same, so that a connection counts as open only once the node
+        // answers. A relay, tunnel or load balancer in front of a node that is down accepts the TCP
+        // connection and closes it: without an answer first, a write sent on it would be lost after
+        // sending (an error to its client) instead of held for the failover like a refused connect.
+        // Its reply, even an error (LOADING, NOAUTH), shows the node is there: commands judge it.
+        let ping_only = cmds.is_empty();
+        if ping_only {
+            cmds.push(vec![b"PING"]);
         }
         let mut out = Vec::new();
         for cmd in &cmds {
@@ -598,7 +604,7 @@ pub(crate) async fn connect(
                 }
             };
             let reply = buf.split_to(frame.len);
-            if frame.is_error() {
+            if frame.is_error() && !ping_only {
                 let text = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
                 return Err(Error::Refused {
                     addr: addr.clone(),

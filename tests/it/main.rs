@@ -14,6 +14,8 @@ mod history;
 mod relay;
 #[path = "../common/scenario.rs"]
 mod scenario;
+#[path = "../common/sites.rs"]
+mod sites;
 
 mod harness;
 
@@ -23,6 +25,7 @@ mod chaos;
 mod cli;
 mod consistency;
 mod cursor;
+mod datacenters;
 mod external;
 mod failover;
 mod frozen;
