@@ -133,11 +133,11 @@ impl Bed {
             let addr = server.addr();
             let target: std::net::SocketAddr = addr.as_str().parse().expect("loopback");
             let mut relays = Vec::new();
-            for other in 0..SITES.len() {
+            for (other, round_trip) in rtt[site].iter().enumerate() {
                 relays.push(if other == site {
                     None
                 } else {
-                    Some(Relay::start(target, rtt[site][other] / 2).await)
+                    Some(Relay::start(target, *round_trip / 2).await)
                 });
             }
             nodes.push(BedNode {
