@@ -138,6 +138,7 @@ fn policy(consistency: Consistency) -> Policy {
         fallback: Fallback::Primary,
         max_lag: Duration::from_secs(1),
         patience: Duration::from_secs(1),
+        guard: redsplit::route::Guard::default(),
     }
 }
 

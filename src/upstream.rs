@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use conn::Shared;
 pub use dedicated::Dedicated;
-pub use offsets::{Offsets, Want};
+pub use offsets::{Acks, Offsets, Want};
 pub use verdict::{Verdict, Verdicts};
 
 use crate::node::Addr;
@@ -101,6 +101,9 @@ pub struct Reply {
     /// The node was still a primary when the replies arrived (see [`Node::is_primary`]): a write it
     /// answered after another node replaced it ran on a former primary.
     pub from_primary: bool,
+    /// How many replicas the `WAIT` after the job reported, where the job asked for acknowledgements
+    /// ([`Want::acks`]); `None` if none answered (the connection broke first).
+    pub acked: Option<u32>,
 }
 
 /// Work for a shared connection: request frames written as one unit, answered by `count` replies.

@@ -425,6 +425,7 @@ mod tests {
             fallback,
             max_lag: Duration::from_secs(1),
             patience: Duration::from_secs(1),
+            guard: crate::route::Guard::default(),
         }
     }
 

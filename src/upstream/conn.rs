@@ -10,6 +10,11 @@
 //!
 //! A job is pushed on the in-flight queue before its bytes are written, so a reply always finds its job.
 //! Jobs still queued when a connection dies were never written: they wait for the next connection.
+//!
+//! A job whose writes replicas must acknowledge ([`Want::acks`]) gets `WAIT` after its batch, whose reply
+//! the connection reads itself. While a WAIT is unanswered the node runs nothing else from this
+//! connection, so jobs arriving meanwhile are gathered and written together once it answers, under one
+//! WAIT (a group commit): a connection pays one acknowledgement round trip per group, not per batch.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,8 +29,8 @@ use tracing::{debug, warn, Instrument};
 use bytes::Bytes;
 
 use super::{
-    connect, offsets, verdict, ConnKey, Error, Job, JobTx, Node, Offsets, Reply, Stream, Verdicts,
-    Want,
+    connect, offsets, verdict, Acks, ConnKey, Error, Job, JobTx, Node, Offsets, Reply, Stream,
+    Verdicts, Want,
 };
 use crate::io::OutBuf;
 use crate::metrics::BackendError;
@@ -149,16 +154,30 @@ async fn run(
         };
         connections.dec();
         let Ended::Broken(error) = ended else { return };
-        let InFlight { slots, held } = std::mem::take(&mut *lock(&inflight));
-        // Answered in full: their replies go out, only without the offset after them.
+        let InFlight {
+            slots,
+            held,
+            unsent,
+            ..
+        } = std::mem::take(&mut *lock(&inflight));
+        // Answered in full: their replies go out, only without the offset after them (and, for those
+        // that awaited acknowledgements, with none: their clients learn the writes are unacknowledged).
         for (job, reply) in held {
             deliver(&node, job, reply);
+        }
+        // Gathered behind a WAIT and never written: nothing ran.
+        let never = Error::Connect {
+            addr: node.addr.clone(),
+            reason: "connection lost before the request was written".into(),
+        };
+        for j in unsent {
+            fail(&node, j, &never);
         }
         let left: Vec<Job> = slots
             .into_iter()
             .filter_map(|s| match s {
                 Slot::Job(j) => Some(j),
-                Slot::Role { .. } => None,
+                Slot::Role { .. } | Slot::Wait(_) => None,
             })
             .collect();
         if let Some(e) = &error {
@@ -186,8 +205,12 @@ async fn run(
 #[derive(Default)]
 struct InFlight {
     slots: VecDeque<Slot>,
-    /// Jobs answered in full that wait for the offset measured after them.
+    /// Jobs answered in full that wait for the offset measured after them, or for their WAIT.
     held: Vec<(Job, Reply)>,
+    /// WAITs written and not yet answered: the node runs nothing else of this connection meanwhile.
+    waits: usize,
+    /// Jobs taken from the queue while a WAIT is unanswered, to be written once it is.
+    unsent: Vec<Job>,
 }
 
 /// One thing the node will answer.
@@ -196,11 +219,13 @@ enum Slot {
     Job(Job),
     /// The connection's own `ROLE` around a batch (`after`: after it), sent at measurement `epoch`.
     Role { after: bool, epoch: u64 },
+    /// The connection's own `WAIT` after a batch, for the jobs that asked for these acknowledgements.
+    Wait(Acks),
 }
 
 impl InFlight {
     fn is_empty(&self) -> bool {
-        self.slots.is_empty() && self.held.is_empty()
+        self.slots.is_empty() && self.held.is_empty() && self.unsent.is_empty()
     }
 }
 
@@ -227,8 +252,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let writer_done = AtomicBool::new(false);
-    let read = read_loop(node, reader, inflight, progress, &writer_done);
-    let write = write_loop(writer, rx, inflight, first);
+    // Rung by the reader as each WAIT is answered: the writer may write what it gathered meanwhile.
+    let waited = tokio::sync::Notify::new();
+    let read = read_loop(node, reader, inflight, progress, &writer_done, &waited);
+    let write = write_loop(writer, rx, inflight, first, &waited);
     tokio::pin!(read, write);
     // Reader first: a connection the node closed is noticed before another job is written into it.
     tokio::select! {
@@ -264,6 +291,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     rx: &mut mpsc::UnboundedReceiver<Job>,
     inflight: &Mutex<InFlight>,
     first: Job,
+    waited: &tokio::sync::Notify,
 ) -> std::io::Result<()> {
     // Small requests are copied together, large ones written in place (vectored).
     let mut out = OutBuf::default();
@@ -282,17 +310,53 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         tokio::task::yield_now().await;
         // Batch whatever else is queued: many clients' requests in one write is the point of sharing.
         let mut size = 0;
-        let mut want = Want::NONE;
         let mut job = Some(job);
         while let Some(j) = job.take() {
             size += j.bytes.len();
-            want.before |= j.want.before;
-            want.after |= j.want.after;
             batch.push(j);
             if size < MAX_BATCH_BYTES {
                 job = rx.try_recv().ok();
             }
         }
+        // A WAIT is unanswered: the node would run none of this before it answers anyway. Gather what
+        // comes meanwhile and write it all then, under one WAIT.
+        if lock(inflight).waits > 0 {
+            lock(inflight).unsent.append(&mut batch);
+            loop {
+                tokio::select! {
+                    biased;
+                    // The last WAIT answered: write what was gathered.
+                    _ = waited.notified() => if lock(inflight).waits == 0 { break },
+                    // More to gather, while the group is not too large; every handle gone: write
+                    // what was gathered, then stop when the queue is empty.
+                    j = rx.recv(), if size < MAX_BATCH_BYTES => match j {
+                        Some(j) => {
+                            size += j.bytes.len();
+                            lock(inflight).unsent.push(j);
+                        }
+                        None => {
+                            // Wait for the WAIT's answer without gathering more.
+                            size = MAX_BATCH_BYTES;
+                        }
+                    },
+                }
+            }
+            batch.append(&mut lock(inflight).unsent);
+        }
+        let mut want = Want::NONE;
+        let mut acks: Vec<Acks> = Vec::new();
+        for j in &batch {
+            want.before |= j.want.before;
+            want.after |= j.want.after;
+            if let Some(a) = j.want.acks {
+                if !acks.contains(&a) {
+                    acks.push(a);
+                }
+            }
+        }
+        // One WAIT per distinct requirement (clients of users with their own): the weakest first, so
+        // that its jobs are not held for a stronger one's timeout. Each counts the same writes.
+        acks.sort_unstable();
         {
             // Queued for the reader before the bytes go out, so a reply always finds its job; one `ROLE`
             // before and one after bracket every job of the batch that asked.
@@ -313,6 +377,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 out.push(Bytes::from_static(offsets::ROLE));
                 q.slots.push_back(Slot::Role { after: true, epoch });
             }
+            for a in acks {
+                out.push(a.request());
+                q.slots.push_back(Slot::Wait(a));
+                q.waits += 1;
+            }
         }
         out.write_to(&mut w).await?;
         // TLS keeps what the socket did not take until flushed; on plain TCP this returns at once.
@@ -328,6 +397,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     inflight: &Mutex<InFlight>,
     progress: &Progress,
     writer_done: &AtomicBool,
+    waited: &tokio::sync::Notify,
 ) -> Option<Error> {
     let addr = &node.addr;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -387,14 +457,46 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         node.repl.observe(epoch, o);
                     }
                     if after {
+                        // Those that await a WAIT too stay held, with the offset.
                         let held = std::mem::take(&mut q.held);
-                        drop(q);
+                        let mut ready = Vec::new();
                         for (job, mut reply) in held {
                             reply.offsets.after = offset;
+                            if job.want.acks.is_some() {
+                                q.held.push((job, reply));
+                            } else {
+                                ready.push((job, reply));
+                            }
+                        }
+                        drop(q);
+                        for (job, reply) in ready {
                             deliver(node, job, reply);
                         }
                     } else {
                         before = offset;
+                    }
+                    continue;
+                }
+                // The connection's own WAIT: it answers no job; its count goes to the jobs that asked.
+                Some(&Slot::Wait(acks)) => {
+                    q.slots.pop_front();
+                    q.waits = q.waits.saturating_sub(1);
+                    let count = offsets::wait_count(&buf[..frame.len]);
+                    let _ = buf.split_to(frame.len);
+                    let held = std::mem::take(&mut q.held);
+                    let mut ready = Vec::new();
+                    for (job, mut reply) in held {
+                        if job.want.acks == Some(acks) {
+                            reply.acked = Some(count);
+                            ready.push((job, reply));
+                        } else {
+                            q.held.push((job, reply));
+                        }
+                    }
+                    drop(q);
+                    waited.notify_one();
+                    for (job, reply) in ready {
+                        deliver(node, job, reply);
                     }
                     continue;
                 }
@@ -424,10 +526,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         after: None,
                     },
                     from_primary: node.is_primary(),
+                    acked: None,
                 };
                 scanned = 0;
                 answered = 0;
-                if job.want.after {
+                if job.want.after || job.want.acks.is_some() {
                     q.held.push((job, reply));
                 } else {
                     drop(q);
