@@ -635,7 +635,6 @@ fn acknowledged(
         Some(_) => crate::metrics::NoAck::Timeout,
         None => crate::metrics::NoAck::Lost,
     };
-    metrics.writes_unacknowledged(reason, sent.acked.len() as u64);
     let error = ClientError::NoAck {
         acked: r.acked,
         need: acks.replicas,
@@ -643,5 +642,11 @@ fn acknowledged(
     }
     .frame();
     // Frames that do not scan are the node's garbage, which the connection would have refused.
-    super::reply::replace_replies(&r.bytes, &sent.acked, &error).unwrap_or(error)
+    match super::reply::replace_replies(&r.bytes, &sent.acked, &error) {
+        Some((bytes, n)) => {
+            metrics.writes_unacknowledged(reason, n);
+            bytes
+        }
+        None => error,
+    }
 }

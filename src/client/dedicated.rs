@@ -118,7 +118,9 @@ impl Session {
                     }
                 }
                 self.forward(req, rewritten);
-                match self.cur_acks.filter(|_| writing && replies == 1) {
+                // EXEC is no write itself: the session's user's acknowledgements, not the command's.
+                let acks = self.ctx.durability.acks_for(self.state.user.as_deref());
+                match acks.filter(|_| writing && replies == 1) {
                     // WAIT right behind it on this connection; the entry awaits both replies.
                     Some(acks) => {
                         if let Some(p) = self.pinned.as_mut() {

@@ -202,26 +202,33 @@ impl ClientError<'_> {
 
 /// `replies` (one frame per command of a batch) with the reply of each command at a position in
 /// `writes` (ascending) replaced by `error`, unless that reply is an error already (a write that failed
-/// ran nothing to acknowledge). `None` if the frames do not scan (never for a node's whole replies).
-pub fn replace_replies(replies: &[u8], writes: &[u32], error: &[u8]) -> Option<Bytes> {
+/// ran nothing to acknowledge), with the number replaced. `None` if the frames do not scan (never for a
+/// node's whole replies).
+pub fn replace_replies(replies: &[u8], writes: &[u32], error: &[u8]) -> Option<(Bytes, u64)> {
     let mut out = BytesMut::with_capacity(replies.len() + writes.len() * error.len());
     let mut at = 0;
     let mut next = writes.iter().peekable();
     let mut i = 0u32;
+    let mut replaced = 0;
     while at < replies.len() {
         let mut scanner = crate::resp::ReplyScanner::new(crate::resp::Limits::default());
         let frame = scanner.scan(&replies[at..]).ok()??;
         let bytes = &replies[at..at + frame.len];
         if next.peek() == Some(&&i) {
             next.next();
-            out.put_slice(if frame.is_error() { bytes } else { error });
+            if frame.is_error() {
+                out.put_slice(bytes);
+            } else {
+                out.put_slice(error);
+                replaced += 1;
+            }
         } else {
             out.put_slice(bytes);
         }
         at += frame.len;
         i += 1;
     }
-    Some(out.freeze())
+    Some((out.freeze(), replaced))
 }
 
 /// Encoder for replies in the session's protocol.
@@ -342,7 +349,8 @@ mod tests {
     #[test]
     fn only_the_replies_of_writes_that_ran_are_replaced() {
         let replies = b"+OK\r\n$1\r\nv\r\n-WRONGTYPE no\r\n:1\r\n";
-        let out = replace_replies(replies, &[0, 2, 3], b"-NOACK x\r\n").expect("scans");
+        let (out, n) = replace_replies(replies, &[0, 2, 3], b"-NOACK x\r\n").expect("scans");
+        assert_eq!(n, 2);
         assert_eq!(
             &out[..],
             b"-NOACK x\r\n$1\r\nv\r\n-WRONGTYPE no\r\n-NOACK x\r\n"
