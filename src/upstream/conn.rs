@@ -553,3 +553,70 @@ fn fail(node: &Node, job: Job, e: &Error) {
         .fetch_sub(job.count as usize, Ordering::Relaxed);
     let _ = job.reply.send(Err(e.clone()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Addr;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// Reads exactly `n` bytes from `sock`.
+    async fn read_n(sock: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        sock.read_exact(&mut buf).await.expect("read");
+        buf
+    }
+
+    fn cmd(args: &[&[u8]]) -> Bytes {
+        let mut out = Vec::new();
+        crate::resp::encode_command(&mut out, args);
+        Bytes::from(out)
+    }
+
+    #[tokio::test]
+    async fn jobs_arriving_while_a_wait_is_unanswered_go_out_together_under_one_wait() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = Addr::parse(&listener.local_addr().expect("addr").to_string()).expect("addr");
+        let node = Node::new(addr, crate::upstream::test_settings());
+        let conn = Shared::spawn(node, ConnKey::default());
+        let acks = Acks {
+            replicas: 1,
+            timeout_ms: 100,
+        };
+        let want = Want {
+            acks: Some(acks),
+            ..Want::NONE
+        };
+        let wait = acks.request();
+        let first = crate::upstream::submit(&conn, cmd(&[b"SET", b"a", b"1"]), 1, want);
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let want_bytes = [cmd(&[b"SET", b"a", b"1"]), wait.clone()].concat();
+        assert_eq!(read_n(&mut sock, want_bytes.len()).await, want_bytes);
+        // Two more jobs, each given every chance to be written on its own while the WAIT is unanswered.
+        let second = crate::upstream::submit(&conn, cmd(&[b"SET", b"b", b"1"]), 1, want);
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let read = crate::upstream::submit(&conn, cmd(&[b"GET", b"b"]), 1, Want::NONE);
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        sock.write_all(b"+OK\r\n:1\r\n").await.expect("answer");
+        let r = first.await.expect("delivered").expect("replied");
+        assert_eq!((&r.bytes[..], r.acked), (&b"+OK\r\n"[..], Some(1)));
+        let want_bytes = [cmd(&[b"SET", b"b", b"1"]), cmd(&[b"GET", b"b"]), wait].concat();
+        assert_eq!(
+            String::from_utf8_lossy(&read_n(&mut sock, want_bytes.len()).await),
+            String::from_utf8_lossy(&want_bytes),
+            "one write, one WAIT for both"
+        );
+        sock.write_all(b"+OK\r\n$1\r\n1\r\n:0\r\n")
+            .await
+            .expect("answer");
+        let r = second.await.expect("delivered").expect("replied");
+        assert_eq!(r.acked, Some(0));
+        let r = read.await.expect("delivered").expect("replied");
+        assert_eq!((&r.bytes[..], r.acked), (&b"$1\r\n1\r\n"[..], None));
+    }
+}
