@@ -79,6 +79,8 @@ fn anchor() -> Instant {
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
+/// Longest a group of writes waiting for acknowledgements lingers for more (see `write_loop`).
+const MAX_LINGER: Duration = Duration::from_millis(2);
 /// Backoff after a failed connect: first and longest.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -211,6 +213,10 @@ struct InFlight {
     waits: usize,
     /// Jobs taken from the queue while a WAIT is unanswered, to be written once it is.
     unsent: Vec<Job>,
+    /// When the oldest unanswered WAIT was written.
+    wait_sent: VecDeque<Instant>,
+    /// How long the last WAIT took to answer: the replicas' acknowledgement round trip.
+    wait_took: Duration,
 }
 
 /// One thing the node will answer.
@@ -320,7 +326,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         // A WAIT is unanswered: the node would run none of this before it answers anyway. Gather what
         // comes meanwhile and write it all then, under one WAIT.
-        if lock(inflight).waits > 0 {
+        let waiting = lock(inflight).waits > 0;
+        if waiting {
             lock(inflight).unsent.append(&mut batch);
             loop {
                 tokio::select! {
@@ -332,7 +339,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     j = rx.recv(), if size < MAX_BATCH_BYTES => match j {
                         Some(j) => {
                             size += j.bytes.len();
-                            lock(inflight).unsent.push(j);
+                            let mut q = lock(inflight);
+                            q.unsent.push(j);
+                            if q.waits == 0 {
+                                break;
+                            }
                         }
                         None => {
                             // Wait for the WAIT's answer without gathering more.
@@ -342,6 +353,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
             batch.append(&mut lock(inflight).unsent);
+        }
+        // A group that waits for acknowledgements lingers a moment (an eighth of the last round trip to
+        // the replicas, at most 2 ms) for the clients its WAIT just answered: their next writes join it
+        // instead of forming a group of their own, which would wait behind this one for a whole round
+        // trip (groups that split never merge again, and each costs every client one more round trip).
+        let lingering = batch.iter().any(|j| j.want.acks.is_some());
+        if lingering && size < MAX_BATCH_BYTES {
+            let took = lock(inflight).wait_took;
+            let until = tokio::time::Instant::now() + (took / 8).min(MAX_LINGER);
+            // Every handle gone, or the moment over: write what there is.
+            while let Ok(Some(j)) = tokio::time::timeout_at(until, rx.recv()).await {
+                size += j.bytes.len();
+                batch.push(j);
+                if size >= MAX_BATCH_BYTES {
+                    break;
+                }
+            }
         }
         let mut want = Want::NONE;
         let mut acks: Vec<Acks> = Vec::new();
@@ -381,6 +409,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 out.push(a.request());
                 q.slots.push_back(Slot::Wait(a));
                 q.waits += 1;
+                q.wait_sent.push_back(Instant::now());
             }
         }
         out.write_to(&mut w).await?;
@@ -481,6 +510,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Some(&Slot::Wait(acks)) => {
                     q.slots.pop_front();
                     q.waits = q.waits.saturating_sub(1);
+                    if let Some(sent) = q.wait_sent.pop_front() {
+                        q.wait_took = sent.elapsed();
+                    }
                     let count = offsets::wait_count(&buf[..frame.len]);
                     let _ = buf.split_to(frame.len);
                     let held = std::mem::take(&mut q.held);
@@ -558,7 +590,6 @@ fn fail(node: &Node, job: Job, e: &Error) {
 mod tests {
     use super::*;
     use crate::node::Addr;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
     /// Reads exactly `n` bytes from `sock`.
