@@ -358,16 +358,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         // the replicas, at most 2 ms) for the clients its WAIT just answered: their next writes join it
         // instead of forming a group of their own, which would wait behind this one for a whole round
         // trip (groups that split never merge again, and each costs every client one more round trip).
+        // Under a millisecond (replicas close by) a timer would round up to one: the writer only lets
+        // the sessions woken meanwhile queue first.
         let lingering = batch.iter().any(|j| j.want.acks.is_some());
         if lingering && size < MAX_BATCH_BYTES {
-            let took = lock(inflight).wait_took;
-            let until = tokio::time::Instant::now() + (took / 8).min(MAX_LINGER);
-            // Every handle gone, or the moment over: write what there is.
-            while let Ok(Some(j)) = tokio::time::timeout_at(until, rx.recv()).await {
-                size += j.bytes.len();
-                batch.push(j);
-                if size >= MAX_BATCH_BYTES {
-                    break;
+            let linger = (lock(inflight).wait_took / 8).min(MAX_LINGER);
+            if linger >= Duration::from_millis(1) {
+                let until = tokio::time::Instant::now() + linger;
+                // Every handle gone, or the moment over: write what there is.
+                while let Ok(Some(j)) = tokio::time::timeout_at(until, rx.recv()).await {
+                    size += j.bytes.len();
+                    batch.push(j);
+                    if size >= MAX_BATCH_BYTES {
+                        break;
+                    }
+                }
+            } else if waiting {
+                tokio::task::yield_now().await;
+                while size < MAX_BATCH_BYTES {
+                    let Ok(j) = rx.try_recv() else { break };
+                    size += j.bytes.len();
+                    batch.push(j);
                 }
             }
         }
