@@ -78,7 +78,13 @@ impl Session {
             && args
                 .first()
                 .is_some_and(|a| a.eq_ignore_ascii_case(b"EXEC"));
-        let (multi, multi_writes) = (p.multi, p.multi_writes);
+        let (multi, multi_writes, wrote) = (p.multi, p.multi_writes, p.wrote);
+        // WAIT before any write on this connection: Redis would count the replicas that have this
+        // connection's writes (none), not the session's writes on its shared connections. It is
+        // answered as outside (see `Session::wait`).
+        if class == Class::Local(crate::command::Local::Wait) && !multi && !wrote {
+            return self.local(crate::command::Local::Wait, req, 0, shard, &mut None);
+        }
         // Runs writes now: a write outside MULTI, or EXEC of a transaction that queued one.
         let writing = if multi {
             is_exec && multi_writes
@@ -112,10 +118,9 @@ impl Session {
                 effect,
                 closes,
             } => {
-                if multi && writes {
-                    if let Some(p) = self.pinned.as_mut() {
-                        p.multi_writes = true;
-                    }
+                if let Some(p) = self.pinned.as_mut() {
+                    p.multi_writes |= multi && writes;
+                    p.wrote |= writing;
                 }
                 self.forward(req, rewritten);
                 // EXEC is no write itself: the session's user's acknowledgements, not the command's.

@@ -49,6 +49,9 @@ pub(super) struct Pinned {
     pub multi: bool,
     /// A command that may write was queued in this MULTI: EXEC is guarded and acknowledged as a write.
     pub multi_writes: bool,
+    /// A command that may write ran on this connection: a WAIT here covers it and every write the
+    /// session made before (on its shared connections, earlier in the primary's replication stream).
+    pub wrote: bool,
     /// The reply of a command whose entry also awaits the proxy's WAIT (see [`Effect::Acked`]), until
     /// that WAIT answers.
     pub ack_held: Option<Bytes>,
@@ -145,6 +148,7 @@ impl Pinned {
             topo_rx,
             multi: false,
             multi_writes: false,
+            wrote: false,
             ack_held: None,
             queued: Vec::new(),
             watch: false,

@@ -525,6 +525,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         q.wait_took = sent.elapsed();
                     }
                     let count = offsets::wait_count(&buf[..frame.len]);
+                    if !buf.starts_with(b":") {
+                        let reply = String::from_utf8_lossy(&buf[..frame.len.min(200)]);
+                        warn!(upstream = %addr, reply = %reply.trim_end(), "WAIT refused: writes count as unacknowledged");
+                    }
                     let _ = buf.split_to(frame.len);
                     let held = std::mem::take(&mut q.held);
                     let mut ready = Vec::new();

@@ -16,6 +16,23 @@ fn error_text(r: redis::RedisResult<Value>) -> String {
     }
 }
 
+/// Waits until a write through `c` is acknowledged: a replica that has just synced can take a while to
+/// send its first acknowledgement (a NOACK write ran anyway; writing it again does no harm here).
+async fn acknowledging(c: &mut redis::aio::MultiplexedConnection) {
+    eventually!(
+        "the replica acknowledges writes",
+        try_q(c, &["SET", "warm-up", "1"]).await.is_ok()
+    );
+}
+
+/// The value of the series `series` (name and labels, as written) at the proxy's `/metrics`.
+async fn metric(proxy: &redsplit::Proxy, series: &str) -> f64 {
+    let (_, text) = http(proxy.admin, "GET", "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} in {text}"))
+}
+
 /// Resumes a stopped server when dropped, so a failing assertion leaves nothing frozen behind.
 struct Stopped<'a>(&'a Server);
 
@@ -76,10 +93,14 @@ async fn writes_a_stopped_replica_cannot_acknowledge_fail_in_time_saying_they_we
         .proxy()
         .await;
     let mut primary = direct(cluster.primary()).await;
+    acknowledging(&mut client(&proxy).await).await;
     let mut raw = Raw::connect(&proxy).await;
     // Acknowledged while the replica runs.
     raw.send(&resp(&["SET", "a", "1"])).await;
-    raw.expect(b"+OK\r\n").await;
+    let ok = String::from_utf8_lossy(&raw.frame().await).into_owned();
+    assert_eq!(ok, "+OK\r\n");
+    let unacked = "redsplit_writes_unacknowledged_total{reason=\"timeout\"}";
+    let before = metric(&proxy, unacked).await;
     let _stopped = Stopped::stop(&cluster.replicas()[0]);
     // A pipeline of a write, a read, a failing write, and a write: only the writes that ran get the
     // error, in order, and the read its value.
@@ -108,11 +129,7 @@ async fn writes_a_stopped_replica_cannot_acknowledge_fail_in_time_saying_they_we
     // Applied on the primary, as the error says.
     assert_eq!(q::<String>(&mut primary, &["GET", "b"]).await, "2");
     assert_eq!(q::<i64>(&mut primary, &["GET", "n"]).await, 1);
-    let (_, metrics) = http(proxy.admin, "GET", "/metrics").await;
-    assert!(
-        metrics.contains("redsplit_writes_unacknowledged_total{reason=\"timeout\"} 2"),
-        "{metrics}"
-    );
+    assert_eq!(metric(&proxy, unacked).await, before + 2.0);
 }
 
 #[tokio::test]
@@ -132,7 +149,7 @@ async fn each_proxy_user_waits_for_its_own_number_of_acknowledgements() {
     let mut safe = client(&proxy).await;
     let _: () = q(&mut fast, &["AUTH", "fast", "pw1"]).await;
     let _: () = q(&mut safe, &["AUTH", "safe", "pw2"]).await;
-    let _: () = q(&mut safe, &["SET", "s", "1"]).await;
+    acknowledging(&mut safe).await;
     let _stopped = Stopped::stop(&cluster.replicas()[0]);
     let started = Instant::now();
     let _: () = q(&mut fast, &["SET", "f", "1"]).await;
@@ -167,6 +184,7 @@ async fn exec_and_blocking_pops_wait_for_acknowledgements_too() {
         .proxy()
         .await;
     let mut c = client(&proxy).await;
+    acknowledging(&mut c).await;
     let _: () = q(&mut c, &["RPUSH", "list", "a", "b"]).await;
     let (one, two): (i64, i64) = redis::pipe()
         .atomic()
@@ -210,6 +228,11 @@ async fn a_client_wait_counts_only_replicas_that_acknowledged_its_write() {
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "{took:?}"
     );
+    // On a connection of its own (WATCH), before writing there: still the replicas that have its
+    // writes, not those that have that connection's (none, which every replica has).
+    let _: () = q(&mut c, &["WATCH", "w"]).await;
+    assert_eq!(q::<i64>(&mut c, &["WAIT", "1", "300"]).await, 0);
+    let _: () = q(&mut c, &["UNWATCH"]).await;
     // Other clients are not held for the whole wait.
     let mut other = client(&proxy).await;
     let waits = calls(cluster.primary(), "wait").await;
