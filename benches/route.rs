@@ -140,6 +140,7 @@ fn policy(consistency: Consistency) -> Policy {
         max_lag: Duration::from_secs(1),
         patience: Duration::from_secs(1),
         zone_affinity: Default::default(),
+        guard: redsplit::route::Guard::default(),
     }
 }
 

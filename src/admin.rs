@@ -36,7 +36,37 @@ pub struct AdminState {
     pub registry: prometheus::Registry,
     /// Who may change state (`POST /failover`).
     pub guard: Guard,
+    /// The split-brain guard's settings and its gauge, shown by `/topology` and `/metrics`.
+    pub write_guard: WriteGuard,
     busy: AtomicBool,
+}
+
+/// The split-brain guard, as the admin endpoints show it: whether it refuses writes now.
+#[derive(Debug, Clone)]
+pub struct WriteGuard {
+    /// `min_replicas`, `min_replicas_max_lag_ms`.
+    pub guard: crate::route::Guard,
+    /// `redsplit_write_guard_closed`, set when metrics are gathered.
+    pub closed: prometheus::IntGauge,
+}
+
+impl WriteGuard {
+    /// The guard's state now, as JSON: on, closed, good replicas, needed, lag limit.
+    fn state(&self, topo: &Topo) -> Value {
+        let snapshot = topo.snapshot();
+        let verdict = self.guard.check(snapshot.shard());
+        let good = snapshot
+            .replica_nodes()
+            .filter(|n| crate::route::guard::good(&n.repl, self.guard.max_lag))
+            .count();
+        json!({
+            "on": self.guard.is_on(),
+            "closed": verdict.is_err(),
+            "good_replicas": good,
+            "min_replicas": self.guard.min_replicas,
+            "max_lag_ms": self.guard.max_lag.as_millis() as u64,
+        })
+    }
 }
 
 /// Who may send the requests that change state: the holder of `admin_token`, or, with no token
@@ -94,6 +124,7 @@ impl AdminState {
         timeout: Duration,
         registry: prometheus::Registry,
         guard: Guard,
+        write_guard: WriteGuard,
     ) -> Arc<AdminState> {
         Arc::new(AdminState {
             topo,
@@ -102,6 +133,7 @@ impl AdminState {
             timeout,
             registry,
             guard,
+            write_guard,
             busy: AtomicBool::new(false),
         })
     }
@@ -156,6 +188,12 @@ async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, String) {
 async fn metrics(
     State(s): State<Arc<AdminState>>,
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let closed = s
+        .write_guard
+        .guard
+        .check(s.topo.snapshot().shard())
+        .is_err();
+    s.write_guard.closed.set(i64::from(closed));
     let mut out = String::new();
     let status = match prometheus::TextEncoder::new().encode_utf8(&s.registry.gather(), &mut out) {
         Ok(()) => StatusCode::OK,
@@ -204,6 +242,7 @@ async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
             "offset": p.repl.offset(),
         })),
         "writes_held": s.topo.writes_held(),
+        "write_guard": s.write_guard.state(&s.topo),
         "failovers": s.topo.failovers(),
         "replicas": replicas,
     }))

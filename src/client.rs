@@ -93,7 +93,38 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Lag limits, replaced whole when the config is reloaded (shared with the prober).
     pub lag: Arc<arc_swap::ArcSwap<crate::topology::probe::LagLimits>>,
+    /// Write acknowledgements and the split-brain guard.
+    pub durability: Durability,
     next_id: AtomicU64,
+}
+
+/// What the configuration says about making writes durable on replicas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durability {
+    /// Replicas that must acknowledge each write before its client gets the reply (`min_write_acks`,
+    /// `write_ack_timeout_ms`); `None`: none.
+    pub acks: Option<crate::upstream::Acks>,
+    /// Per proxy user (by name), what replaces `acks` for that user's connections.
+    pub user_acks: Vec<(String, Option<crate::upstream::Acks>)>,
+    /// The split-brain guard (`min_replicas`, `min_replicas_max_lag_ms`).
+    pub guard: crate::route::Guard,
+}
+
+impl Durability {
+    /// The acknowledgements the writes of `user`'s connections wait for.
+    pub fn acks_for(
+        &self,
+        user: Option<&crate::auth::ClientUser>,
+    ) -> Option<crate::upstream::Acks> {
+        match user {
+            Some(u) => self
+                .user_acks
+                .iter()
+                .find(|(name, _)| *name == u.name)
+                .map_or(self.acks, |(_, a)| *a),
+            None => self.acks,
+        }
+    }
 }
 
 /// What the configuration says about serving clients.
@@ -129,6 +160,8 @@ pub struct Settings {
     pub max_clients: usize,
     /// Answer as a Sentinel too, for this master name.
     pub sentinel_facade: Option<String>,
+    /// Write acknowledgements and the split-brain guard.
+    pub durability: Durability,
 }
 
 impl Context {
@@ -157,6 +190,7 @@ impl Context {
             idle_timeout,
             max_clients,
             sentinel_facade,
+            durability,
         } = settings;
         Arc::new(Context {
             topo,
@@ -190,6 +224,7 @@ impl Context {
             }),
             metrics,
             lag,
+            durability,
             next_id: AtomicU64::new(1),
         })
     }
@@ -237,6 +272,7 @@ impl Context {
             max_lag: self.lag.load().max_lag,
             patience: self.read_timeout,
             zone_affinity: self.zone_affinity,
+            guard: self.durability.guard,
         }
     }
 

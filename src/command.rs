@@ -454,6 +454,18 @@ pub fn runs_script(name: &[u8]) -> bool {
         .any(|s| name.eq_ignore_ascii_case(s))
 }
 
+/// True if a command of `kind` named `name` may change data: flagged `write` (or unknown), or a script or
+/// function that is not read-only (`EVAL`, `EVALSHA`, `FCALL`: Redis flags them by what the script
+/// does, which only running it tells). What the split-brain guard refuses and what write
+/// acknowledgements (`min_write_acks`) wait for.
+pub fn writes_data(kind: Kind, name: &[u8]) -> bool {
+    kind == Kind::Write
+        || (kind == Kind::Other
+            && [&b"EVAL"[..], b"EVALSHA", b"FCALL"]
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s)))
+}
+
 /// Classifies one command. `arg(i)` gives argument `i` (0 is the name) if the scanner kept it.
 pub fn classify<'a>(
     table: &Table,

@@ -25,6 +25,7 @@ pub use crate::route::{Consistency, Fallback, ZoneAffinity};
 use crate::upstream::Credentials;
 
 mod credentials;
+mod durability;
 mod limits;
 mod options;
 mod source;
@@ -120,6 +121,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Write acknowledgements by replicas and the split-brain guard.
+    pub durability: crate::client::Durability,
 }
 
 impl Config {
@@ -144,6 +147,7 @@ impl Config {
                 Source::Sentinel { master_name, .. } => master_name.clone(),
                 _ => crate::client::FACADE_NAME.to_string(),
             }),
+            durability: self.durability.clone(),
         }
     }
 
@@ -188,6 +192,7 @@ impl Config {
             shutdown_grace => "shutdown_grace_ms",
             log_level => "log_level",
             log_format => "log_format",
+            durability => "min_write_acks/write_ack_timeout_ms/user_min_write_acks/user_write_ack_timeout_ms/min_replicas/min_replicas_max_lag_ms",
         );
         names
     }
@@ -231,6 +236,19 @@ impl Config {
         let zones = zones(&raw, problems);
         let upstream = Upstream::parse(&raw, problems);
         let client_auth = ClientAuth::parse(&raw, problems);
+        let durability = {
+            let mut users: Vec<String> = client_auth
+                .iter()
+                .flat_map(|a| a.users.iter().map(|u| u.name.clone()))
+                .collect();
+            if client_auth
+                .as_ref()
+                .is_some_and(|a| a.requirepass.is_some())
+            {
+                users.push("default".into());
+            }
+            durability::parse(&raw, &users, problems)
+        };
         let tls_listen = tls::listener(&raw, problems);
         let upstream_tls = UpstreamTls::parse(&raw, kind, problems);
         let log_level = log_level(&raw.log_level, problems);
@@ -280,6 +298,7 @@ impl Config {
             shutdown_grace: timing.shutdown_grace,
             log_level: log_level?,
             log_format: raw.log_format,
+            durability: durability?,
         })
     }
 }

@@ -159,6 +159,10 @@ impl Proxy {
                 token: config.admin_token.clone(),
                 loopback: listeners.addrs.admin.ip().is_loopback(),
             },
+            admin::WriteGuard {
+                guard: config.durability.guard,
+                closed: metrics.write_guard_closed.clone(),
+            },
         );
         if config.admin_token.is_none() && !listeners.addrs.admin.ip().is_loopback() {
             tracing::warn!(

@@ -8,7 +8,28 @@ use prometheus::{
     Registry,
 };
 
-use crate::node::Locality;
+/// Where a node is relative to the proxy's zone, the `locality` label (metrics keep their own label
+/// enums).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locality {
+    /// The proxy has no zone, or the node's zone is not known.
+    Unknown = 0,
+    /// In the proxy's zone.
+    Local = 1,
+    /// In another zone.
+    Remote = 2,
+}
+
+impl Locality {
+    /// Its label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Locality::Unknown => "unknown",
+            Locality::Local => "local",
+            Locality::Remote => "remote",
+        }
+    }
+}
 
 /// What a command does, the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +114,32 @@ impl BackendError {
     }
 }
 
+/// Why the proxy refused a write without sending it, the `reason` label of
+/// `redsplit_writes_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The split-brain guard: fewer good replicas than `min_replicas`.
+    MinReplicas = 0,
+}
+
+impl Refusal {
+    const LABELS: [&'static str; 1] = ["min_replicas"];
+}
+
+/// Why a write's reply became an error saying it was not acknowledged, the `reason` label of
+/// `redsplit_writes_unacknowledged_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAck {
+    /// WAIT reported fewer replicas than `min_write_acks` within `write_ack_timeout_ms`.
+    Timeout = 0,
+    /// The connection broke before WAIT answered.
+    Lost = 1,
+}
+
+impl NoAck {
+    const LABELS: [&'static str; 2] = ["timeout", "lost"];
+}
+
 /// Every metric of the proxy.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -103,7 +150,7 @@ pub struct Metrics {
     commands: IntCounterVec,
     durations: [Histogram; 3],
     reads_on_primary: [IntCounter; 6],
-    /// Reads routed to replicas, by [`crate::node::Locality`].
+    /// Reads routed to replicas, by [`Locality`].
     replica_reads: [IntCounter; 3],
     zone_info: IntGaugeVec,
     lag_bytes: IntGaugeVec,
@@ -140,6 +187,11 @@ pub struct Metrics {
     pub clients_evicted: IntCounter,
     /// Shared upstream connections open.
     pub upstream_connections: IntGaugeVec,
+    writes_refused: [IntCounter; 1],
+    writes_unacknowledged: [IntCounter; 2],
+    /// 1 while the split-brain guard refuses writes, 0 while it lets them through or is off; set when
+    /// metrics are gathered.
+    pub write_guard_closed: IntGauge,
 }
 
 /// Metric handles of one node, resolved once.
@@ -260,7 +312,36 @@ impl Metrics {
             )?,
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let refused = reg(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "redsplit_writes_refused_total",
+                    "Commands that may write refused by the proxy without being sent, by reason (min_replicas: the split-brain guard)",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        let unacknowledged = reg(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "redsplit_writes_unacknowledged_total",
+                    "Writes the primary ran whose client got an error because fewer than min_write_acks replicas acknowledged them, by reason",
+                ),
+                &["reason"],
+            )?,
+        )?;
         Ok(Metrics {
+            writes_refused: Refusal::LABELS.map(|r| refused.with_label_values(&[r])),
+            writes_unacknowledged: NoAck::LABELS.map(|r| unacknowledged.with_label_values(&[r])),
+            write_guard_closed: reg(
+                registry,
+                IntGauge::new(
+                    "redsplit_write_guard_closed",
+                    "1 while the split-brain guard (min_replicas) refuses writes, else 0",
+                )?,
+            )?,
             client_connections: reg(
                 registry,
                 IntGauge::new("redsplit_client_connections", "Client connections open")?,
@@ -478,6 +559,16 @@ impl Metrics {
                 .with_label_values(&[addr, zone, locality.label()])
                 .set(1);
         }
+    }
+
+    /// Counts a write refused without being sent.
+    pub fn writes_refused(&self, reason: Refusal) {
+        self.writes_refused[reason as usize].inc();
+    }
+
+    /// Counts `n` writes whose clients were told they were not acknowledged.
+    pub fn writes_unacknowledged(&self, reason: NoAck, n: u64) {
+        self.writes_unacknowledged[reason as usize].inc_by(n);
     }
 }
 

@@ -2,6 +2,7 @@
 //! where the command goes ([`plan()`]); where a read goes and what the session has seen ([`read`]); what
 //! a node's replies mean for the batch they answer ([`retry`]).
 
+pub mod guard;
 pub mod read;
 pub mod retry;
 
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use crate::command::{Class, Interrupt, Local};
 use crate::topology::Shard;
 use crate::upstream::{Node, Want};
+pub use guard::Guard;
 pub use read::{ReadState, ReadTarget, Reads};
 
 /// How reads are routed.
@@ -100,6 +102,8 @@ pub struct Policy {
     pub patience: std::time::Duration,
     /// Which zones' nodes reads prefer.
     pub zone_affinity: ZoneAffinity,
+    /// The split-brain guard: writes are refused while too few replicas are good.
+    pub guard: Guard,
 }
 
 /// Where one command goes.
@@ -143,6 +147,9 @@ pub enum Plan {
     Hold,
     /// Nowhere: a read with `fallback = "error"` and no replica to serve it.
     Refuse(PrimaryReason),
+    /// Nowhere: a command that may write, while the split-brain guard is closed (too few good replicas,
+    /// see [`guard`]). Nothing is sent; the client is told why.
+    Guarded(guard::Closed),
     /// Nowhere: a read only the primary may serve (no replica within the lag limit, or none has what
     /// the session saw), and the primary has answered no probe for longer than the read would wait,
     /// timing out rather than refusing connections (frozen, stalled by a fork, or cut off; one that
@@ -159,6 +166,8 @@ pub enum NoWriter {
     NoPrimary,
     /// Writes are held for a switchover, or for a replica promoted outside the proxy.
     Held,
+    /// The split-brain guard is closed: too few replicas are good (see [`guard`]).
+    Guarded(guard::Closed),
 }
 
 /// The node writes go to now. Every command that may write, or that must run where writes run (state
@@ -170,9 +179,24 @@ pub fn writer(shard: &Shard) -> Result<&Arc<Node>, NoWriter> {
     shard.primary.as_ref().ok_or(NoWriter::NoPrimary)
 }
 
+/// The node a command that may change data goes to now: the [`writer`], if the split-brain guard lets
+/// writes through. Commands that only must run where writes run (SELECT, AUTH, WAIT) use [`writer`].
+pub fn data_writer<'a>(shard: &'a Shard, guard: &Guard) -> Result<&'a Arc<Node>, NoWriter> {
+    let p = writer(shard)?;
+    guard.check(shard).map_err(NoWriter::Guarded)?;
+    Ok(p)
+}
+
 /// Where a command of `class` goes in `shard`, for a session whose reads are `reads`. Reads are not held
-/// by a switchover: only a primary that is gone holds them.
-pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy) -> Plan {
+/// by a switchover: only a primary that is gone holds them. `writes`: the command may change data
+/// (see [`crate::command::writes_data`]): the split-brain guard may refuse it.
+pub fn plan(
+    class: Class,
+    writes: bool,
+    reads: &mut ReadState,
+    shard: &Shard,
+    policy: &Policy,
+) -> Plan {
     // Replies to this command are measured in the shard's current replication history.
     reads.rebase(shard);
     // What the session must see is measured after its commands on the primary: the offset after a write
@@ -189,12 +213,16 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
         want: Want {
             before: false,
             after,
+            acks: None,
         },
         check: None,
     };
-    let to_writer = |f: &dyn Fn(&Arc<Node>) -> Plan| match writer(shard) {
+    let no_guard = Guard::default();
+    let guard = if writes { &policy.guard } else { &no_guard };
+    let to_writer = |f: &dyn Fn(&Arc<Node>) -> Plan| match data_writer(shard, guard) {
         Ok(p) => f(p),
-        Err(_) => Plan::Hold,
+        Err(NoWriter::Guarded(closed)) => Plan::Guarded(closed),
+        Err(NoWriter::NoPrimary | NoWriter::Held) => Plan::Hold,
     };
     match class {
         Class::Read => match reads.route(shard, policy) {
@@ -205,6 +233,7 @@ pub fn plan(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy)
                 want: Want {
                     before: check.is_some(),
                     after,
+                    acks: None,
                 },
                 check,
             },
@@ -284,7 +313,16 @@ mod tests {
         max_lag: std::time::Duration::from_secs(1),
         patience: std::time::Duration::from_secs(1),
         zone_affinity: ZoneAffinity::Replicas,
+        guard: Guard {
+            min_replicas: 0,
+            max_lag: std::time::Duration::from_secs(10),
+        },
     };
+
+    /// `plan` for a command that writes unless it is a read.
+    fn plan_(class: Class, reads: &mut ReadState, shard: &Shard, policy: &Policy) -> Plan {
+        plan(class, class != Class::Read, reads, shard, policy)
+    }
 
     fn is_primary(plan: &Plan) -> bool {
         matches!(plan, Plan::Forward { primary: true, .. })
@@ -294,7 +332,7 @@ mod tests {
     fn writes_go_to_the_primary_and_wait_while_there_is_none() {
         let (_, t) = shard(true);
         let mut reads = ReadState::default();
-        assert!(is_primary(&plan(
+        assert!(is_primary(&plan_(
             Class::Primary,
             &mut reads,
             t.shard(),
@@ -302,7 +340,7 @@ mod tests {
         )));
         let (_, none) = shard(false);
         assert!(matches!(
-            plan(Class::Primary, &mut reads, none.shard(), &SESSION),
+            plan_(Class::Primary, &mut reads, none.shard(), &SESSION),
             Plan::Hold
         ));
     }
@@ -322,12 +360,12 @@ mod tests {
             Class::Pin(crate::command::Pin::Multi),
         ] {
             assert!(
-                matches!(plan(class, &mut reads, t.shard(), &SESSION), Plan::Hold),
+                matches!(plan_(class, &mut reads, t.shard(), &SESSION), Plan::Hold),
                 "{class:?}"
             );
         }
         assert!(matches!(
-            plan(Class::Read, &mut reads, t.shard(), &SESSION),
+            plan_(Class::Read, &mut reads, t.shard(), &SESSION),
             Plan::Forward { primary: false, .. }
         ));
         assert_eq!(writer(t.shard()).err(), Some(NoWriter::Held));
@@ -346,11 +384,11 @@ mod tests {
         let mut reads = ReadState::default();
         let now = topo.snapshot();
         assert!(matches!(
-            plan(Class::Primary, &mut reads, now.shard(), &SESSION),
+            plan_(Class::Primary, &mut reads, now.shard(), &SESSION),
             Plan::Hold
         ));
         assert!(matches!(
-            plan(Class::Read, &mut reads, now.shard(), &SESSION),
+            plan_(Class::Read, &mut reads, now.shard(), &SESSION),
             Plan::Forward { primary: false, .. }
         ));
         // The source still names the old primary: writes stay held.
@@ -431,14 +469,12 @@ mod tests {
         let kill = Class::Interrupt(Interrupt::Kill);
         let shutdown = Class::Interrupt(Interrupt::Shutdown);
         let mut reads = ReadState::default();
-        let targets =
-            |class, shard: &Shard, reads: &mut ReadState| match plan(class, reads, shard, &SESSION)
-            {
-                Plan::Interrupt(nodes) => {
-                    nodes.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>()
-                }
-                other => panic!("{other:?}"),
-            };
+        let targets = |class, shard: &Shard, reads: &mut ReadState| match plan_(
+            class, reads, shard, &SESSION,
+        ) {
+            Plan::Interrupt(nodes) => nodes.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
         topo.hold_writes(true);
         assert_eq!(targets(kill, t.shard(), &mut reads), ["p:1"]);
         let replica = t.replica_nodes().next().expect("a replica").clone();
@@ -455,7 +491,7 @@ mod tests {
     fn a_read_with_no_replica_goes_to_the_primary_or_is_refused() {
         let (_, t) = shard(true);
         let mut reads = ReadState::default();
-        match plan(Class::Read, &mut reads, t.shard(), &SESSION) {
+        match plan_(Class::Read, &mut reads, t.shard(), &SESSION) {
             Plan::Forward {
                 primary: true,
                 reason: Some(PrimaryReason::Lag),
@@ -468,7 +504,7 @@ mod tests {
             ..SESSION
         };
         assert!(matches!(
-            plan(Class::Read, &mut reads, t.shard(), &strict),
+            plan_(Class::Read, &mut reads, t.shard(), &strict),
             Plan::Refuse(PrimaryReason::Lag)
         ));
     }
@@ -485,7 +521,7 @@ mod tests {
             zone_affinity: ZoneAffinity::Replicas,
             ..SESSION
         };
-        assert!(is_primary(&plan(
+        assert!(is_primary(&plan_(
             Class::Read,
             &mut reads,
             t.shard(),
@@ -498,11 +534,11 @@ mod tests {
         };
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(matches!(
-            plan(Class::Read, &mut reads, t.shard(), &impatient),
+            plan_(Class::Read, &mut reads, t.shard(), &impatient),
             Plan::Silent(_)
         ));
         // Writes are not reads: they go to it (and wait for `write_timeout_ms`).
-        assert!(is_primary(&plan(
+        assert!(is_primary(&plan_(
             Class::Primary,
             &mut reads,
             t.shard(),
@@ -511,11 +547,88 @@ mod tests {
         // A primary that refuses connections is down: a failover comes, and the read goes on to wait
         // for it as before (sent, failed, held).
         primary.repl.unanswered(true);
-        assert!(is_primary(&plan(
+        assert!(is_primary(&plan_(
             Class::Read,
             &mut reads,
             t.shard(),
             &impatient
         )));
+    }
+
+    #[test]
+    fn a_closed_guard_refuses_writes_but_not_reads_nor_commands_that_do_not_write() {
+        let (_, t) = shard(true);
+        for r in t.replica_nodes() {
+            r.repl.set(crate::node::Why::LinkDown);
+            r.repl.answered();
+            r.repl.lag_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        let guarded = Policy {
+            guard: Guard {
+                min_replicas: 1,
+                max_lag: std::time::Duration::from_secs(10),
+            },
+            ..SESSION
+        };
+        let mut reads = ReadState::default();
+        for class in [
+            Class::Primary,
+            Class::Blocking,
+            Class::Pin(crate::command::Pin::Multi),
+        ] {
+            match plan(class, true, &mut reads, t.shard(), &guarded) {
+                Plan::Guarded(closed) => assert_eq!((closed.good, closed.need), (0, 1)),
+                other => panic!("{class:?}: {other:?}"),
+            }
+        }
+        // A command that does not write (SELECT-like, PUBLISH) goes on; so do reads.
+        assert!(is_primary(&plan(
+            Class::Primary,
+            false,
+            &mut reads,
+            t.shard(),
+            &guarded
+        )));
+        assert!(is_primary(&plan(
+            Class::Read,
+            false,
+            &mut reads,
+            t.shard(),
+            &guarded
+        )));
+        assert!(matches!(
+            data_writer(t.shard(), &guarded.guard),
+            Err(NoWriter::Guarded(_))
+        ));
+        assert!(writer(t.shard()).is_ok());
+        // The replica's link comes back: the guard opens.
+        for r in t.replica_nodes() {
+            r.repl.set(crate::node::Why::Eligible);
+        }
+        assert!(is_primary(&plan(
+            Class::Primary,
+            true,
+            &mut reads,
+            t.shard(),
+            &guarded
+        )));
+    }
+
+    #[test]
+    fn held_writes_wait_rather_than_fail_on_the_guard() {
+        let (topo, t) = shard(true);
+        topo.hold_writes(true);
+        let guarded = Policy {
+            guard: Guard {
+                min_replicas: 1,
+                max_lag: std::time::Duration::from_secs(10),
+            },
+            ..SESSION
+        };
+        let mut reads = ReadState::default();
+        assert!(matches!(
+            plan(Class::Primary, true, &mut reads, t.shard(), &guarded),
+            Plan::Hold
+        ));
     }
 }

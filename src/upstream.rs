@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use conn::Shared;
 pub use dedicated::Dedicated;
-pub use offsets::{Offsets, Want};
+pub use offsets::{Acks, Offsets, Want};
 pub use verdict::{Verdict, Verdicts};
 
 use crate::node::Addr;
@@ -101,6 +101,9 @@ pub struct Reply {
     /// The node was still a primary when the replies arrived (see [`Node::is_primary`]): a write it
     /// answered after another node replaced it ran on a former primary.
     pub from_primary: bool,
+    /// How many replicas the `WAIT` after the job reported, where the job asked for acknowledgements
+    /// ([`Want::acks`]); `None` if none answered (the connection broke first).
+    pub acked: Option<u32>,
 }
 
 /// Work for a shared connection: request frames written as one unit, answered by `count` replies.
@@ -179,6 +182,15 @@ pub(crate) fn test_settings() -> Arc<Settings> {
     })
 }
 
+/// A locality as the metrics label it.
+pub fn label(l: Locality) -> crate::metrics::Locality {
+    match l {
+        Locality::Unknown => crate::metrics::Locality::Unknown,
+        Locality::Local => crate::metrics::Locality::Local,
+        Locality::Remote => crate::metrics::Locality::Remote,
+    }
+}
+
 /// Consecutive data-path failures that take a node out of read rotation.
 pub const TRIP_AFTER: u32 = 3;
 
@@ -221,7 +233,7 @@ impl Node {
         let zone = settings.zones.configured(&addr);
         let locality = settings.zones.locality(zone.as_ref());
         if let (Some(m), Some(z)) = (&settings.metrics, &zone) {
-            m.node_zone(addr.as_str(), None, Some((&z.0, locality)));
+            m.node_zone(addr.as_str(), None, Some((&z.0, label(locality))));
         }
         let locality = locality as u8;
         Arc::new(Node {
@@ -276,8 +288,9 @@ impl Node {
         if let Some(m) = &self.settings.metrics {
             m.node_zone(
                 self.addr.as_str(),
-                old.as_deref().map(|z| (z.0.as_str(), self.locality())),
-                zone.as_ref().map(|z| (z.0.as_str(), locality)),
+                old.as_deref()
+                    .map(|z| (z.0.as_str(), label(self.locality()))),
+                zone.as_ref().map(|z| (z.0.as_str(), label(locality))),
             );
         }
         self.locality.store(locality as u8, Ordering::Relaxed);

@@ -250,7 +250,7 @@ impl Session {
         }
         let bytes = match outcome {
             Outcome::Bytes(b) => b,
-            Outcome::Upstream(Ok(r)) => r.bytes,
+            Outcome::Upstream(Ok(r)) => acknowledged(&self.ctx.metrics, entry.sent.as_ref(), r),
             Outcome::Upstream(Err(e)) => ClientError::Upstream(&e).frames(count),
             Outcome::TimedOut | Outcome::Wake | Outcome::Hedge => {
                 ClientError::NoPrimaryAfter(0).frames(count)
@@ -288,6 +288,33 @@ impl Session {
                 }
             }
             Then::Effect(Effect::Replace(frame)) => frame,
+            Then::Effect(Effect::Acked { inner, acks }) => {
+                // The command's reply, then the proxy's WAIT's.
+                let mut scanner = crate::resp::ReplyScanner::new(crate::resp::Limits::default());
+                let first = match scanner.scan(&bytes) {
+                    Ok(Some(f)) => f.len,
+                    _ => bytes.len(),
+                };
+                let reply = bytes.slice(..first);
+                let acked = upstream::offsets::wait_count(&bytes[first..]);
+                self.apply_effect(*inner, &reply);
+                // An error, or EXEC's nil (WATCH failed), ran no write.
+                let wrote = !matches!(reply.first(), Some(b'-' | b'!' | b'_'))
+                    && !reply.starts_with(b"*-1")
+                    && !reply.starts_with(b"$-1");
+                if !wrote || acked >= acks.replicas {
+                    return reply;
+                }
+                self.ctx
+                    .metrics
+                    .writes_unacknowledged(crate::metrics::NoAck::Timeout, 1);
+                ClientError::NoAck {
+                    acked: Some(acked),
+                    need: acks.replicas,
+                    timeout_ms: acks.timeout_ms,
+                }
+                .frame()
+            }
             Then::Effect(effect) => {
                 self.apply_effect(effect, &bytes);
                 bytes
@@ -588,3 +615,38 @@ fn count_commands(node: &Node, primary: bool, kinds: [u32; 3]) {
 /// A node to send a batch to again: the node, whether it is the primary, and the offset its reads must be
 /// shown to have seen.
 type Target = (Arc<Node>, bool, Option<u64>);
+
+/// The replies the client gets for a batch answered by `r`: as they are, unless the batch's writes
+/// waited for replicas' acknowledgements and fewer acknowledged them than it needs. Then each write's
+/// reply (not the reads', nor a write's own error) becomes an error saying it ran on the primary but was
+/// not acknowledged, so the application treats it as unknown.
+fn acknowledged(
+    metrics: &crate::metrics::Metrics,
+    sent: Option<&super::queue::Sent>,
+    r: upstream::Reply,
+) -> Bytes {
+    let Some((sent, acks)) = sent.and_then(|s| Some((s, s.want.acks?))) else {
+        return r.bytes;
+    };
+    if sent.acked.is_empty() || r.acked.is_some_and(|n| n >= acks.replicas) {
+        return r.bytes;
+    }
+    let reason = match r.acked {
+        Some(_) => crate::metrics::NoAck::Timeout,
+        None => crate::metrics::NoAck::Lost,
+    };
+    let error = ClientError::NoAck {
+        acked: r.acked,
+        need: acks.replicas,
+        timeout_ms: acks.timeout_ms,
+    }
+    .frame();
+    // Frames that do not scan are the node's garbage, which the connection would have refused.
+    match super::reply::replace_replies(&r.bytes, &sent.acked, &error) {
+        Some((bytes, n)) => {
+            metrics.writes_unacknowledged(reason, n);
+            bytes
+        }
+        None => error,
+    }
+}

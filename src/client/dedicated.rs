@@ -17,8 +17,19 @@ use crate::topology::Shard;
 use crate::upstream;
 
 impl Session {
-    /// Handles one request while pinned to the dedicated connection.
-    pub(super) fn pinned_request(&mut self, class: Class, req: &Request, shard: &Shard) -> Step {
+    /// Handles one request while pinned to the dedicated connection. `writes`: it may change data.
+    ///
+    /// A command that may write is refused while the split-brain guard is closed, and waits for
+    /// replicas' acknowledgements (`WAIT` right after it on this connection) when the session's user
+    /// has them. Inside MULTI that applies to EXEC, once a command that may write was queued: a guarded
+    /// EXEC is replaced by DISCARD (the transaction ends without running, as Redis's own guard ends it).
+    pub(super) fn pinned_request(
+        &mut self,
+        class: Class,
+        writes: bool,
+        req: &Request,
+        shard: &Shard,
+    ) -> Step {
         // A session on a connection to a node that is no longer the primary must not go on there: its
         // writes would be acknowledged by a demoted (or cut-off) node and lost. Its state (transaction,
         // WATCH, subscriptions, tracking) cannot move with it: the client is told and closed.
@@ -63,15 +74,68 @@ impl Session {
         let Some(p) = self.pinned.as_mut() else {
             return Step::Stop;
         };
+        let is_exec = class == Class::Local(crate::command::Local::WithoutMulti)
+            && args
+                .first()
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"EXEC"));
+        let (multi, multi_writes, wrote) = (p.multi, p.multi_writes, p.wrote);
+        // WAIT before any write on this connection: Redis would count the replicas that have this
+        // connection's writes (none), not the session's writes on its shared connections. It is
+        // answered as outside (see `Session::wait`).
+        if class == Class::Local(crate::command::Local::Wait) && !multi && !wrote {
+            return self.local(crate::command::Local::Wait, req, 0, shard, &mut None);
+        }
+        // Runs writes now: a write outside MULTI, or EXEC of a transaction that queued one.
+        let writing = if multi {
+            is_exec && multi_writes
+        } else {
+            writes
+        };
+        if writing {
+            if let Err(closed) = self.ctx.durability.guard.check(shard) {
+                self.ctx
+                    .metrics
+                    .writes_refused(crate::metrics::Refusal::MinReplicas);
+                let error = ClientError::NoReplicas(closed).frame();
+                if !multi {
+                    return self.reply_local(&mut None, req, error);
+                }
+                let discard = p.discard_instead();
+                self.input.skip(req);
+                if let Some(p) = self.pinned.as_mut() {
+                    p.send(discard);
+                }
+                self.push_pinned(1, Effect::Replace(error));
+                return Step::Next;
+            }
+        }
+        let Some(p) = self.pinned.as_mut() else {
+            return Step::Stop;
+        };
         match p.request(class, &args, req.argc, awaiting) {
             Route::Forward {
                 replies,
                 effect,
                 closes,
             } => {
+                if let Some(p) = self.pinned.as_mut() {
+                    p.multi_writes |= multi && writes;
+                    p.wrote |= writing;
+                }
                 self.forward(req, rewritten);
-                if replies > 0 {
-                    self.push_pinned(replies, effect);
+                // EXEC is no write itself: the session's user's acknowledgements, not the command's.
+                let acks = self.ctx.durability.acks_for(self.state.user.as_deref());
+                match acks.filter(|_| writing && replies == 1) {
+                    // WAIT right behind it on this connection; the entry awaits both replies.
+                    Some(acks) => {
+                        if let Some(p) = self.pinned.as_mut() {
+                            p.send(acks.request());
+                        }
+                        let inner = Box::new(effect);
+                        self.push_pinned(2, Effect::Acked { inner, acks });
+                    }
+                    None if replies > 0 => self.push_pinned(replies, effect),
+                    None => {}
                 }
                 if closes {
                     self.flow.closing = true;
@@ -173,7 +237,11 @@ impl Session {
                     self.flow.close_now = true;
                     return;
                 };
-                if front.count > 1 {
+                if front.count > 1 && matches!(front.then, Then::Effect(Effect::Acked { .. })) {
+                    // The command's reply: held until the WAIT behind it answers.
+                    p.ack_held = Some(bytes);
+                    self.queue.answered_one();
+                } else if front.count > 1 {
                     let silent = front.silent;
                     let node = p.conn.node.id;
                     self.queue.answered_one();
@@ -186,6 +254,11 @@ impl Session {
                         .reads
                         .shard(shard)
                         .replied(node, true, 1, epoch, None);
+                } else if let Some(held) = p.ack_held.take() {
+                    // The WAIT's reply: the entry gets both, judged in `then`.
+                    let mut both = bytes::BytesMut::from(&held[..]);
+                    both.extend_from_slice(&bytes);
+                    self.complete_front(Outcome::Bytes(both.freeze()));
                 } else {
                     self.complete_front(Outcome::Bytes(bytes));
                 }
@@ -204,8 +277,13 @@ impl Session {
         self.pinned = None;
         self.ctx.metrics.pinned_sessions.dec();
         while let Some(entry) = self.queue.pop() {
+            // An entry awaiting the proxy's WAIT too stands for one command.
+            let count = match entry.then {
+                Then::Effect(Effect::Acked { .. }) => 1,
+                _ => entry.count,
+            };
             if !entry.silent && !quitting {
-                self.out.push(ClientError::Upstream(e).frames(entry.count));
+                self.out.push(ClientError::Upstream(e).frames(count));
             }
         }
         self.flow.close_now = true;

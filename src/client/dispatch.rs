@@ -46,6 +46,9 @@ pub(super) struct Batch {
     want: Want,
     /// The offset its reads must be shown to have seen before they are delivered.
     check: Option<u64>,
+    /// Positions (in the batch) of the commands whose replies wait for replicas' acknowledgements
+    /// (`want.acks`), ascending.
+    acked: Vec<u32>,
     len: usize,
     count: u32,
 }
@@ -62,15 +65,20 @@ impl Batch {
             scripted: false,
             want: Want::NONE,
             check: None,
+            acked: Vec::new(),
             len: 0,
             count: 1,
         }
     }
 
     /// True if `other` (one command) can travel in this batch: same node, and the same offsets measured
-    /// and checked around it.
+    /// and checked around it. Acknowledgements need not match: the batch's WAIT covers every command
+    /// in it, and only those that asked wait for it.
     fn takes(&self, other: &Batch) -> bool {
-        self.node.id == other.node.id && self.want == other.want && self.check == other.check
+        self.node.id == other.node.id
+            && self.want.before == other.want.before
+            && self.want.after == other.want.after
+            && self.check == other.check
     }
 }
 
@@ -134,13 +142,23 @@ impl Session {
                 self.input.skip(&req);
                 continue;
             }
-            let (class, kind) = {
+            let (class, writes) = {
                 let args = self.input.args(&req, start);
-                classify(&table, req.argc, |i| args.arg(i))
+                let (class, kind) = classify(&table, req.argc, |i| args.arg(i));
+                self.cur_kind = kind.into();
+                let writes = crate::command::writes_data(kind, args.arg(0).unwrap_or_default());
+                (class, writes)
             };
-            self.cur_kind = kind.into();
             match self
-                .request(class, &req, start, &table, (&topo, &policy), &mut batch)
+                .request(
+                    class,
+                    writes,
+                    &req,
+                    start,
+                    &table,
+                    (&topo, &policy),
+                    &mut batch,
+                )
                 .await
             {
                 Step::Next => self.unpark(),
@@ -180,10 +198,12 @@ impl Session {
         }
     }
 
-    /// Gates, plans and carries out one request.
+    /// Gates, plans and carries out one request. `writes`: it may change data.
+    #[allow(clippy::too_many_arguments)]
     async fn request(
         &mut self,
         class: Class,
+        writes: bool,
         req: &Request,
         start: usize,
         table: &Table,
@@ -215,9 +235,14 @@ impl Session {
             }
             Gate::Auth { user, ok } => return self.authenticated(user, batch, req, ok),
         }
+        self.cur_acks = if writes {
+            self.ctx.durability.acks_for(self.state.user.as_deref())
+        } else {
+            None
+        };
         if self.pinned.is_some() {
             self.flush(batch);
-            return self.pinned_request(class, req, topo.shard());
+            return self.pinned_request(class, writes, req, topo.shard());
         }
         let shard = topo.shard();
         if class == Class::Read {
@@ -225,7 +250,21 @@ impl Session {
                 return step;
             }
         }
-        let plan = route::plan(class, self.state.reads.shard(shard.id), shard, policy);
+        let mut plan = route::plan(
+            class,
+            writes,
+            self.state.reads.shard(shard.id),
+            shard,
+            policy,
+        );
+        if let Plan::Forward {
+            primary: true,
+            ref mut want,
+            ..
+        } = plan
+        {
+            want.acks = self.cur_acks;
+        }
         self.carry_out(plan, class, req, start, shard, batch).await
     }
 
@@ -248,9 +287,13 @@ impl Session {
         let shard = topo.shard();
         let plan = match parsed {
             Cursor::Invalid => return None,
-            Cursor::Start => {
-                route::plan(Class::Read, self.state.reads.shard(shard.id), shard, policy)
-            }
+            Cursor::Start => route::plan(
+                Class::Read,
+                false,
+                self.state.reads.shard(shard.id),
+                shard,
+                policy,
+            ),
             // Only the primary can make sense of a cursor no proxy tagged (one from a transaction).
             Cursor::Untagged => match &shard.primary {
                 Some(p) => Plan::Forward {
@@ -263,6 +306,7 @@ impl Session {
                             policy.consistency,
                             route::Consistency::Session | route::Consistency::Global
                         ),
+                        acks: None,
                     },
                     check: None,
                 },
@@ -353,7 +397,9 @@ impl Session {
                 if let Some(reason) = reason {
                     self.ctx.metrics.read_on_primary(reason.into());
                 } else if !primary && class == Class::Read {
-                    self.ctx.metrics.replica_read(node.locality());
+                    self.ctx
+                        .metrics
+                        .replica_read(upstream::label(node.locality()));
                 }
                 let mut kinds = [0; 3];
                 kinds[self.cur_kind as usize] = 1;
@@ -367,6 +413,11 @@ impl Session {
                     want,
                     check,
                     scripted,
+                    acked: if want.acks.is_some() {
+                        vec![0]
+                    } else {
+                        Vec::new()
+                    },
                     len: req.len,
                     ..Batch::one(shard.id, node, primary, class == Class::Read, kinds)
                 };
@@ -381,6 +432,12 @@ impl Session {
             }
             Plan::Refuse(reason) => {
                 self.reply_local(batch, req, ClientError::NoReplica(reason).frame())
+            }
+            Plan::Guarded(closed) => {
+                self.ctx
+                    .metrics
+                    .writes_refused(crate::metrics::Refusal::MinReplicas);
+                self.reply_local(batch, req, ClientError::NoReplicas(closed).frame())
             }
             Plan::Broadcast { primary, replicas } => {
                 self.flush(batch);
@@ -408,7 +465,7 @@ impl Session {
                 tokio::spawn(super::tasks::blocking_call(
                     p.pool(&self.state.key),
                     p.clone(),
-                    bytes,
+                    (bytes, self.cur_acks),
                     self.handle.clone(),
                     tx,
                 ));
@@ -506,6 +563,10 @@ impl Session {
         let on = self.state.reply_mode == super::state::ReplyMode::On;
         match batch {
             Some(b) if on && b.takes(&one) => {
+                if one.want.acks.is_some() {
+                    b.acked.push(b.count);
+                    b.want.acks = b.want.acks.max(one.want.acks);
+                }
                 b.len += req.len;
                 b.count += 1;
                 b.kinds[self.cur_kind as usize] += 1;
@@ -544,6 +605,7 @@ impl Session {
             want,
             check,
             count,
+            acked,
             ..
         } = b;
         if self.ctx.registry.monitoring() {
@@ -560,11 +622,15 @@ impl Session {
         }
         let conn = self.state.conn_for(&node);
         let rx = upstream::submit(&conn, bytes.clone(), count, want);
+        if primary && !reads_only {
+            self.state.wrote_on = Some(conn);
+        }
         let silent = self.state.take_silent();
         let mut sent = Sent::batch(shard, node, primary, bytes, reads_only);
         sent.want = want;
         sent.check = check;
         sent.scripted = scripted;
+        sent.acked = acked;
         let now = Instant::now();
         sent.deadline = Some(now + self.ctx.timeout(reads_only));
         sent.hedge_at = (reads_only && !primary && !scripted).then(|| now + self.ctx.hedge_delay());

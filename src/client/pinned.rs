@@ -47,6 +47,14 @@ pub(super) struct Pinned {
     pub shard: ShardId,
     /// Inside MULTI, as of the commands sent so far.
     pub multi: bool,
+    /// A command that may write was queued in this MULTI: EXEC is guarded and acknowledged as a write.
+    pub multi_writes: bool,
+    /// A command that may write ran on this connection: a WAIT here covers it and every write the
+    /// session made before (on its shared connections, earlier in the primary's replication stream).
+    pub wrote: bool,
+    /// The reply of a command whose entry also awaits the proxy's WAIT (see [`Effect::Acked`]), until
+    /// that WAIT answers.
+    pub ack_held: Option<Bytes>,
     /// What the commands Redis queued in this MULTI change, in queue order, for EXEC's replies.
     queued: Vec<Effect>,
     watch: bool,
@@ -139,6 +147,9 @@ impl Pinned {
             shard,
             topo_rx,
             multi: false,
+            multi_writes: false,
+            wrote: false,
+            ack_held: None,
             queued: Vec::new(),
             watch: false,
             subs: 0,
@@ -237,6 +248,7 @@ impl Pinned {
             }
             Class::Pin(Pin::Multi) => {
                 self.multi = true;
+                self.multi_writes = false;
                 forward(1, Effect::None)
             }
             Class::Local(Local::Reset) => forward(1, Effect::Reset),
@@ -301,6 +313,16 @@ impl Pinned {
         }
     }
 
+    /// EXEC refused by the proxy (the split-brain guard): `DISCARD` is to be sent instead, which ends
+    /// the transaction and WATCH as EXEC would, without running anything. Returns its bytes.
+    pub fn discard_instead(&mut self) -> Bytes {
+        self.multi = false;
+        self.multi_writes = false;
+        self.watch = false;
+        self.queued.clear();
+        Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n")
+    }
+
     /// Queues request bytes to write.
     pub fn send(&mut self, bytes: Bytes) {
         self.out.push(bytes);
@@ -349,6 +371,7 @@ impl Pinned {
         let ok = reply.starts_with(b"+OK\r\n");
         match effect {
             Effect::None | Effect::Quit | Effect::Replace(_) => {}
+            Effect::Acked { inner, .. } => self.apply_into(*inner, reply, changes),
             Effect::Queued(inner) => {
                 // Only what Redis queued is run by EXEC (and answered in its reply).
                 if reply.starts_with(b"+QUEUED") {

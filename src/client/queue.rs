@@ -59,8 +59,11 @@ pub(super) struct Sent {
     pub reads_only: bool,
     /// Holds a read-only script or function: never hedged, nor sent elsewhere after a timeout.
     pub scripted: bool,
-    /// The offsets measured around them.
+    /// The offsets measured around them, and the acknowledgements their writes wait for.
     pub want: Want,
+    /// Positions of the commands whose replies wait for `want.acks`: a reply not acknowledged by enough
+    /// replicas is replaced by an error that says so.
+    pub acked: Vec<u32>,
     /// They may be delivered only if they ran on data at least at this offset (the `ROLE` before them
     /// says so); else they go again elsewhere.
     pub check: Option<u64>,
@@ -90,6 +93,7 @@ impl Sent {
             reads_only: false,
             scripted: false,
             want: Want::NONE,
+            acked: Vec::new(),
             check: None,
             failures: 0,
             held_since: None,

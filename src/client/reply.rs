@@ -66,6 +66,18 @@ pub enum ClientError<'a> {
     FormerPrimary(&'a crate::node::Addr),
     /// A write whose node sent nothing on its connection for `write_timeout_ms`.
     WriteTimedOut(&'a crate::node::Addr, u64),
+    /// A write the primary ran that fewer replicas than `min_write_acks` acknowledged within
+    /// `write_ack_timeout_ms` (`acked`: how many did; `None`: the connection broke before WAIT answered).
+    NoAck {
+        /// Replicas that acknowledged it, if known.
+        acked: Option<u32>,
+        /// Replicas that had to.
+        need: u32,
+        /// How long they were waited for, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// A command that may write, refused by the split-brain guard: too few good replicas.
+    NoReplicas(crate::route::guard::Closed),
 }
 
 impl ClientError<'_> {
@@ -141,6 +153,30 @@ impl ClientError<'_> {
                  no longer serves reads; start the iteration again with cursor 0"
                     .into()
             }
+            ClientError::NoAck {
+                acked: Some(acked),
+                need,
+                timeout_ms,
+            } => format!(
+                "NOACK redsplit: write applied on the primary but acknowledged by {acked} of {need} \
+                 replicas within {timeout_ms} ms (min_write_acks); treat it as unknown: it may be lost \
+                 if the primary fails"
+            ),
+            ClientError::NoAck {
+                acked: None, need, ..
+            } => format!(
+                "NOACK redsplit: write applied on the primary, but the connection to it was lost before \
+                 {need} replicas acknowledged it (min_write_acks); treat it as unknown: it may be lost \
+                 if the primary fails"
+            ),
+            ClientError::NoReplicas(closed) => format!(
+                "NOREPLICAS Not enough good replicas to write: the proxy's guard (min_replicas) counts \
+                 {} of {} replicas connected within {} ms of lag (min_replicas_max_lag_ms); the command \
+                 was not sent",
+                closed.good,
+                closed.need,
+                closed.max_lag.as_millis()
+            ),
         };
         let text = text.replace(['\r', '\n'], " ");
         let mut b = BytesMut::with_capacity(text.len() + 3);
@@ -162,6 +198,37 @@ impl ClientError<'_> {
         }
         b.freeze()
     }
+}
+
+/// `replies` (one frame per command of a batch) with the reply of each command at a position in
+/// `writes` (ascending) replaced by `error`, unless that reply is an error already (a write that failed
+/// ran nothing to acknowledge), with the number replaced. `None` if the frames do not scan (never for a
+/// node's whole replies).
+pub fn replace_replies(replies: &[u8], writes: &[u32], error: &[u8]) -> Option<(Bytes, u64)> {
+    let mut out = BytesMut::with_capacity(replies.len() + writes.len() * error.len());
+    let mut at = 0;
+    let mut next = writes.iter().peekable();
+    let mut i = 0u32;
+    let mut replaced = 0;
+    while at < replies.len() {
+        let mut scanner = crate::resp::ReplyScanner::new(crate::resp::Limits::default());
+        let frame = scanner.scan(&replies[at..]).ok()??;
+        let bytes = &replies[at..at + frame.len];
+        if next.peek() == Some(&&i) {
+            next.next();
+            if frame.is_error() {
+                out.put_slice(bytes);
+            } else {
+                out.put_slice(error);
+                replaced += 1;
+            }
+        } else {
+            out.put_slice(bytes);
+        }
+        at += frame.len;
+        i += 1;
+    }
+    Some((out.freeze(), replaced))
 }
 
 /// Encoder for replies in the session's protocol.
@@ -277,5 +344,25 @@ mod tests {
             ClientError::Syntax.frames(3),
             Bytes::from_static(b"-ERR syntax error\r\n-ERR syntax error\r\n-ERR syntax error\r\n")
         );
+    }
+
+    #[test]
+    fn only_the_replies_of_writes_that_ran_are_replaced() {
+        let replies = b"+OK\r\n$1\r\nv\r\n-WRONGTYPE no\r\n:1\r\n";
+        let (out, n) = replace_replies(replies, &[0, 2, 3], b"-NOACK x\r\n").expect("scans");
+        assert_eq!(n, 2);
+        assert_eq!(
+            &out[..],
+            b"-NOACK x\r\n$1\r\nv\r\n-WRONGTYPE no\r\n-NOACK x\r\n"
+        );
+        let e = ClientError::NoAck {
+            acked: Some(0),
+            need: 1,
+            timeout_ms: 50,
+        }
+        .frame();
+        assert!(e.starts_with(b"-NOACK "));
+        let text = String::from_utf8_lossy(&e);
+        assert!(text.contains("applied on the primary") && text.contains("0 of 1"));
     }
 }

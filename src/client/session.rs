@@ -104,6 +104,9 @@ pub(super) struct Session {
     park_rx: watch::Receiver<Generation>,
     /// What the request being dispatched does, for metrics.
     pub cur_kind: Kind,
+    /// The acknowledgements the request being dispatched waits for, if it may write (see
+    /// `Durability::acks_for`).
+    pub cur_acks: Option<crate::upstream::Acks>,
     /// Checks read deadlines and idleness. One coarse interval per session instead of a timer per
     /// request: arming a timer per request costs a wake-up of the runtime (a system call) per command.
     deadline_tick: Option<tokio::time::Interval>,
@@ -182,6 +185,7 @@ impl Session {
             topo_rx: ctx.topo.subscribe(),
             park_rx: ctx.topo.subscribe(),
             cur_kind: Kind::Other,
+            cur_acks: None,
             deadline_tick: None,
             tick_gate: WakeGate::default(),
             hedge: None,

@@ -43,6 +43,10 @@ pub(super) struct State {
     /// The primary this session last sent to: commands for a new primary wait until the old one has
     /// answered everything, so a failover never reorders a session's writes.
     pub last_primary: u64,
+    /// The shared connection that carried this session's last command that may have written on a
+    /// primary: the session's WAIT is asked there, after those writes (Redis's WAIT counts the replicas
+    /// that acknowledged every write its connection made).
+    pub wrote_on: Option<Shared>,
     /// Shared connection per node for `key`: a session keeps one, so its commands to a node stay in
     /// order.
     conns: Vec<Shared>,
@@ -63,6 +67,7 @@ impl State {
             no_touch: false,
             reads: Reads::default(),
             last_primary: 0,
+            wrote_on: None,
             conns: Vec::new(),
         }
     }

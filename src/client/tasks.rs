@@ -13,11 +13,13 @@ use crate::upstream::{self, Dedicated, Node, Pool};
 
 /// Runs a blocking command on a dedicated connection, which goes back to the pool afterwards. The
 /// connection's upstream id is asked for in the same write (`CLIENT ID` first) and noted on the client's
-/// `handle` while the command blocks, so that `CLIENT UNBLOCK` through the proxy can reach it.
+/// `handle` while the command blocks, so that `CLIENT UNBLOCK` through the proxy can reach it. With
+/// `acks` (a command that may write: BLMOVE, BLPOP pop), `WAIT` follows its reply on the same connection,
+/// and a reply that is not an error reaches the client only if enough replicas acknowledged it.
 pub(super) async fn blocking_call(
     pool: Arc<Pool>,
     node: Arc<Node>,
-    bytes: Bytes,
+    (bytes, acks): (Bytes, Option<upstream::Acks>),
     handle: Arc<Handle>,
     mut tx: oneshot::Sender<Bytes>,
 ) {
@@ -38,6 +40,12 @@ pub(super) async fn blocking_call(
         }
     };
     handle.set_blocked_on(None);
+    let reply = match (reply, acks) {
+        (Ok(r), Some(a)) if !r.starts_with(b"-") && !r.starts_with(b"!") => {
+            acknowledge(&mut conn, r, a).await
+        }
+        (r, _) => r,
+    };
     match reply {
         // Served after another node replaced its node as the primary: what it popped or moved there
         // is lost when the former primary is demoted. Never a success.
@@ -53,6 +61,30 @@ pub(super) async fn blocking_call(
             let _ = tx.send(ClientError::Upstream(&e).frame());
         }
     }
+}
+
+/// `reply`, the reply to a command that may have written on `conn`, if `WAIT` on `conn` finds enough
+/// replicas acknowledged it; else the error saying it was not acknowledged. A nil reply (a timeout,
+/// nothing popped) wrote nothing either way.
+async fn acknowledge(
+    conn: &mut Dedicated,
+    reply: Bytes,
+    acks: upstream::Acks,
+) -> Result<Bytes, upstream::Error> {
+    if reply.starts_with(b"*-1") || reply.starts_with(b"$-1") || reply.starts_with(b"_") {
+        return Ok(reply);
+    }
+    let wait = conn.exchange(&acks.request()).await?;
+    let acked = upstream::offsets::wait_count(&wait);
+    if acked >= acks.replicas {
+        return Ok(reply);
+    }
+    Ok(ClientError::NoAck {
+        acked: Some(acked),
+        need: acks.replicas,
+        timeout_ms: acks.timeout_ms,
+    }
+    .frame())
 }
 
 /// Sends `CLIENT ID` and the blocking command in one write; notes the id on `handle`, then waits for the
@@ -86,52 +118,49 @@ async fn blocked(
     }
 }
 
-/// Counts replicas at or past the primary offset that `role` reports, until `want` or the timeout.
-pub(super) async fn wait_for_replicas(
-    topo: Arc<crate::topology::Topo>,
-    role: oneshot::Receiver<Result<upstream::Reply, upstream::Error>>,
+/// The longest one `WAIT` a client asked for blocks a shared connection: a longer wait is asked again in
+/// slices, and other sessions' commands on that connection run between them.
+pub(super) const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Answers a client's `WAIT want timeout` (`None`: no timeout) with Redis's own WAIT on `conn`, asked in
+/// slices of at most [`WAIT_SLICE`] until `want` replicas acknowledged or the timeout passed; the answer
+/// is the last count.
+pub(super) async fn wait_for_acks(
+    conn: upstream::Shared,
     want: usize,
     timeout: Option<Duration>,
     mut tx: oneshot::Sender<Bytes>,
 ) {
-    let target = match role.await {
-        Ok(Ok(r)) => match crate::resp::value::decode_one(&r.bytes) {
-            Some(frame) => match crate::topology::probe::Role::parse(&frame) {
-                Some(crate::topology::probe::Role::Master { offset }) => offset,
-                _ => {
-                    let _ = tx.send(Bytes::from_static(
-                        b"-ERR redsplit: WAIT needs a primary\r\n",
-                    ));
-                    return;
-                }
-            },
-            _ => {
-                let _ = tx.send(r.bytes);
-                return;
-            }
-        },
-        Ok(Err(e)) => {
-            let _ = tx.send(ClientError::Upstream(&e).frame());
-            return;
-        }
-        Err(_) => return,
-    };
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    let acked = loop {
-        let snapshot = topo.snapshot();
-        let acked = snapshot
-            .replica_nodes()
-            .filter(|r| r.repl.offset() >= target)
-            .count();
-        if acked >= want || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            break acked;
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
+    let replicas = u32::try_from(want).unwrap_or(u32::MAX);
+    loop {
+        let left = deadline.map_or(WAIT_SLICE, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let slice = upstream::Acks {
+            replicas,
+            timeout_ms: left.min(WAIT_SLICE).as_millis().max(1) as u64,
+        };
+        let rx = upstream::submit(&conn, slice.request(), 1, upstream::Want::NONE);
+        let reply = tokio::select! {
+            r = rx => r,
             // The client went away.
             _ = tx.closed() => return,
+        };
+        let bytes = match reply {
+            Ok(Ok(r)) => r.bytes,
+            Ok(Err(e)) => {
+                let _ = tx.send(ClientError::Upstream(&e).frame());
+                return;
+            }
+            Err(_) => return,
+        };
+        let done = !bytes.starts_with(b":")
+            || upstream::offsets::wait_count(&bytes) >= replicas
+            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if done {
+            let _ = tx.send(bytes);
+            return;
         }
-    };
-    let _ = tx.send(Bytes::from(format!(":{acked}\r\n")));
+    }
 }

@@ -164,6 +164,28 @@ options! {
     /// milliseconds; past it the client gets an error saying the write may have run (it is never sent
     /// again). Default 10000.
     write_timeout_ms: u64 = 10_000;
+    /// Replicas that must acknowledge a write (Redis WAIT, sent by the proxy after each batch of writes
+    /// on a connection) before its client gets the reply; with fewer by `write_ack_timeout_ms` the client
+    /// gets an error saying the write ran on the primary but was not acknowledged (treat it as
+    /// unknown). 0 turns acknowledgements off. Default 0.
+    min_write_acks: u32 = 0;
+    /// How long a write waits for `min_write_acks` replicas to acknowledge it, in milliseconds; must be
+    /// below `write_timeout_ms`. The shared connection that carried the write runs nothing else
+    /// meanwhile. Default 500.
+    write_ack_timeout_ms: u64 = 500;
+    /// Per proxy user, repeatable, "name=N": `min_write_acks` for that user's connections (0: none).
+    /// Default none (every user gets `min_write_acks`).
+    user_min_write_acks: Vec<String> = Vec::new();
+    /// Per proxy user, repeatable, "name=MS": `write_ack_timeout_ms` for that user's connections, in
+    /// milliseconds. Default none (every user gets `write_ack_timeout_ms`).
+    user_write_ack_timeout_ms: Vec<String> = Vec::new();
+    /// Split-brain guard: writes are refused (-NOREPLICAS, nothing sent) while fewer than this many
+    /// replicas are connected to the primary within `min_replicas_max_lag_ms`, as the proxy's probes
+    /// measure them; reads go on. 0 turns the guard off. Default 0.
+    min_replicas: u32 = 0;
+    /// Largest lag, in milliseconds, at which a replica counts for `min_replicas`: the lag its last
+    /// probe measured plus the time since that probe. At least twice `probe_interval_ms`. Default 10000.
+    min_replicas_max_lag_ms: u64 = 10_000;
     /// How long a read may go unanswered on one node before it is sent to another node instead (a
     /// hedge: the node may be frozen), in milliseconds; 0: ten times the recent read latency, at least 20
     /// and at most half of read_timeout_ms. Only reads are sent again. Default 0.

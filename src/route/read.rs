@@ -442,6 +442,7 @@ mod tests {
             max_lag: Duration::from_secs(1),
             patience: Duration::from_secs(1),
             zone_affinity: ZoneAffinity::Replicas,
+            guard: crate::route::Guard::default(),
         }
     }
 

@@ -122,6 +122,7 @@ mod tests {
             verdicts: v,
             offsets: Default::default(),
             from_primary: true,
+            acked: None,
         }
     }
 

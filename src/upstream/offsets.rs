@@ -7,13 +7,55 @@
 //! itself, and hands each job the offsets that bracket it ([`Offsets`]). One pair serves every job of a
 //! batch, so many clients' requests written together pay for two small commands.
 
-/// Which offsets a job needs measured around it.
+/// Which offsets a job needs measured around it, and whether replicas must acknowledge its writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Want {
     /// An offset its commands see at least: `ROLE` before the batch.
     pub before: bool,
     /// An offset its commands see at most (that covers its writes): `ROLE` after the batch.
     pub after: bool,
+    /// Replicas that must acknowledge its writes: `WAIT` after the batch (see [`Acks`]).
+    pub acks: Option<Acks>,
+}
+
+/// How many replicas must acknowledge a batch's writes, and how long to wait for them: the connection
+/// writes `WAIT replicas timeout_ms` after the batch and reads its reply itself. Redis's WAIT counts the
+/// replicas that acknowledged every write the connection made before it, so one WAIT covers every job of
+/// the batch (and of earlier batches on that connection), whichever client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Acks {
+    /// Replicas that must acknowledge (`min_write_acks`), at least 1.
+    pub replicas: u32,
+    /// How long the node waits for them, in milliseconds (`write_ack_timeout_ms`), at least 1: WAIT 0
+    /// would wait for ever.
+    pub timeout_ms: u64,
+}
+
+impl Acks {
+    /// The `WAIT` request.
+    pub fn request(&self) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(48);
+        crate::resp::encode_command(
+            &mut out,
+            &[
+                b"WAIT",
+                self.replicas.to_string().as_bytes(),
+                self.timeout_ms.max(1).to_string().as_bytes(),
+            ],
+        );
+        bytes::Bytes::from(out)
+    }
+}
+
+/// The number of replicas a `WAIT` reply reports; 0 for an error (a node that is no longer a primary, a
+/// WAIT refused): nothing is known to have acknowledged.
+pub fn wait_count(frame: &[u8]) -> u32 {
+    frame
+        .strip_prefix(b":")
+        .and_then(|r| r.strip_suffix(b"\r\n"))
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0)
 }
 
 impl Want {
@@ -21,9 +63,10 @@ impl Want {
     pub const NONE: Want = Want {
         before: false,
         after: false,
+        acks: None,
     };
 
-    /// True if anything is asked for.
+    /// True if an offset is asked for (`ROLE` before or after).
     pub fn any(self) -> bool {
         self.before || self.after
     }
@@ -82,6 +125,24 @@ fn int(b: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_replies_give_the_count_and_errors_count_as_none() {
+        assert_eq!(wait_count(b":2\r\n"), 2);
+        assert_eq!(wait_count(b":0\r\n"), 0);
+        assert_eq!(
+            wait_count(b"-ERR WAIT cannot be used with replica instances.\r\n"),
+            0
+        );
+        assert_eq!(
+            &Acks {
+                replicas: 1,
+                timeout_ms: 50
+            }
+            .request()[..],
+            b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$2\r\n50\r\n"
+        );
+    }
 
     #[test]
     fn role_replies_give_the_offset_of_primaries_and_replicas() {

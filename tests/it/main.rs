@@ -41,6 +41,7 @@ mod reload;
 mod routing;
 mod scripts;
 mod session;
+mod sync;
 mod tls;
 mod tools;
 mod topology;

@@ -155,9 +155,13 @@ impl Session {
         Step::Next
     }
 
-    /// `WAIT numreplicas timeout`: on shared connections Redis's own WAIT would count other clients' writes
-    /// and block them all, so the proxy answers from the replicas' offsets: it takes the primary's offset
-    /// after this session's writes, then counts the replicas that reach it.
+    /// `WAIT numreplicas timeout`: Redis's own WAIT, asked on the shared connection that carried this
+    /// session's last write (see [`crate::client::state::State::wrote_on`]), so it counts the replicas
+    /// that really acknowledged that write (and whatever other clients wrote there before, which can only
+    /// lower the count). A WAIT blocks its connection, and other sessions share it: it is asked in
+    /// slices of at most [`crate::client::tasks::WAIT_SLICE`], until enough replicas acknowledged or the
+    /// client's timeout passes. Writes that went to a node that is no longer the primary are known to
+    /// no replica of this one: 0.
     fn wait(
         &mut self,
         req: &Request,
@@ -168,20 +172,14 @@ impl Session {
         let Ok(p) = route::writer(shard).cloned() else {
             return self.park(req);
         };
+        let conn = match &self.state.wrote_on {
+            Some(c) if c.node.id == p.id => c.clone(),
+            Some(_) => return self.reply_local(&mut None, req, Bytes::from_static(b":0\r\n")),
+            None => self.state.conn_for(&p),
+        };
         self.input.skip(req);
-        // ROLE on this session's own primary connection runs after its writes, so its offset covers them.
-        let conn = self.state.conn_for(&p);
-        let mut role = Vec::new();
-        crate::resp::encode_command(&mut role, &[b"ROLE"]);
-        let role_rx = upstream::submit(&conn, Bytes::from(role), 1, upstream::Want::NONE);
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(crate::client::tasks::wait_for_replicas(
-            self.ctx.topo.clone(),
-            role_rx,
-            want,
-            timeout,
-            tx,
-        ));
+        tokio::spawn(crate::client::tasks::wait_for_acks(conn, want, timeout, tx));
         self.push(Wait::Task(rx), None, Then::Nothing);
         Step::Next
     }

@@ -39,6 +39,14 @@ pub(in crate::client) enum Effect {
     Replace(Bytes),
     Reset,
     Quit,
+    /// A command that may write (EXEC of a transaction that queued one), followed on the connection by
+    /// the proxy's `WAIT`: its entry awaits both replies; the client gets the command's reply if enough
+    /// replicas acknowledged it, else an error saying it was not acknowledged. `inner` applies to the
+    /// command's reply.
+    Acked {
+        inner: Box<Effect>,
+        acks: crate::upstream::Acks,
+    },
 }
 
 /// What a forwarded command changes, if Redis runs it.
