@@ -114,6 +114,7 @@ fn topology(replicas: usize) -> (Arc<Topo>, Arc<Topology>) {
         metrics: None,
         refresh: Default::default(),
         tls: None,
+        cluster: false,
     };
     let topo = Topo::new(Arc::new(settings));
     let addr = |s: String| Addr::parse(&s).expect("host:port");

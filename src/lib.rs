@@ -334,10 +334,12 @@ fn upstream_settings(
         limits: config.limits.for_replies(),
         refresh: Arc::new(tokio::sync::Notify::new()),
         tls: tls.client.clone().filter(|_| config.backend_tls.is_some()),
+        cluster: matches!(config.source, config::Source::Cluster { .. }),
     };
     let sentinels = upstream::Settings {
         credentials: config.sentinel_credentials.clone(),
         metrics: None,
+        cluster: false,
         tls: tls.client.clone().filter(|_| config.sentinel_tls.is_some()),
         ..nodes.clone()
     };

@@ -79,6 +79,15 @@ impl SourceRunner {
                     self.tracker.clone(),
                 ));
             }
+            Source::Cluster { seeds } => {
+                self.tracker.spawn(topology::cluster::run(
+                    self.topo.clone(),
+                    seeds,
+                    self.map.clone(),
+                    self.interval,
+                    cancel.clone(),
+                ));
+            }
             Source::Embedded { .. } => {
                 unreachable!("embedded is resolved to static or sentinel before it runs")
             }
@@ -99,6 +108,7 @@ impl SourceRunner {
                     .collect(),
                 master_name: master_name.clone(),
             },
+            Source::Cluster { .. } => Switchover::Cluster,
             _ => Switchover::Static,
         }
     }

@@ -146,6 +146,9 @@ pub struct Settings {
     pub refresh: Arc<tokio::sync::Notify>,
     /// TLS for these connections (`backend_tls`, `sentinel_tls`); `None`: plain TCP.
     pub tls: Option<Arc<crate::tls::Client>>,
+    /// The nodes are a Redis Cluster's: every connection says `READONLY` first, so that a replica serves
+    /// reads of its shard's slots instead of redirecting them to its primary (a primary ignores it).
+    pub cluster: bool,
 }
 
 thread_local! {
@@ -173,6 +176,7 @@ pub(crate) fn test_settings() -> Arc<Settings> {
         refresh: Default::default(),
         metrics: None,
         tls: None,
+        cluster: false,
     })
 }
 
@@ -514,6 +518,9 @@ pub(crate) async fn connect(
         let db = key.db.to_string();
         if key.db != 0 {
             cmds.push(vec![b"SELECT", db.as_bytes()]);
+        }
+        if settings.cluster {
+            cmds.push(vec![b"READONLY"]);
         }
         if cmds.is_empty() {
             return Ok(stream);
