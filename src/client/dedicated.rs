@@ -22,7 +22,7 @@ impl Session {
         // A session on a connection to a node that is no longer the primary must not go on there: its
         // writes would be acknowledged by a demoted (or cut-off) node and lost. Its state (transaction,
         // WATCH, subscriptions, tracking) cannot move with it: the client is told and closed.
-        let primary = self.ctx.topo.snapshot().primary().map(|n| n.id);
+        let primary = shard.primary.as_ref().map(|n| n.id);
         let awaiting = self.queue.has_pinned();
         let args = self.input.args(req, 0).kept();
         if self.pinned.as_ref().map(|p| p.conn.node.id) != primary {

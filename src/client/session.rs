@@ -124,6 +124,9 @@ pub(super) struct Session {
     pub shown_pinned: Option<u64>,
     /// Its draw on the output budget all clients share.
     charge: super::budget::Charge,
+    /// A command split over cluster shards whose parts are being answered: their replies so far, and
+    /// whether any part was silenced (`CLIENT REPLY`).
+    pub merging: Option<(super::cluster::merge::Merging, bool)>,
 }
 
 impl Drop for Session {
@@ -187,6 +190,7 @@ impl Session {
             hedge: None,
             last_active: Instant::now(),
             charge: ctx.budget.charge(id),
+            merging: None,
             ctx,
         }
     }
