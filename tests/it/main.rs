@@ -14,6 +14,8 @@ mod history;
 mod relay;
 #[path = "../common/scenario.rs"]
 mod scenario;
+#[path = "../common/shards.rs"]
+mod shards;
 
 mod harness;
 
@@ -21,6 +23,8 @@ mod auth;
 mod badinput;
 mod chaos;
 mod cli;
+// `cluster` is the harness of replicated primaries; these are the tests in front of a Redis Cluster
+// (their names still contain `cluster::`).
 mod consistency;
 mod cursor;
 mod external;
@@ -33,6 +37,8 @@ mod mock;
 mod observability;
 mod pinned;
 mod protocol;
+#[path = "cluster.rs"]
+mod redis_cluster;
 mod regressions;
 mod reload;
 mod routing;

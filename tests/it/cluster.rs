@@ -1,0 +1,360 @@
+//! The proxy in front of a real Redis Cluster (three primaries, three replicas on loopback), talked to by
+//! a plain non-cluster client: keys on every shard, commands split over shards, CROSSSLOT, reads on
+//! replicas, SCAN over every shard, a primary killed, a slot moved under load.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use redis::Value;
+use redsplit::config::{Flags, TopologyKind};
+use redsplit::topology::key_slot;
+use redsplit::Proxy;
+
+use crate::harness::*;
+use crate::shards::{ClusterNode, RedisCluster};
+
+/// A cluster of three shards, each with a replica, and a proxy over it (seeded with one node) once
+/// every shard's primary and replica is known and the replicas serve reads.
+async fn cluster_and_proxy(tweak: impl FnOnce(&mut Flags)) -> (RedisCluster, Proxy) {
+    let cluster = RedisCluster::start(3, 1).await;
+    let mut flags = Flags {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        probe_interval_ms: Some(20),
+        discovery_interval_ms: Some(200),
+        log_level: Some("warn".into()),
+        topology: Some(TopologyKind::Cluster),
+        cluster: Some(vec![cluster.addrs()[0].clone()]),
+        ..Flags::default()
+    };
+    tweak(&mut flags);
+    let proxy = proxy_with(flags).await;
+    eventually!(
+        "the proxy knows three shards, each with an eligible replica",
+        {
+            let t = proxy.topo.snapshot();
+            t.shards.len() == 3
+                && t.shards
+                    .iter()
+                    .all(|s| s.primary.is_some() && s.replica_nodes().any(|r| r.repl.is_eligible()))
+        }
+    );
+    (cluster, proxy)
+}
+
+/// Calls of `cmd` a cluster node has run (`INFO commandstats`).
+async fn node_calls(n: &ClusterNode, cmd: &str) -> u64 {
+    let info = match n.call(&["INFO", "commandstats"]).await {
+        Ok(f) => text(f),
+        Err(e) => panic!("INFO commandstats: {e}"),
+    };
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Keys `prefix0`, `prefix1`, ... until every shard owns at least `per_shard` of them.
+fn keys_on_every_shard(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// A key whose slot is `slot`: `{tag}name` with a tag found by trying.
+fn key_in_slot(slot: u16, name: &str) -> String {
+    (0u64..)
+        .map(|i| format!("{{t{i}}}{name}"))
+        .find(|k| key_slot(k.as_bytes()) == slot)
+        .expect("some tag hashes to every slot")
+}
+
+#[tokio::test]
+async fn keys_on_every_shard_are_written_and_read_through_one_endpoint() {
+    let (cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut c = client(&proxy).await;
+    let keys = keys_on_every_shard("k", 300);
+    for k in &keys {
+        let _: () = q(&mut c, &["SET", k, &format!("v-{k}")]).await;
+    }
+    for k in &keys {
+        let v: String = q(&mut c, &["GET", k]).await;
+        assert_eq!(v, format!("v-{k}"));
+    }
+    // Each key sits on the primary that owns its slot, and every primary got some.
+    let mut total = 0;
+    for i in 0..3 {
+        let n: i64 = match cluster.primary(i).call(&["DBSIZE"]).await {
+            Ok(redis_protocol::resp2::types::OwnedFrame::Integer(n)) => n,
+            other => panic!("DBSIZE: {other:?}"),
+        };
+        assert!(n > 50, "shard {i} holds {n} keys");
+        total += n;
+    }
+    assert_eq!(total, 300);
+    let dbsize: i64 = q(&mut c, &["DBSIZE"]).await;
+    assert_eq!(dbsize, 300, "DBSIZE through the proxy sums every shard");
+}
+
+#[tokio::test]
+async fn multi_key_commands_across_shards_are_split_and_their_replies_merged_in_order() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut c = client(&proxy).await;
+    let keys = keys_on_every_shard("m", 20);
+    let mut mset = vec!["MSET"];
+    let values: Vec<String> = keys.iter().map(|k| format!("value of {k}")).collect();
+    for (k, v) in keys.iter().zip(&values) {
+        mset.push(k);
+        mset.push(v);
+    }
+    let _: () = q(&mut c, &mset).await;
+    let mut mget = vec!["MGET", "missing-key"];
+    mget.extend(keys.iter().map(String::as_str));
+    let got: Vec<Option<String>> = q(&mut c, &mget).await;
+    let mut want = vec![None];
+    want.extend(values.iter().cloned().map(Some));
+    assert_eq!(
+        got, want,
+        "MGET values in key order, nil for the missing key"
+    );
+    let mut exists = vec!["EXISTS", "missing-key"];
+    exists.extend(keys.iter().map(String::as_str));
+    let n: i64 = q(&mut c, &exists).await;
+    assert_eq!(n, 20);
+    let mut del = vec!["DEL"];
+    del.extend(keys.iter().take(10).map(String::as_str));
+    let n: i64 = q(&mut c, &del).await;
+    assert_eq!(n, 10);
+    let n: i64 = q(&mut c, &exists).await;
+    assert_eq!(n, 10);
+}
+
+#[tokio::test]
+async fn a_multi_key_command_the_proxy_cannot_split_gets_crossslot_and_one_slot_works() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut c = client(&proxy).await;
+    let (a, b) = ("foo", "bar");
+    assert_ne!(key_slot(a.as_bytes()), key_slot(b.as_bytes()));
+    let _: () = q(&mut c, &["SET", a, "1"]).await;
+    let err = try_q(&mut c, &["RENAME", a, b])
+        .await
+        .expect_err("keys in two slots");
+    assert!(
+        err.to_string().contains("CROSSSLOT"),
+        "Redis Cluster's error: {err}"
+    );
+    let _: () = q(&mut c, &["SET", "{user1}.a", "1"]).await;
+    let _: () = q(&mut c, &["RENAME", "{user1}.a", "{user1}.b"]).await;
+    let v: String = q(&mut c, &["GET", "{user1}.b"]).await;
+    assert_eq!(v, "1");
+    let err = try_q(&mut c, &["SELECT", "1"])
+        .await
+        .expect_err("SELECT 1 in cluster mode");
+    assert!(err
+        .to_string()
+        .contains("SELECT is not allowed in cluster mode"));
+    let _: () = q(&mut c, &["SELECT", "0"]).await;
+}
+
+#[tokio::test]
+async fn reads_reach_every_shards_replica() {
+    let (cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let keys = keys_on_every_shard("r", 90);
+    let mut w = client(&proxy).await;
+    for k in &keys {
+        let _: () = q(&mut w, &["SET", k, "x"]).await;
+    }
+    // Another connection, which wrote nothing: its reads may go to any replica within the lag limit.
+    let mut c = client(&proxy).await;
+    for _ in 0..3 {
+        for k in &keys {
+            let v: Option<String> = q(&mut c, &["GET", k]).await;
+            assert_eq!(v.as_deref(), Some("x"), "a replica never serves older data");
+        }
+    }
+    for r in &cluster.nodes[3..] {
+        assert!(
+            node_calls(r, "get").await > 0,
+            "replica {} served reads of its shard",
+            r.addr()
+        );
+    }
+}
+
+#[tokio::test]
+async fn scan_visits_every_key_of_every_shard_exactly_once() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut c = client(&proxy).await;
+    let keys = keys_on_every_shard("s", 500);
+    for k in &keys {
+        let _: () = q(&mut c, &["SET", k, "1"]).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut rounds = 0;
+    loop {
+        let (next, batch): (String, Vec<String>) =
+            q(&mut c, &["SCAN", &cursor, "COUNT", "50"]).await;
+        seen.extend(batch);
+        rounds += 1;
+        assert!(rounds < 1000, "SCAN ends");
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no key twice");
+    assert_eq!(unique.len(), 500, "every key");
+    let all: Vec<String> = q(&mut c, &["KEYS", "s*"]).await;
+    assert_eq!(all.len(), 500, "KEYS gathers every shard's");
+}
+
+#[tokio::test]
+async fn a_killed_primary_holds_its_writes_until_its_replica_takes_over_and_other_shards_go_on() {
+    let (mut cluster, proxy) = cluster_and_proxy(|f| f.write_hold_ms = Some(20_000)).await;
+    let victim_key = key_in_slot(100, "victim");
+    let other_key = key_in_slot(16000, "other");
+    let (victim, _) = cluster.owner(100).await.expect("slot 100 owned");
+    let (other, _) = cluster.owner(16000).await.expect("slot 16000 owned");
+    assert_ne!(victim, other);
+    let mut c = client(&proxy).await;
+    let mut o = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", &victim_key, "0"]).await;
+    // Writes to another shard, all through the failover: none may fail or stall past a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other_writes = {
+        let stop = stop.clone();
+        let key = other_key.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut slowest = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let r: i64 = q(&mut o, &["INCR", &key]).await;
+                slowest = slowest.max(started.elapsed());
+                n += 1;
+                assert_eq!(r as u64, n);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (n, slowest)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.node_mut(&victim).expect("victim node").kill();
+    // Writes to the killed shard wait for its replica, then succeed, in order.
+    for i in 1..=20 {
+        let v: i64 = q(&mut c, &["INCR", &victim_key]).await;
+        assert_eq!(v, i);
+    }
+    let (promoted, _) = cluster.owner(100).await.expect("slot 100 owned again");
+    assert_ne!(promoted, victim, "the replica took over");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, slowest) = other_writes.await.expect("other shard's writer");
+    assert!(n > 10, "the other shard took writes throughout ({n})");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the other shard never waited for the failover ({slowest:?})"
+    );
+    let v: String = q(&mut c, &["GET", &victim_key]).await;
+    assert_eq!(v, "20");
+}
+
+#[tokio::test]
+async fn a_slot_moved_under_load_is_followed_without_a_client_error() {
+    let (cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let slot = 42u16;
+    let (from, _) = cluster.owner(slot).await.expect("owned");
+    let to = cluster.primary(1).addr();
+    assert_ne!(from, to);
+    let keys: Vec<String> = (0..40)
+        .map(|i| key_in_slot(slot, &format!("n{i}")))
+        .collect();
+    let mut c = client(&proxy).await;
+    for k in &keys {
+        let _: () = q(&mut c, &["SET", k, "0"]).await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut counts = vec![0i64; keys.len()];
+            let mut rounds = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (k, n) in keys.iter().zip(counts.iter_mut()) {
+                    let v: i64 = match try_q(&mut c, &["INCR", k]).await {
+                        Ok(Value::Int(v)) => v,
+                        other => panic!("INCR {k} during the migration: {other:?}"),
+                    };
+                    *n += 1;
+                    assert_eq!(v, *n, "{k}");
+                }
+                rounds += 1;
+            }
+            (counts, rounds, c)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    migrate(&cluster, slot, &from, &to).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (counts, rounds, mut c) = load.await.expect("load ran without an error");
+    assert!(rounds > 2, "load ran through the migration");
+    for (k, n) in keys.iter().zip(&counts) {
+        let v: i64 = q(&mut c, &["GET", k]).await;
+        assert_eq!(v, *n, "{k}: every increment counted once");
+    }
+    let owner = cluster.owner(slot).await.expect("owned").0;
+    assert_eq!(owner, to, "the slot moved");
+}
+
+/// Moves `slot` from the primary at `from` to the one at `to`, a few keys at a time, as `redis-cli
+/// --cluster reshard` does: IMPORTING on the target, MIGRATING on the source, MIGRATE in batches, then
+/// SETSLOT NODE everywhere.
+async fn migrate(
+    cluster: &RedisCluster,
+    slot: u16,
+    from: &redsplit::config::Addr,
+    to: &redsplit::config::Addr,
+) {
+    let (src, dst) = (
+        cluster.node(from).expect("source"),
+        cluster.node(to).expect("target"),
+    );
+    let (src_id, dst_id) = (
+        src.text(&["CLUSTER", "MYID"]).await,
+        dst.text(&["CLUSTER", "MYID"]).await,
+    );
+    let s = slot.to_string();
+    assert_eq!(
+        dst.text(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &src_id])
+            .await,
+        "OK"
+    );
+    assert_eq!(
+        src.text(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst_id])
+            .await,
+        "OK"
+    );
+    loop {
+        let keys = match src.call(&["CLUSTER", "GETKEYSINSLOT", &s, "5"]).await {
+            Ok(redis_protocol::resp2::types::OwnedFrame::Array(k)) => k,
+            other => panic!("GETKEYSINSLOT: {other:?}"),
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let keys: Vec<String> = keys.into_iter().map(text).collect();
+        let port = dst.port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let reply = src.text(&args).await;
+        assert_eq!(reply, "OK", "MIGRATE");
+        // Let the load hit the slot while it is split between the nodes (ASK, TRYAGAIN).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for n in cluster.nodes.iter().filter(|n| n.running()) {
+        let _ = n.call(&["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]).await;
+    }
+}
