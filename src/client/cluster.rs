@@ -34,6 +34,10 @@ use crate::topology::{key_slot, Shard, Topology};
 use crate::upstream::{self, Want};
 use merge::How;
 
+/// One part of a request sent to a shard: the shard, the part's request bytes, and the positions of its
+/// keys among the request's (for `MGET`'s merge).
+type ShardPart<'t> = (&'t Shard, Bytes, Vec<usize>);
+
 /// Where a command goes in front of a cluster.
 pub(super) enum Routed<'t> {
     /// To this shard, planned as for a single primary.
@@ -222,7 +226,7 @@ impl Session {
         &mut self,
         class: Class,
         how: How,
-        parts: Vec<(&Shard, Bytes, Vec<usize>)>,
+        parts: Vec<ShardPart<'_>>,
         req: &Request,
         policy: &Policy,
         batch: &mut Option<Batch>,
@@ -376,7 +380,7 @@ fn split<'t>(
     keys: &[(usize, u16)],
     how: How,
     topo: &'t Topology,
-) -> Result<Vec<(&'t Shard, Bytes, Vec<usize>)>, u16> {
+) -> Result<Vec<ShardPart<'t>>, u16> {
     let pairs = matches!(how, How::Ok);
     let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
     for (n, &(_, slot)) in keys.iter().enumerate() {

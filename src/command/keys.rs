@@ -52,7 +52,7 @@ pub fn key_positions<'a>(
             let streams =
                 (1..argc).find(|&i| arg(i).is_some_and(|a| a.eq_ignore_ascii_case(b"STREAMS")));
             match streams {
-                Some(s) if (argc - s - 1) % 2 == 0 && argc - s > 1 => {
+                Some(s) if (argc - s - 1).is_multiple_of(2) && argc - s > 1 => {
                     let n = (argc - s - 1) / 2;
                     Keys::At((s + 1..=s + n).collect())
                 }
