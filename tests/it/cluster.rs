@@ -139,8 +139,14 @@ async fn a_multi_key_command_the_proxy_cannot_split_gets_crossslot_and_one_slot_
     let err = try_q(&mut c, &["RENAME", a, b])
         .await
         .expect_err("keys in two slots");
-    assert_eq!(err.code(), Some("CROSSSLOT"), "Redis Cluster's error: {err}");
-    assert!(err.to_string().contains("Keys in request don't hash to the same slot"));
+    assert_eq!(
+        err.code(),
+        Some("CROSSSLOT"),
+        "Redis Cluster's error: {err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("Keys in request don't hash to the same slot"));
     let _: () = q(&mut c, &["SET", "{user1}.a", "1"]).await;
     let _: () = q(&mut c, &["RENAME", "{user1}.a", "{user1}.b"]).await;
     let v: String = q(&mut c, &["GET", "{user1}.b"]).await;
