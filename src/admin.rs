@@ -203,7 +203,42 @@ async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "writes_held": s.topo.writes_held(),
         "failovers": s.topo.failovers(),
         "replicas": replicas,
+        "shards": shards(&t),
     }))
+}
+
+/// Every shard: its number, slot ranges (in front of a cluster), primary and replicas, and whether its
+/// writes are held. One shard, without slots, in front of a replicated primary.
+fn shards(t: &crate::topology::Topology) -> Vec<Value> {
+    t.shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let slots: Option<Vec<[u16; 2]>> = t
+                .slots
+                .as_ref()
+                .map(|m| m.ranges(i).into_iter().map(|(a, b)| [a, b]).collect());
+            let replicas: Vec<Value> = shard
+                .replica_nodes()
+                .map(|n| {
+                    let lag_ms = n.repl.lag_ms.load(Ordering::Relaxed);
+                    json!({
+                        "addr": n.addr.to_string(),
+                        "lag_ms": (lag_ms != u64::MAX).then_some(lag_ms),
+                        "eligible": n.repl.is_eligible(),
+                        "why": n.repl.why().label(),
+                    })
+                })
+                .collect();
+            json!({
+                "id": shard.id.0,
+                "slots": slots,
+                "primary": shard.primary.as_ref().map(|p| p.addr.to_string()),
+                "replicas": replicas,
+                "writes_held": shard.state.writes_held(),
+            })
+        })
+        .collect()
 }
 
 /// A JSON reply.

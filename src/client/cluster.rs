@@ -273,6 +273,7 @@ impl Session {
         }
         self.flush(batch);
         self.input.skip(req);
+        self.ctx.metrics.cluster_splits.inc();
         let n = parts.len();
         for (i, ((shard, bytes, positions), plan)) in parts.into_iter().zip(plans).enumerate() {
             let mut kinds = [0; 3];

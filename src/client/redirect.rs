@@ -65,6 +65,7 @@ impl Session {
             .filter(|(_, v)| followed(v))
             .map(|(i, v)| (*i as usize, v.clone()))
             .collect();
+        self.ctx.metrics.cluster_redirects.inc_by(redo.len() as u64);
         // The commands run elsewhere now: never sent again as a batch, nor timed out here (the task
         // gives up after write_hold_ms).
         sent.bytes = None;

@@ -338,6 +338,7 @@ impl Topo {
             .fetch_add(failovers, std::sync::atomic::Ordering::Relaxed);
         if let Some(m) = &self.settings.metrics {
             count_published(m, &old, &next, false);
+            m.cluster_shards.set(next.shards.len() as i64);
             for _ in 0..failovers {
                 m.failovers.inc();
             }

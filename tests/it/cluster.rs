@@ -362,3 +362,111 @@ async fn migrate(
         let _ = n.call(&["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]).await;
     }
 }
+
+#[tokio::test]
+async fn topology_and_metrics_show_every_shard() {
+    let (cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let (status, body) = http(proxy.admin, "GET", "/topology").await;
+    assert_eq!(status, 200);
+    let t: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let shards = t["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 3);
+    let mut covered = 0;
+    for s in shards {
+        let primary = s["primary"].as_str().expect("a primary");
+        let primary = redsplit::config::Addr::parse(primary).expect("addr");
+        assert!(cluster.node(&primary).is_some());
+        assert_eq!(s["replicas"].as_array().map(Vec::len), Some(1));
+        for r in s["slots"].as_array().expect("slot ranges") {
+            covered += r[1].as_u64().expect("to") - r[0].as_u64().expect("from") + 1;
+        }
+    }
+    assert_eq!(covered, 16384, "the shards' slots cover the key space");
+    let mut c = client(&proxy).await;
+    let _: Vec<Option<String>> = q(&mut c, &["MGET", "foo", "bar"]).await;
+    let metrics = http(proxy.admin, "GET", "/metrics").await.1;
+    assert!(metrics.contains("redsplit_cluster_shards 3"), "{metrics}");
+    assert!(metrics.contains("redsplit_cluster_split_commands_total 1"));
+}
+
+#[tokio::test]
+async fn a_transaction_runs_on_the_shard_of_its_keys_and_one_crossing_shards_is_refused() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut c = client(&proxy).await;
+    // One write: MULTI, the commands, EXEC (as client libraries send a transaction).
+    let (a, b): (String, i64) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("{acct}.a")
+        .arg("1")
+        .cmd("INCR")
+        .arg("{acct}.b")
+        .query_async(&mut c)
+        .await
+        .expect("a transaction on one slot");
+    assert_eq!((a.as_str(), b), ("OK", 1));
+    // Slots 100 and 16000 are on the first and the last shard.
+    let (here, there) = (key_in_slot(100, ".c"), key_in_slot(16000, ".c"));
+    let crossing: redis::RedisResult<(String, String)> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(&here)
+        .arg("1")
+        .cmd("SET")
+        .arg(&there)
+        .arg("1")
+        .query_async(&mut c)
+        .await;
+    let err = crossing.expect_err("a transaction over two shards is refused");
+    assert!(err.to_string().contains("another shard"), "{err}");
+    let none: (Option<String>, Option<String>) = (
+        q(&mut c, &["GET", &here]).await,
+        q(&mut c, &["GET", &there]).await,
+    );
+    assert_eq!(none, (None, None), "nothing of it ran");
+}
+
+#[tokio::test]
+async fn scripts_load_on_every_shard_and_flushall_empties_them_all() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut c = client(&proxy).await;
+    let sha: String = q(
+        &mut c,
+        &["SCRIPT", "LOAD", "return redis.call('INCR', KEYS[1])"],
+    )
+    .await;
+    for k in ["foo", "bar", "key"] {
+        let n: i64 = q(&mut c, &["EVALSHA", &sha, "1", k]).await;
+        assert_eq!(n, 1, "the script is known on {k}'s shard");
+    }
+    let _: () = q(&mut c, &["FLUSHALL"]).await;
+    let n: i64 = q(&mut c, &["DBSIZE"]).await;
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn pubsub_messages_reach_subscribers_classic_and_sharded() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut sub = Raw::connect(&proxy).await;
+    sub.send(&resp(&["SUBSCRIBE", "news"])).await;
+    let confirm = sub.frame().await;
+    assert!(String::from_utf8_lossy(&confirm).contains("subscribe"));
+    let mut ssub = Raw::connect(&proxy).await;
+    ssub.send(&resp(&["SSUBSCRIBE", "orders"])).await;
+    let confirm = ssub.frame().await;
+    assert!(String::from_utf8_lossy(&confirm).contains("ssubscribe"));
+    let mut c = client(&proxy).await;
+    eventually!(
+        "PUBLISH reaches the subscriber",
+        q::<i64>(&mut c, &["PUBLISH", "news", "hello"]).await >= 1
+    );
+    let msg = sub.frame().await;
+    assert!(String::from_utf8_lossy(&msg).contains("hello"));
+    let n: i64 = q(&mut c, &["SPUBLISH", "orders", "o1"]).await;
+    assert_eq!(
+        n, 1,
+        "SPUBLISH goes to the channel's shard, where the subscriber is"
+    );
+    let msg = ssub.frame().await;
+    assert!(String::from_utf8_lossy(&msg).contains("o1"));
+}
