@@ -11,6 +11,9 @@
 //! TRYAGAIN ─────────▶ wait (20 ms, doubling up to 500 ms), send again where it last went
 //! CLUSTERDOWN ──────┘   ... for at most write_hold_ms, then the last reply goes to the client
 //! ```
+//!
+//! From the third redirect of one command on, each waits as TRYAGAIN does: as a migration ends, source
+//! and target may each name the other for a moment.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,7 +140,16 @@ async fn follow(request: &Bytes, mut verdict: Verdict, w: &Redo, topo: &Topo) ->
     let mut backoff = Duration::from_millis(20);
     let mut last =
         Bytes::from_static(b"-TRYAGAIN redsplit: gave up following cluster redirects\r\n");
-    for _ in 0..MAX_REDIRECTS {
+    for round in 0..MAX_REDIRECTS {
+        // Two nodes may each name the other for a moment as a migration ends (one has taken the slot,
+        // the other not yet): after a second redirect, wait before following the next.
+        if round >= 2 && matches!(verdict, Verdict::Moved { .. } | Verdict::Ask { .. }) {
+            if Instant::now() + backoff > deadline {
+                return last;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
         let asking = match &verdict {
             Verdict::Moved { to, .. } => {
                 node = topo.node(to);

@@ -358,7 +358,12 @@ async fn migrate(
         // Let the load hit the slot while it is split between the nodes (ASK, TRYAGAIN).
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    for n in cluster.nodes.iter().filter(|n| n.running()) {
+    // The target first, then the source, then the others, as `redis-cli --cluster reshard` does.
+    let rest = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.running() && n.port != src.port && n.port != dst.port);
+    for n in [dst, src].into_iter().chain(rest) {
         let _ = n.call(&["CLUSTER", "SETSLOT", &s, "NODE", &dst_id]).await;
     }
 }
