@@ -76,12 +76,11 @@ impl Session {
         sent.hedge_at = None;
         let (tx, rx) = oneshot::channel();
         entry.wait = Wait::Task(rx);
-        if !sent.reads_only {
-            // Writes ran where the session's floors do not follow them: its reads go to the primaries
-            // until any replica within the lag limit has them.
-            let until = Instant::now() + self.ctx.policy().max_lag * 2 + Duration::from_millis(500);
-            self.state.reads.primary_until(until);
-        }
+        // What these commands write or read runs where the session's floors do not follow it (another
+        // shard's primary): its reads go to the primaries until any replica within the lag limit has
+        // caught up with it (so no later read sees less than this one did, nor misses these writes).
+        let until = Instant::now() + self.ctx.policy().max_lag * 2 + Duration::from_millis(500);
+        self.state.reads.primary_until(until);
         self.ctx.topo.request_refresh();
         tokio::spawn(resend(
             Redo {

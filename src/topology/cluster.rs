@@ -43,12 +43,13 @@ pub(super) struct Known {
 }
 
 impl Known {
-    /// The number and state of the shard with these members: the one that had any of them, else new.
-    fn place(&mut self, members: &[Addr]) -> (ShardId, Arc<ShardState>) {
+    /// The number and state of the shard with these members: the one that had any of them (and is not
+    /// `taken` by another shard of the same snapshot already), else new.
+    fn place(&mut self, members: &[Addr], taken: &[ShardId]) -> (ShardId, Arc<ShardState>) {
         let found = self
             .shards
             .iter_mut()
-            .find(|(_, _, had)| had.iter().any(|a| members.contains(a)));
+            .find(|(id, _, had)| !taken.contains(id) && had.iter().any(|a| members.contains(a)));
         if let Some((id, state, had)) = found {
             *had = members.to_vec();
             return (*id, state.clone());
@@ -270,7 +271,8 @@ impl Topo {
                 .expect("cluster shard registry lock is never poisoned");
             for (i, d) in described.iter().enumerate() {
                 let members: Vec<Addr> = d.primary.iter().chain(&d.replicas).cloned().collect();
-                let (id, state) = known.place(&members);
+                let taken: Vec<ShardId> = shards.iter().map(|s: &Shard| s.id).collect();
+                let (id, state) = known.place(&members, &taken);
                 for &(from, to) in &d.slots {
                     slots.assign(from, to, i);
                 }
