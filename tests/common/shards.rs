@@ -38,6 +38,14 @@ pub struct ClusterNode {
 
 impl Drop for ClusterNode {
     fn drop(&mut self) {
+        // A stopped process would not die of SIGKILL until continued on some systems' ptrace setups;
+        // continuing first costs nothing.
+        if let Some(p) = &self.process {
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(p.id().to_string())
+                .status();
+        }
         self.kill();
     }
 }
@@ -70,6 +78,17 @@ impl ClusterNode {
             let _ = p.kill();
             let _ = p.wait();
         }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.process.as_ref().map(Child::id).expect("node running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{sig} {pid}");
     }
 
     /// True while its process runs.

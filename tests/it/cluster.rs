@@ -186,6 +186,46 @@ async fn reads_reach_every_shards_replica() {
 }
 
 #[tokio::test]
+async fn a_frozen_replica_is_taken_out_of_its_shards_reads_and_other_shards_replicas_keep_theirs() {
+    let (cluster, proxy) = cluster_and_proxy(|f| f.max_lag_ms = Some(500)).await;
+    let (_, replicas) = cluster.owner(100).await.expect("slot 100 owned");
+    let frozen = cluster
+        .node(replicas.first().expect("a replica"))
+        .expect("the replica");
+    let (here, there) = (key_in_slot(100, "f"), key_in_slot(16000, "f"));
+    let mut w = client(&proxy).await;
+    let _: () = q(&mut w, &["SET", &here, "old"]).await;
+    let _: () = q(&mut w, &["SET", &there, "old"]).await;
+    frozen.signal("STOP");
+    let frozen_addr = frozen.addr();
+    eventually!("the frozen replica is out of rotation", {
+        let t = proxy.topo.snapshot();
+        let out = t
+            .nodes()
+            .find(|n| n.addr == frozen_addr)
+            .is_some_and(|n| !n.repl.is_eligible());
+        out
+    });
+    let _: () = q(&mut w, &["SET", &here, "new"]).await;
+    let _: () = q(&mut w, &["SET", &there, "new"]).await;
+    // A connection that wrote nothing: only the lag limit keeps it from old data.
+    let mut r = client(&proxy).await;
+    let (_, others) = cluster.owner(16000).await.expect("slot 16000 owned");
+    let other = cluster.node(&others[0]).expect("the other replica");
+    let before = node_calls(other, "get").await;
+    for _ in 0..20 {
+        let v: String = q(&mut r, &["GET", &here]).await;
+        assert_eq!(v, "new", "served by a live node of the shard");
+        let _: String = q(&mut r, &["GET", &there]).await;
+    }
+    assert!(
+        node_calls(other, "get").await > before,
+        "the other shard's replica still serves its reads"
+    );
+    frozen.signal("CONT");
+}
+
+#[tokio::test]
 async fn scan_visits_every_key_of_every_shard_exactly_once() {
     let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
     let mut c = client(&proxy).await;
