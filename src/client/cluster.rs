@@ -97,7 +97,9 @@ impl Session {
     ) -> Routed<'t> {
         let all: Option<Vec<Vec<u8>>> =
             (req.argc > crate::resp::request::KEPT_ARGS).then(|| self.input.args(req, start).all());
-        let (name, sub, keys, first_arg) = {
+        // Upper-cased on the stack: this runs for every command. Longer names match nothing here.
+        let (mut name, mut sub) = ([0u8; 16], [0u8; 16]);
+        let (name, sub, keys, select_zero) = {
             let args = self.input.args(req, start);
             let arg = |i: usize| -> Option<&[u8]> {
                 match &all {
@@ -105,20 +107,20 @@ impl Session {
                     None => args.arg(i),
                 }
             };
-            let name = arg(0).map(<[u8]>::to_ascii_uppercase).unwrap_or_default();
-            let sub = arg(1).map(<[u8]>::to_ascii_uppercase);
-            let keys = match key_positions(table, req.argc, arg) {
+            let name = upper(&mut name, arg(0));
+            let sub = upper(&mut sub, arg(1));
+            let keys: Vec<(usize, u16)> = match key_positions(table, req.argc, arg) {
                 Keys::At(at) => at
                     .into_iter()
                     .filter_map(|i| arg(i).map(|k| (i, key_slot(k))))
                     .collect(),
                 Keys::None | Keys::Unknown => Vec::new(),
             };
-            (name, sub, keys, arg(1).map(<[u8]>::to_vec))
+            (name, sub, keys, arg(1) == Some(b"0"))
         };
         let first = first_shard(topo);
-        match name.as_slice() {
-            b"SELECT" if first_arg.as_deref() != Some(b"0") => {
+        match name {
+            b"SELECT" if !select_zero => {
                 return Routed::Done(self.reply_local(
                     batch,
                     req,
@@ -132,7 +134,7 @@ impl Session {
             b"MULTI" => return Routed::Shard(self.transaction_shard(req, start, table, topo)),
             _ => {}
         }
-        if let Some(how) = every_shard(&name, sub.as_deref()) {
+        if let Some(how) = every_shard(name, Some(sub).filter(|s| !s.is_empty())) {
             let bytes = self.input.args(req, start).all();
             let bytes = encode(&bytes.iter().map(Vec::as_slice).collect::<Vec<_>>());
             let parts = topo
@@ -156,7 +158,7 @@ impl Session {
                 )),
             };
         }
-        let Some(how) = splittable(&name) else {
+        let Some(how) = splittable(name) else {
             return Routed::Done(self.reply_local(batch, req, ClientError::CrossSlot.frame()));
         };
         let args = all.unwrap_or_else(|| self.input.args(req, start).all());
@@ -353,6 +355,19 @@ impl Session {
                 .map(|i| Some(super::cursor::tag(&i)))
                 .ok_or(()),
         }
+    }
+}
+
+/// `arg` upper-cased into `buf`; empty if there is none or it is longer than `buf`.
+fn upper<'b>(buf: &'b mut [u8; 16], arg: Option<&[u8]>) -> &'b [u8] {
+    match arg {
+        Some(a) if a.len() <= buf.len() => {
+            let out = &mut buf[..a.len()];
+            out.copy_from_slice(a);
+            out.make_ascii_uppercase();
+            out
+        }
+        _ => &[],
     }
 }
 

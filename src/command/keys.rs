@@ -25,7 +25,10 @@ pub fn key_positions<'a>(
     let Some(name) = arg(0) else {
         return Keys::Unknown;
     };
-    let upper = name.to_ascii_uppercase();
+    let mut buf = [0u8; super::MAX_NAME];
+    let Some(upper) = super::upper_into(&mut buf, &[name]) else {
+        return Keys::Unknown;
+    };
     let number = |i: usize| -> Option<usize> { std::str::from_utf8(arg(i)?).ok()?.parse().ok() };
     // `numkeys` at `at`, the keys right after it; `before`: keys ahead of numkeys (a destination).
     let counted = |at: usize, before: &[usize]| -> Keys {
@@ -36,7 +39,7 @@ pub fn key_positions<'a>(
             _ => Keys::Unknown,
         }
     };
-    match upper.as_slice() {
+    match upper {
         b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
             match number(2) {
                 Some(0) => Keys::None,
@@ -63,7 +66,7 @@ pub fn key_positions<'a>(
         // key's slot, and so does the node.
         b"SORT" | b"SORT_RO" if argc > 1 => Keys::At(vec![1]),
         b"GEORADIUS" | b"GEORADIUSBYMEMBER" | b"GEOSEARCHSTORE" | b"MIGRATE" => Keys::Unknown,
-        _ => table_positions(table, &upper, argc, &arg),
+        _ => table_positions(table, upper, argc, &arg),
     }
 }
 
@@ -74,7 +77,7 @@ fn table_positions<'a>(
     argc: usize,
     arg: &impl Fn(usize) -> Option<&'a [u8]>,
 ) -> Keys {
-    let info = match table.get(upper) {
+    let info = match table.get_upper(upper) {
         Some(c) if c.flags.has(flag::CONTAINER) && argc >= 2 => {
             arg(1).and_then(|s| table.get_sub(upper, s)).copied()
         }
