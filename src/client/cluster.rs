@@ -165,7 +165,7 @@ impl Session {
         match split(&args, &keys, how, topo) {
             Ok(parts) => Routed::Done(self.send_parts(
                 class,
-                merge_how(&name, keys.len()),
+                merge_how(name, keys.len()),
                 parts,
                 req,
                 policy,
