@@ -132,6 +132,24 @@ impl Session {
                 return Routed::Shard(topo.shards.get(i).unwrap_or(first));
             }
             b"MULTI" => return Routed::Shard(self.transaction_shard(req, start, table, topo)),
+            // WAIT counts the replicas of one primary that have this session's writes: that of the one
+            // shard the session sent commands to. With writes on several shards, a count from one of
+            // them would claim more than is true.
+            b"WAIT" => {
+                let mut shards = self.state.last_primary.iter().map(|(s, _)| *s);
+                return match (shards.next(), shards.next()) {
+                    (None, _) => Routed::Shard(first),
+                    (Some(id), None) => Routed::Shard(topo.shard_by_id(id).unwrap_or(first)),
+                    (Some(_), Some(_)) => Routed::Done(self.reply_local(
+                        batch,
+                        req,
+                        ClientError::Unsupported(
+                            "WAIT after commands to several cluster shards (connect once per shard)",
+                        )
+                        .frame(),
+                    )),
+                };
+            }
             _ => {}
         }
         if let Some(how) = every_shard(name, Some(sub).filter(|s| !s.is_empty())) {

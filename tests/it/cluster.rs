@@ -151,6 +151,17 @@ async fn a_multi_key_command_the_proxy_cannot_split_gets_crossslot_and_one_slot_
     let _: () = q(&mut c, &["RENAME", "{user1}.a", "{user1}.b"]).await;
     let v: String = q(&mut c, &["GET", "{user1}.b"]).await;
     assert_eq!(v, "1");
+    // WAIT counts one shard's replicas: after writes on one shard it answers; after writes on two, a
+    // count from either would be wrong, so it is refused.
+    let mut w = client(&proxy).await;
+    let _: () = q(&mut w, &["SET", &key_in_slot(100, "w"), "1"]).await;
+    let n: i64 = q(&mut w, &["WAIT", "1", "2000"]).await;
+    assert_eq!(n, 1, "the shard's replica has the write");
+    let _: () = q(&mut w, &["SET", &key_in_slot(16000, "w"), "1"]).await;
+    let err = try_q(&mut w, &["WAIT", "1", "100"])
+        .await
+        .expect_err("WAIT after writes on two shards");
+    assert!(err.to_string().contains("several cluster shards"), "{err}");
     let err = try_q(&mut c, &["SELECT", "1"])
         .await
         .expect_err("SELECT 1 in cluster mode");
