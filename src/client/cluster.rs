@@ -279,7 +279,8 @@ impl Session {
             }
         }
         // The rules `add` keeps for one command: a new primary waits for the old one's replies, and a
-        // command that may write waits for reads still to be checked.
+        // command that may write waits for reads still to be checked (the batch so far included).
+        self.flush(batch);
         let must_wait = plans.iter().zip(&parts).any(|(p, (shard, _, _))| match p {
             Plan::Forward {
                 node,
@@ -288,10 +289,9 @@ impl Session {
             } => self.state.primary_changed(shard.id, node.id),
             _ => false,
         }) || (class != Class::Read && self.queue.checked_in_flight());
-        if must_wait && self.barrier(batch) {
+        if must_wait && !self.queue.is_empty() {
             return Step::Wait;
         }
-        self.flush(batch);
         self.input.skip(req);
         self.ctx.metrics.cluster_splits.inc();
         let n = parts.len();
