@@ -2,8 +2,9 @@
 //!
 //! What changes at once:
 //! - lag limits (`max_lag_ms`, `max_lag_bytes`): every probe from the next one on judges by them;
-//! - the topology source (seeds `primary`/`replica`, `sentinel`, `master_name`): discovery starts again
-//!   from the new source while the current topology keeps serving, and replaces it once it has decided;
+//! - the topology source (seeds `primary`/`replica`, `sentinel`, `master_name`, `cluster`): discovery starts
+//!   again from the new source while the current topology keeps serving, and replaces it once it has
+//!   decided (moving into or out of cluster mode takes a restart);
 //! - client users (`requirepass`, `user`, `readonly_user`): new authentications check against them;
 //!   connections already authenticated keep their user, and connections made while auth was off stay
 //!   allowed, as Redis does when `requirepass` is set at run time;
@@ -163,6 +164,12 @@ impl Reloader {
             {
                 // The embedded servers belong to this process: they start and stop with it.
                 out.restart_needed.push("topology source (embedded)");
+            } else if matches!(running.source, Source::Cluster { .. })
+                != matches!(new.source, Source::Cluster { .. })
+            {
+                // Connections to cluster nodes are greeted differently (READONLY), and sessions keep
+                // per-shard state: in or out of cluster mode takes a restart. Other cluster seeds do not.
+                out.restart_needed.push("topology source (cluster)");
             } else {
                 let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
                 following.1.cancel();
