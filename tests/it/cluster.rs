@@ -172,6 +172,45 @@ async fn a_multi_key_command_the_proxy_cannot_split_gets_crossslot_and_one_slot_
 }
 
 #[tokio::test]
+async fn a_session_reads_its_own_writes_on_every_shard() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut c = client(&proxy).await;
+    let keys = keys_on_every_shard("ryw", 30);
+    for round in 0..10 {
+        for k in &keys {
+            let v = format!("{round}");
+            let _: () = q(&mut c, &["SET", k, &v]).await;
+            let got: String = q(&mut c, &["GET", k]).await;
+            assert_eq!(got, v, "{k} read right after its write");
+        }
+        let mut mget = vec!["MGET"];
+        mget.extend(keys.iter().map(String::as_str));
+        let all: Vec<String> = q(&mut c, &mget).await;
+        assert!(all.iter().all(|v| *v == format!("{round}")), "{all:?}");
+    }
+}
+
+#[tokio::test]
+async fn resp3_replies_of_a_split_command_merge_too_and_a_script_over_two_slots_is_refused() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&resp(&["HELLO", "3"])).await;
+    let _hello = raw.frame().await;
+    raw.send(&resp(&["SET", "foo", "1"])).await;
+    raw.expect(b"+OK\r\n").await;
+    raw.send(&resp(&["MGET", "foo", "bar", "key"])).await;
+    raw.expect(b"*3\r\n$1\r\n1\r\n_\r\n_\r\n").await;
+    raw.send(&resp(&["EVAL", "return 1", "2", "foo", "bar"]))
+        .await;
+    let err = raw.frame().await;
+    assert!(
+        err.starts_with(b"-CROSSSLOT"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+}
+
+#[tokio::test]
 async fn reads_reach_every_shards_replica() {
     let (cluster, proxy) = cluster_and_proxy(|_| {}).await;
     let keys = keys_on_every_shard("r", 90);
