@@ -57,6 +57,11 @@ impl Session {
         let (Some(bytes), Some(node)) = (sent.bytes.clone(), sent.node.clone()) else {
             return Err(Outcome::Upstream(Ok(r)));
         };
+        // Writes that ran beside the redirected ones on a node another replaced as the primary may be
+        // lost with it: the usual rule (every command of the batch told so) applies, not success.
+        if sent.primary && !sent.reads_only && !r.from_primary && !r.verdicts.all(count, followed) {
+            return Err(Outcome::Upstream(Ok(r)));
+        }
         let (Some(requests), Some(replies)) =
             (frames(&bytes, count, true), frames(&r.bytes, count, false))
         else {
