@@ -195,8 +195,12 @@ fn shard_node(fields: &[Value], map: &AddressMap) -> Option<ShardNode> {
             .and_then(|p| p.get(1))
     };
     let ip = field("ip").and_then(text)?;
-    let port = field("port").and_then(int)?;
-    let addr = Addr::parse(&format!("{ip}:{port}")).ok()?;
+    // A node with only a TLS port (`tls-cluster yes`) lists that one.
+    let port = field("port")
+        .and_then(int)
+        .filter(|&p| p > 0)
+        .or_else(|| field("tls-port").and_then(int))?;
+    let addr = node_addr(&ip, port)?;
     Some(ShardNode {
         addr: map.map(addr),
         master: field("role").and_then(text).as_deref() == Some("master"),
@@ -220,9 +224,7 @@ fn parse_slots(items: &[Value], map: &AddressMap) -> Vec<Described> {
             Value::Array(n) => {
                 let ip = n.first().and_then(text)?;
                 let port = n.get(1).and_then(int)?;
-                Addr::parse(&format!("{ip}:{port}"))
-                    .ok()
-                    .map(|a| map.map(a))
+                node_addr(&ip, port).map(|a| map.map(a))
             }
             _ => None,
         });
@@ -246,6 +248,16 @@ fn parse_slots(items: &[Value], map: &AddressMap) -> Vec<Described> {
         d.slots.sort_unstable();
     }
     out
+}
+
+/// `ip:port`, an IPv6 address in brackets.
+fn node_addr(ip: &str, port: i64) -> Option<Addr> {
+    let text = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    Addr::parse(&text).ok()
 }
 
 fn slot_number(v: &Value) -> Option<u16> {
@@ -429,6 +441,25 @@ mod tests {
             parse_shards(&failed, &AddressMap::default())[0].primary,
             None
         );
+    }
+
+    #[test]
+    fn an_ipv6_node_is_written_in_brackets_and_a_tls_only_node_by_its_tls_port() {
+        assert_eq!(node_addr("::1", 7000), Some(addr("[::1]:7000")));
+        let tls_only = vec![
+            bulk("port"),
+            Value::Integer(0),
+            bulk("tls-port"),
+            Value::Integer(7100),
+            bulk("ip"),
+            bulk("10.0.0.1"),
+            bulk("role"),
+            bulk("master"),
+            bulk("health"),
+            bulk("online"),
+        ];
+        let n = shard_node(&tls_only, &AddressMap::default()).expect("a node");
+        assert_eq!(n.addr, addr("10.0.0.1:7100"));
     }
 
     #[test]
