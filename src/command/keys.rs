@@ -32,9 +32,10 @@ pub fn key_positions<'a>(
     let number = |i: usize| -> Option<usize> { std::str::from_utf8(arg(i)?).ok()?.parse().ok() };
     // `numkeys` at `at`, the keys right after it; `before`: keys ahead of numkeys (a destination).
     let counted = |at: usize, before: &[usize]| -> Keys {
-        match number(at) {
-            Some(n) if at + n < argc => {
-                Keys::At(before.iter().copied().chain(at + 1..=at + n).collect())
+        // `numkeys` comes from the client: any number at all, checked against the arguments there are.
+        match number(at).and_then(|n| at.checked_add(n)) {
+            Some(last) if last < argc => {
+                Keys::At(before.iter().copied().chain(at + 1..=last).collect())
             }
             _ => Keys::Unknown,
         }
@@ -144,5 +145,10 @@ mod tests {
             Keys::At(vec![4, 5])
         );
         assert_eq!(keys(&["XREAD", "STREAMS", "a"]), Keys::Unknown);
+        assert_eq!(
+            keys(&["EVAL", "s", "18446744073709551615", "a"]),
+            Keys::Unknown,
+            "a numkeys past the arguments, however large"
+        );
     }
 }
