@@ -11,8 +11,9 @@
 //!   LOAD|FLUSH`, `FUNCTION LOAD|FLUSH|DELETE|RESTORE` go to every shard and merge; `RANDOMKEY` to a
 //!   random one; `SCAN` walks the shards in turn, its cursor naming the node (see `cursor`).
 //! - A transaction takes the shard of its first keyed command (looked for among the requests already
-//!   buffered after `MULTI`), `WATCH` the shard of its keys; a later command for another shard is
-//!   refused.
+//!   buffered after `MULTI`; a `MULTI` sent alone is answered here and put back in front of the command
+//!   that follows, which then decides), `WATCH` the shard of its keys; a later command for another shard
+//!   is refused.
 
 pub(super) mod merge;
 
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use super::dispatch::{Batch, Step};
 use super::gate::Args;
 use super::queue::Then;
-use super::reply::ClientError;
+use super::reply::{ClientError, OK};
 use super::session::Session;
 use crate::command::keys::{key_positions, Keys};
 use crate::command::{Class, Table};
@@ -131,7 +132,16 @@ impl Session {
                 let i = random_below(topo.shards.len());
                 return Routed::Shard(topo.shards.get(i).unwrap_or(first));
             }
-            b"MULTI" => return Routed::Shard(self.transaction_shard(req, start, table, topo)),
+            b"MULTI" => {
+                let next = start + req.len;
+                if self.input.peek(next, 1).is_empty() {
+                    // Sent alone (a client that waits for +OK): answered now; the shard is chosen by
+                    // the command that follows (see `deferred_multi`).
+                    self.deferred_multi = true;
+                    return Routed::Done(self.reply_local(batch, req, Bytes::from_static(OK)));
+                }
+                return Routed::Shard(self.transaction_shard(req, start, table, topo));
+            }
             // WAIT counts the replicas of one primary that have this session's writes: that of the one
             // shard the session sent commands to. With writes on several shards, a count from one of
             // them would claim more than is true.
@@ -193,6 +203,40 @@ impl Session {
                 Routed::Done(self.reply_local(batch, req, ClientError::SlotUnserved(slot).frame()))
             }
         }
+    }
+
+    /// A request after a `MULTI` answered here ([`Session::deferred_multi`]): `EXEC` and `DISCARD` of an
+    /// empty transaction are answered as Redis answers them; any other command has a `MULTI` put before
+    /// it in the input, which then goes to the shard of this command's keys like a pipelined one (its
+    /// reply dropped: the client had it). `None`: go on with the request as usual.
+    pub(super) fn deferred_multi_request(
+        &mut self,
+        req: &Request,
+        start: usize,
+        batch: &mut Option<Batch>,
+    ) -> Option<Step> {
+        let mut buf = [0u8; 16];
+        let name = upper(&mut buf, self.input.args(req, start).arg(0));
+        let reply: &'static [u8] = match name {
+            b"EXEC" => b"*0\r\n",
+            b"DISCARD" => OK,
+            b"MULTI" => b"-ERR MULTI calls can not be nested\r\n",
+            b"WATCH" => b"-ERR WATCH inside MULTI is not allowed\r\n",
+            b"RESET" | b"QUIT" => {
+                self.deferred_multi = false;
+                return None;
+            }
+            _ => {
+                self.deferred_multi = false;
+                self.swallow_multi = true;
+                self.input.insert(start, b"*1\r\n$5\r\nMULTI\r\n");
+                return Some(Step::Next);
+            }
+        };
+        if matches!(name, b"EXEC" | b"DISCARD") {
+            self.deferred_multi = false;
+        }
+        Some(self.reply_local(batch, req, Bytes::from_static(reply)))
     }
 
     /// The shard a transaction starting with `MULTI` (`req`) runs on: that of the first keyed command

@@ -66,9 +66,14 @@ impl Session {
         match p.request(class, &args, req.argc, awaiting) {
             Route::Forward {
                 replies,
-                effect,
+                mut effect,
                 closes,
             } => {
+                // A MULTI the proxy answered already, in front of a cluster (see `cluster`).
+                if class == Class::Pin(crate::command::Pin::Multi) && self.swallow_multi {
+                    self.swallow_multi = false;
+                    effect = super::pinned::Effect::Replace(bytes::Bytes::new());
+                }
                 self.forward(req, rewritten);
                 if replies > 0 {
                     self.push_pinned(replies, effect);

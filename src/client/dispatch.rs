@@ -231,6 +231,11 @@ impl Session {
             }
             Gate::Auth { user, ok } => return self.authenticated(user, batch, req, ok),
         }
+        if self.deferred_multi && self.pinned.is_none() {
+            if let Some(step) = self.deferred_multi_request(req, start, batch) {
+                return step;
+            }
+        }
         if let Some(pinned) = self.pinned.as_ref().map(|p| p.shard) {
             self.flush(batch);
             let shard = topo.shard_by_id(pinned).unwrap_or_else(|| topo.shard());

@@ -50,6 +50,14 @@ impl Input {
         self.scanner.scan(&self.buf[start..])
     }
 
+    /// Puts `bytes` (whole requests) into the input at `at`, a request boundary: they are scanned next.
+    pub fn insert(&mut self, at: usize, bytes: &[u8]) {
+        let at = at.min(self.buf.len());
+        let tail = self.buf.split_off(at);
+        self.buf.extend_from_slice(bytes);
+        self.buf.unsplit(tail);
+    }
+
     /// The arguments of each complete request already buffered from `from` on, at most `max` of them,
     /// scanned without disturbing the scanner (a transaction looks ahead for its first key).
     pub fn peek(&self, from: usize, max: usize) -> Vec<Vec<Vec<u8>>> {

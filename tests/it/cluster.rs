@@ -330,6 +330,49 @@ async fn a_transaction_runs_on_the_shard_of_its_keys_and_one_crossing_shards_is_
 }
 
 #[tokio::test]
+async fn a_multi_sent_alone_takes_the_shard_of_the_command_that_follows() {
+    let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
+    // Slot 16000 is on the last shard, not the first: the one a transaction would default to.
+    let (a, b) = (key_in_slot(16000, "a"), key_in_slot(16000, "b"));
+    let mut raw = Raw::connect(&proxy).await;
+    for (cmd, reply) in [
+        (vec!["MULTI"], "+OK\r\n"),
+        (vec!["SET", &a, "1"], "+QUEUED\r\n"),
+        (vec!["INCR", &b], "+QUEUED\r\n"),
+        (vec!["EXEC"], "*2\r\n+OK\r\n:1\r\n"),
+        (vec!["MULTI"], "+OK\r\n"),
+        (vec!["EXEC"], "*0\r\n"),
+        (vec!["MULTI"], "+OK\r\n"),
+        (vec!["DISCARD"], "+OK\r\n"),
+        (vec!["GET", &a], "$1\r\n1\r\n"),
+    ] {
+        raw.send(&resp(&cmd)).await;
+        raw.expect(reply.as_bytes()).await;
+    }
+    // A later command for another shard is refused, and EXEC aborts.
+    raw.send(&resp(&["MULTI"])).await;
+    raw.expect(b"+OK\r\n").await;
+    raw.send(&resp(&["SET", &a, "2"])).await;
+    raw.expect(b"+QUEUED\r\n").await;
+    raw.send(&resp(&["SET", &key_in_slot(100, "c"), "2"])).await;
+    let refused = raw.frame().await;
+    assert!(
+        refused.starts_with(b"-CROSSSLOT"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    raw.send(&resp(&["EXEC"])).await;
+    let aborted = raw.frame().await;
+    assert!(
+        aborted.starts_with(b"-EXECABORT"),
+        "{}",
+        String::from_utf8_lossy(&aborted)
+    );
+    raw.send(&resp(&["GET", &a])).await;
+    raw.expect(b"$1\r\n1\r\n").await;
+}
+
+#[tokio::test]
 async fn scripts_load_on_every_shard_and_flushall_empties_them_all() {
     let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
     let mut c = client(&proxy).await;
