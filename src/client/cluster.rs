@@ -8,8 +8,8 @@
 //!   slot, queued one after the other; their replies are merged in order when the last one is delivered
 //!   ([`merge`]). Any other command gets Redis Cluster's `CROSSSLOT` error.
 //! - No key: the first shard. Whole key space: `DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB`, `SCRIPT
-//!   LOAD|FLUSH`, `FUNCTION LOAD|FLUSH|DELETE|RESTORE` go to every shard and merge; `RANDOMKEY` to a
-//!   random one; `SCAN` walks the shards in turn, its cursor naming the node (see `cursor`).
+//!   LOAD|FLUSH`, `FUNCTION LOAD|FLUSH|DELETE|RESTORE` go to every shard and merge; so does `RANDOMKEY`
+//!   (a key from any shard that has one); `SCAN` walks the shards in turn, its cursor naming the node (see `cursor`).
 //! - A transaction takes the shard of its first keyed command (looked for among the requests already
 //!   buffered after `MULTI`; a `MULTI` sent alone is answered here and put back in front of the command
 //!   that follows, which then decides), `WATCH` the shard of its keys; a later command for another shard
@@ -73,6 +73,7 @@ fn splittable(name: &[u8]) -> Option<How> {
 fn every_shard(name: &[u8], sub: Option<&[u8]>) -> Option<How> {
     match (name, sub) {
         (b"DBSIZE", _) => Some(How::Sum),
+        (b"RANDOMKEY", _) => Some(How::AnyNotNull),
         (b"KEYS", _) => Some(How::Concat),
         (b"FLUSHALL" | b"FLUSHDB", _) => Some(How::Ok),
         (b"SCRIPT", Some(b"LOAD")) => Some(How::First),
@@ -127,10 +128,6 @@ impl Session {
                     req,
                     ClientError::ClusterSelect.frame(),
                 ));
-            }
-            b"RANDOMKEY" => {
-                let i = random_below(topo.shards.len());
-                return Routed::Shard(topo.shards.get(i).unwrap_or(first));
             }
             b"MULTI" => {
                 let next = start + req.len;
@@ -487,14 +484,6 @@ fn encode(args: &[&[u8]]) -> Bytes {
     let mut out = Vec::new();
     crate::resp::encode_command(&mut out, args);
     Bytes::from(out)
-}
-
-/// A number below `n` (at least 1), varying from call to call: which shard `RANDOMKEY` asks.
-fn random_below(n: usize) -> usize {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(crate::node::current_epoch());
-    (h.finish() as usize) % n.max(1)
 }
 
 #[cfg(test)]

@@ -373,7 +373,7 @@ async fn a_multi_sent_alone_takes_the_shard_of_the_command_that_follows() {
 }
 
 #[tokio::test]
-async fn scripts_load_on_every_shard_and_flushall_empties_them_all() {
+async fn scripts_and_functions_load_on_every_shard_and_flushall_empties_them_all() {
     let (_cluster, proxy) = cluster_and_proxy(|_| {}).await;
     let mut c = client(&proxy).await;
     let sha: String = q(
@@ -385,9 +385,24 @@ async fn scripts_load_on_every_shard_and_flushall_empties_them_all() {
         let n: i64 = q(&mut c, &["EVALSHA", &sha, "1", k]).await;
         assert_eq!(n, 1, "the script is known on {k}'s shard");
     }
+    let lib = "#!lua name=cnt\nredis.register_function('bump', function(keys) return redis.call('INCRBY', keys[1], 10) end)";
+    let name: String = q(&mut c, &["FUNCTION", "LOAD", lib]).await;
+    assert_eq!(name, "cnt");
+    for k in ["foo", "bar", "key"] {
+        let n: i64 = q(&mut c, &["FCALL", "bump", "1", k]).await;
+        assert_eq!(n, 11, "the function is known on {k}'s shard");
+    }
+    // RANDOMKEY finds the one key there is, whichever shard holds it.
     let _: () = q(&mut c, &["FLUSHALL"]).await;
     let n: i64 = q(&mut c, &["DBSIZE"]).await;
     assert_eq!(n, 0);
+    let none: Option<String> = q(&mut c, &["RANDOMKEY"]).await;
+    assert_eq!(none, None);
+    let _: () = q(&mut c, &["SET", &key_in_slot(16000, "only"), "1"]).await;
+    for _ in 0..5 {
+        let k: Option<String> = q(&mut c, &["RANDOMKEY"]).await;
+        assert_eq!(k, Some(key_in_slot(16000, "only")));
+    }
 }
 
 #[tokio::test]

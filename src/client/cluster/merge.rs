@@ -21,6 +21,9 @@ pub(in crate::client) enum How {
     Concat,
     /// The first part's reply (every part got the same command: `SCRIPT LOAD` gives the same digest).
     First,
+    /// One of the replies that is not null, picked at random, else null (`RANDOMKEY`: nil only when
+    /// every shard is empty).
+    AnyNotNull,
 }
 
 /// Replies collected so far.
@@ -57,6 +60,24 @@ impl Merging {
                 .next()
                 .map(|(r, _)| r)
                 .unwrap_or_else(ok),
+            How::AnyNotNull => {
+                let found: Vec<Bytes> = self
+                    .parts
+                    .iter()
+                    .map(|(r, _)| r.clone())
+                    .filter(|r| !is_null(r))
+                    .collect();
+                let pick = random_below(found.len());
+                match found.into_iter().nth(pick) {
+                    Some(r) => r,
+                    None => self
+                        .parts
+                        .into_iter()
+                        .next()
+                        .map(|(r, _)| r)
+                        .unwrap_or_else(|| Bytes::from_static(b"$-1\r\n")),
+                }
+            }
             How::Ok => ok(),
             How::Sum => {
                 let mut sum: i64 = 0;
@@ -109,6 +130,19 @@ fn unexpected() -> Bytes {
     Bytes::from_static(
         b"-ERR redsplit: a shard answered a split command with an unexpected reply\r\n",
     )
+}
+
+/// A RESP2 or RESP3 null.
+fn is_null(r: &[u8]) -> bool {
+    matches!(r, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
+}
+
+/// A number below `n` (at least 1), varying from call to call.
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::node::current_epoch());
+    (h.finish() as usize) % n.max(1)
 }
 
 fn is_error(r: &[u8]) -> bool {
@@ -174,6 +208,19 @@ mod tests {
         m.add(b("+OK\r\n"), vec![]);
         m.add(b("-MOVED 1 a:1\r\n"), vec![]);
         assert_eq!(m.finish(), b("-MOVED 1 a:1\r\n"));
+    }
+
+    #[test]
+    fn randomkey_is_nil_only_when_every_shard_is_empty() {
+        let mut m = Merging::new(How::AnyNotNull);
+        m.add(b("$-1\r\n"), vec![]);
+        m.add(b("$1\r\nk\r\n"), vec![]);
+        m.add(b("_\r\n"), vec![]);
+        assert_eq!(m.finish(), b("$1\r\nk\r\n"));
+        let mut m = Merging::new(How::AnyNotNull);
+        m.add(b("$-1\r\n"), vec![]);
+        m.add(b("$-1\r\n"), vec![]);
+        assert_eq!(m.finish(), b("$-1\r\n"));
     }
 
     #[test]
