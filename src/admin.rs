@@ -139,6 +139,22 @@ type Reply = (StatusCode, Json<Value>);
 /// bound before this server starts.)
 async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, String) {
     let snapshot = s.topo.snapshot();
+    if snapshot.is_cluster() {
+        // In front of a cluster: ready once its slot map is known. A shard failing over holds its own
+        // writes; the others serve.
+        let without = snapshot
+            .shards
+            .iter()
+            .filter(|s| s.primary.is_none())
+            .count();
+        return (
+            StatusCode::OK,
+            format!(
+                "ready: cluster of {} shards ({without} without a primary)\n",
+                snapshot.shards.len()
+            ),
+        );
+    }
     match snapshot.primary() {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,

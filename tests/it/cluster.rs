@@ -287,6 +287,12 @@ async fn topology_and_metrics_show_every_shard() {
     assert_eq!(covered, 16384, "the shards' slots cover the key space");
     let mut c = client(&proxy).await;
     let _: Vec<Option<String>> = q(&mut c, &["MGET", "foo", "bar"]).await;
+    let (status, ready) = http(proxy.admin, "GET", "/ready").await;
+    assert_eq!(status, 200);
+    assert!(
+        ready.contains("cluster of 3 shards (0 without a primary)"),
+        "{ready}"
+    );
     let metrics = http(proxy.admin, "GET", "/metrics").await.1;
     assert!(metrics.contains("redsplit_cluster_shards 3"), "{metrics}");
     assert!(metrics.contains("redsplit_cluster_split_commands_total 1"));
