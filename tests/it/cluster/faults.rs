@@ -86,8 +86,23 @@ async fn a_killed_primary_holds_its_writes_until_its_replica_takes_over_and_othe
         let v: i64 = q(&mut c, &["INCR", &victim_key]).await;
         assert_eq!(v, i);
     }
+    // Only a primary runs writes: the replica took over. Every node learns it by gossip, some a moment
+    // after the proxy did.
+    eventually!(
+        "every node sees the replica took over",
+        cluster.owner(100).await.is_some_and(|(p, _)| p != victim)
+    );
     let (promoted, _) = cluster.owner(100).await.expect("slot 100 owned again");
-    assert_ne!(promoted, victim, "the replica took over");
+    let role = cluster
+        .node(&promoted)
+        .expect("promoted node")
+        .call(&["ROLE"])
+        .await;
+    assert!(
+        matches!(&role, Ok(redis_protocol::resp2::types::OwnedFrame::Array(r))
+            if matches!(r.first(), Some(redis_protocol::resp2::types::OwnedFrame::BulkString(m)) if m == b"master")),
+        "{role:?}"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (n, slowest) = other_writes.await.expect("other shard's writer");
     assert!(n > 10, "the other shard took writes throughout ({n})");
