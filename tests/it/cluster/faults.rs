@@ -198,6 +198,15 @@ async fn a_slot_moved_under_load_is_followed_without_a_client_error() {
                     *n += 1;
                     assert_eq!(v, *n, "{k}");
                 }
+                // A multi-key command while the slot's keys are split between the nodes gets TRYAGAIN
+                // from Redis: the proxy retries it until they are together again.
+                let (first, last) = (&keys[0], &keys[keys.len() - 1]);
+                let pair = try_q(&mut c, &["MGET", first, last]).await;
+                let want = Value::Array(vec![
+                    Value::BulkString(counts[0].to_string().into_bytes()),
+                    Value::BulkString(counts[keys.len() - 1].to_string().into_bytes()),
+                ]);
+                assert_eq!(pair.ok(), Some(want), "MGET during the migration");
                 rounds += 1;
             }
             (counts, rounds, c)
@@ -215,6 +224,16 @@ async fn a_slot_moved_under_load_is_followed_without_a_client_error() {
     }
     let owner = cluster.owner(slot).await.expect("owned").0;
     assert_eq!(owner, to, "the slot moved");
+    let metrics = http(proxy.admin, "GET", "/metrics").await.1;
+    let redirects: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redsplit_cluster_redirects_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        redirects > 0,
+        "the load met redirects and the proxy followed them"
+    );
 }
 
 /// Moves `slot` from the primary at `from` to the one at `to`, a few keys at a time, as `redis-cli
