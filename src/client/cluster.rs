@@ -101,7 +101,7 @@ impl Session {
             (req.argc > crate::resp::request::KEPT_ARGS).then(|| self.input.args(req, start).all());
         // Upper-cased on the stack: this runs for every command. Longer names match nothing here.
         let (mut name, mut sub) = ([0u8; 16], [0u8; 16]);
-        let (name, sub, keys, select_zero) = {
+        let (name, sub, keys, other_db) = {
             let args = self.input.args(req, start);
             let arg = |i: usize| -> Option<&[u8]> {
                 match &all {
@@ -118,11 +118,15 @@ impl Session {
                     .collect(),
                 Keys::None | Keys::Unknown => Vec::new(),
             };
-            (name, sub, keys, arg(1) == Some(b"0"))
+            // SELECT of a database other than 0 (a non-number gets the usual error from SELECT itself).
+            let db = arg(1)
+                .and_then(|a| std::str::from_utf8(a).ok())
+                .and_then(|a| a.parse::<i64>().ok());
+            (name, sub, keys, db.is_some_and(|d| d != 0))
         };
         let first = first_shard(topo);
         match name {
-            b"SELECT" if !select_zero => {
+            b"SELECT" if other_db => {
                 return Routed::Done(self.reply_local(
                     batch,
                     req,
@@ -162,10 +166,10 @@ impl Session {
         if let Some(how) = every_shard(name, Some(sub).filter(|s| !s.is_empty())) {
             let bytes = self.input.args(req, start).all();
             let bytes = encode(&bytes.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            // Every shard, also one failing over: leaving it out would answer for part of the data.
             let parts = topo
                 .shards
                 .iter()
-                .filter(|s| s.primary.is_some() || !s.replicas.is_empty())
                 .map(|s| (s, bytes.clone(), Vec::new()))
                 .collect();
             return Routed::Done(self.send_parts(class, how, parts, req, policy, batch));

@@ -171,6 +171,10 @@ async fn a_multi_key_command_the_proxy_cannot_split_gets_crossslot_and_one_slot_
         .to_string()
         .contains("SELECT is not allowed in cluster mode"));
     let _: () = q(&mut c, &["SELECT", "0"]).await;
+    let err = try_q(&mut c, &["SELECT", "x"])
+        .await
+        .expect_err("not a number");
+    assert!(err.to_string().contains("out of range"), "{err}");
 }
 
 #[tokio::test]
