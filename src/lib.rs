@@ -146,6 +146,7 @@ impl Proxy {
             topo: topo.clone(),
             map: map.clone(),
             interval: config.discovery_interval,
+            settle: config.max_lag * 2 + std::time::Duration::from_secs(1),
             sentinel_settings,
             cancel: cancel.clone(),
             tracker: tracker.clone(),

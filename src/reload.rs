@@ -45,6 +45,9 @@ pub(crate) struct SourceRunner {
     pub topo: Arc<Topo>,
     pub map: AddressMap,
     pub interval: Duration,
+    /// How long a cluster slot that moved keeps its reads on primaries (the new owner's replicas may
+    /// lag behind the keys the move wrote).
+    pub settle: Duration,
     pub sentinel_settings: Arc<Settings>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -86,6 +89,7 @@ impl SourceRunner {
                     seeds,
                     self.map.clone(),
                     self.interval,
+                    self.settle,
                     cancel.clone(),
                 ));
             }

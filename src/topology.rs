@@ -65,6 +65,11 @@ impl Topology {
         }
     }
 
+    /// True if `slot` is being moved between shards (see [`SlotMap::is_moving`]).
+    pub fn slot_moving(&self, slot: u16) -> bool {
+        self.slots.as_ref().is_some_and(|m| m.is_moving(slot))
+    }
+
     /// The shard numbered `id`, if it is in this snapshot.
     pub fn shard_by_id(&self, id: ShardId) -> Option<&Shard> {
         self.shards.iter().find(|s| s.id == id)

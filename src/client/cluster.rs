@@ -35,14 +35,18 @@ use crate::topology::{key_slot, Shard, Topology};
 use crate::upstream::{self, Want};
 use merge::How;
 
-/// One part of a request sent to a shard: the shard, the part's request bytes, and the positions of its
-/// keys among the request's (for `MGET`'s merge).
-type ShardPart<'t> = (&'t Shard, Bytes, Vec<usize>);
+/// One part of a request sent to a shard: the shard, the part's request bytes, the positions of its keys
+/// among the request's (for `MGET`'s merge), and whether its slot is being moved (reads of it then go to
+/// the primary).
+type ShardPart<'t> = (&'t Shard, Bytes, Vec<usize>, bool);
 
 /// Where a command goes in front of a cluster.
 pub(super) enum Routed<'t> {
     /// To this shard, planned as for a single primary.
     Shard(&'t Shard),
+    /// To this shard, whose slot is being moved: a read goes to its primary, which redirects it if the
+    /// key moved already (a replica would answer nil).
+    Moving(&'t Shard),
     /// Carried out already (answered, split, fanned out, or waiting).
     Done(Step),
 }
@@ -170,7 +174,7 @@ impl Session {
             let parts = topo
                 .shards
                 .iter()
-                .map(|s| (s, bytes.clone(), Vec::new()))
+                .map(|s| (s, bytes.clone(), Vec::new(), false))
                 .collect();
             return Routed::Done(self.send_parts(class, how, parts, req, policy, batch));
         }
@@ -179,6 +183,7 @@ impl Session {
         };
         if keys.iter().all(|&(_, s)| s == slot) {
             return match topo.shard_for_slot(slot) {
+                Some(shard) if topo.slot_moving(slot) => Routed::Moving(shard),
                 Some(shard) => Routed::Shard(shard),
                 None => Routed::Done(self.reply_local(
                     batch,
@@ -300,7 +305,12 @@ impl Session {
             return self.reply_local(batch, req, ClientError::NoPrimary.frame());
         }
         let mut plans = Vec::with_capacity(parts.len());
-        for (shard, _, _) in &parts {
+        for (shard, _, _, moving) in &parts {
+            let moved = Policy {
+                consistency: route::Consistency::Primary,
+                ..*policy
+            };
+            let policy = if *moving { &moved } else { policy };
             let plan = route::plan(class, self.state.reads.shard(shard.id), shard, policy);
             match plan {
                 Plan::Forward { .. } | Plan::Broadcast { .. } => plans.push(plan),
@@ -326,21 +336,25 @@ impl Session {
         // The rules `add` keeps for one command: a new primary waits for the old one's replies, and a
         // command that may write waits for reads still to be checked (the batch so far included).
         self.flush(batch);
-        let must_wait = plans.iter().zip(&parts).any(|(p, (shard, _, _))| match p {
-            Plan::Forward {
-                node,
-                primary: true,
-                ..
-            } => self.state.primary_changed(shard.id, node.id),
-            _ => false,
-        }) || (class != Class::Read && self.queue.checked_in_flight());
+        let must_wait = plans
+            .iter()
+            .zip(&parts)
+            .any(|(p, (shard, _, _, _))| match p {
+                Plan::Forward {
+                    node,
+                    primary: true,
+                    ..
+                } => self.state.primary_changed(shard.id, node.id),
+                _ => false,
+            })
+            || (class != Class::Read && self.queue.checked_in_flight());
         if must_wait && !self.queue.is_empty() {
             return Step::Wait;
         }
         self.input.skip(req);
         self.ctx.metrics.cluster_splits.inc();
         let n = parts.len();
-        for (i, ((shard, bytes, positions), plan)) in parts.into_iter().zip(plans).enumerate() {
+        for (i, ((shard, bytes, positions, _), plan)) in parts.into_iter().zip(plans).enumerate() {
             let mut kinds = [0; 3];
             kinds[self.cur_kind as usize] = 1;
             match plan {
@@ -479,7 +493,7 @@ fn split<'t>(
                 part.extend(args.get(at + 1).map(Vec::as_slice));
             }
         }
-        out.push((shard, encode(&part), of));
+        out.push((shard, encode(&part), of, topo.slot_moving(slot)));
     }
     Ok(out)
 }
@@ -505,11 +519,13 @@ mod tests {
                 primary: Some(a("a:1")),
                 replicas: vec![],
                 slots: vec![(0, 8191)],
+                moving: vec![],
             },
             Described {
                 primary: Some(a("b:1")),
                 replicas: vec![],
                 slots: vec![(8192, 16383)],
+                moving: vec![],
             },
         ])
     }

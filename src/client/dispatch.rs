@@ -249,17 +249,28 @@ impl Session {
             }
             return self.pinned_request(class, req, shard);
         }
+        let mut moving = false;
         let shard = if topo.is_cluster() {
             match self
                 .cluster_route(class, req, start, table, topo, policy, batch)
                 .await
             {
                 Routed::Shard(shard) => shard,
+                Routed::Moving(shard) => {
+                    moving = true;
+                    shard
+                }
                 Routed::Done(step) => return step,
             }
         } else {
             topo.shard()
         };
+        // A read of a slot being moved goes to the primary (see `cluster`).
+        let moved = Policy {
+            consistency: route::Consistency::Primary,
+            ..*policy
+        };
+        let policy = if moving { &moved } else { policy };
         if class == Class::Read {
             if let Some(step) = self
                 .scan_family(req, start, topo, shard, policy, batch)

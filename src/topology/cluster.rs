@@ -33,6 +33,8 @@ pub struct Described {
     pub replicas: Vec<Addr>,
     /// The slot ranges it owns, inclusive.
     pub slots: Vec<(u16, u16)>,
+    /// Slots its primary is migrating to another shard or importing from one (`CLUSTER NODES`).
+    pub moving: Vec<u16>,
 }
 
 /// What the topology remembers of cluster shards across snapshots.
@@ -61,16 +63,21 @@ impl Known {
     }
 }
 
-/// Follows the cluster reachable from `seeds` until cancelled.
+/// Follows the cluster reachable from `seeds` until cancelled. A slot being moved, or whose owner changed,
+/// stays marked moving (its reads go to primaries) for `settle` after it was last seen so: the new
+/// owner's replicas may lag behind the keys the move wrote there.
 pub async fn run(
     topo: Arc<Topo>,
     seeds: Vec<Addr>,
     map: AddressMap,
     interval: Duration,
+    settle: Duration,
     cancel: CancellationToken,
 ) {
     let mut conns: BTreeMap<Addr, Control> = BTreeMap::new();
     let mut last: Option<Vec<Described>> = None;
+    // Slots moving or moved lately, and until when their reads stay on primaries.
+    let mut recent: BTreeMap<u16, std::time::Instant> = BTreeMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -92,6 +99,21 @@ pub async fn run(
                 found = Some(shards);
                 break;
             }
+        }
+        // Slots being moved, as each primary knows them: a replica cannot tell that a key it lacks moved.
+        if let Some(shards) = found.as_mut() {
+            for d in shards.iter_mut() {
+                let Some(p) = d.primary.clone() else { continue };
+                let conn = conns
+                    .entry(p.clone())
+                    .or_insert_with(|| Control::new(topo.node(&p)));
+                if let Some(Value::BulkString(nodes)) = call(conn, &[b"CLUSTER", b"NODES"]).await {
+                    d.moving = moving_slots(&String::from_utf8_lossy(&nodes));
+                }
+            }
+        }
+        if let Some(shards) = found.as_mut() {
+            settle_moves(shards, last.as_deref(), &mut recent, settle);
         }
         match found {
             Some(shards) if last.as_ref() != Some(&shards) => {
@@ -175,6 +197,7 @@ fn parse_shards(items: &[Value], map: &AddressMap) -> Vec<Described> {
             primary,
             replicas,
             slots,
+            moving: Vec::new(),
         });
     }
     out
@@ -241,6 +264,7 @@ fn parse_slots(items: &[Value], map: &AddressMap) -> Vec<Described> {
                 primary: Some(primary),
                 replicas,
                 slots: vec![(from, to)],
+                moving: Vec::new(),
             }),
         }
     }
@@ -258,6 +282,69 @@ fn node_addr(ip: &str, port: i64) -> Option<Addr> {
         format!("{ip}:{port}")
     };
     Addr::parse(&text).ok()
+}
+
+/// Marks in `shards` every slot moving now, or whose owner changed since `last` (no node in common), and
+/// every one so marked within `settle`, as moving.
+fn settle_moves(
+    shards: &mut [Described],
+    last: Option<&[Described]>,
+    recent: &mut BTreeMap<u16, std::time::Instant>,
+    settle: Duration,
+) {
+    let now = std::time::Instant::now();
+    let owner = |shards: &[Described], slot: u16| -> Option<Vec<Addr>> {
+        shards
+            .iter()
+            .find(|d| d.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .map(|d| d.primary.iter().chain(&d.replicas).cloned().collect())
+    };
+    for d in shards.iter() {
+        for &slot in &d.moving {
+            recent.insert(slot, now + settle);
+        }
+    }
+    if let Some(last) = last {
+        for slot in 0..super::slots::SLOTS as u16 {
+            if let (Some(was), Some(is)) = (owner(last, slot), owner(shards, slot)) {
+                if !was.iter().any(|a| is.contains(a)) {
+                    recent.insert(slot, now + settle);
+                }
+            }
+        }
+    }
+    recent.retain(|_, until| *until > now);
+    for &slot in recent.keys() {
+        if let Some(d) = shards
+            .iter_mut()
+            .find(|d| d.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        {
+            if !d.moving.contains(&slot) {
+                d.moving.push(slot);
+            }
+        }
+    }
+    for d in shards.iter_mut() {
+        d.moving.sort_unstable();
+    }
+}
+
+/// The slots the node whose `CLUSTER NODES` reply this is (its `myself` line) migrates (`[42->-id]`) or
+/// imports (`[42-<-id]`).
+fn moving_slots(nodes: &str) -> Vec<u16> {
+    let Some(myself) = nodes.lines().find(|l| {
+        l.split(' ')
+            .nth(2)
+            .is_some_and(|f| f.split(',').any(|f| f == "myself"))
+    }) else {
+        return Vec::new();
+    };
+    myself
+        .split(' ')
+        .skip(8)
+        .filter_map(|s| s.strip_prefix('['))
+        .filter_map(|s| s.split('-').next()?.parse().ok())
+        .collect()
 }
 
 fn slot_number(v: &Value) -> Option<u16> {
@@ -287,6 +374,9 @@ impl Topo {
                 let (id, state) = known.place(&members, &taken);
                 for &(from, to) in &d.slots {
                     slots.assign(from, to, i);
+                }
+                for &slot in &d.moving {
+                    slots.set_moving(slot);
                 }
                 let primary = d.primary.as_ref().map(|a| self.node(a));
                 let replicas = d
@@ -426,6 +516,7 @@ mod tests {
                 primary: Some(addr("127.0.0.1:7000")),
                 replicas: vec![addr("127.0.0.1:7003")],
                 slots: vec![(0, 5460)],
+                moving: vec![],
             }]
         );
         let failed = vec![Value::Array(vec![
@@ -463,6 +554,61 @@ mod tests {
     }
 
     #[test]
+    fn the_slots_a_node_migrates_or_imports_come_from_its_own_line() {
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [42->-b2]\n\
+                     b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922 [43-<-a1]\n";
+        assert_eq!(moving_slots(nodes), [42]);
+        let importing =
+            "b2 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 5461-10922 [43-<-a1]\n";
+        assert_eq!(moving_slots(importing), [43]);
+        assert!(moving_slots("x 1:1@2 master - 0 0 1 connected 0-10\n").is_empty());
+    }
+
+    #[test]
+    fn a_slot_that_changed_owner_stays_moving_for_the_settle_time() {
+        let shard = |p: &str, slots: Vec<(u16, u16)>| Described {
+            primary: Some(addr(p)),
+            replicas: vec![],
+            slots,
+            moving: vec![],
+        };
+        let before = [
+            shard("a:1", vec![(0, 8191)]),
+            shard("b:1", vec![(8192, 16383)]),
+        ];
+        let mut after = [
+            shard("a:1", vec![(0, 41), (43, 8191)]),
+            shard("b:1", vec![(42, 42), (8192, 16383)]),
+        ];
+        let mut recent = BTreeMap::new();
+        settle_moves(
+            &mut after,
+            Some(&before),
+            &mut recent,
+            Duration::from_secs(60),
+        );
+        assert_eq!(after[1].moving, [42]);
+        assert!(after[0].moving.is_empty());
+        // Still marked on the next look, though nothing moves now; not once the settle time is over.
+        let mut again = after.clone();
+        again[1].moving.clear();
+        settle_moves(
+            &mut again,
+            Some(&after),
+            &mut recent,
+            Duration::from_secs(60),
+        );
+        assert_eq!(again[1].moving, [42]);
+        let mut later = again.clone();
+        later[1].moving.clear();
+        recent
+            .values_mut()
+            .for_each(|t| *t = std::time::Instant::now());
+        settle_moves(&mut later, Some(&again), &mut recent, Duration::ZERO);
+        assert!(later[1].moving.is_empty());
+    }
+
+    #[test]
     fn cluster_slots_group_ranges_by_primary() {
         let entry = |from: i64, to: i64, p: i64, r: i64| {
             Value::Array(vec![
@@ -490,11 +636,13 @@ mod tests {
             primary: Some(addr("a:1")),
             replicas: vec![addr("a:2")],
             slots: vec![(0, 8191)],
+            moving: vec![],
         };
         let b = Described {
             primary: Some(addr("b:1")),
             replicas: vec![addr("b:2")],
             slots: vec![(8192, 16383)],
+            moving: vec![],
         };
         let first = topo.publish_cluster(&[a.clone(), b.clone()]);
         let id_b = first.shard_for_slot(9000).expect("owned").id;
@@ -504,6 +652,7 @@ mod tests {
             primary: Some(addr("b:2")),
             replicas: vec![],
             slots: vec![(0, 100), (8192, 16383)],
+            moving: vec![],
         };
         let a2 = Described {
             slots: vec![(101, 8191)],

@@ -39,17 +39,32 @@ fn crc16(bytes: &[u8]) -> u16 {
     crc
 }
 
-/// Which shard (by position in the snapshot's shard list) owns each slot.
+/// Which shard (by position in the snapshot's shard list) owns each slot, and which slots are being moved
+/// between shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotMap(Box<[u16]>);
+pub struct SlotMap(Box<[u16]>, Vec<u16>);
 
 impl Default for SlotMap {
     fn default() -> SlotMap {
-        SlotMap(vec![UNOWNED; SLOTS].into_boxed_slice())
+        SlotMap(vec![UNOWNED; SLOTS].into_boxed_slice(), Vec::new())
     }
 }
 
 impl SlotMap {
+    /// Notes that `slot` is being moved to or from another shard (`MIGRATING` on its owner, `IMPORTING`
+    /// on the target).
+    pub fn set_moving(&mut self, slot: u16) {
+        if !self.1.contains(&slot) {
+            self.1.push(slot);
+        }
+    }
+
+    /// True if `slot` is being moved: its keys may be on either side, and only the primaries know which
+    /// (a replica of the owner answers nil for a key already moved, where its primary redirects).
+    pub fn is_moving(&self, slot: u16) -> bool {
+        self.1.contains(&slot)
+    }
+
     /// Gives the slots `from..=to` (clamped to the slot space) to the shard at position `shard`.
     pub fn assign(&mut self, from: u16, to: u16, shard: usize) {
         let Ok(shard) = u16::try_from(shard) else {

@@ -213,7 +213,7 @@ async fn a_slot_moved_under_load_is_followed_without_a_client_error() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    migrate(&cluster, slot, &from, &to).await;
+    migrate(&cluster, &proxy, slot, &from, &to).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (counts, rounds, mut c) = load.await.expect("load ran without an error");
@@ -241,6 +241,7 @@ async fn a_slot_moved_under_load_is_followed_without_a_client_error() {
 /// SETSLOT NODE everywhere.
 async fn migrate(
     cluster: &RedisCluster,
+    proxy: &redsplit::Proxy,
     slot: u16,
     from: &redsplit::config::Addr,
     to: &redsplit::config::Addr,
@@ -263,6 +264,13 @@ async fn migrate(
         src.text(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst_id])
             .await,
         "OK"
+    );
+    // Until the proxy learns that the slot moves (within discovery_interval_ms), a read on the source's
+    // replica of a key already moved answers nil: only the primaries know. redis-cli moves keys at once;
+    // here they wait for the proxy, which then sends the slot's reads to the primaries.
+    eventually!(
+        "the proxy sees the slot moving",
+        proxy.topo.snapshot().slot_moving(slot)
     );
     loop {
         let keys = match src.call(&["CLUSTER", "GETKEYSINSLOT", &s, "5"]).await {
