@@ -115,6 +115,7 @@ fn topology(replicas: usize) -> (Arc<Topo>, Arc<Topology>) {
         refresh: Default::default(),
         tls: None,
         zones: Default::default(),
+        cluster: false,
     };
     let topo = Topo::new(Arc::new(settings));
     let addr = |s: String| Addr::parse(&s).expect("host:port");

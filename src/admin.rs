@@ -171,6 +171,22 @@ type Reply = (StatusCode, Json<Value>);
 /// bound before this server starts.)
 async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, String) {
     let snapshot = s.topo.snapshot();
+    if snapshot.is_cluster() {
+        // In front of a cluster: ready once its slot map is known. A shard failing over holds its own
+        // writes; the others serve.
+        let without = snapshot
+            .shards
+            .iter()
+            .filter(|s| s.primary.is_none())
+            .count();
+        return (
+            StatusCode::OK,
+            format!(
+                "ready: cluster of {} shards ({without} without a primary)\n",
+                snapshot.shards.len()
+            ),
+        );
+    }
     match snapshot.primary() {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -245,7 +261,42 @@ async fn topology(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "write_guard": s.write_guard.state(&s.topo),
         "failovers": s.topo.failovers(),
         "replicas": replicas,
+        "shards": shards(&t),
     }))
+}
+
+/// Every shard: its number, slot ranges (in front of a cluster), primary and replicas, and whether its
+/// writes are held. One shard, without slots, in front of a replicated primary.
+fn shards(t: &crate::topology::Topology) -> Vec<Value> {
+    t.shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let slots: Option<Vec<[u16; 2]>> = t
+                .slots
+                .as_ref()
+                .map(|m| m.ranges(i).into_iter().map(|(a, b)| [a, b]).collect());
+            let replicas: Vec<Value> = shard
+                .replica_nodes()
+                .map(|n| {
+                    let lag_ms = n.repl.lag_ms.load(Ordering::Relaxed);
+                    json!({
+                        "addr": n.addr.to_string(),
+                        "lag_ms": (lag_ms != u64::MAX).then_some(lag_ms),
+                        "eligible": n.repl.is_eligible(),
+                        "why": n.repl.why().label(),
+                    })
+                })
+                .collect();
+            json!({
+                "id": shard.id.0,
+                "slots": slots,
+                "primary": shard.primary.as_ref().map(|p| p.addr.to_string()),
+                "replicas": replicas,
+                "writes_held": shard.state.writes_held(),
+            })
+        })
+        .collect()
 }
 
 /// A JSON reply.

@@ -2,6 +2,7 @@
 
 mod budget;
 mod clients;
+mod cluster;
 mod complete;
 mod cursor;
 mod dedicated;
@@ -14,6 +15,7 @@ mod local;
 mod monitor;
 mod pinned;
 mod queue;
+mod redirect;
 pub mod registry;
 pub mod reply;
 mod rewrite;

@@ -7,6 +7,7 @@
 //! `readonly` may reach a replica; a command the table does not know goes to the primary.
 
 mod builtin;
+pub mod keys;
 
 use std::sync::Arc;
 

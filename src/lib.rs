@@ -4,7 +4,8 @@
 //! Module map, in request order:
 //!
 //! - [`client`]: accept a connection and run its session: the input, the connection's state, the gate
-//!   (authentication, secrets), the ordered reply queue, local commands, the dedicated connection
+//!   (authentication, secrets), the ordered reply queue, local commands, the dedicated connection; in
+//!   front of a cluster, routing by slot, commands split over shards and merged, redirects followed
 //! - [`resp`]: find request and reply frames (hand-written hot path); whole values off the hot path
 //! - [`command`]: classify a command (read, write, blocking, connection state) from the command table
 //! - [`route`]: where a command goes (`plan`, and `writer`, the one place writes find the primary),
@@ -12,8 +13,8 @@
 //!   mean for their batch (`retry`: the rule that a write that may have run is never sent again)
 //! - [`upstream`]: connections to nodes, shared and pipelined or dedicated; the verdict on each reply
 //!   frame
-//! - [`topology`]: immutable snapshots of shards (a primary and its replicas), discovery by identity,
-//!   Sentinel, the prober and lag
+//! - [`topology`]: immutable snapshots of shards (a primary and its replicas; in front of a Redis Cluster,
+//!   one per slot range, with the slot map), discovery by identity, Sentinel, Cluster, the prober and lag
 //! - [`node`]: what a node is (address, run id, replication history, zone) and its measured health
 //!
 //! Around them: [`config`] (file and flags, parsed into types that cannot be invalid), [`admin`] (HTTP,
@@ -145,6 +146,7 @@ impl Proxy {
             topo: topo.clone(),
             map: map.clone(),
             interval: config.discovery_interval,
+            settle: config.max_lag * 2 + std::time::Duration::from_secs(1),
             sentinel_settings,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
@@ -339,10 +341,12 @@ fn upstream_settings(
         refresh: Arc::new(tokio::sync::Notify::new()),
         tls: tls.client.clone().filter(|_| config.backend_tls.is_some()),
         zones: Arc::new(config.zones.clone()),
+        cluster: matches!(config.source, config::Source::Cluster { .. }),
     };
     let sentinels = upstream::Settings {
         credentials: config.sentinel_credentials.clone(),
         metrics: None,
+        cluster: false,
         tls: tls.client.clone().filter(|_| config.sentinel_tls.is_some()),
         ..nodes.clone()
     };

@@ -160,6 +160,13 @@ pub struct Metrics {
     pub failovers: IntCounter,
     /// Topology generation.
     pub generation: IntGauge,
+    /// Shards of the Redis Cluster in front of which the proxy runs (0: not a cluster).
+    pub cluster_shards: IntGauge,
+    /// Commands a cluster node redirected (MOVED, ASK) or asked to retry (TRYAGAIN, CLUSTERDOWN), sent
+    /// again by the proxy.
+    pub cluster_redirects: IntCounter,
+    /// Commands split over cluster shards, or sent to every shard, and merged.
+    pub cluster_splits: IntCounter,
     /// Requests held for a primary (failover, switchover).
     pub writes_held: IntCounter,
     /// How long held requests waited.
@@ -410,6 +417,27 @@ impl Metrics {
             generation: reg(
                 registry,
                 IntGauge::new("redsplit_topology_generation", "Generation of the current topology snapshot")?,
+            )?,
+            cluster_shards: reg(
+                registry,
+                IntGauge::new(
+                    "redsplit_cluster_shards",
+                    "Shards of the Redis Cluster in the current topology (0: not a cluster)",
+                )?,
+            )?,
+            cluster_redirects: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_cluster_redirects_total",
+                    "Commands a cluster node redirected (MOVED, ASK) or asked to retry (TRYAGAIN, CLUSTERDOWN), sent again",
+                )?,
+            )?,
+            cluster_splits: reg(
+                registry,
+                IntCounter::new(
+                    "redsplit_cluster_split_commands_total",
+                    "Commands split over cluster shards or sent to every shard, their replies merged",
+                )?,
             )?,
             writes_held: reg(
                 registry,

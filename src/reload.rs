@@ -2,8 +2,9 @@
 //!
 //! What changes at once:
 //! - lag limits (`max_lag_ms`, `max_lag_bytes`): every probe from the next one on judges by them;
-//! - the topology source (seeds `primary`/`replica`, `sentinel`, `master_name`): discovery starts again
-//!   from the new source while the current topology keeps serving, and replaces it once it has decided;
+//! - the topology source (seeds `primary`/`replica`, `sentinel`, `master_name`, `cluster`): discovery starts
+//!   again from the new source while the current topology keeps serving, and replaces it once it has
+//!   decided (moving into or out of cluster mode takes a restart);
 //! - client users (`requirepass`, `user`, `readonly_user`): new authentications check against them;
 //!   connections already authenticated keep their user, and connections made while auth was off stay
 //!   allowed, as Redis does when `requirepass` is set at run time;
@@ -44,6 +45,9 @@ pub(crate) struct SourceRunner {
     pub topo: Arc<Topo>,
     pub map: AddressMap,
     pub interval: Duration,
+    /// How long a cluster slot that moved keeps its reads on primaries (the new owner's replicas may
+    /// lag behind the keys the move wrote).
+    pub settle: Duration,
     pub sentinel_settings: Arc<Settings>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -79,6 +83,16 @@ impl SourceRunner {
                     self.tracker.clone(),
                 ));
             }
+            Source::Cluster { seeds } => {
+                self.tracker.spawn(topology::cluster::run(
+                    self.topo.clone(),
+                    seeds,
+                    self.map.clone(),
+                    self.interval,
+                    self.settle,
+                    cancel.clone(),
+                ));
+            }
             Source::Embedded { .. } => {
                 unreachable!("embedded is resolved to static or sentinel before it runs")
             }
@@ -99,6 +113,7 @@ impl SourceRunner {
                     .collect(),
                 master_name: master_name.clone(),
             },
+            Source::Cluster { .. } => Switchover::Cluster,
             _ => Switchover::Static,
         }
     }
@@ -153,6 +168,12 @@ impl Reloader {
             {
                 // The embedded servers belong to this process: they start and stop with it.
                 out.restart_needed.push("topology source (embedded)");
+            } else if matches!(running.source, Source::Cluster { .. })
+                != matches!(new.source, Source::Cluster { .. })
+            {
+                // Connections to cluster nodes are greeted differently (READONLY), and sessions keep
+                // per-shard state: in or out of cluster mode takes a restart. Other cluster seeds do not.
+                out.restart_needed.push("topology source (cluster)");
             } else {
                 let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
                 following.1.cancel();

@@ -9,10 +9,12 @@
 //! before it sends `ROLE`. A session that saw the reply of its write while the epoch was `e` knows that any
 //! probe of epoch > `e` was sent after the write ran, so that probe's offset covers the write.
 
+pub mod cluster;
 pub mod discovery;
 pub mod probe;
 pub mod sentinel;
 pub mod shard;
+pub mod slots;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use crate::node::Addr;
 pub use crate::node::{ReplState, Sample, Why};
 use crate::upstream::{Node, Settings};
 pub use shard::{Promotion, Replica, Shard, ShardId, ShardState};
+pub use slots::{key_slot, SlotMap};
 
 /// Topology generation: increases by one with every published snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,9 +46,35 @@ pub struct Topology {
     /// Other addresses of nodes in the shards (`alias -> address used`): the same Redis process answers
     /// there (a relay in front of it, another name for its host). The proxy never talks through them.
     pub aliases: std::collections::BTreeMap<Addr, Addr>,
+    /// In front of a Redis Cluster: which shard owns each slot. `None` for one replicated primary.
+    pub slots: Option<SlotMap>,
 }
 
 impl Topology {
+    /// True in front of a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.slots.is_some()
+    }
+
+    /// The shard that owns `slot`: the only one in front of a replicated primary; `None` in front of a
+    /// cluster if no shard owns it.
+    pub fn shard_for_slot(&self, slot: u16) -> Option<&Shard> {
+        match &self.slots {
+            None => Some(self.shard()),
+            Some(map) => self.shards.get(map.owner(slot)?),
+        }
+    }
+
+    /// True if `slot` is being moved between shards (see [`SlotMap::is_moving`]).
+    pub fn slot_moving(&self, slot: u16) -> bool {
+        self.slots.as_ref().is_some_and(|m| m.is_moving(slot))
+    }
+
+    /// The shard numbered `id`, if it is in this snapshot.
+    pub fn shard_by_id(&self, id: ShardId) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
     /// The shard of a replicated primary (the first).
     pub fn shard(&self) -> &Shard {
         self.shards
@@ -160,6 +189,8 @@ pub struct Topo {
     failovers: AtomicU64,
     /// What the shard keeps across snapshots.
     state: Arc<ShardState>,
+    /// In front of a cluster: each shard's number, state and members, kept across snapshots.
+    cluster: Mutex<cluster::Known>,
 }
 
 impl Topo {
@@ -170,6 +201,7 @@ impl Topo {
             generation: Generation(0),
             shards: vec![Shard::empty(ShardId(0), state.clone())],
             aliases: Default::default(),
+            slots: None,
         };
         Arc::new(Topo {
             current: ArcSwap::from_pointee(empty),
@@ -179,6 +211,7 @@ impl Topo {
             nodes: Mutex::new(FxHashMap::default()),
             failovers: AtomicU64::new(0),
             state,
+            cluster: Mutex::new(cluster::Known::default()),
         })
     }
 
@@ -289,6 +322,7 @@ impl Topo {
                     state: self.state.clone(),
                 }],
                 aliases: decision.aliases.clone(),
+                slots: None,
             })
         };
         if let Some(p) = next.primary() {
@@ -406,7 +440,7 @@ impl Topo {
         if shard.replica(node.id).is_none() || primary.id == node.id {
             return;
         }
-        if self
+        if shard
             .state
             .hold_for_promotion(node.id, primary.id, Instant::now(), true)
         {
@@ -442,13 +476,34 @@ impl Topo {
     /// tree) or it never turned master (an announced failover that stalled). A new primary ends it when
     /// published.
     pub fn settle_promotion(&self, node: &Node, replica: bool, settle: Duration) {
-        let Some(pr) = self.state.promoted().filter(|p| p.node == node.id) else {
+        let snapshot = self.load();
+        // The shard whose writes are held for it: the one that lists it, else (dropped from the tree)
+        // any whose hold is for it.
+        let state = snapshot
+            .shard_of(node.id)
+            .map(|s| s.state.clone())
+            .filter(|s| s.promoted().is_some_and(|p| p.node == node.id))
+            .or_else(|| {
+                snapshot
+                    .shards
+                    .iter()
+                    .map(|s| s.state.clone())
+                    .chain(std::iter::once(self.state.clone()))
+                    .find(|s| s.promoted().is_some_and(|p| p.node == node.id))
+            });
+        let Some(state) = state else {
             return;
         };
-        let listed = self.load().shard().replica(node.id).is_some();
+        let Some(pr) = state.promoted().filter(|p| p.node == node.id) else {
+            return;
+        };
+        let listed = snapshot
+            .shard_of(node.id)
+            .is_some_and(|s| s.replica(node.id).is_some());
+        drop(snapshot);
         let waited = pr.since.elapsed() >= settle;
         if (replica && pr.seen_master) || (waited && (!listed || !pr.seen_master)) {
-            if self.state.end_promotion_hold() {
+            if state.end_promotion_hold() {
                 info!(upstream = %node.addr, replica, "writes released: the primary stays");
             }
             // Wake held writes now, as a release does.

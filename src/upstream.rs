@@ -151,6 +151,9 @@ pub struct Settings {
     pub tls: Option<Arc<crate::tls::Client>>,
     /// The proxy's zone and the configured zones of nodes.
     pub zones: Arc<Zones>,
+    /// The nodes are a Redis Cluster's: every connection says `READONLY` first, so that a replica serves
+    /// reads of its shard's slots instead of redirecting them to its primary (a primary ignores it).
+    pub cluster: bool,
 }
 
 thread_local! {
@@ -179,6 +182,7 @@ pub(crate) fn test_settings() -> Arc<Settings> {
         metrics: None,
         tls: None,
         zones: Default::default(),
+        cluster: false,
     })
 }
 
@@ -574,6 +578,9 @@ pub(crate) async fn connect(
         let db = key.db.to_string();
         if key.db != 0 {
             cmds.push(vec![b"SELECT", db.as_bytes()]);
+        }
+        if settings.cluster {
+            cmds.push(vec![b"READONLY"]);
         }
         // Nothing to set: a PING all the same, so that a connection counts as open only once the node
         // answers. A relay, tunnel or load balancer in front of a node that is down accepts the TCP

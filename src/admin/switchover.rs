@@ -52,6 +52,9 @@ pub enum Switchover {
         /// The master's name.
         master_name: String,
     },
+    /// In front of a Redis Cluster: the cluster fails over on its own (`CLUSTER FAILOVER` on a replica);
+    /// the proxy does not start one.
+    Cluster,
 }
 
 /// Switches the primary over, to the replica `to` (`host:port`, static mode only) if given, and waits for
@@ -91,6 +94,10 @@ async fn attempt(s: &AdminState, to: Option<&str>) -> Reply {
             sentinels,
             master_name,
         } => sentinel_switchover(s, &snapshot, &old, sentinels, master_name).await,
+        Switchover::Cluster => Err(reply(
+            StatusCode::NOT_IMPLEMENTED,
+            json!({"error": "in cluster mode run CLUSTER FAILOVER on the replica to promote; the proxy follows"}),
+        )),
     };
     match switched {
         Ok(()) => finish(s, &old, started).await,

@@ -46,6 +46,14 @@ impl Session {
     /// Handles the reply of the front entry and pops it; or sends it again if it failed in a way that allows
     /// that (reads that failed anywhere, writes that never ran), or holds it for a primary.
     pub(super) fn complete_front(&mut self, outcome: Outcome) {
+        // Cluster redirects are followed before anything else looks at the replies (see `redirect`).
+        let outcome = match outcome {
+            Outcome::Upstream(Ok(r)) => match self.follow_redirects(r) {
+                Ok(()) => return,
+                Err(outcome) => outcome,
+            },
+            other => other,
+        };
         let Some(entry) = self.queue.front() else {
             return;
         };
@@ -166,6 +174,16 @@ impl Session {
         self.deliver_front(outcome);
     }
 
+    /// The shard the front entry's commands are for, in `topo`: the first one if it is gone (a cluster
+    /// shard whose every node left) or the entry was sent nowhere.
+    fn front_shard<'t>(&self, topo: &'t crate::topology::Topology) -> &'t Shard {
+        self.queue
+            .front()
+            .and_then(|e| e.sent.as_ref())
+            .and_then(|s| topo.shard_by_id(s.shard))
+            .unwrap_or_else(|| topo.shard())
+    }
+
     /// The topology changed while the front entry, a write, was in flight on `node`. A reply already in
     /// says what became of it; if `node` is still the primary it keeps waiting; if another node replaced
     /// it, the client learns now that the write may have run on a former primary.
@@ -229,7 +247,10 @@ impl Session {
                 );
                 // An acknowledged write: every read that begins from now on must see it (`global`).
                 if let (true, true, Some(o)) = (sent.primary, entry.kinds[1] > 0, after) {
-                    self.ctx.topo.shard_state().ack(o);
+                    match self.ctx.topo.load().shard_by_id(sent.shard) {
+                        Some(shard) => shard.state.ack(o),
+                        None => self.ctx.topo.shard_state().ack(o),
+                    }
                 }
             }
         }
@@ -262,6 +283,19 @@ impl Session {
             Then::Cursor => match served_by.and_then(|n| n.identity()) {
                 Some(id) => super::cursor::tag_reply(bytes, super::cursor::tag(&id)),
                 None => ClientError::CursorNode.frame(),
+            },
+            Then::ClusterCursor => {
+                let next = served_by.as_ref().map(|n| self.next_scan_shard(n));
+                match (served_by.and_then(|n| n.identity()), next) {
+                    (Some(id), Some(Ok(next))) => {
+                        super::cursor::tag_reply_then(bytes, super::cursor::tag(&id), next)
+                    }
+                    _ => ClientError::CursorNode.frame(),
+                }
+            }
+            Then::Merge(part) => match self.merge_part(part, bytes, entry.silent) {
+                Some(merged) => merged,
+                None => return,
             },
             then => self.then(then, bytes),
         };
@@ -319,7 +353,7 @@ impl Session {
                 self.apply_effect(effect, &bytes);
                 bytes
             }
-            Then::Cursor => bytes,
+            Then::Cursor | Then::ClusterCursor | Then::Merge(_) => bytes,
         }
     }
 
@@ -349,7 +383,7 @@ impl Session {
     fn resend_front(&mut self, reached: bool, refusal: Option<Bytes>, behind: bool) -> Resend {
         let now = Instant::now();
         let topo = self.ctx.topo.snapshot();
-        let shard = topo.shard();
+        let shard = self.front_shard(&topo);
         let Some(entry) = self.queue.front_mut() else {
             return Resend::GiveUp;
         };
@@ -518,7 +552,7 @@ impl Session {
     /// leave its node.
     pub(super) fn hedge_front(&mut self) {
         let topo = self.ctx.topo.snapshot();
-        let shard = topo.shard();
+        let shard = self.front_shard(&topo);
         let Some(sent) = self.queue.front_mut().and_then(|e| e.sent.as_mut()) else {
             return;
         };

@@ -124,6 +124,22 @@ pub(super) fn tag_reply(reply: Bytes, tag: u16) -> Bytes {
     out.freeze()
 }
 
+/// As [`tag_reply`], and the final cursor (0) of one node becomes the start (cursor 0) on the node
+/// tagged `next`, if any: a SCAN over every shard of a cluster goes on there.
+pub(super) fn tag_reply_then(reply: Bytes, tag: u16, next: Option<u16>) -> Bytes {
+    match (split_reply(&reply), next) {
+        (Some((0, header, rest)), Some(next)) => {
+            let tagged = (u64::from(next) << CURSOR_BITS).to_string();
+            let mut out = BytesMut::with_capacity(reply.len() + 8);
+            out.extend_from_slice(header);
+            out.extend_from_slice(format!("${}\r\n{tagged}\r\n", tagged.len()).as_bytes());
+            out.extend_from_slice(rest);
+            out.freeze()
+        }
+        _ => tag_reply(reply, tag),
+    }
+}
+
 /// The cursor of a SCAN reply, the array header before it, and everything after it.
 fn split_reply(reply: &[u8]) -> Option<(u64, &[u8], &[u8])> {
     let header = reply.strip_prefix(b"*2\r\n")?;

@@ -33,7 +33,7 @@ impl Session {
         // A session on a connection to a node that is no longer the primary must not go on there: its
         // writes would be acknowledged by a demoted (or cut-off) node and lost. Its state (transaction,
         // WATCH, subscriptions, tracking) cannot move with it: the client is told and closed.
-        let primary = self.ctx.topo.snapshot().primary().map(|n| n.id);
+        let primary = shard.primary.as_ref().map(|n| n.id);
         let awaiting = self.queue.has_pinned();
         let args = self.input.args(req, 0).kept();
         if self.pinned.as_ref().map(|p| p.conn.node.id) != primary {
@@ -115,12 +115,17 @@ impl Session {
         match p.request(class, &args, req.argc, awaiting) {
             Route::Forward {
                 replies,
-                effect,
+                mut effect,
                 closes,
             } => {
                 if let Some(p) = self.pinned.as_mut() {
                     p.multi_writes |= multi && writes;
                     p.wrote |= writing;
+                }
+                // A MULTI the proxy answered already, in front of a cluster (see `cluster`).
+                if class == Class::Pin(crate::command::Pin::Multi) && self.swallow_multi {
+                    self.swallow_multi = false;
+                    effect = super::pinned::Effect::Replace(bytes::Bytes::new());
                 }
                 self.forward(req, rewritten);
                 // EXEC is no write itself: the session's user's acknowledgements, not the command's.

@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::cluster::Routed;
 use super::cursor::{self, Cursor};
 use super::gate::{self, Args, Gate};
 use super::pinned::Pinned;
@@ -55,7 +56,13 @@ pub(super) struct Batch {
 
 impl Batch {
     /// A batch of one command of the kind being dispatched (`kinds`), to `node`.
-    fn one(shard: ShardId, node: Arc<Node>, primary: bool, read: bool, kinds: [u32; 3]) -> Batch {
+    pub(super) fn one(
+        shard: ShardId,
+        node: Arc<Node>,
+        primary: bool,
+        read: bool,
+        kinds: [u32; 3],
+    ) -> Batch {
         Batch {
             shard,
             node,
@@ -68,6 +75,15 @@ impl Batch {
             acked: Vec::new(),
             len: 0,
             count: 1,
+        }
+    }
+
+    /// The same, with these offsets measured around it and checked.
+    pub(super) fn with_offsets(self, want: Want, check: Option<u64>) -> Batch {
+        Batch {
+            want,
+            check,
+            ..self
         }
     }
 
@@ -240,13 +256,51 @@ impl Session {
         } else {
             None
         };
-        if self.pinned.is_some() {
-            self.flush(batch);
-            return self.pinned_request(class, writes, req, topo.shard());
+        if self.deferred_multi && self.pinned.is_none() {
+            if let Some(step) = self.deferred_multi_request(req, start, batch) {
+                return step;
+            }
         }
-        let shard = topo.shard();
+        if let Some(pinned) = self.pinned.as_ref().map(|p| p.shard) {
+            self.flush(batch);
+            let shard = topo.shard_by_id(pinned).unwrap_or_else(|| topo.shard());
+            if topo.is_cluster() && self.other_shard(req, start, table, topo, pinned) {
+                let e = ClientError::OtherShard.frame();
+                return if in_multi {
+                    self.refuse_in_multi(req, e)
+                } else {
+                    self.reply_local(batch, req, e)
+                };
+            }
+            return self.pinned_request(class, writes, req, shard);
+        }
+        let mut moving = false;
+        let shard = if topo.is_cluster() {
+            match self
+                .cluster_route(class, req, start, table, topo, policy, batch)
+                .await
+            {
+                Routed::Shard(shard) => shard,
+                Routed::Moving(shard) => {
+                    moving = true;
+                    shard
+                }
+                Routed::Done(step) => return step,
+            }
+        } else {
+            topo.shard()
+        };
+        // A read of a slot being moved goes to the primary (see `cluster`).
+        let moved = Policy {
+            consistency: route::Consistency::Primary,
+            ..*policy
+        };
+        let policy = if moving { &moved } else { policy };
         if class == Class::Read {
-            if let Some(step) = self.scan_family(req, start, topo, policy, batch).await {
+            if let Some(step) = self
+                .scan_family(req, start, topo, shard, policy, batch)
+                .await
+            {
                 return step;
             }
         }
@@ -276,6 +330,7 @@ impl Session {
         req: &Request,
         start: usize,
         topo: &Arc<Topology>,
+        shard: &Shard,
         policy: &Policy,
         batch: &mut Option<Batch>,
     ) -> Option<Step> {
@@ -284,7 +339,12 @@ impl Session {
             let at = cursor::cursor_arg(args.arg(0)?)?;
             (at, cursor::parse(args.arg(at)?))
         };
-        let shard = topo.shard();
+        // In front of a cluster, SCAN walks every shard in turn (xSCAN has a key: its shard).
+        let then = if topo.is_cluster() && at == 1 {
+            Then::ClusterCursor
+        } else {
+            Then::Cursor
+        };
         let plan = match parsed {
             Cursor::Invalid => return None,
             Cursor::Start => route::plan(
@@ -313,7 +373,7 @@ impl Session {
                 None => Plan::Hold,
             },
             Cursor::Continue { tag, cursor } => {
-                return Some(self.scan_on(tag, cursor, at, req, start, topo, batch));
+                return Some(self.scan_on(tag, cursor, at, req, start, topo, batch, then));
             }
         };
         if !matches!(plan, Plan::Forward { .. }) {
@@ -330,7 +390,7 @@ impl Session {
         self.flush(batch);
         if matches!(step, Step::Next) {
             if let Some(e) = self.queue.back_mut() {
-                e.then = Then::Cursor;
+                e.then = then;
             }
         }
         Some(step)
@@ -349,12 +409,15 @@ impl Session {
         start: usize,
         topo: &Arc<Topology>,
         batch: &mut Option<Batch>,
+        then: Then,
     ) -> Step {
-        let shard = topo.shard();
         let node = cursor::node_of(topo, tag).filter(|n| {
-            shard.is_primary(n.id) || (n.repl.is_eligible() && shard.replica(n.id).is_some())
+            topo.shard_of(n.id).is_some_and(|shard| {
+                shard.is_primary(n.id) || (n.repl.is_eligible() && shard.replica(n.id).is_some())
+            })
         });
-        let Some(node) = node else {
+        let (Some(node), Some(shard)) = (node.clone(), node.and_then(|n| topo.shard_of(n.id)))
+        else {
             return self.reply_local(batch, req, ClientError::CursorNode.frame());
         };
         let bytes = cursor::with_cursor(&self.input.args(req, start).all(), at, own);
@@ -366,7 +429,7 @@ impl Session {
         kinds[self.cur_kind as usize] = 1;
         self.submit(Batch::one(shard.id, node, primary, true, kinds), bytes);
         if let Some(e) = self.queue.back_mut() {
-            e.then = Then::Cursor;
+            e.then = then;
             if let Some(sent) = e.sent.as_mut() {
                 // Never sent again elsewhere, nor given up on by the read timeout.
                 sent.bytes = None;

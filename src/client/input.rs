@@ -50,6 +50,38 @@ impl Input {
         self.scanner.scan(&self.buf[start..])
     }
 
+    /// Puts `bytes` (whole requests) into the input at `at`, a request boundary: they are scanned next.
+    pub fn insert(&mut self, at: usize, bytes: &[u8]) {
+        let at = at.min(self.buf.len());
+        let tail = self.buf.split_off(at);
+        self.buf.extend_from_slice(bytes);
+        self.buf.unsplit(tail);
+    }
+
+    /// The arguments of each complete request already buffered from `from` on, at most `max` of them,
+    /// scanned without disturbing the scanner (a transaction looks ahead for its first key).
+    pub fn peek(&self, from: usize, max: usize) -> Vec<Vec<Vec<u8>>> {
+        let mut scanner = RequestScanner::new(Limits::default());
+        let mut at = from;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(rest) = self.buf.get(at..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let Ok(Some(req)) = scanner.scan(rest) else {
+                break;
+            };
+            let frame = scanner.frame(&req, rest);
+            match crate::resp::value::request_args(frame) {
+                Some(args) => out.push(args),
+                None if req.inline => out.push(Vec::new()),
+                None => break,
+            }
+            at += req.len;
+        }
+        out
+    }
+
     /// The arguments of `req`, which starts `start` bytes into the buffer.
     pub fn args<'a>(&'a self, req: &'a Request, start: usize) -> RequestArgs<'a> {
         RequestArgs {

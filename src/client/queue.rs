@@ -132,6 +132,11 @@ pub(super) enum Then {
     Effect(Effect),
     /// A SCAN-family reply: its cursor is tagged with the node that served it (see `cursor`).
     Cursor,
+    /// A SCAN reply in front of a cluster: tagged as `Cursor`, and a node's last cursor (0) becomes the
+    /// start of the next shard's iteration, until the last shard.
+    ClusterCursor,
+    /// One part of a command split over shards (see `cluster`).
+    Merge(super::cluster::Part),
 }
 
 /// One or more commands awaiting their replies, in order.

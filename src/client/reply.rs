@@ -78,6 +78,16 @@ pub enum ClientError<'a> {
     },
     /// A command that may write, refused by the split-brain guard: too few good replicas.
     NoReplicas(crate::route::guard::Closed),
+    /// In front of a cluster: a command whose keys hash to different slots, which the proxy cannot split.
+    CrossSlot,
+    /// In front of a cluster: `SELECT` of a database other than 0.
+    ClusterSelect,
+    /// In front of a cluster: no shard owns the key's slot (the cluster lost it, or the proxy has not
+    /// learned the slot map yet).
+    SlotUnserved(u16),
+    /// In front of a cluster: a command of a transaction or pinned session for another shard than the
+    /// one the session is on.
+    OtherShard,
 }
 
 impl ClientError<'_> {
@@ -148,6 +158,14 @@ impl ClientError<'_> {
             ClientError::WriteTimedOut(addr, ms) => format!(
                 "ERR redsplit: {addr} sent nothing for {ms} ms (write_timeout_ms); the command may have run"
             ),
+            ClientError::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot".into(),
+            ClientError::ClusterSelect => "ERR SELECT is not allowed in cluster mode".into(),
+            ClientError::SlotUnserved(slot) => {
+                format!("CLUSTERDOWN Hash slot {slot} not served (redsplit knows no shard that owns it)")
+            }
+            ClientError::OtherShard => "CROSSSLOT redsplit: keys in this transaction (or WATCH, or \
+                subscription) hash to another shard than the one it runs on"
+                .into(),
             ClientError::CursorNode => {
                 "ERR redsplit: the node this SCAN cursor belongs to is gone or \
                  no longer serves reads; start the iteration again with cursor 0"

@@ -127,6 +127,14 @@ pub(super) struct Session {
     pub shown_pinned: Option<u64>,
     /// Its draw on the output budget all clients share.
     charge: super::budget::Charge,
+    /// A command split over cluster shards whose parts are being answered: their replies so far, and
+    /// whether any part was silenced (`CLIENT REPLY`).
+    pub merging: Option<(super::cluster::merge::Merging, bool)>,
+    /// In front of a cluster: `MULTI` was answered here, its shard not known yet (see `cluster`).
+    pub deferred_multi: bool,
+    /// The next `MULTI` on the dedicated connection was already answered to the client: its reply is
+    /// dropped.
+    pub swallow_multi: bool,
 }
 
 impl Drop for Session {
@@ -191,6 +199,9 @@ impl Session {
             hedge: None,
             last_active: Instant::now(),
             charge: ctx.budget.charge(id),
+            merging: None,
+            deferred_multi: false,
+            swallow_multi: false,
             ctx,
         }
     }

@@ -40,9 +40,9 @@ pub(super) struct State {
     pub no_touch: bool,
     /// What the session wrote and read, per shard.
     pub reads: Reads,
-    /// The primary this session last sent to: commands for a new primary wait until the old one has
-    /// answered everything, so a failover never reorders a session's writes.
-    pub last_primary: u64,
+    /// The primary this session last sent to, per shard: commands for a new primary of a shard wait
+    /// until the old one has answered everything, so a failover never reorders a session's writes.
+    pub last_primary: Vec<(ShardId, u64)>,
     /// The shared connection that carried this session's last command that may have written on a
     /// primary: the session's WAIT is asked there, after those writes (Redis's WAIT counts the replicas
     /// that acknowledged every write its connection made).
@@ -66,7 +66,7 @@ impl State {
             no_evict: false,
             no_touch: false,
             reads: Reads::default(),
-            last_primary: 0,
+            last_primary: Vec::new(),
             wrote_on: None,
             conns: Vec::new(),
         }
@@ -126,13 +126,21 @@ impl State {
     pub fn sent(&mut self, shard: ShardId, node: u64, primary: bool, count: u32) {
         self.reads.shard(shard).sent(node, primary, count);
         if primary {
-            self.last_primary = node;
+            match self.last_primary.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, last)) => *last = node,
+                None => self.last_primary.push((shard, node)),
+            }
         }
     }
 
     /// True if commands for primary `node` must wait: this session's commands to another primary are
     /// not all answered yet.
     pub fn primary_changed(&mut self, shard: ShardId, node: u64) -> bool {
-        self.reads.shard(shard).unreplied_primary() > 0 && self.last_primary != node
+        let last = self
+            .last_primary
+            .iter()
+            .find(|(s, _)| *s == shard)
+            .map_or(0, |(_, n)| *n);
+        self.reads.shard(shard).unreplied_primary() > 0 && last != node
     }
 }

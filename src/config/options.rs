@@ -19,6 +19,8 @@ pub enum TopologyKind {
     Sentinel,
     /// The proxy starts a local primary, replicas and sentinels itself (for trying it out).
     Embedded,
+    /// A Redis Cluster (`cluster` seeds): shards and slots come from `CLUSTER SHARDS` (or `CLUSTER SLOTS`).
+    Cluster,
 }
 
 /// Log output format.
@@ -118,8 +120,9 @@ options! {
     /// applications configured for Sentinel use the proxy unchanged: true or false. Default false.
     sentinel_facade: bool = false;
     /// Where the topology comes from: "static" (primary and replica seeds), "sentinel" (sentinel and
-    /// master_name) or "embedded" (start local Redis servers and sentinels). Default: "static" when
-    /// `primary` is set, "sentinel" when `sentinel` is, else "embedded".
+    /// master_name), "cluster" (cluster seeds) or "embedded" (start local Redis servers and sentinels).
+    /// Default: "static" when `primary` is set, "sentinel" when `sentinel` is, "cluster" when `cluster`
+    /// is, else "embedded".
     topology: TopologyKind;
     /// Primary address, host:port: a seed of discovery. Static topology only. No default.
     primary: String;
@@ -129,6 +132,9 @@ options! {
     sentinel: Vec<String> = Vec::new();
     /// Name of the master the sentinels monitor. Sentinel topology only. No default.
     master_name: String;
+    /// Redis Cluster node addresses, host:port, repeatable: seeds of cluster discovery (any node of the
+    /// cluster will do; the rest are learned from it). Cluster topology only. Default none.
+    cluster: Vec<String> = Vec::new();
     /// Address mapping, repeatable "announced=reachable" (host:port each): addresses nodes and sentinels
     /// announce (containers, NAT) are replaced by the reachable ones. Default none.
     address_map: Vec<String> = Vec::new();

@@ -24,6 +24,11 @@ pub enum Source {
         /// The monitored master's name.
         master_name: String,
     },
+    /// A Redis Cluster: shards and their slots are learned from these nodes.
+    Cluster {
+        /// Seed nodes, any of the cluster's.
+        seeds: Vec<Addr>,
+    },
     /// Local servers and sentinels the proxy starts.
     Embedded {
         /// How many replicas.
@@ -41,6 +46,8 @@ impl Source {
             TopologyKind::Static
         } else if !raw.sentinel.is_empty() {
             TopologyKind::Sentinel
+        } else if !raw.cluster.is_empty() {
+            TopologyKind::Cluster
         } else {
             TopologyKind::Embedded
         })
@@ -60,6 +67,7 @@ impl Source {
             .and_then(|p| value::addr("primary", p, problems));
         let replicas = addrs("replica", &raw.replica, problems);
         let sentinels = addrs("sentinel", &raw.sentinel, problems);
+        let cluster = addrs("cluster", &raw.cluster, problems);
         let embedded = embedded(raw, problems);
         unused_options(raw, kind, problems);
         let source = match kind {
@@ -69,6 +77,7 @@ impl Source {
             }
             TopologyKind::Static => seeds(primary, replicas, problems),
             TopologyKind::Sentinel => sentinel(raw, sentinels, problems),
+            TopologyKind::Cluster => cluster_seeds(raw, cluster, problems),
             TopologyKind::Embedded => embedded,
         };
         source.filter(|_| problems.len() == found)
@@ -115,10 +124,11 @@ fn addrs(name: &str, texts: &[String], problems: &mut Vec<String>) -> Vec<Addr> 
 
 /// Reports each option of another kind that is set: the operator may believe it in use.
 fn unused_options(raw: &Raw, kind: TopologyKind, problems: &mut Vec<String>) {
-    use TopologyKind::{Sentinel, Static};
+    use TopologyKind::{Cluster, Sentinel, Static};
     let kind_name = match kind {
         TopologyKind::Static => "static",
         TopologyKind::Sentinel => "sentinel",
+        TopologyKind::Cluster => "cluster",
         TopologyKind::Embedded => "embedded",
     };
     for (name, set, owner) in [
@@ -126,6 +136,7 @@ fn unused_options(raw: &Raw, kind: TopologyKind, problems: &mut Vec<String>) {
         ("replica", !raw.replica.is_empty(), Static),
         ("sentinel", !raw.sentinel.is_empty(), Sentinel),
         ("master_name", raw.master_name.is_some(), Sentinel),
+        ("cluster", !raw.cluster.is_empty(), Cluster),
     ] {
         if set && owner != kind {
             problems.push(format!("topology \"{kind_name}\" does not use `{name}`"));
@@ -160,6 +171,18 @@ fn sentinel(raw: &Raw, sentinels: Vec<Addr>, problems: &mut Vec<String>) -> Opti
         sentinels,
         master_name,
     })
+}
+
+/// The cluster source: at least one seed, none twice.
+fn cluster_seeds(raw: &Raw, seeds: Vec<Addr>, problems: &mut Vec<String>) -> Option<Source> {
+    if raw.cluster.is_empty() {
+        problems.push("topology \"cluster\" needs at least one `cluster` seed".into());
+        return None;
+    }
+    if has_duplicates(&seeds) {
+        problems.push("option `cluster`: an address is listed twice".into());
+    }
+    Some(Source::Cluster { seeds })
 }
 
 /// The embedded source. Its counts are checked whichever kind is chosen: they have defaults, so whether the
@@ -287,6 +310,34 @@ mod tests {
                 sentinels: vec![addr("b:2"), addr("a:1")],
                 master_name: "mymaster".into(),
             })
+        );
+    }
+
+    #[test]
+    fn cluster_seeds_select_the_cluster_kind_and_another_kinds_options_are_refused() {
+        let (source, problems) = parse(Flags {
+            cluster: Some(vec!["c:1".into(), "c:2".into()]),
+            ..Flags::default()
+        });
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            source,
+            Some(Source::Cluster {
+                seeds: vec![addr("c:1"), addr("c:2")]
+            })
+        );
+        let (source, problems) = parse(Flags {
+            topology: Some(TopologyKind::Cluster),
+            sentinel: Some(vec!["s:1".into()]),
+            ..Flags::default()
+        });
+        assert_eq!(source, None);
+        assert_eq!(
+            problems,
+            [
+                "topology \"cluster\" does not use `sentinel`",
+                "topology \"cluster\" needs at least one `cluster` seed"
+            ]
         );
     }
 

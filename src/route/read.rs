@@ -84,6 +84,10 @@ pub struct ReadState {
     /// The replication history (the shard's era) `floor` and `pending` belong to; `None` before the
     /// session's first command in the shard.
     era: Option<u64>,
+    /// Until then, the session's reads go to the primary: a write of the session ran where its floor
+    /// does not tell (a cluster redirect sent it to another node), and any replica within the lag limit
+    /// has it once this passes.
+    primary_until: Option<std::time::Instant>,
 }
 
 /// Replicas whose last probe put them within this of the primary may take a read they are not yet known
@@ -122,6 +126,13 @@ impl ReadState {
         match policy.consistency {
             Consistency::Primary => return ReadTarget::Primary(PrimaryReason::Policy),
             _ if consistent && self.unreplied_primary > 0 => {
+                return ReadTarget::Primary(PrimaryReason::Session)
+            }
+            _ if consistent
+                && self
+                    .primary_until
+                    .is_some_and(|t| std::time::Instant::now() < t) =>
+            {
                 return ReadTarget::Primary(PrimaryReason::Session)
             }
             _ => {}
@@ -295,7 +306,10 @@ impl ReadState {
     /// Forgets everything (RESET, or a database switch: offsets are per server, not per database, so a
     /// switch keeps nothing stale, but a fresh session owes nothing).
     pub fn clear(&mut self) {
-        *self = ReadState::default();
+        *self = ReadState {
+            primary_until: self.primary_until,
+            ..ReadState::default()
+        };
     }
 
     /// Raises the floor to `offset`, measured on `node`.
@@ -373,7 +387,7 @@ fn check(node: &Node, required: u64) -> Option<u64> {
 
 /// A session's read state, per shard: what it has written and read is known per replication history.
 #[derive(Debug, Default)]
-pub struct Reads(Vec<(ShardId, ReadState)>);
+pub struct Reads(Vec<(ShardId, ReadState)>, Option<std::time::Instant>);
 
 impl Reads {
     /// The state for reads of shard `id`.
@@ -381,16 +395,32 @@ impl Reads {
         match self.0.iter().position(|(s, _)| *s == id) {
             Some(i) => &mut self.0[i].1,
             None => {
-                self.0.push((id, ReadState::default()));
+                self.0.push((
+                    id,
+                    ReadState {
+                        primary_until: self.1,
+                        ..ReadState::default()
+                    },
+                ));
                 let last = self.0.len() - 1;
                 &mut self.0[last].1
             }
         }
     }
 
+    /// Sends every read of the session, in every shard, to the primary until `until`: a write ran where
+    /// the floors do not follow it.
+    pub fn primary_until(&mut self, until: std::time::Instant) {
+        self.1 = Some(self.1.map_or(until, |t| t.max(until)));
+        for (_, r) in &mut self.0 {
+            r.primary_until = self.1;
+        }
+    }
+
     /// Forgets everything (RESET, database switch).
     pub fn clear(&mut self) {
         self.0.clear();
+        self.1 = None;
     }
 }
 

@@ -112,9 +112,14 @@ pub fn spawn(
             let snapshot = topo.snapshot();
             // A promoted replica the tree dropped keeps its probe while writes are held for it: the
             // probe ends the hold.
-            let promoted = topo.shard_state().promoted().map(|p| p.node);
+            let promoted: Vec<u64> = snapshot
+                .shards
+                .iter()
+                .filter_map(|s| s.state.promoted().map(|p| p.node))
+                .chain(topo.shard_state().promoted().map(|p| p.node))
+                .collect();
             running.retain(|id, token| {
-                let keep = snapshot.nodes().any(|n| n.id == *id) || promoted == Some(*id);
+                let keep = snapshot.nodes().any(|n| n.id == *id) || promoted.contains(id);
                 if !keep {
                     token.cancel();
                 }
@@ -293,7 +298,7 @@ async fn connect(
             if run_id.is_some() && twin {
                 topo.request_refresh();
             }
-            if topo.load().primary().is_some_and(|p| p.id == node.id) {
+            if topo.load().shards.iter().any(|s| s.is_primary(node.id)) {
                 refresh_primary_info(&mut c, topo, table, cfg, timeout).await;
             }
             Some(c)
@@ -358,7 +363,7 @@ fn busy(node: &Node, topo: &Topo) {
         info!(upstream = %node.addr, "node busy running a script; it keeps its role");
     }
     node.repl.set_busy(true);
-    if !topo.load().shard().is_primary(node.id) {
+    if !topo.load().shards.iter().any(|s| s.is_primary(node.id)) {
         node.set_eligibility(Why::Busy);
     }
 }

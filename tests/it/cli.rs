@@ -78,6 +78,32 @@ fn check_reports_every_problem_and_fails() {
 }
 
 #[test]
+fn check_accepts_cluster_seeds_and_refuses_a_bad_one() {
+    let ok = Command::new(BIN)
+        .args([
+            "--check",
+            "--cluster",
+            "127.0.0.1:7000",
+            "--cluster",
+            "127.0.0.1:7001",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = Command::new(BIN)
+        .args(["--check", "--cluster", "noport", "--primary", "127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("`cluster`"), "{err}");
+}
+
+#[test]
 fn every_option_has_a_kebab_case_flag() {
     let out = Command::new(BIN).arg("--help").output().expect("run");
     let help = String::from_utf8_lossy(&out.stdout);

@@ -14,6 +14,8 @@ mod history;
 mod relay;
 #[path = "../common/scenario.rs"]
 mod scenario;
+#[path = "../common/shards.rs"]
+mod shards;
 #[path = "../common/sites.rs"]
 mod sites;
 
@@ -23,6 +25,8 @@ mod auth;
 mod badinput;
 mod chaos;
 mod cli;
+// `cluster` is the harness of replicated primaries; these are the tests in front of a Redis Cluster
+// (their names still contain `cluster::`).
 mod consistency;
 mod cursor;
 mod datacenters;
@@ -36,6 +40,8 @@ mod mock;
 mod observability;
 mod pinned;
 mod protocol;
+#[path = "cluster.rs"]
+mod redis_cluster;
 mod regressions;
 mod reload;
 mod routing;

@@ -142,6 +142,23 @@ async fn options_that_need_a_restart_are_reported_and_keep_their_values() {
     assert_eq!(q::<String>(&mut c, &["PING"]).await, "PONG");
 }
 
+#[tokio::test]
+async fn moving_into_cluster_mode_is_reported_as_needing_a_restart_and_changes_nothing() {
+    let (cluster, proxy) = Cluster::builder().proxy().await;
+    let out = proxy.reload(&config(Flags {
+        primary: None,
+        replica: None,
+        topology: Some(redsplit::config::TopologyKind::Cluster),
+        cluster: Some(vec!["127.0.0.1:1".into()]),
+        ..cluster.flags()
+    }));
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+    assert_eq!(out.restart_needed, ["topology source (cluster)"]);
+    let mut c = client(&proxy).await;
+    let _: () = q(&mut c, &["SET", "k", "v"]).await;
+    assert!(!proxy.topo.snapshot().is_cluster());
+}
+
 /// The binary with a config file; see [`Running`].
 async fn start_with_file(file: &std::path::Path) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_redsplit"));
