@@ -311,7 +311,7 @@ impl Session {
                 ..*policy
             };
             let policy = if *moving { &moved } else { policy };
-            let writes = class != Class::Read;
+            let writes = self.cur_writes;
             let plan = route::plan(
                 class,
                 writes,
@@ -382,8 +382,11 @@ impl Session {
                         self.ctx.metrics.read_on_primary(reason.into());
                     }
                     self.state.sent(shard.id, node.id, primary, 1);
-                    let one = Batch::one(shard.id, node, primary, class == Class::Read, kinds);
-                    self.submit(one.with_offsets(want, check), bytes);
+                    let one = Batch::one(shard.id, node, primary, class == Class::Read, kinds)
+                        .with_offsets(want, check);
+                    // A write's part waits for its shard's replicas as a whole command would.
+                    let acks = if primary { self.cur_acks } else { None };
+                    self.submit(one.with_acks(acks), bytes);
                 }
                 Plan::Broadcast { primary, replicas } => {
                     for r in &replicas {
@@ -392,7 +395,8 @@ impl Session {
                         drop(upstream::submit(&conn, bytes.clone(), 1, Want::NONE));
                     }
                     self.state.sent(shard.id, primary.id, true, 1);
-                    self.submit(Batch::one(shard.id, primary, true, false, [0, 0, 1]), bytes);
+                    let one = Batch::one(shard.id, primary, true, false, [0, 0, 1]);
+                    self.submit(one.with_acks(self.cur_acks), bytes);
                 }
                 _ => {}
             }

@@ -654,7 +654,7 @@ type Target = (Arc<Node>, bool, Option<u64>);
 /// waited for replicas' acknowledgements and fewer acknowledged them than it needs. Then each write's
 /// reply (not the reads', nor a write's own error) becomes an error saying it ran on the primary but was
 /// not acknowledged, so the application treats it as unknown.
-fn acknowledged(
+pub(super) fn acknowledged(
     metrics: &crate::metrics::Metrics,
     sent: Option<&super::queue::Sent>,
     r: upstream::Reply,

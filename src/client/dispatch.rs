@@ -78,6 +78,15 @@ impl Batch {
         }
     }
 
+    /// The same, waiting for `acks` replicas to acknowledge it (a write on a primary).
+    pub(super) fn with_acks(mut self, acks: Option<crate::upstream::Acks>) -> Batch {
+        if acks.is_some() {
+            self.want.acks = acks;
+            self.acked = vec![0];
+        }
+        self
+    }
+
     /// The same, with these offsets measured around it and checked.
     pub(super) fn with_offsets(self, want: Want, check: Option<u64>) -> Batch {
         Batch {
@@ -251,6 +260,7 @@ impl Session {
             }
             Gate::Auth { user, ok } => return self.authenticated(user, batch, req, ok),
         }
+        self.cur_writes = writes;
         self.cur_acks = if writes {
             self.ctx.durability.acks_for(self.state.user.as_deref())
         } else {

@@ -26,7 +26,7 @@ use super::reply::ClientError;
 use super::session::Session;
 use crate::resp::{Limits, ReplyScanner, RequestScanner};
 use crate::topology::Topo;
-use crate::upstream::{self, verdict, ConnKey, Node, Reply, Verdict, Want};
+use crate::upstream::{self, verdict, Acks, ConnKey, Node, Reply, Verdict, Want};
 
 /// Redirects followed for one command before its last reply is passed on (a slot bouncing between
 /// nodes as a migration ends takes two or three).
@@ -62,16 +62,24 @@ impl Session {
         if sent.primary && !sent.reads_only && !r.from_primary && !r.verdicts.all(count, followed) {
             return Err(Outcome::Upstream(Ok(r)));
         }
+        // The commands that ran here keep their acknowledgement verdict (min_write_acks); those
+        // redirected are judged by their own WAIT where they run.
+        let acks = sent.want.acks.filter(|_| !sent.acked.is_empty());
+        let acked_positions = sent.acked.clone();
+        let here = super::complete::acknowledged(&self.ctx.metrics, Some(&*sent), r.clone());
         let (Some(requests), Some(replies)) =
-            (frames(&bytes, count, true), frames(&r.bytes, count, false))
+            (frames(&bytes, count, true), frames(&here, count, false))
         else {
             return Err(Outcome::Upstream(Ok(r)));
         };
-        let redo: Vec<(usize, Verdict)> = r
+        let redo: Vec<(usize, Option<Acks>, Verdict)> = r
             .verdicts
             .iter()
             .filter(|(_, v)| followed(v))
-            .map(|(i, v)| (*i as usize, v.clone()))
+            .map(|(i, v)| {
+                let acks = acks.filter(|_| acked_positions.contains(i));
+                (*i as usize, acks, v.clone())
+            })
             .collect();
         self.ctx.metrics.cluster_redirects.inc_by(redo.len() as u64);
         // The commands run elsewhere now: never sent again as a batch, nor timed out here (the task
@@ -109,8 +117,8 @@ struct Redo {
     requests: Vec<Bytes>,
     /// The replies it got, one per request.
     replies: Vec<Bytes>,
-    /// The positions to send again, and why.
-    redo: Vec<(usize, Verdict)>,
+    /// The positions to send again, the acknowledgements each write needs, and why.
+    redo: Vec<(usize, Option<Acks>, Verdict)>,
     /// The node that answered the batch.
     from: Arc<Node>,
     /// The session's connection key (database, protocol, user).
@@ -121,11 +129,11 @@ struct Redo {
 
 /// Sends each redirected command again, in order, and gives the batch's replies with theirs in place.
 async fn resend(mut w: Redo, topo: Arc<Topo>, tx: oneshot::Sender<Bytes>) {
-    for (i, first) in std::mem::take(&mut w.redo) {
+    for (i, acks, first) in std::mem::take(&mut w.redo) {
         let Some(request) = w.requests.get(i).cloned() else {
             continue;
         };
-        let reply = follow(&request, first, &w, &topo).await;
+        let reply = follow(&request, acks, first, &w, &topo).await;
         if let Some(slot) = w.replies.get_mut(i) {
             *slot = reply;
         }
@@ -138,7 +146,13 @@ async fn resend(mut w: Redo, topo: Arc<Topo>, tx: oneshot::Sender<Bytes>) {
 }
 
 /// Follows one command's redirects until it is answered, the hold is over, or [`MAX_REDIRECTS`].
-async fn follow(request: &Bytes, mut verdict: Verdict, w: &Redo, topo: &Topo) -> Bytes {
+async fn follow(
+    request: &Bytes,
+    acks: Option<Acks>,
+    mut verdict: Verdict,
+    w: &Redo,
+    topo: &Topo,
+) -> Bytes {
     let deadline = Instant::now() + w.hold;
     let mut node = w.from.clone();
     let mut backoff = Duration::from_millis(20);
@@ -181,8 +195,9 @@ async fn follow(request: &Bytes, mut verdict: Verdict, w: &Redo, topo: &Topo) ->
         } else {
             (request.clone(), 1)
         };
-        let reply = match upstream::submit(&conn, bytes, count, Want::NONE).await {
-            Ok(Ok(r)) => r.bytes,
+        let want = Want { acks, ..Want::NONE };
+        let (reply, acked) = match upstream::submit(&conn, bytes, count, want).await {
+            Ok(Ok(r)) => (r.bytes, r.acked),
             Ok(Err(e @ upstream::Error::Connect { .. })) if Instant::now() < deadline => {
                 // Nothing was sent: the owner may be failing over; ask the cluster again.
                 topo.request_refresh();
@@ -204,6 +219,17 @@ async fn follow(request: &Bytes, mut verdict: Verdict, w: &Redo, topo: &Topo) ->
         };
         verdict = verdict::judge(&reply);
         if !followed(&verdict) {
+            // A write that ran here without the acknowledgements it needs: unknown, as anywhere.
+            if let Some(a) =
+                acks.filter(|a| !reply.starts_with(b"-") && acked.is_none_or(|n| n < a.replicas))
+            {
+                return ClientError::NoAck {
+                    acked,
+                    need: a.replicas,
+                    timeout_ms: a.timeout_ms,
+                }
+                .frame();
+            }
             return reply;
         }
         if matches!(verdict, Verdict::Moved { .. }) {

@@ -107,6 +107,8 @@ pub(super) struct Session {
     /// The acknowledgements the request being dispatched waits for, if it may write (see
     /// `Durability::acks_for`).
     pub cur_acks: Option<crate::upstream::Acks>,
+    /// The command being dispatched may write (its class, or a script or unknown command).
+    pub cur_writes: bool,
     /// Checks read deadlines and idleness. One coarse interval per session instead of a timer per
     /// request: arming a timer per request costs a wake-up of the runtime (a system call) per command.
     deadline_tick: Option<tokio::time::Interval>,
@@ -194,6 +196,7 @@ impl Session {
             park_rx: ctx.topo.subscribe(),
             cur_kind: Kind::Other,
             cur_acks: None,
+            cur_writes: false,
             deadline_tick: None,
             tick_gate: WakeGate::default(),
             hedge: None,

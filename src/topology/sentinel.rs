@@ -206,7 +206,8 @@ async fn look(
         let below: Vec<(Addr, Addr)> = snapshot
             .replicas()
             .iter()
-            .filter(|r| Some(&r.parent) != current.as_ref() && r.parent != candidate)
+            // Those of the promoted replica follow it, the primary now.
+            .filter(|r| Some(&r.parent) != current.as_ref())
             .filter(|r| r.node.addr != candidate && !replicas.contains(&r.node.addr))
             .map(|r| (r.node.addr.clone(), r.parent.clone()))
             .collect();

@@ -240,7 +240,42 @@ impl Bed {
     }
 }
 
-/// `master_link_status:up` and a nonzero offset on the replica at `addr`.
+impl Bed {
+    /// True once every sentinel lists the node `name` as a replica flagged only `slave` (not down).
+    pub async fn sentinels_see_up(&self, name: &str) -> bool {
+        let port = self.node(name).addr.port().to_string();
+        for s in &self.sentinels {
+            let Ok(redsplit::resp::Value::Array(entries)) =
+                embedded::call(&s.addr(), &[&["SENTINEL", "replicas", MASTER_NAME]]).await
+            else {
+                return false;
+            };
+            let up = entries.iter().any(|e| {
+                let redsplit::resp::Value::Array(kv) = e else {
+                    return false;
+                };
+                let field = |k: &str| {
+                    kv.chunks(2).find_map(|p| match p {
+                        [redsplit::resp::Value::BulkString(a), redsplit::resp::Value::BulkString(b)]
+                            if a == k.as_bytes() =>
+                        {
+                            Some(String::from_utf8_lossy(b).into_owned())
+                        }
+                        _ => None,
+                    })
+                };
+                field("port").as_deref() == Some(port.as_str())
+                    && field("flags").as_deref() == Some("slave")
+            });
+            if !up {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `master_link_status:up` on the replica at `addr`.
 async fn synced(addr: &Addr) -> bool {
     let info = match embedded::call(addr, &[&["INFO", "replication"]]).await {
         Ok(redsplit::resp::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),

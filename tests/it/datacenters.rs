@@ -375,6 +375,34 @@ async fn three_datacenter_bed() {
     say("|---|---|---|---|".into());
     let (p50, p99, failed) = write_latency(&proxies[0], 300).await;
     say(format!("| asynchronous | {p50:.2} | {p99:.2} | {failed} |"));
+    let acked = site_proxy(&bed, 0, |f| {
+        f.min_write_acks = Some(1);
+        f.write_ack_timeout_ms = Some(2000);
+    })
+    .await;
+    let (p50, p99, failed) = write_latency(&acked, 300).await;
+    say(format!(
+        "| min_write_acks 1, replicas of the master in site A | {p50:.2} | {p99:.2} | {failed} |"
+    ));
+    // The master's replicas in site A frozen: the acknowledgement must cross the WAN.
+    for name in ["A-BM", "A-S-1"] {
+        bed.node(name).signal("STOP");
+    }
+    let (p50, p99, failed) = write_latency(&acked, 100).await;
+    say(format!(
+        "| min_write_acks 1, site A's replicas frozen (nearest in B) | {p50:.2} | {p99:.2} | {failed} |"
+    ));
+    for name in ["A-BM", "A-S-1"] {
+        bed.node(name).signal("CONT");
+    }
+    drop(acked);
+    // Sentinel must see the backup master healthy again before it can promote it.
+    wait_eligible(&proxies[0], bed.nodes.len() - 1).await;
+    eventually!(
+        "every sentinel sees the backup master up again",
+        bed.sentinels_see_up("A-BM").await,
+        PATIENCE * 2
+    );
     // 4. Kill the master under writers through A's and B's proxies.
     let (promoted, writes, lost) = kill_the_master(&mut bed, &[&proxies[0], &proxies[1]]).await;
     say(format!(
