@@ -441,3 +441,32 @@ async fn pubsub_messages_reach_subscribers_classic_and_sharded() {
     let msg = ssub.frame().await;
     assert!(String::from_utf8_lossy(&msg).contains("o1"));
 }
+
+#[tokio::test]
+async fn a_write_split_over_shards_waits_for_each_shard_s_replica_with_min_write_acks() {
+    let (cluster, proxy) = cluster_and_proxy(|f| {
+        f.min_write_acks = Some(1);
+        f.write_ack_timeout_ms = Some(300);
+    })
+    .await;
+    let mut c = client(&proxy).await;
+    let keys = keys_on_every_shard("ack", 12);
+    let mut mset = vec!["MSET"];
+    for k in &keys {
+        mset.push(k);
+        mset.push("v");
+    }
+    // Every replica up: acknowledged.
+    eventually!("a split MSET is acknowledged by every shard", {
+        try_q(&mut c, &mset).await.is_ok()
+    });
+    // One shard's replica frozen: the MSET ran, but that shard's part was not acknowledged.
+    let slot = key_slot(keys[0].as_bytes());
+    let (_, replicas) = cluster.owner(slot).await.expect("an owner");
+    let replica = cluster.node(&replicas[0]).expect("the replica");
+    replica.signal("STOP");
+    let result = try_q(&mut c, &mset).await;
+    replica.signal("CONT");
+    let e = result.expect_err("the frozen replica cannot acknowledge");
+    assert!(e.to_string().contains("acknowledged by 0 of 1"), "{e}");
+}
