@@ -8,7 +8,7 @@
 //!
 //! The sentinels know only the primary's own replicas. Replicas of replicas (a replica in each site fed
 //! by that site's replica of the primary) are found as static mode finds them: every node's `INFO
-//! replication` lists the replicas it feeds, level by level from the primary down ([`Tree`]); they get
+//! replication` lists the replicas it feeds, level by level from the primary down (`Tree`); they get
 //! reads like any replica, measured against the primary's offsets.
 //!
 //! `+selected-slave` comes from the sentinel leading a failover a tick before it sends the replica
