@@ -378,9 +378,7 @@ impl Session {
                     want,
                     check,
                 } => {
-                    if let Some(reason) = reason {
-                        self.ctx.metrics.read_on_primary(reason.into());
-                    }
+                    self.count_route(reason, primary, class == Class::Read, &node);
                     self.state.sent(shard.id, node.id, primary, 1);
                     let one = Batch::one(shard.id, node, primary, class == Class::Read, kinds)
                         .with_offsets(want, check);

@@ -449,6 +449,24 @@ impl Session {
         Step::Next
     }
 
+    /// Counts where a forwarded command went, for the read metrics: a read sent to the primary (with
+    /// its reason), or a read on a replica (by the replica's zone).
+    pub(super) fn count_route(
+        &self,
+        reason: Option<route::PrimaryReason>,
+        primary: bool,
+        read: bool,
+        node: &Node,
+    ) {
+        if let Some(reason) = reason {
+            self.ctx.metrics.read_on_primary(reason.into());
+        } else if !primary && read {
+            self.ctx
+                .metrics
+                .replica_read(upstream::label(node.locality()));
+        }
+    }
+
     /// Carries out a routing plan for `req`.
     async fn carry_out(
         &mut self,
@@ -467,13 +485,7 @@ impl Session {
                 want,
                 check,
             } => {
-                if let Some(reason) = reason {
-                    self.ctx.metrics.read_on_primary(reason.into());
-                } else if !primary && class == Class::Read {
-                    self.ctx
-                        .metrics
-                        .replica_read(upstream::label(node.locality()));
-                }
+                self.count_route(reason, primary, class == Class::Read, &node);
                 let mut kinds = [0; 3];
                 kinds[self.cur_kind as usize] = 1;
                 let scripted = class == Class::Read

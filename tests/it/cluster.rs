@@ -50,12 +50,7 @@ async fn node_calls(n: &ClusterNode, cmd: &str) -> u64 {
         Ok(f) => text(f),
         Err(e) => panic!("INFO commandstats: {e}"),
     };
-    let prefix = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    commandstat_calls(&info, cmd)
 }
 
 /// Keys `prefix0` to `prefix{n-1}`: spread over every shard by their hashes.

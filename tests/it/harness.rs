@@ -57,6 +57,11 @@ pub async fn calls(s: &Server, cmd: &str) -> u64 {
             Err(e) => panic!("INFO commandstats: {e}"),
         }
     });
+    commandstat_calls(&info, cmd)
+}
+
+/// Number of calls of `cmd` in `INFO commandstats` text (0 if it never ran).
+pub fn commandstat_calls(info: &str, cmd: &str) -> u64 {
     let prefix = format!("cmdstat_{cmd}:calls=");
     info.lines()
         .find_map(|l| l.strip_prefix(&prefix))
